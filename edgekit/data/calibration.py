@@ -1,0 +1,63 @@
+"""Calibration sets: ``calib_data/*.npz`` with ``x`` (N × input shape, float32) and optional ``y``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, ShapeError
+from ..fileio import atomic_path
+from .datasets import DataConfig, load_data, read_npz
+
+
+def load_calibration(path: str | Path, input_shape: Optional[Sequence[Optional[int]]] = None,
+                     max_samples: Optional[int] = None) -> np.ndarray:
+    """Read a calibration npz and check it fits a model input of per-sample ``input_shape``.
+
+    Raises ShapeError for wrong shape, non-finite values or an empty set, before any calibration runs.
+    """
+    x, _ = read_npz(str(path), "calibration")
+    return check_calibration(x, input_shape, str(path), max_samples)
+
+
+def check_calibration(x: np.ndarray, input_shape: Optional[Sequence[Optional[int]]], where: str = "calibration data",
+                      max_samples: Optional[int] = None) -> np.ndarray:
+    """Validate calibration samples (non-empty, finite, numeric, per-sample shape) and return float32."""
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ShapeError(f"{where}: calibration data is empty or not batched (shape {list(x.shape)})")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ShapeError(f"{where}: calibration data must be floating point, got dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        raise ShapeError(f"{where}: calibration data contains NaN or infinite values")
+    if input_shape is not None:
+        want = list(input_shape)
+        got = list(x.shape[1:])
+        if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
+            raise ShapeError(f"{where}: samples have shape {got} but the model input expects {want}")
+    if max_samples is not None:
+        x = x[:max_samples]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def make_calibration(data: DataConfig | dict, out: str | Path, samples: int = 128, seed: int = 0) -> Path:
+    """Write a calibration npz drawn from the **training** split only (never val/test).
+
+    Example:
+        >>> make_calibration({"name": "digits", "image_size": 32, "channels": 3}, "calib_data/digits32_rgb.npz")
+    """
+    if samples <= 0:
+        raise ConfigError(f"samples must be a positive integer, got {samples}")
+    splits = load_data(data, seed)
+    rng = np.random.default_rng(seed)
+    n = min(samples, len(splits.train))
+    idx = np.sort(rng.choice(len(splits.train), n, replace=False))
+    x = splits.train.x[idx]
+    y = None if splits.train.y is None else splits.train.y[idx]
+    with atomic_path(out, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            if y is None:
+                np.savez(f, x=x)
+            else:
+                np.savez(f, x=x, y=y)
+    return Path(out)

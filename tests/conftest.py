@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny real data and tiny trained models, built once per test session."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("EDGEKIT_QUIET", "1")
+torch.set_num_threads(2)
+
+
+@dataclass
+class TrainedModel:
+    """A small model trained on digits, with its checkpoint and ONNX export on disk."""
+
+    module: torch.nn.Module
+    checkpoint: Path
+    onnx: Path
+    splits: object  # edgekit.data.Splits
+    test_accuracy: float
+
+
+@pytest.fixture(scope="session")
+def digits16():
+    """digits as 3×16×16 images (fast to train on), seed 0."""
+    from edgekit.data import load_data
+
+    return load_data({"name": "digits", "image_size": 16, "channels": 3}, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_seq():
+    """digits as 8-step sequences of 8 features, seed 0."""
+    from edgekit.data import load_data
+
+    return load_data({"name": "digits_seq"}, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_resnet8(digits16, tmp_path_factory) -> TrainedModel:
+    """ResNet-8 (width 1) trained 4 epochs on digits16 (~95%+ test accuracy, a few seconds)."""
+    from edgekit.export import export_onnx
+    from edgekit.models import create_model, save_checkpoint
+    from edgekit.train import evaluate, fit
+
+    torch.manual_seed(0)
+    model = create_model("resnet_cifar", depth=8, width=1.0, num_classes=10, in_channels=3)
+    fit(model, digits16.train, digits16.val, {"epochs": 4, "lr": 0.1}, seed=0)
+    d = tmp_path_factory.mktemp("resnet8")
+    ckpt = save_checkpoint(model, d / "model.pt", {"input_shape": list(digits16.input_shape), "num_classes": 10})
+    onnx_path = export_onnx(model, digits16.val.x[:32], d / "model.onnx").path
+    return TrainedModel(model, ckpt, onnx_path, digits16, evaluate(model, digits16.test))
+
+
+@pytest.fixture(scope="session")
+def trained_lstm(digits_seq, tmp_path_factory) -> TrainedModel:
+    """LSTM (hidden 32) trained 6 epochs on digits sequences."""
+    from edgekit.export import export_onnx
+    from edgekit.models import create_model, save_checkpoint
+    from edgekit.train import evaluate, fit
+
+    torch.manual_seed(0)
+    model = create_model("rnn_classifier", input_size=8, hidden_size=32, num_classes=10)
+    fit(model, digits_seq.train, digits_seq.val, {"epochs": 6, "lr": 0.01, "optimizer": "adam"}, seed=0)
+    d = tmp_path_factory.mktemp("lstm")
+    ckpt = save_checkpoint(model, d / "model.pt", {"input_shape": list(digits_seq.input_shape), "num_classes": 10})
+    onnx_path = export_onnx(model, digits_seq.val.x[:32], d / "model.onnx").path
+    return TrainedModel(model, ckpt, onnx_path, digits_seq, evaluate(model, digits_seq.test))
+
+
+def run_cli(*args: str, cwd: Path | None = None):
+    """Run ``python -m edgekit.cli ARGS`` in a subprocess; returns CompletedProcess (text)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, EDGEKIT_QUIET="1")
+    return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+@pytest.fixture
+def cli():
+    """Fixture form of :func:`run_cli`."""
+    return run_cli

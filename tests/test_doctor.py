@@ -1,0 +1,141 @@
+"""`edgekit doctor`: every backend with availability and a reason, GPU/driver, CPU and versions."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+import edgekit.runtime.gpu_runners as gpu_runners
+from edgekit.doctor import doctor_report, format_report
+from edgekit.doctor_commands import add_commands
+from edgekit.errors import ConfigError
+from edgekit.export.tensorrt import tensorrt_status
+from edgekit.runtime import BACKENDS, BackendSpec
+
+ALL = {"torch", "torch-cuda", "ort-cpu", "ort-cuda", "tensorrt"}
+CPU_ONLY_TORCH = torch.version.cuda is None
+NO_TENSORRT = tensorrt_status()[0] is None
+
+
+@pytest.fixture(scope="module")
+def report():
+    return doctor_report()
+
+
+def statuses(report):
+    return {b["name"]: b for b in report["backends"]}
+
+
+def test_every_backend_is_listed_with_a_reason_when_unavailable(report):
+    rows = statuses(report)
+    assert ALL <= set(rows)
+    assert set(rows) == set(BACKENDS.names())
+    for row in rows.values():
+        assert isinstance(row["available"], bool)
+        assert row["available"] or len(row["reason"]) > 10, row
+
+
+def test_cpu_backends_are_available(report):
+    rows = statuses(report)
+    assert rows["torch"]["available"] and rows["ort-cpu"]["available"]
+
+
+@pytest.mark.skipif(not NO_TENSORRT, reason="TensorRT is installed on this machine")
+def test_tensorrt_unavailable_says_why(report):
+    row = statuses(report)["tensorrt"]
+    assert not row["available"]
+    assert "tensorrt" in row["reason"].lower() and ("not installed" in row["reason"] or "cannot" in row["reason"])
+    assert report["tensorrt"]["version"] is None and report["tensorrt"]["reason"] == row["reason"]
+
+
+@pytest.mark.skipif(not CPU_ONLY_TORCH, reason="PyTorch here is a CUDA build")
+def test_torch_cuda_unavailable_because_cpu_only_build(report):
+    row = statuses(report)["torch-cuda"]
+    assert not row["available"] and "CPU-only build" in row["reason"]
+    assert report["gpu"]["torch_cuda_build"] is None and report["gpu"]["devices"] == []
+    assert "CPU-only build" in report["gpu"]["unavailable_reason"]
+
+
+def test_ort_cuda_reason_names_the_provider_or_driver(report):
+    row = statuses(report)["ort-cuda"]
+    if not row["available"]:
+        assert "CUDAExecutionProvider" in row["reason"] or "driver" in row["reason"] or "device" in row["reason"]
+
+
+def test_environment_facts_are_reported(report):
+    env = report["environment"]
+    for key in ("cpu_model", "isa_flags", "cores_logical", "memory_gb", "gpu", "gpu_compute_capability", "versions"):
+        assert key in env
+    assert isinstance(env["isa_flags"], list) and env["versions"]["torch"] == torch.__version__
+    assert report["onnxruntime"]["providers"] and "CPUExecutionProvider" in report["onnxruntime"]["providers"]
+    json.dumps(report)  # serialisable for --json
+
+
+def test_text_report_shows_every_backend_and_reason(report):
+    text = format_report(report)
+    for row in report["backends"]:
+        line = next(l for l in text.splitlines() if l.strip().startswith(row["name"] + " "))
+        assert ("unavailable" in line and row["reason"] in line) if not row["available"] else "available" in line
+    assert "ISA:" in text and report["environment"]["cpu_model"] in text
+
+
+def test_a_crashing_probe_is_reported_not_raised(monkeypatch):
+    def boom():
+        raise RuntimeError("driver exploded\nsecond line")
+
+    spec = BackendSpec("broken-test", ("onnx",), boom, lambda *a, **k: None, "cuda", "test")
+    monkeypatch.setitem(BACKENDS._items, "broken-test", spec)
+    row = {b["name"]: b for b in doctor_report()["backends"]}["broken-test"]
+    assert not row["available"] and row["reason"] == "probe failed: RuntimeError: driver exploded"
+
+
+def test_driver_runtime_mismatch_is_explained(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(gpu_runners, "cuda_driver_info", lambda: {"loaded": True, "driver_cuda_version": "12.2",
+                                                                  "device_count": 1, "error": ""})
+    reason = gpu_runners.cuda_unavailable_reason()
+    assert "driver/runtime mismatch" in reason and "12.8" in reason and "12.2" in reason
+    monkeypatch.setattr(gpu_runners, "cuda_driver_info", lambda: {"loaded": False, "driver_cuda_version": None,
+                                                                  "device_count": 0, "error": "no NVIDIA driver (x)"})
+    assert gpu_runners.cuda_unavailable_reason() == "PyTorch is built with CUDA 12.8 but no NVIDIA driver (x)"
+
+
+def test_cuda_driver_probe_shape():
+    info = gpu_runners.cuda_driver_info()
+    assert set(info) == {"loaded", "driver_cuda_version", "device_count", "error"}
+    assert info["loaded"] or "libcuda" in info["error"]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="edgekit")
+    add_commands(p.add_subparsers(dest="command"))
+    return p
+
+
+def test_cli_json(capsys):
+    args = parser().parse_args(["doctor", "--json"])
+    assert args.func(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert ALL <= {b["name"] for b in data["backends"]}
+
+
+def test_cli_text_and_require(capsys):
+    args = parser().parse_args(["doctor", "--require", "ort-cpu"])
+    assert args.func(args) == 0
+    assert "Backends" in capsys.readouterr().out
+    if NO_TENSORRT:
+        args = parser().parse_args(["doctor", "--require", "tensorrt"])
+        assert args.func(args) == 1
+        assert "required backend 'tensorrt' is unavailable" in capsys.readouterr().err
+
+
+def test_cli_require_unknown_backend():
+    args = parser().parse_args(["doctor", "--require", "tensorrtt"])
+    with pytest.raises(ConfigError, match="did you mean 'tensorrt'"):
+        args.func(args)

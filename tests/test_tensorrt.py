@@ -1,0 +1,335 @@
+"""TensorRT engine logic that runs without TensorRT: flags, Q/DQ, profiles, cache key, sidecar, cache reuse."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edgekit.export.tensorrt as trtx
+from edgekit.errors import BackendUnavailableError, ConfigError, InputFileError
+from edgekit.fileio import read_sidecar, sidecar_path, write_sidecar
+
+IDENTITY = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
+
+
+def make_onnx(path: Path, *, qdq: bool = False, batch=None, extra_dynamic: bool = False) -> Path:
+    """A 1x1-conv + ReLU model on [N, 3, 4, 4] input 'x' (optionally Q/DQ, fixed batch, dynamic H)."""
+    w = np.random.default_rng(0).standard_normal((2, 3, 1, 1)).astype(np.float32)
+    inits, nodes, conv_in, w_name = [], [], "x", "w"
+    if qdq:
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+                  numpy_helper.from_array(np.array(0, np.int8), "zp"),
+                  numpy_helper.from_array(np.round(w / 0.05).astype(np.int8), "wq")]
+        nodes += [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+                  helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+                  helper.make_node("DequantizeLinear", ["wq", "s", "zp"], ["wd"])]
+        conv_in, w_name = "xd", "wd"
+    else:
+        inits.append(numpy_helper.from_array(w, "w"))
+    nodes += [helper.make_node("Conv", [conv_in, w_name], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    h = "H" if extra_dynamic else 4
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch or "N", 3, h, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch or "N", 2, h, 4])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------- precision flags
+
+
+@pytest.mark.parametrize("precision,sparse,want_set,want_clear", [
+    ("fp32", False, (), ("TF32",)),
+    ("fp16", False, ("FP16",), ()),
+    ("int8", False, ("INT8", "FP16"), ()),
+    ("fp16", True, ("FP16", "SPARSE_WEIGHTS"), ()),
+    ("int8", True, ("INT8", "FP16", "SPARSE_WEIGHTS"), ()),
+])
+def test_precision_flags(precision, sparse, want_set, want_clear):
+    flags = trtx.precision_flags(precision, sparse)
+    assert flags.set == want_set
+    assert flags.clear == want_clear
+
+
+def test_precision_flags_rejects_unknown_with_suggestion():
+    with pytest.raises(ConfigError, match=r"'fp61'.*did you mean 'fp16'.*allowed: fp32, fp16, int8"):
+        trtx.precision_flags("fp61")
+
+
+# ----------------------------------------------------------------------------- ONNX inspection
+
+
+def test_qdq_detection(tmp_path):
+    assert trtx.has_qdq(make_onnx(tmp_path / "q.onnx", qdq=True))
+    assert not trtx.has_qdq(make_onnx(tmp_path / "f.onnx"))
+
+
+def test_corrupt_onnx_is_an_input_file_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all \x00\xff")
+    with pytest.raises(InputFileError, match="bad.onnx"):
+        trtx.has_qdq(bad)
+
+
+def test_onnx_inputs_skip_initializers_and_mark_dynamic_dims(tmp_path):
+    path = make_onnx(tmp_path / "m.onnx", extra_dynamic=True)
+    model = onnx.load(str(path))
+    model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 3, 1, 1]))
+    onnx.save(model, str(path))
+    assert trtx.onnx_inputs(path) == [("x", [None, 3, None, 4])]
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+DYN = [("x", [None, 3, 32, 32])]
+
+
+@pytest.mark.parametrize("batch_range,triple", [
+    (None, trtx.DEFAULT_BATCH_RANGE), ((1, 8, 32), (1, 8, 32)), ([2, 2, 4], (2, 2, 4)), (4, (4, 4, 4)),
+    ({"min": 1, "opt": 4, "max": 16}, (1, 4, 16)),
+])
+def test_profile_from_batch_range(batch_range, triple):
+    prof = trtx.compute_profile(DYN, batch_range)
+    assert prof == {"x": {k: [b, 3, 32, 32] for k, b in zip(("min", "opt", "max"), triple)}}
+
+
+@pytest.mark.parametrize("bad", [(8, 4, 32), (0, 1, 2), (1, 2), (1, 2.5, 4), (True, 1, 2)])
+def test_profile_rejects_bad_batch_ranges(bad):
+    with pytest.raises(ConfigError, match="batch_range"):
+        trtx.compute_profile(DYN, bad)
+
+
+def test_static_batch_uses_its_shape_and_rejects_a_conflicting_range():
+    static = [("x", [1, 3, 8, 8])]
+    assert trtx.compute_profile(static)["x"]["max"] == [1, 3, 8, 8]
+    assert trtx.compute_profile(static, (1, 1, 1))["x"]["min"] == [1, 3, 8, 8]
+    with pytest.raises(ConfigError, match="fixed batch of 1.*dynamic batch axis"):
+        trtx.compute_profile(static, (1, 8, 32))
+
+
+def test_dynamic_non_batch_dims_need_an_explicit_profile():
+    inputs = [("x", [None, 3, None, 32])]
+    with pytest.raises(ConfigError, match=r"dynamic dims \[2\].*explicit profile"):
+        trtx.compute_profile(inputs, (1, 1, 8))
+    prof = trtx.compute_profile(inputs, {"x": {"min": [1, 3, 16, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 64, 32]}})
+    assert prof["x"]["opt"] == [4, 3, 32, 32]
+    assert trtx.compute_profile(inputs, {"x": ([1, 3, 16, 32], [1, 3, 16, 32], [2, 3, 16, 32])})["x"]["max"][0] == 2
+
+
+def test_explicit_profile_is_validated():
+    inputs = [("input", [None, 3, 32, 32])]
+    with pytest.raises(ConfigError, match="'inptu'.*did you mean 'input'"):
+        trtx.compute_profile(inputs, {"inptu": {"min": [1, 3, 32, 32], "opt": [1, 3, 32, 32], "max": [1, 3, 32, 32]}})
+    with pytest.raises(ConfigError, match="dim 1 is fixed at 3"):
+        trtx.compute_profile(inputs, {"input": {"min": [1, 1, 32, 32], "opt": [1, 1, 32, 32], "max": [1, 1, 32, 32]}})
+    with pytest.raises(ConfigError, match="rank 4"):
+        trtx.compute_profile(inputs, {"input": {"min": [1, 3], "opt": [1, 3], "max": [1, 3]}})
+    with pytest.raises(ConfigError, match="min <= opt <= max"):
+        trtx.compute_profile(inputs, {"input": {"min": [4, 3, 32, 32], "opt": [1, 3, 32, 32], "max": [8, 3, 32, 32]}})
+
+
+def test_profile_covers_every_input_sorted_by_name():
+    prof = trtx.compute_profile([("z", [None, 4]), ("a", [None, 2])], (1, 2, 3))
+    assert list(prof) == ["a", "z"]
+    assert prof["z"] == {"min": [1, 4], "opt": [2, 4], "max": [3, 4]}
+
+
+# ----------------------------------------------------------------------------- cache key and sidecar
+
+
+BASE_KEY = dict(onnx_sha256="ab" * 32, tensorrt_version="10.3.0", gpu_name="NVIDIA L4", compute_capability="8.9",
+                precision="fp16", sparse_weights=False, profile={"x": {"min": [1, 3], "opt": [8, 3], "max": [32, 3]}})
+
+
+def test_cache_key_is_deterministic_and_order_insensitive():
+    k1 = trtx.engine_cache_key(**BASE_KEY)
+    reordered = dict(BASE_KEY, profile={"x": {"max": [32, 3], "min": [1, 3], "opt": [8, 3]}})
+    assert k1 == trtx.engine_cache_key(**reordered)
+    assert len(k1) == 64 and int(k1, 16) >= 0
+
+
+@pytest.mark.parametrize("field,value", [
+    ("onnx_sha256", "cd" * 32), ("tensorrt_version", "10.4.0"), ("gpu_name", "NVIDIA A100"),
+    ("compute_capability", "8.0"), ("precision", "int8"), ("sparse_weights", True),
+    ("profile", {"x": {"min": [1, 3], "opt": [4, 3], "max": [32, 3]}}),
+])
+def test_cache_key_changes_with_every_field(field, value):
+    assert trtx.engine_cache_key(**BASE_KEY) != trtx.engine_cache_key(**dict(BASE_KEY, **{field: value}))
+
+
+def good_sidecar(**over):
+    return {"format": trtx.ENGINE_FORMAT, "onnx": "m.onnx", **IDENTITY, **over}
+
+
+def test_sidecar_matching_this_machine_passes():
+    trtx.validate_sidecar(good_sidecar(), IDENTITY, "m.engine")  # no exception
+
+
+@pytest.mark.parametrize("over,pattern", [
+    ({"tensorrt_version": "8.6.1"}, r"built with TensorRT 8\.6\.1 but this machine has TensorRT 10\.3\.0.*rebuild"),
+    ({"gpu_name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"}, r"built for NVIDIA A100.*8\.0.*NVIDIA L4.*8\.9"),
+    ({"compute_capability": "8.6"}, r"compute capability 8\.6.*compute capability 8\.9"),
+    ({"format": "something-else"}, "sidecar format"),
+])
+def test_sidecar_mismatch_is_refused(over, pattern):
+    with pytest.raises(trtx.EngineCompatibilityError, match=pattern):
+        trtx.validate_sidecar(good_sidecar(**over), IDENTITY, "m.engine")
+
+
+def test_parser_errors_name_the_nodes():
+    text = trtx.describe_parser_errors("m.onnx", [
+        {"node": 3, "node_name": "/layer1/Conv", "node_operator": "Conv", "desc": "unsupported group count"},
+        {"node": -1, "node_name": "", "node_operator": "", "desc": "graph has no outputs"}])
+    assert "2 error(s)" in text
+    assert "node 3 '/layer1/Conv' (Conv): unsupported group count" in text
+    assert "graph: graph has no outputs" in text
+
+
+def test_timing_cache_name_is_per_version_and_gpu():
+    a = trtx.timing_cache_name(IDENTITY)
+    assert a == "timing-trt10.3.0-nvidia-l4-sm89.cache"
+    assert a != trtx.timing_cache_name(dict(IDENTITY, tensorrt_version="10.4.0"))
+
+
+# ----------------------------------------------------------------------------- without TensorRT
+
+
+def test_tensorrt_status_explains_missing_or_stub_packages(tmp_path, monkeypatch):
+    version, reason = trtx.tensorrt_status()
+    if version is None:
+        assert "tensorrt" in reason.lower()
+    stub = tmp_path / "stub" / "tensorrt"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise RuntimeError('TensorRT libraries were not found: install tensorrt-cu12-libs')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "stub"))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    version, reason = trtx.tensorrt_status()
+    assert version is None and "cannot load TensorRT's libraries (RuntimeError: TensorRT libraries were not found" in reason
+    (stub / "__init__.py").write_text("__version__ = '10.0.0'\n")
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    version, reason = trtx.tensorrt_status()
+    assert version is None and "stub" in reason
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+
+
+def test_build_validates_before_touching_tensorrt(tmp_path):
+    fp = make_onnx(tmp_path / "f.onnx")
+    with pytest.raises(ConfigError, match="int8 engines are built from Q/DQ ONNX; quantise with target: tensorrt first"):
+        trtx.build_engine(fp, precision="int8", cache_dir=tmp_path / "c")
+    with pytest.raises(ConfigError, match="allowed: fp32, fp16, int8"):
+        trtx.build_engine(fp, precision="bf16", cache_dir=tmp_path / "c")
+    with pytest.raises(ConfigError, match="workspace_mb"):
+        trtx.build_engine(fp, workspace_mb=0, cache_dir=tmp_path / "c")
+    with pytest.raises(ConfigError, match="fixed batch of 2"):
+        trtx.build_engine(make_onnx(tmp_path / "s.onnx", batch=2), batch_range=(1, 4, 8), cache_dir=tmp_path / "c")
+    with pytest.raises(InputFileError, match="ONNX model not found"):
+        trtx.build_engine(tmp_path / "missing.onnx")
+
+
+def test_build_without_tensorrt_says_why(tmp_path):
+    if trtx.tensorrt_status()[0] is not None:
+        pytest.skip("TensorRT is installed here; covered by tests/test_gpu.py")
+    with pytest.raises(BackendUnavailableError, match="TensorRT is unavailable: .*tensorrt"):
+        trtx.build_engine(make_onnx(tmp_path / "f.onnx"), cache_dir=tmp_path / "c")
+
+
+# ----------------------------------------------------------------------------- engine cache (TensorRT faked)
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    """Replace the two TensorRT-touching calls; record every build."""
+    calls = []
+
+    def fake_build(onnx_path, flags, profile, workspace_mb, timing_cache):
+        calls.append({"onnx": onnx_path, "flags": flags, "profile": profile, "timing_cache": timing_cache})
+        timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        timing_cache.write_bytes(b"timing")
+        return b"ENGINE:" + Path(onnx_path).read_bytes()[:16] + str(flags.set).encode()
+
+    monkeypatch.setattr(trtx, "current_identity", lambda: dict(IDENTITY))
+    monkeypatch.setattr(trtx, "_build_serialized", fake_build)
+    return calls
+
+
+def test_second_build_with_same_key_reuses_the_engine(tmp_path, fake_trt):
+    onnx_path = make_onnx(tmp_path / "m.onnx")
+    cache = tmp_path / "cache"
+    first = trtx.build_engine(onnx_path, precision="fp16", batch_range=(1, 4, 8), cache_dir=cache)
+    assert not first.cached and len(fake_trt) == 1
+    assert first.path.parent == cache and first.path.read_bytes().startswith(b"ENGINE:")
+    side = read_sidecar(first.path)
+    assert side["cache_key"] == first.key and side["precision"] == "fp16" and side["tensorrt_version"] == "10.3.0"
+    assert side["profile"] == {"x": {"min": [1, 3, 4, 4], "opt": [4, 3, 4, 4], "max": [8, 3, 4, 4]}}
+    assert side["builder_flags"] == ["FP16"] and side["target"] == "tensorrt"
+    assert fake_trt[0]["timing_cache"] == cache / trtx.timing_cache_name(IDENTITY)
+
+    second = trtx.build_engine(onnx_path, precision="fp16", batch_range=(1, 4, 8), cache_dir=cache)
+    assert second.cached and second.key == first.key and len(fake_trt) == 1
+
+    out = tmp_path / "run" / "model.engine"
+    third = trtx.build_engine(onnx_path, out, precision="fp16", batch_range=(1, 4, 8), cache_dir=cache)
+    assert third.cached and len(fake_trt) == 1
+    assert out.read_bytes() == first.path.read_bytes() and read_sidecar(out)["cache_key"] == first.key
+    assert third.metrics()["cached"] is True and third.metrics()["engine_bytes"] == out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("change", ["precision", "profile", "sparse", "onnx"])
+def test_a_different_key_rebuilds(tmp_path, fake_trt, change):
+    onnx_path = make_onnx(tmp_path / "m.onnx")
+    cache = tmp_path / "cache"
+    base = dict(precision="fp16", batch_range=(1, 4, 8), cache_dir=cache)
+    first = trtx.build_engine(onnx_path, **base)
+    if change == "precision":
+        again = trtx.build_engine(onnx_path, **dict(base, precision="fp32"))
+    elif change == "profile":
+        again = trtx.build_engine(onnx_path, **dict(base, batch_range=(1, 8, 8)))
+    elif change == "sparse":
+        again = trtx.build_engine(onnx_path, **base, sparse_weights=True)
+    else:
+        again = trtx.build_engine(make_onnx(tmp_path / "q.onnx", qdq=True), **base)
+    assert not again.cached and again.key != first.key and len(fake_trt) == 2
+
+
+def test_a_tampered_cache_entry_is_rebuilt(tmp_path, fake_trt):
+    onnx_path = make_onnx(tmp_path / "m.onnx")
+    first = trtx.build_engine(onnx_path, cache_dir=tmp_path / "cache")
+    first.path.write_bytes(b"truncated")
+    again = trtx.build_engine(onnx_path, cache_dir=tmp_path / "cache")
+    assert not again.cached and len(fake_trt) == 2 and again.path.read_bytes().startswith(b"ENGINE:")
+
+
+def test_load_engine_refuses_other_tensorrt_or_gpu(tmp_path, fake_trt):
+    built = trtx.build_engine(make_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", cache_dir=tmp_path / "cache")
+    side = read_sidecar(built.path)
+    write_sidecar(built.path, dict(side, tensorrt_version="10.0.1"))
+    with pytest.raises(trtx.EngineCompatibilityError, match=r"TensorRT 10\.0\.1 but this machine has TensorRT 10\.3\.0"):
+        trtx.load_engine(built.path)
+    write_sidecar(built.path, dict(side, gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0"))
+    with pytest.raises(trtx.EngineCompatibilityError, match="built for NVIDIA H100"):
+        trtx.load_engine(built.path)
+    write_sidecar(built.path, side)
+    built.path.write_bytes(b"other bytes")
+    with pytest.raises(trtx.EngineCompatibilityError, match="does not match its sidecar"):
+        trtx.load_engine(built.path)
+    assert json.loads(sidecar_path(built.path).read_text())["cache_key"] == built.key
+
+
+# ----------------------------------------------------------------------------- lean import
+
+
+def test_import_edgekit_does_not_load_tensorrt():
+    code = ("import edgekit, edgekit.export.tensorrt, edgekit.runtime.gpu_runners, edgekit.doctor, "
+            "edgekit.doctor_commands; import sys; assert 'tensorrt' not in sys.modules, 'tensorrt imported'; "
+            "assert 'pycuda' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
