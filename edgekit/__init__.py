@@ -1,2 +1,52 @@
-"""edgekit: make neural networks small and fast for edge devices, and prove it with measurements."""
+"""edgekit: make neural networks small and fast for edge devices, and prove it with measurements.
+
+Every stage is a plain function on ``nn.Module``s or ONNX files::
+
+    import edgekit
+    splits = edgekit.load_data({"name": "digits", "image_size": 32, "channels": 3}, seed=0)
+    model = edgekit.create_model("resnet_cifar", depth=20, num_classes=10, in_channels=3)
+    edgekit.fit(model, splits.train, splits.val, {"epochs": 5, "lr": 0.1})
+    edgekit.export_onnx(model, splits.val.x[:32], "model.onnx")
+    edgekit.benchmark(["model.onnx"], backends=["ort-cpu"], batches=[1, 8], threads=2)
+
+Names are imported lazily, so ``import edgekit`` stays light (no TensorRT, no CUDA, no quantiser).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_API = {
+    # models and data
+    "create_model": "edgekit.models", "load_checkpoint": "edgekit.models", "save_checkpoint": "edgekit.models",
+    "model_names": "edgekit.models", "count_params": "edgekit.models",
+    "load_data": "edgekit.data", "make_calibration": "edgekit.data", "load_calibration": "edgekit.data",
+    # training and compression
+    "fit": "edgekit.train", "evaluate": "edgekit.train", "predict": "edgekit.train", "TrainConfig": "edgekit.train",
+    "distill": "edgekit.compress.distill", "prune": "edgekit.compress.prune",
+    "quantize": "edgekit.compress.quantize", "quantize_dynamic_model": "edgekit.compress.quantize",
+    # export, runtimes, benchmarks
+    "export_onnx": "edgekit.export.onnx", "build_engine": "edgekit.export.tensorrt",
+    "open_runner": "edgekit.runtime", "available_backends": "edgekit.runtime",
+    "benchmark": "edgekit.bench", "count_macs_onnx": "edgekit.bench.macs",
+    # recipes
+    "load_recipe": "edgekit.recipe", "run_recipe": "edgekit.pipeline",
+    "EdgekitError": "edgekit.errors",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgekit' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return __all__

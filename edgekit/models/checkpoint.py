@@ -107,7 +107,10 @@ def load_checkpoint(path: str | Path) -> Tuple[nn.Module, Dict[str, Any]]:
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:200]
+        text = str(e)
+        if "Unsupported global" not in text and "GLOBAL" not in text:
+            raise InputFileError(f"{p}: not a readable PyTorch checkpoint (corrupt or not a torch.save file)") from None
+        first = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln), "")[:200]
         raise InputFileError(
             f"{p}: refused to load: the checkpoint contains objects other than tensors and plain data, and "
             f"edgekit never executes pickled code ({first})"

@@ -30,7 +30,8 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """Generic ResNet of BasicBlocks: ``stem`` → stages → global pool → ``fc``."""
 
-    def __init__(self, stem: nn.Module, stem_channels: int, widths, blocks, strides, num_classes: int):
+    def __init__(self, stem: nn.Module, stem_channels: int, widths, blocks, strides, num_classes: int,
+                 zero_init_residual: bool = False):
         super().__init__()
         self.stem = stem
         cin, stages = stem_channels, []
@@ -44,6 +45,9 @@ class ResNet(nn.Module):
         self.layer4 = stages[3] if len(stages) > 3 else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():  # optional: residual branches start as identity (helps long, high-lr schedules)
+            if zero_init_residual and isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -56,7 +60,8 @@ def _channels(base: int, width: float) -> int:
 
 
 @register_model("resnet_cifar")
-def resnet_cifar(num_classes: int = 10, in_channels: int = 3, depth: int = 20, width: float = 1.0) -> nn.Module:
+def resnet_cifar(num_classes: int = 10, in_channels: int = 3, depth: int = 20, width: float = 1.0,
+                 zero_init_residual: bool = False) -> nn.Module:
     """CIFAR-style ResNet (He et al. 2016): depth 6n+2 (8, 14, 20, 56...), stage widths 16/32/64 × width."""
     if (depth - 2) % 6 != 0 or depth < 8:
         raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, ...), got {depth}")
@@ -64,11 +69,12 @@ def resnet_cifar(num_classes: int = 10, in_channels: int = 3, depth: int = 20, w
     widths = [_channels(16, width), _channels(32, width), _channels(64, width)]
     stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
                          nn.ReLU(inplace=True))
-    return ResNet(stem, widths[0], widths, [n, n, n], [1, 2, 2], num_classes)
+    return ResNet(stem, widths[0], widths, [n, n, n], [1, 2, 2], num_classes, zero_init_residual)
 
 
 @register_model("resnet18")
-def resnet18(num_classes: int = 1000, in_channels: int = 3, width: float = 1.0, stem: str = "imagenet") -> nn.Module:
+def resnet18(num_classes: int = 1000, in_channels: int = 3, width: float = 1.0, stem: str = "imagenet",
+             zero_init_residual: bool = False) -> nn.Module:
     """ResNet-18: 4 stages of 2 BasicBlocks, widths 64/128/256/512 × width; stem 'imagenet' (7×7/2 + maxpool) or 'cifar' (3×3/1)."""
     widths = [_channels(b, width) for b in (64, 128, 256, 512)]
     if stem == "imagenet":
@@ -79,4 +85,4 @@ def resnet18(num_classes: int = 1000, in_channels: int = 3, width: float = 1.0, 
                           nn.ReLU(inplace=True))
     else:
         raise ValueError(f"stem must be 'imagenet' or 'cifar', got '{stem}'")
-    return ResNet(s, widths[0], widths, [2, 2, 2, 2], [1, 2, 2, 2], num_classes)
+    return ResNet(s, widths[0], widths, [2, 2, 2, 2], [1, 2, 2, 2], num_classes, zero_init_residual)

@@ -1,6 +1,7 @@
 """PyTorch eager runners: 'torch' (CPU fp32, the product's float baseline) and 'torch-cuda'."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Optional
 
 import numpy as np
@@ -25,6 +26,8 @@ class TorchRunner(Runner):
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        if self.device.type != "cpu" or precision != "fp32":
+            module = copy.deepcopy(module)  # never convert the caller's model in place
         self.module = module.eval().to(self.device, dtype=self.dtype)
         self.backend = "torch" if device == "cpu" else "torch-cuda"
         if input_shape is not None:
@@ -36,6 +39,8 @@ class TorchRunner(Runner):
             "threads": torch.get_num_threads() if device == "cpu" else None,
             "versions": {"torch": torch.__version__},
         }
+        if self.device.type == "cuda":  # PyTorch may use TF32 for fp32 convs/matmuls; say so next to its timings
+            self.info["tf32"] = {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
 
     def prepare(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x))

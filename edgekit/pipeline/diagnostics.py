@@ -1,0 +1,118 @@
+""""Did it actually get faster?": compare every variant with its parent and name likely causes.
+
+Also checks task-metric parity across artifacts of the same variant (PyTorch vs ONNX Runtime vs TensorRT).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ..fileio import read_sidecar
+
+
+def _row(rows: List[dict], model: str, backend: str, batch: int) -> Optional[dict]:
+    return next((r for r in rows if r["model"] == model and r["backend"] == backend and r["batch"] == batch), None)
+
+
+def misaligned_channels(checkpoint: Optional[str], multiple: int = 8) -> List[str]:
+    """Conv/Linear layers (not the stem input or the classifier output) whose channel counts are not multiples."""
+    if not checkpoint:
+        return []
+    import torch
+
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    bad = []
+    for name, s in payload.get("structure", {}).items():
+        if s["type"] == "Conv2d" and s["out_channels"] % multiple and s["groups"] == 1:
+            bad.append(f"{name}:{s['out_channels']}")
+    return bad
+
+
+def step_diagnostics(variants: Dict[str, Any], rows: List[dict], min_speedup: float = 1.1,
+                     min_int8_coverage: float = 0.8) -> List[dict]:
+    """One finding per (variant, backend) whose step from its parent did not pay off, with causes checked."""
+    findings = []
+    batches = sorted({r["batch"] for r in rows})
+    for v in variants.values():
+        if not v.parent or v.parent not in variants:
+            continue
+        for backend in sorted({r["backend"] for r in rows if r["model"] == v.name}):
+            b1 = batches[0]
+            child, parent = _row(rows, v.name, backend, b1), _row(rows, v.parent, backend, b1)
+            if child is None or parent is None:
+                continue
+            step = parent["p50_ms"] / child["p50_ms"]
+            coverage = v.meta.get("int8_mac_fraction")
+            low_cov = coverage is not None and coverage < min_int8_coverage
+            if step >= min_speedup and not low_cov:
+                continue
+            causes = _causes(v, variants[v.parent], backend, rows, batches, coverage, min_int8_coverage)
+            findings.append({"variant": v.name, "parent": v.parent, "backend": backend, "batch": b1,
+                             "step_speedup": round(step, 2), "int8_coverage": coverage, "causes": causes})
+    return findings
+
+
+def _causes(v: Any, parent: Any, backend: str, rows: List[dict], batches: List[int], coverage: Optional[float],
+            min_cov: float) -> List[str]:
+    causes = []
+    bad = misaligned_channels(v.checkpoint)
+    if bad:
+        causes.append(f"channel counts not multiples of 8 ({', '.join(bad[:4])}{'…' if len(bad) > 4 else ''})")
+    target = v.meta.get("target") or (read_sidecar(v.onnx).get("target") if v.onnx else None)
+    if target == "tensorrt" and backend.startswith("ort-cpu"):
+        causes.append("QDQ flavour made for TensorRT (symmetric int8 activations) runs slowly on ORT CPU; "
+                      "quantise with target: cpu for this backend")
+    if target == "cpu" and backend == "tensorrt":
+        causes.append("QDQ flavour made for ORT CPU (uint8 activations) is not TensorRT's explicit-quantisation form")
+    if coverage is not None and coverage < min_cov:
+        causes.append(f"only {coverage:.0%} of MACs run in int8 (below {min_cov:.0%})")
+    floats = v.meta.get("float_layers") or []
+    if floats:
+        causes.append(f"{len(floats)} layer(s) left in float: {', '.join(floats[:4])}")
+    if len(batches) > 1:
+        lo, hi = _row(rows, v.name, backend, batches[0]), _row(rows, v.name, backend, batches[-1])
+        if lo and hi and hi["p50_ms"] / lo["p50_ms"] < 0.5 * batches[-1] / batches[0]:
+            causes.append(f"call overhead dominates: latency grows only {hi['p50_ms'] / lo['p50_ms']:.1f}× from "
+                          f"batch {batches[0]} to {batches[-1]} (a tiny model; larger batches amortise it)")
+    if not causes:
+        causes.append("no known cause found: the runtime may not have faster kernels for this change")
+    return causes
+
+
+def artifact_parity(variants: Dict[str, Any], x: np.ndarray, y: Optional[np.ndarray], backends: List[str],
+                    threads: Optional[int]) -> List[dict]:
+    """Accuracy and top-1 agreement of each variant's artifacts on the same held-out samples."""
+    from ..runtime import open_runner, probe_backend
+    from ..train import predict
+
+    choices = [("torch", "checkpoint"), ("ort-cpu", "onnx"), ("tensorrt", "engine"), ("tensorrt", "onnx")]
+    out = []
+    for v in variants.values():
+        preds: Dict[str, np.ndarray] = {}
+        arts = v.artifacts()
+        for backend, kind in choices:
+            if kind not in arts or backend not in backends or f"{backend}" in preds:
+                continue
+            if not probe_backend(backend)[0]:
+                continue
+            runner = open_runner(arts[kind], backend, threads=threads)
+            try:
+                preds[backend] = predict(runner, x).argmax(1)
+            finally:
+                runner.close()
+        if len(preds) < 2:
+            continue
+        names = list(preds)
+        ref = preds[names[0]]
+        row = {"variant": v.name, "artifacts": {}, "max_disagreement": 0.0}
+        for n in names:
+            agree = float(100.0 * (preds[n] == ref).mean())
+            acc = float(100.0 * (preds[n] == y).mean()) if y is not None else None
+            row["artifacts"][n] = {"accuracy": acc, "top1_agreement_vs_" + names[0]: agree}
+            row["max_disagreement"] = max(row["max_disagreement"], 100.0 - agree)
+        accs = [a["accuracy"] for a in row["artifacts"].values() if a["accuracy"] is not None]
+        row["accuracy_spread"] = (max(accs) - min(accs)) if accs else None
+        row["flagged"] = row["max_disagreement"] > 1.0 or (row["accuracy_spread"] or 0) > 1.0
+        out.append(row)
+    return out

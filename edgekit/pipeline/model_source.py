@@ -1,0 +1,94 @@
+"""Turn a recipe's ``model:`` section into the reference variant's first module or artifact."""
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Optional
+
+import numpy as np
+import torch.nn as nn
+
+from ..errors import ConfigError, InputFileError, ShapeError
+from ..fileio import require_file
+
+
+def zoo_kwargs(name: str, kwargs: dict, splits: Any) -> dict:
+    """Fill data-dependent arguments (num_classes, in_channels, input_size, image_size) the user left out."""
+    from ..models import MODELS
+    from ..models import _load_architectures  # noqa: F401
+
+    params = inspect.signature(MODELS.get(name)).parameters
+    out = dict(kwargs)
+    shape = tuple(splits.input_shape)
+    if "num_classes" in params and "num_classes" not in out and splits.num_classes:
+        out["num_classes"] = splits.num_classes
+    if len(shape) == 3:
+        if "in_channels" in params:
+            out.setdefault("in_channels", shape[0])
+        if "image_size" in params:
+            out.setdefault("image_size", shape[1])
+    elif len(shape) == 2 and "input_size" in params:
+        out.setdefault("input_size", shape[1])
+    return out
+
+
+def build_module(source: Any, splits: Any) -> Optional[nn.Module]:
+    """The reference ``nn.Module`` for a ModelSource (None for an ONNX-only source)."""
+    from ..models import create_model, load_checkpoint
+
+    if source.name:
+        model = create_model(source.name, **zoo_kwargs(source.name, source.kwargs, splits))
+    elif source.checkpoint:
+        model, _ = load_checkpoint(source.checkpoint)
+    elif source.module:
+        model = import_module_factory(source.module)()
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model.module '{source.module}' returned {type(model).__name__}, not an nn.Module")
+    else:
+        require_file(source.onnx, "model.onnx")
+        return None
+    check_fits(model, splits)
+    return model
+
+
+def import_module_factory(spec: str):
+    """Resolve 'package.module:callable' (trusted user code named in the recipe)."""
+    if ":" not in spec:
+        raise ConfigError(f"model.module must look like 'package.module:factory', got '{spec}'")
+    mod_name, attr = spec.split(":", 1)
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ConfigError(f"model.module: cannot import '{mod_name}': {e}") from None
+    if not hasattr(mod, attr):
+        raise ConfigError(f"model.module: '{mod_name}' has no attribute '{attr}'")
+    return getattr(mod, attr)
+
+
+def check_fits(model: nn.Module, splits: Any) -> None:
+    """Raise ShapeError when the data's samples cannot be fed to ``model`` or classes do not match."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(splits.val.x[:2]))
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:  # any forward failure here means the data does not fit
+        raise ShapeError(f"the data's samples (shape {list(splits.input_shape)}) do not fit the model: "
+                         f"{str(e).splitlines()[0][:200]}") from None
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if splits.labelled and out.shape[-1] != splits.num_classes:
+        raise ShapeError(f"the model outputs {out.shape[-1]} classes but the data has {splits.num_classes}")
+
+
+def onnx_input_fits(path: str, splits: Any) -> None:
+    """Raise ShapeError when an ONNX model's input does not take the data's per-sample shape."""
+    from ..runtime.ort_runner import OrtRunner
+
+    require_file(path, "model.onnx")
+    r = OrtRunner(path, ["CPUExecutionProvider"], threads=1)
+    want = r.input_shape[1:]
+    got = tuple(splits.input_shape)
+    if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
+        raise ShapeError(f"{path}: input '{r.input_name}' expects per-sample shape {list(want)}, data has {list(got)}")

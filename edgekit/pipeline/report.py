@@ -1,0 +1,166 @@
+"""The run report: every variant on every target vs the float baseline, with diagnostics and parity.
+
+Writes ``report.md`` and ``report.json`` (plus ``bench/`` with the raw benchmark and plots) into the run directory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..errors import BackendUnavailableError
+from ..fileio import read_sidecar, write_json_atomic, write_text_atomic
+from ..progress import log
+from .diagnostics import artifact_parity, step_diagnostics
+from .stages import Variant
+
+REPORT_SCHEMA = "edgekit-report/1"
+
+
+def check_required_targets(recipe: Any) -> List[dict]:
+    """Probe every target; raise for an unavailable ``required: true`` one, return the skipped others."""
+    from ..runtime import probe_backend
+
+    skipped = []
+    for t in recipe.targets:
+        ok, reason = probe_backend(t.backend)
+        if not ok:
+            if t.required:
+                raise BackendUnavailableError(f"target '{t.backend}' is required by the recipe but unavailable: {reason}")
+            skipped.append({"backend": t.backend, "reason": reason})
+    return skipped
+
+
+def benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Variant], splits: Callable[[], Any],
+                         manifest: dict) -> Tuple[Path, List[str]]:
+    """Benchmark the run's variants on the recipe's targets and write report.md / report.json."""
+    from ..bench import ModelSpec, benchmark
+
+    skipped = check_required_targets(recipe)
+    backends = [t.backend for t in recipe.targets if t.backend not in {s["backend"] for s in skipped}]
+    chosen = [variants[n] for n in (recipe.benchmark.variants or list(variants)) if n in variants]
+    s = splits()
+    data = s.test if (recipe.benchmark.accuracy and s.labelled) else None
+    specs = [ModelSpec(v.name, v.artifacts(), tuple(s.input_shape)) for v in chosen]
+    base_backend = "torch" if "torch" in backends and chosen[0].checkpoint else backends[0]
+    log(f"benchmark: {len(specs)} variant(s) × {', '.join(backends)} × batch {recipe.benchmark.batches}")
+    bench = benchmark(specs, backends=backends, batches=recipe.benchmark.batches, threads=recipe.threads,
+                      warmup=recipe.benchmark.warmup, iters=recipe.benchmark.iters, min_time=recipe.benchmark.min_time,
+                      rounds=recipe.benchmark.rounds, baseline=(chosen[0].name, base_backend), data=data,
+                      out_dir=run_dir / "bench", plots=recipe.report.plots, input_shape=tuple(s.input_shape))
+    rows = bench.rows
+    findings = step_diagnostics({v.name: v for v in chosen}, rows, recipe.report.min_speedup,
+                                recipe.report.min_int8_coverage)
+    parity = artifact_parity({v.name: v for v in chosen}, s.test.x, s.test.y if s.labelled else None, backends,
+                             recipe.threads)
+    headline = _headline(chosen, rows, base_backend, s.labelled)
+    report = {"schema": REPORT_SCHEMA, "recipe": recipe.name, "description": recipe.description,
+              "baseline": {"variant": chosen[0].name, "backend": base_backend,
+                           "meaning": "PyTorch eager fp32 of the reference model" if base_backend == "torch" else
+                           f"{chosen[0].name} on {base_backend}"},
+              "variants": [_variant_summary(v) for v in chosen], "benchmark": bench.to_dict(),
+              "skipped_targets": skipped + bench.skipped, "diagnostics": findings, "parity": parity,
+              "headline": headline, "stages": manifest.get("stages", [])}
+    write_json_atomic(run_dir / "report.json", report)
+    md = _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, headline, s.labelled, run_dir)
+    path = write_text_atomic(run_dir / "report.md", md)
+    manifest["report"] = {"markdown": str(path), "json": str(run_dir / "report.json"), "headline": headline}
+    return path, headline
+
+
+def _variant_summary(v: Variant) -> dict:
+    side = read_sidecar(v.onnx) if v.onnx else {}
+    return {"name": v.name, "parent": v.parent, "artifacts": v.artifacts(), "metrics": v.metrics,
+            "target": v.meta.get("target") or side.get("target"),
+            "float_layers": v.meta.get("float_layers") or side.get("float_layers") or [],
+            "int8_mac_fraction": v.meta.get("int8_mac_fraction", side.get("int8_mac_fraction"))}
+
+
+def _headline(chosen: List[Variant], rows: List[dict], base_backend: str, labelled: bool) -> List[str]:
+    final = chosen[-1]
+    base = next((r for r in rows if r.get("baseline") and r["batch"] == min(x["batch"] for x in rows)), None)
+    lines = []
+    for r in rows:
+        if r["model"] != final.name or base is None or r["batch"] != base["batch"] or r.get("speedup") is None:
+            continue
+        acc = ""
+        if labelled and r.get("accuracy") is not None and base.get("accuracy") is not None:
+            acc = f", {r['accuracy'] - base['accuracy']:+.1f} pt accuracy ({r['accuracy']:.1f}%)"
+        lines.append(f"{final.name} on {r['backend']}: {r['speedup']:.1f}× faster than the float baseline "
+                     f"({base['model']} on {base_backend}) at batch {r['batch']}{acc}")
+    return lines
+
+
+def _fmt_int(n: Optional[float], unit: str = "") -> str:
+    if n is None:
+        return "–"
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suf}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, headline, labelled, run_dir) -> str:
+    from ..bench.results import format_speedup
+
+    rows, batches = bench.rows, sorted({r["batch"] for r in bench.rows})
+    ort_ref = {r["batch"]: r for r in rows if r["model"] == chosen[0].name and r["backend"] == "ort-cpu"}
+    out = [f"# edgekit report: {recipe.name}", ""]
+    if recipe.description:
+        out += [recipe.description.strip(), ""]
+    out += ["## Headline", ""] + [f"- **{h}**" for h in headline] + [""]
+    out += [f"Float baseline: **{chosen[0].name} on {base_backend}** (PyTorch eager fp32 of the reference model). "
+            "Speedups are medians of per-round paired ratios measured interleaved in one process; the range is "
+            "the min–max over rounds. `vs ORT fp32` divides by the reference on ONNX Runtime fp32, separating the "
+            "gain from compression from the gain of switching runtime.", ""]
+    hdr = ["variant", "backend", "precision", "params", "MACs", "size", "accuracy"]
+    for b in batches:
+        hdr += [f"p50 b{b} (ms)", f"p99 b{b} (ms)"]
+    hdr += [f"speedup b{batches[0]}", f"vs ORT fp32 b{batches[0]}", "efficiency", "float layers"]
+    out += ["## Variants × targets", "", "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    for v in chosen:
+        for backend in dict.fromkeys(r["backend"] for r in rows if r["model"] == v.name):
+            by_b = {r["batch"]: r for r in rows if r["model"] == v.name and r["backend"] == backend}
+            r0 = by_b[batches[0]]
+            acc = "n/a" if not labelled or r0.get("accuracy") is None else f"{r0['accuracy']:.1f}%"
+            cells = [v.name, backend, r0["precision"], _fmt_int(v.metrics.get("params")), _fmt_int(r0.get("macs")),
+                     _fmt_int(r0.get("size_bytes"), "B"), acc]
+            for b in batches:
+                rb = by_b.get(b)
+                cells += [f"{rb['p50_ms']:.3f}" if rb else "–", f"{rb['p99_ms']:.3f}" if rb else "–"]
+            ref = ort_ref.get(batches[0])
+            vs_ort = (f"{r0['speedup'] / ref['speedup']:.2f}×" if ref and ref.get("speedup") and r0.get("speedup")
+                      else "–")
+            eff = f"{r0['efficiency']:.0%}" if r0.get("efficiency") is not None else "–"
+            floats = _variant_summary(v)["float_layers"]
+            cells += [format_speedup(r0), vs_ort, eff, ", ".join(floats[:3]) + ("…" if len(floats) > 3 else "") or "–"]
+            out.append("| " + " | ".join(str(c) for c in cells) + " |")
+    out.append("")
+    for name in ("latency.png", "pareto.png", "throughput.png"):
+        if (run_dir / "bench" / name).is_file():
+            out += [f"![{name[:-4]}](bench/{name})", ""]
+    out += ["## Did each step pay off?", ""]
+    if findings:
+        for f in findings:
+            out.append(f"- **{f['variant']}** vs {f['parent']} on {f['backend']} (batch {f['batch']}): "
+                       f"{f['step_speedup']:.2f}× — " + "; ".join(f["causes"]))
+    else:
+        out.append("Every step was at least "
+                   f"{recipe.report.min_speedup:.2f}× faster than its parent on every target, with int8 coverage "
+                   f"≥ {recipe.report.min_int8_coverage:.0%} where quantised.")
+    out += ["", "## Accuracy parity across artifacts", ""]
+    if parity:
+        out += ["| variant | artifact | accuracy | top-1 agreement | flagged |", "|---|---|---|---|---|"]
+        for p in parity:
+            for art, a in p["artifacts"].items():
+                agree = next(v for k, v in a.items() if k.startswith("top1"))
+                acc = "n/a" if a["accuracy"] is None else f"{a['accuracy']:.1f}%"
+                out.append(f"| {p['variant']} | {art} | {acc} | {agree:.1f}% | {'**yes**' if p['flagged'] else 'no'} |")
+    else:
+        out.append("No variant has two runnable artifacts to compare.")
+    gone = skipped + [s for s in bench.skipped if s.get("model") == "*"]
+    if gone:
+        out += ["", "## Skipped targets", ""] + [f"- {s['backend']}: {s['reason']}" for s in gone]
+    env = bench.environment
+    out += ["", "## Environment", "", bench.environment_line(), "",
+            f"Peak (measured in this run): {bench.peak.get('cpu')}", ""]
+    return "\n".join(out) + "\n"

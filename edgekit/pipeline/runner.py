@@ -1,0 +1,255 @@
+"""Run a recipe's stages in order into a run directory, with a manifest and resumable stages.
+
+Layout of ``runs/<recipe>/<name>/``::
+
+    recipe.yaml            the recipe as given
+    manifest.json          inputs (+sha256), versions, config, per-stage metrics/timings, variants
+    stages/NN-<type>/      each stage's artifacts + stage.json (its key, variants, metrics) once finished
+    bench/                 benchmark results (json/csv/md/png)
+    report.md, report.json, *.png
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, RunDirectoryError
+from ..fileio import read_json, sha256_file, write_json_atomic, write_text_atomic
+from ..progress import log
+from .stages import STAGES, StageContext, StageOutput, Variant
+
+MANIFEST_SCHEMA = "edgekit-manifest/1"
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    variants: Dict[str, Variant]
+    manifest: dict
+    report: Optional[Path] = None
+    headline: List[str] = field(default_factory=list)
+
+
+def resolve_run_dir(recipe: Any, runs_dir: str | Path, name: Optional[str], resume: bool) -> Path:
+    """Pick the run directory: a new one (never an existing one) or, with ``resume``, an existing one."""
+    base = Path(runs_dir) / recipe.name
+    if resume and name is None:
+        existing = sorted(d for d in base.glob("*") if (d / "manifest.json").is_file()) if base.is_dir() else []
+        if not existing:
+            raise RunDirectoryError(f"--resume: no earlier run of '{recipe.name}' under {base} to resume")
+        return max(existing, key=lambda d: d.stat().st_mtime)
+    name = name or datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = base / name
+    if run_dir.exists() and not resume:
+        raise RunDirectoryError(f"run directory {run_dir} already exists; pick another --name or pass --resume "
+                                "to continue it (edgekit never overwrites a run)")
+    if resume and run_dir.exists() and not (run_dir / "manifest.json").is_file():
+        raise RunDirectoryError(f"{run_dir} is not an edgekit run (no manifest.json); refusing to write into it")
+    return run_dir
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    from .. import __version__
+
+    return {"edgekit": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+
+
+def _input_files(recipe: Any) -> Dict[str, str]:
+    """sha256 of every file the recipe reads."""
+    files = {}
+    for key in ("checkpoint", "onnx"):
+        p = getattr(recipe.model, key)
+        if p:
+            files[f"model.{key}"] = p
+    if recipe.data.path and Path(recipe.data.path).is_file():
+        files["data.path"] = recipe.data.path
+    for i, st in enumerate(recipe.stages):
+        calib = getattr(st, "calibration", None)
+        if isinstance(calib, str) and Path(calib).is_file():
+            files[f"stages[{i}].calibration"] = calib
+    return {k: f"{v} sha256:{sha256_file(v)}" for k, v in files.items()}
+
+
+def _preflight(recipe: Any) -> None:
+    """Cheap checks before any expensive work: files exist, backends named exist, stage inputs resolvable."""
+    from ..fileio import require_file
+    from ..runtime import BACKENDS
+    from ..runtime import _load_backends  # noqa: F401
+
+    for key in ("checkpoint", "onnx"):
+        p = getattr(recipe.model, key)
+        if p:
+            require_file(p, f"model.{key}")
+    if recipe.data.name in ("npz",):
+        require_file(recipe.data.path or "", "data.path")
+    for t in recipe.targets:
+        BACKENDS.get(t.backend)
+    from .report import check_required_targets
+
+    check_required_targets(recipe)
+    names = ["reference"] if (recipe.model.checkpoint or recipe.model.onnx) else []
+    for i, st in enumerate(recipe.stages):
+        calib = getattr(st, "calibration", None)
+        if isinstance(calib, str):
+            require_file(calib, f"stages[{i}].calibration")
+        known = not any(n.startswith("<") for n in names)  # default names are decided by the stages themselves
+        if st.input is not None and known and st.input not in names and st.input != "reference":
+            raise ConfigError(f"stages[{i}].input: no earlier stage produces a variant named '{st.input}'; "
+                              f"earlier variants: {', '.join(names) or 'none'}")
+        names.append(st.name or f"<{st.type}>")
+    if recipe.model.onnx and any(s.type in ("train", "distill", "prune", "qat") for s in recipe.stages):
+        raise ConfigError("model.onnx: an ONNX reference cannot go through PyTorch stages (train/distill/prune/qat); "
+                          "start from model.name or model.checkpoint instead")
+
+
+def stage_key(index: int, cfg: Any, recipe: Any, variants: Dict[str, Variant]) -> str:
+    """Hash of everything a stage's result depends on: its config, seed, data and the input artifacts."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"i": index, "stage": cfg.model_dump(mode="json"), "seed": recipe.seed,
+                         "data": recipe.data.model_dump(mode="json"), "model": recipe.model.model_dump(mode="json"),
+                         "threads": recipe.threads}, sort_keys=True).encode())
+    for v in variants.values():
+        for kind, path in sorted(v.artifacts().items()):
+            h.update(f"{v.name}:{kind}:{sha256_file(path)}".encode())
+    return h.hexdigest()[:16]
+
+
+def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str | Path = "runs",
+               name: Optional[str] = None, resume: bool = False, report: bool = True) -> RunResult:
+    """Execute a recipe end to end and write its report.
+
+    Args:
+        recipe: a validated Recipe (``edgekit.recipe.load_recipe``) or a path to a YAML recipe.
+        recipe_path: the YAML file (copied into the run directory).
+        runs_dir: parent of ``<recipe name>/<run name>/``.
+        name: run name (default: a timestamp). An existing run is never overwritten.
+        resume: continue an existing run (the latest one when ``name`` is None); finished stages whose
+            inputs and config are unchanged are skipped.
+        report: benchmark the variants and write the report after the stages.
+
+    Example:
+        >>> result = run_recipe("recipes/digits_resnet.yaml", name="try1")
+        >>> print(result.report)
+    """
+    from ..data import load_data
+    from ..recipe import load_recipe
+
+    if isinstance(recipe, (str, Path)):
+        recipe_path = str(recipe)
+        recipe = load_recipe(recipe)
+    _preflight(recipe)
+    splits_cache: dict = {}
+
+    def splits():
+        if "s" not in splits_cache:
+            splits_cache["s"] = load_data(recipe.data, recipe.seed)
+        return splits_cache["s"]
+
+    _check_model_fits(recipe, splits)
+    run_dir = resolve_run_dir(recipe, runs_dir, name, resume)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=resume)
+    except OSError as e:
+        raise RunDirectoryError(f"cannot create run directory {run_dir}: {e.strerror}") from None
+    if recipe_path:
+        write_text_atomic(run_dir / "recipe.yaml", Path(recipe_path).read_text(encoding="utf-8"))
+    manifest = {"schema": MANIFEST_SCHEMA, "recipe": recipe.model_dump(mode="json"), "recipe_file": recipe_path,
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
+                "inputs": _input_files(recipe), "stages": [], "variants": {}}
+    write_json_atomic(run_dir / "manifest.json", manifest)
+    torch.set_num_threads(recipe.threads)
+    variants: Dict[str, Variant] = _initial_variants(recipe, run_dir, splits)
+    for i, cfg in enumerate(recipe.stages):
+        stage_dir = run_dir / "stages" / f"{i:02d}-{cfg.type}"
+        key = stage_key(i, cfg, recipe, variants)
+        done = stage_dir / "stage.json"
+        t0 = time.perf_counter()
+        if done.is_file() and read_json(done).get("key") == key:
+            rec = read_json(done)
+            out = StageOutput([Variant.from_dict(v) for v in rec["variants"]], rec.get("metrics", {}))
+            log(f"[{i + 1}/{len(recipe.stages)}] {cfg.type}: finished earlier, skipped (key {key})")
+            status = "cached"
+        else:
+            if stage_dir.exists():
+                shutil.rmtree(stage_dir)  # an interrupted attempt: start the stage afresh
+            stage_dir.mkdir(parents=True)
+            log(f"[{i + 1}/{len(recipe.stages)}] {cfg.type} ...")
+            torch.manual_seed(recipe.seed + i)
+            np.random.seed((recipe.seed + i) % 2**32)
+            ctx = StageContext(run_dir, stage_dir, recipe.seed, recipe.threads, recipe, dict(variants), splits)
+            _cfg_cls, fn = STAGES.get(cfg.type)
+            out = fn(ctx, cfg)
+            write_json_atomic(done, {"key": key, "type": cfg.type, "variants": [v.to_dict() for v in out.variants],
+                                     "metrics": out.metrics, "seconds": round(time.perf_counter() - t0, 2)})
+            status = "ran"
+        for v in out.variants:
+            variants[v.name] = v
+        manifest["stages"].append({"index": i, "type": cfg.type, "key": key, "status": status,
+                                   "seconds": round(time.perf_counter() - t0, 2), "metrics": out.metrics,
+                                   "produced": [v.name for v in out.variants]})
+        manifest["variants"] = {n: v.to_dict() for n, v in variants.items()}
+        write_json_atomic(run_dir / "manifest.json", manifest)
+    result = RunResult(run_dir, variants, manifest)
+    if report:
+        from .report import benchmark_and_report
+
+        result.report, result.headline = benchmark_and_report(recipe, run_dir, variants, splits, manifest)
+    manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic(run_dir / "manifest.json", manifest)
+    return result
+
+
+def _check_model_fits(recipe: Any, splits) -> None:
+    from .model_source import build_module, onnx_input_fits
+
+    if recipe.model.onnx:
+        onnx_input_fits(recipe.model.onnx, splits())
+    elif recipe.model.checkpoint or recipe.model.module:
+        build_module(recipe.model, splits())
+
+
+def _initial_variants(recipe: Any, run_dir: Path, splits) -> Dict[str, Variant]:
+    """The reference variant when the recipe starts from a file, or from random weights with no train stage."""
+    from ..models import count_params, save_checkpoint
+    from .model_source import build_module
+
+    src = recipe.model
+    if src.onnx:
+        return {"reference": Variant("reference", None, None, str(Path(src.onnx).resolve()), meta={"source": "onnx"})}
+    if recipe.stages and recipe.stages[0].type == "train":
+        return {}
+    ref_dir = run_dir / "stages" / "reference"
+    ckpt, onnx_path = ref_dir / "reference.pt", ref_dir / "reference.onnx"
+    if not (ckpt.is_file() and onnx_path.is_file()):
+        from ..export import export_onnx
+
+        torch.manual_seed(recipe.seed)
+        model = build_module(src, splits())
+        if getattr(model, "edgekit_arch", None) is None:
+            raise ConfigError("model.module: a module without an edgekit architecture needs a 'train' stage or a "
+                              "checkpoint; build it with edgekit.create_model to use it in recipes")
+        s = splits()
+        save_checkpoint(model, ckpt, {"input_shape": list(s.input_shape), "num_classes": s.num_classes})
+        export_onnx(model, s.val.x[:32], onnx_path)
+    from ..models import load_checkpoint
+
+    model, _ = load_checkpoint(ckpt)
+    meta = {"source": "checkpoint" if src.checkpoint else "random-init" if src.name else "module"}
+    return {"reference": Variant("reference", None, str(ckpt), str(onnx_path), meta=meta,
+                                 metrics={"params": count_params(model)})}

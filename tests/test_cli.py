@@ -1,0 +1,111 @@
+"""The `edgekit` command: bad input gets one clear line, exit code 2, no traceback, nothing destroyed."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from recipes import TINY
+
+
+def assert_clean_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert lines[0].startswith("edgekit: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for f in fragments:
+        assert f in proc.stderr, (f, proc.stderr)
+
+
+def test_models_lists_registry():
+    p = run_cli("models", "--json")
+    assert p.returncode == 0
+    assert {"resnet18", "mobilenetv2", "vit", "rnn_classifier"} <= {r["name"] for r in json.loads(p.stdout)}
+
+
+def test_validate_ok_and_problems(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(TINY)
+    p = run_cli("recipe", "validate", str(good))
+    assert p.returncode == 0 and "valid" in p.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.replace("epochs: 2", "epochs: -2").replace("name: resnet_cifar", "name: resnet9"))
+    p = run_cli("recipe", "validate", str(bad))
+    assert_clean_error(p, "stages[0].epochs (line 13)")
+
+
+@pytest.mark.parametrize("case", ["unknown_model", "malformed_yaml", "missing_recipe", "missing_checkpoint",
+                                  "wrong_arch_checkpoint", "shape_mismatch", "pickle_checkpoint", "unknown_backend",
+                                  "bad_calibration_file", "unwritable_runs_dir"])
+def test_bad_input_battery(case, tmp_path, trained_resnet8):
+    recipe = tmp_path / "r.yaml"
+    text = TINY
+    extra = []
+    if case == "unknown_model":
+        text = TINY.replace("name: resnet_cifar", "name: resnet9")
+        frag = "unknown model 'resnet9'"
+    elif case == "malformed_yaml":
+        text = TINY.replace("kwargs: {depth: 8, width: 0.5}", "kwargs: {depth: 8, width: 0.5")
+        frag = "malformed YAML at line"
+    elif case == "missing_recipe":
+        recipe = tmp_path / "nope.yaml"
+        frag = "recipe not found"
+    elif case == "missing_checkpoint":
+        text = TINY.replace("  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}", "  checkpoint: nowhere.pt")
+        frag = "model.checkpoint not found"
+    elif case == "wrong_arch_checkpoint":
+        import torch
+
+        payload = torch.load(trained_resnet8.checkpoint, weights_only=True)
+        payload["arch"]["kwargs"]["depth"] = 14
+        payload["structure"] = {}
+        torch.save(payload, tmp_path / "other.pt")
+        text = TINY.replace("  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}", f"  checkpoint: {tmp_path / 'other.pt'}")
+        frag = "do not fit architecture"
+    elif case == "shape_mismatch":  # a 3-channel 16x16 checkpoint with 1-channel 8x8 data
+        text = TINY.replace("  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}", f"  checkpoint: {trained_resnet8.checkpoint}")
+        frag = "do not fit the model"
+    elif case == "pickle_checkpoint":
+        import torch
+
+        torch.save({"format": "edgekit-checkpoint/1", "x": Path("/etc")}, tmp_path / "evil.pt")
+        text = TINY.replace("  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}", f"  checkpoint: {tmp_path / 'evil.pt'}")
+        frag = "refused to load"
+    elif case == "unknown_backend":
+        text = TINY.replace("backend: tensorrt", "backend: ort-gpu")
+        frag = "unknown backend 'ort-gpu'"
+    elif case == "bad_calibration_file":
+        np.savez(tmp_path / "c.npz", x=np.zeros((0, 1, 8, 8), np.float32))
+        p = run_cli("bench", str(trained_resnet8.onnx), "--batch", "0,x")
+        assert_clean_error(p, "batch")
+        return
+    elif case == "unwritable_runs_dir":
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        os.chmod(ro, 0o500)
+        extra = ["--runs-dir", str(ro / "runs")]
+        frag = "cannot create run directory"
+        if os.geteuid() == 0:
+            (tmp_path / "file").write_text("x")
+            extra = ["--runs-dir", str(tmp_path / "file" / "runs")]
+    if case != "missing_recipe":
+        recipe.write_text(text)
+    p = run_cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), *extra) if not extra else \
+        run_cli("run", str(recipe), *extra)
+    assert_clean_error(p, frag)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_debug_shows_traceback(tmp_path):
+    p = run_cli("--debug", "recipe", "validate", str(tmp_path / "none.yaml"))
+    assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_make_calib_writes_npz(tmp_path):
+    out = tmp_path / "c.npz"
+    p = run_cli("data", "make-calib", "--dataset", "digits", "--image-size", "8", "--samples", "16", "--out", str(out))
+    assert p.returncode == 0
+    with np.load(out) as f:
+        assert f["x"].shape == (16, 1, 8, 8) and f["x"].dtype == np.float32
