@@ -109,3 +109,31 @@ def test_make_calib_writes_npz(tmp_path):
     assert p.returncode == 0
     with np.load(out) as f:
         assert f["x"].shape == (16, 1, 8, 8) and f["x"].dtype == np.float32
+
+
+@pytest.mark.slow
+def test_prune_sensitivity_export_and_quantize_commands(tmp_path, trained_resnet8):
+    out = tmp_path / "sens"
+    p = run_cli("prune", str(trained_resnet8.checkpoint), "--sensitivity", "--data", "digits", "--ratios", "0.5",
+                "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    assert (out / "sensitivity.json").is_file() and "| group |" in p.stdout
+    pruned = tmp_path / "pruned.pt"
+    p = run_cli("prune", str(trained_resnet8.checkpoint), "--ratio", "0.3", "--data", "digits", "--finetune-epochs", "1",
+                "--out", str(pruned))
+    assert p.returncode == 0, p.stderr
+    assert "MACs" in p.stdout and pruned.is_file()
+    onnx_path = tmp_path / "pruned.onnx"
+    p = run_cli("export", str(pruned), "--data", "digits", "--out", str(onnx_path))
+    assert p.returncode == 0, p.stderr
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=trained_resnet8.splits.train.x[:64])
+    p = run_cli("quantize", str(onnx_path), "--calib", str(calib), "--out", str(tmp_path / "q.onnx"))
+    assert p.returncode == 0, p.stderr
+    assert "int8 MAC coverage" in p.stdout
+
+
+def test_prune_command_needs_one_target(tmp_path, trained_resnet8):
+    p = run_cli("prune", str(trained_resnet8.checkpoint), "--out", str(tmp_path / "x.pt"))
+    assert_clean_error(p, "exactly one of --ratio")
+    assert not (tmp_path / "x.pt").exists()

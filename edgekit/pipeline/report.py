@@ -75,11 +75,25 @@ def _variant_summary(v: Variant) -> dict:
             "int8_mac_fraction": v.meta.get("int8_mac_fraction", side.get("int8_mac_fraction"))}
 
 
+_BACKEND_TARGET = {"ort-cpu": "cpu", "torch": "cpu", "tensorrt": "tensorrt", "ort-cuda": "tensorrt",
+                   "torch-cuda": "tensorrt"}
+
+
+def final_variant(chosen: List[Variant], backend: str) -> Variant:
+    """The last variant made for ``backend`` (artifacts quantised for another target are passed over)."""
+    want = _BACKEND_TARGET.get(backend)
+    for v in reversed(chosen):
+        target = v.meta.get("target") or (read_sidecar(v.onnx).get("target") if v.onnx else None)
+        if target is None or target == want:
+            return v
+    return chosen[-1]
+
+
 def _headline(chosen: List[Variant], rows: List[dict], base_backend: str, labelled: bool) -> List[str]:
-    final = chosen[-1]
     base = next((r for r in rows if r.get("baseline") and r["batch"] == min(x["batch"] for x in rows)), None)
     lines = []
     for r in rows:
+        final = final_variant(chosen, r["backend"])
         if r["model"] != final.name or base is None or r["batch"] != base["batch"] or r.get("speedup") is None:
             continue
         acc = ""
