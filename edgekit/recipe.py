@@ -18,7 +18,7 @@ from .pipeline.stages import STAGES, StageConfig, load_stage_modules
 
 
 class ModelSource(BaseModel):
-    """Where the reference model comes from: exactly one of name / checkpoint / onnx / module."""
+    """Where the reference model comes from: exactly one of name / checkpoint / onnx."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -26,13 +26,14 @@ class ModelSource(BaseModel):
     kwargs: Dict[str, Any] = Field(default_factory=dict, description="architecture arguments, e.g. {depth: 20}")
     checkpoint: Optional[str] = Field(None, description="an edgekit checkpoint (.pt) to start from")
     onnx: Optional[str] = Field(None, description="an ONNX file to start from (no PyTorch stages possible)")
-    module: Optional[str] = Field(None, description="'package.module:factory' returning an nn.Module (trusted code)")
+    imports: List[str] = Field(default_factory=list, description="modules to import first: your own architectures "
+                               "registered with @edgekit.models.register_model (trusted code you name)")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "ModelSource":
-        given = [k for k in ("name", "checkpoint", "onnx", "module") if getattr(self, k)]
+        given = [k for k in ("name", "checkpoint", "onnx") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of name, checkpoint, onnx, module (got {', '.join(given) or 'none'})")
+            raise ValueError(f"give exactly one of name, checkpoint, onnx (got {', '.join(given) or 'none'})")
         return self
 
 

@@ -60,7 +60,7 @@ def test_unknown_stage_type_lists_allowed():
 
 
 def test_model_source_needs_exactly_one():
-    with pytest.raises(ConfigError, match="exactly one of name, checkpoint, onnx, module"):
+    with pytest.raises(ConfigError, match="exactly one of name, checkpoint, onnx"):
         validate_recipe({"model": {"name": "resnet_cifar", "onnx": "m.onnx"}})
 
 
@@ -72,3 +72,14 @@ def test_literal_typo_gets_suggestion():
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(InputFileError, match="recipe not found"):
         load_recipe(tmp_path / "none.yaml")
+
+
+def test_template_is_generated_from_the_schema_and_up_to_date():
+    from pathlib import Path
+
+    from edgekit.recipe_template import render_template
+
+    shipped = (Path(__file__).resolve().parents[1] / "recipes" / "TEMPLATE.yaml").read_text()
+    assert shipped == render_template(), "run: edgekit recipe template --out recipes/TEMPLATE.yaml"
+    for stage in ("train", "distill", "prune", "quantize", "qat", "export", "compile"):
+        assert f"# - type: {stage}" in shipped

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import resource
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -18,81 +17,13 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError, EdgekitError, ShapeError
 from ..progress import log
-from .data import as_split, parse_batches
-from .latency import Case, paired_ratios, ratio_summary, run_interleaved, summarize, validate_settings
+from .data import as_split, is_dataset_name, parse_batches
+from .latency import ROUND_STATS, Case, paired_ratios, ratio_summary, run_interleaved, summarize, validate_settings
 from .results import SCHEMA, BenchResult
+from .specs import ModelSpec, as_specs, model_macs, pick_artifact, size_bytes
 
-KINDS = ("module", "checkpoint", "onnx", "engine")
-
-
-@dataclass
-class ModelSpec:
-    """A named model with one artifact per kind (``module``, ``checkpoint``, ``onnx``, ``engine``).
-
-    Each backend runs the artifact kind it accepts, so one spec can be timed on torch (checkpoint)
-    and on ONNX Runtime (onnx) as the same variant.
-
-    Example:
-        >>> ModelSpec("int8", {"onnx": "run/int8.onnx"})
-    """
-
-    name: str
-    artifacts: Dict[str, Any] = field(default_factory=dict)
-    input_shape: Optional[Tuple[int, ...]] = None
-
-    def __post_init__(self) -> None:
-        bad = [k for k in self.artifacts if k not in KINDS]
-        if bad:
-            raise ConfigError(f"model '{self.name}': unknown artifact kind(s) {bad}; allowed: {', '.join(KINDS)}")
-
-
-def _as_specs(models: Any) -> List[ModelSpec]:
-    """Normalise paths / modules / ModelSpecs / pipeline variants to a list of unique-named ModelSpecs."""
-    import torch.nn as nn
-
-    from ..runtime.base import artifact_kind
-
-    items = [models] if isinstance(models, (str, os.PathLike, nn.Module, ModelSpec)) else list(models)
-    if not items:
-        raise ConfigError("no models to benchmark")
-    specs: List[ModelSpec] = []
-    for it in items:
-        if isinstance(it, ModelSpec):
-            specs.append(it)
-        elif isinstance(it, nn.Module):
-            specs.append(ModelSpec(type(it).__name__, {"module": it}))
-        elif isinstance(it, (str, os.PathLike)):
-            specs.append(ModelSpec(Path(it).stem, {artifact_kind(it): os.fspath(it)}))
-        elif hasattr(it, "name") and any(getattr(it, k, None) for k in ("checkpoint", "onnx", "engine")):
-            arts = {k: getattr(it, k) for k in ("checkpoint", "onnx", "engine") if getattr(it, k, None)}
-            shape = (getattr(it, "meta", None) or {}).get("input_shape")
-            specs.append(ModelSpec(str(it.name), arts, tuple(shape) if shape else None))
-        else:
-            raise ConfigError(f"cannot benchmark a {type(it).__name__}; give a path, an nn.Module or a ModelSpec")
-    seen: Dict[str, int] = {}
-    for s in specs:  # duplicate stems (a/model.onnx, b/model.onnx) get a numeric suffix
-        seen[s.name] = seen.get(s.name, 0) + 1
-        if seen[s.name] > 1:
-            s.name = f"{s.name}#{seen[s.name]}"
-    return specs
-
-
-def _size_bytes(artifact: Any, kind: str) -> int:
-    """Bytes on disk (ONNX external-data files included); in-memory tensor bytes for a module."""
-    if kind == "module":
-        return int(sum(t.numel() * t.element_size() for t in artifact.state_dict().values()))
-    path = Path(artifact)
-    total = path.stat().st_size
-    if kind == "onnx":
-        try:
-            import onnx
-
-            m = onnx.load(str(path), load_external_data=False)
-            files = {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
-            total += sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
-        except Exception:
-            pass
-    return int(total)
+PEAK_ROUND_S = 0.02  # seconds of GEMM per round and precision
+GPU_PEAK_KEY = {"int8": "int8_gops", "fp16": "fp16_gops", "bf16": "fp16_gops"}
 
 
 def _rss_mb() -> float:
@@ -103,13 +34,6 @@ def _rss_mb() -> float:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-
-
-def _pick_artifact(spec: ModelSpec, backend_kinds: Sequence[str]) -> Optional[Tuple[str, Any]]:
-    for kind in backend_kinds:
-        if kind in spec.artifacts:
-            return kind, spec.artifacts[kind]
-    return None
 
 
 def _first_line(e: BaseException) -> str:
@@ -154,47 +78,6 @@ def _accuracy(runner: Any, data, eval_batch: int = 128) -> float:
     return 100.0 * correct / len(data.x)
 
 
-def _macs(spec: ModelSpec, runners: Dict[str, Any], shape) -> Tuple[Optional[int], Optional[int], str]:
-    """(total, int8, source) MACs per sample from the spec's ONNX graph, else from an exported module."""
-    from ..fileio import read_sidecar
-    from .macs import count_macs_onnx
-
-    onnx_path = spec.artifacts.get("onnx")
-    if onnx_path is None and "engine" in spec.artifacts:
-        side = read_sidecar(spec.artifacts["engine"])
-        cand = side.get("onnx") or side.get("source_onnx") or side.get("source")
-        onnx_path = cand if cand and Path(cand).is_file() else None
-    try:
-        if onnx_path is not None:
-            rep = count_macs_onnx(onnx_path, shape)
-            return rep.total, rep.int8, "onnx"
-        module = spec.artifacts.get("module") or next((getattr(r, "module", None) for r in runners.values()
-                                                       if getattr(r, "module", None) is not None), None)
-        if module is not None:
-            return _macs_of_module(module, shape), 0, "onnx-export"
-    except Exception as e:  # MACs are informative; never fail a benchmark on them
-        log(f"bench: could not count MACs of '{spec.name}': {_first_line(e)}")
-    return None, None, "unavailable"
-
-
-def _macs_of_module(module: Any, shape) -> int:
-    import io
-    import warnings
-
-    import onnx
-    import torch
-
-    from .macs import count_macs_onnx
-
-    param = next(module.parameters(), None)
-    x = torch.zeros((1, *shape), dtype=torch.float32, device=param.device if param is not None else "cpu")
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.float(), (x,), buf, dynamo=False, opset_version=17)
-    return count_macs_onnx(onnx.load_from_string(buf.getvalue()), shape).total
-
-
 def _match_baseline(baseline: Any, keys: List[Tuple[str, str]], specs: List[ModelSpec]) -> Tuple[str, str]:
     if baseline is None:
         return keys[0]
@@ -216,9 +99,9 @@ def _match_baseline(baseline: Any, keys: List[Tuple[str, str]], specs: List[Mode
 
 
 def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any = (1,), threads: Optional[int] = None,
-              warmup: int = 10, iters: Optional[int] = None, min_time: Optional[float] = None, rounds: int = 10,
+              warmup: int = 10, iters: Optional[int] = None, min_time: Optional[float] = None, rounds: int = 20,
               baseline: Any = None, data: Any = None, out_dir: Union[str, os.PathLike, None] = None,
-              input_shape: Optional[Sequence[int]] = None, plots: bool = True) -> BenchResult:
+              input_shape: Optional[Sequence[int]] = None, plots: bool = True, round_stat: str = "min") -> BenchResult:
     """Time models on backends and batch sizes, interleaved in rounds, with paired speedups.
 
     Args:
@@ -236,6 +119,9 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
             adds top-1 accuracy (%) measured through the same runner.
         out_dir: when given, writes bench.json / .csv / .md and plots there.
         input_shape: per-sample input shape when the artifact does not fix it.
+        plots: write PNG plots along with the tables (when ``out_dir`` is given).
+        round_stat: per-round latency behind ratios and efficiency: "min" (default; robust to the
+            additive noise of a shared machine), "p25" or "median".
 
     Returns:
         BenchResult with one row per model x backend x batch.
@@ -244,16 +130,19 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
         >>> res = benchmark(["a.onnx", "b.onnx"], batches="1,8", threads=2, iters=200)
         >>> res.rows[1]["speedup"]
     """
-    from ..runtime import BACKENDS
-    from ..runtime import _load_backends  # noqa: F401
-    from .hardware import environment, measure_gpu_peak, measure_peak
-
-    batch_list = parse_batches(batches)
+    batch_list = parse_batches(batches)  # cheap validation first, before heavy imports and work
     validate_settings(warmup, iters, min_time, rounds)
+    if round_stat not in ROUND_STATS:
+        raise ConfigError(f"round_stat must be one of {', '.join(ROUND_STATS)}, got {round_stat!r}")
     if iters is None and min_time is None:
         min_time = 1.0
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+
+    from ..runtime import BACKENDS
+    from ..runtime import _load_backends  # noqa: F401
+    from .hardware import GemmProbe, environment, load_average, measure_gpu_peak
+
     env = environment()
     threads = threads or env["cores_usable"]
     backend_list = [b.strip() for b in ([backends] if isinstance(backends, str) else backends) for b in b.split(",")
@@ -261,8 +150,8 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
     if not backend_list:
         raise ConfigError("no backend given; valid: " + ", ".join(BACKENDS.names()))
     specs = [BACKENDS.get(b) for b in backend_list]  # unknown names -> ConfigError with did-you-mean
-    models_ = _as_specs(models)
-    split = as_split(data)
+    models_ = as_specs(models)
+    split = None if is_dataset_name(data) else as_split(data)  # a dataset name is loaded to fit the model
 
     skipped: List[dict] = []
     usable = []
@@ -280,10 +169,11 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
     runners: Dict[Tuple[str, str], Any] = {}
     meta: Dict[Tuple[str, str], dict] = {}
     shapes: Dict[str, Tuple[int, ...]] = {}
+    probes: Dict[str, Any] = {}
     try:
         for spec in models_:
             for bspec in usable:
-                picked = _pick_artifact(spec, bspec.artifact_kinds)
+                picked = pick_artifact(spec, bspec.artifact_kinds)
                 if picked is None:
                     skipped.append({"model": spec.name, "backend": bspec.name,
                                     "reason": f"no {' or '.join(bspec.artifact_kinds)} artifact "
@@ -293,6 +183,12 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
                 rss0 = _rss_mb()
                 runner = open_runner(art, backend=bspec.name, threads=threads)
                 runners[(spec.name, bspec.name)] = runner
+                if split is None and data is not None:
+                    try:
+                        like = _resolve_shape(spec, runner, input_shape, None)
+                    except ShapeError:
+                        like = None
+                    split = as_split(data, like_shape=like)
                 shape = _resolve_shape(spec, runner, input_shape, split)
                 shapes.setdefault(spec.name, shape)
                 x = _sample(shape, max(batch_list), runner.input_dtype, split)
@@ -306,10 +202,13 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
                                      f"{list(x.shape)}: {_first_line(e)}") from None
                 meta[(spec.name, bspec.name)] = {
                     "kind": kind, "artifact": "<nn.Module>" if kind == "module" else os.fspath(art),
-                    "size_bytes": _size_bytes(art, kind), "mem_delta_mb": round(_rss_mb() - rss0, 1),
+                    "size_bytes": size_bytes(art, kind), "mem_delta_mb": round(_rss_mb() - rss0, 1),
                     "device": bspec.device, "precision": runner.info.get("precision", "fp32"),
                     "threads": runner.info.get("threads", threads),
+                    "warning": _target_warning(art, kind, bspec.name),
                 }
+                if meta[(spec.name, bspec.name)]["warning"]:
+                    log(f"bench: warning: {meta[(spec.name, bspec.name)]['warning']}")
         keys = list(runners)
         if not keys:
             raise ConfigError("nothing to benchmark: " + "; ".join(f"{s['model']} on {s['backend']}: {s['reason']}"
@@ -320,40 +219,56 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
         for spec in models_:
             if spec.name in shapes:
                 owned = {b: r for (m, b), r in runners.items() if m == spec.name}
-                macs[spec.name] = _macs(spec, owned, shapes[spec.name])
+                macs[spec.name] = model_macs(spec, owned, shapes[spec.name])
         has_labels = split is not None and split.y is not None
         accuracy = {k: _accuracy(r, split) for k, r in runners.items()} if has_labels else {}
 
-        t0 = time.time()
-        peak_cpu = measure_peak(threads=threads) if any(m["device"] == "cpu" for m in meta.values()) else None
+        t0, load_start = time.time(), load_average()
+        probes = ({p: GemmProbe(p, None, threads) for p in ("fp32", "int8")}
+                  if any(m["device"] == "cpu" for m in meta.values()) else {})
+        peak_rounds: Dict[str, List[float]] = {p: [] for p in probes}
         peak_gpu = measure_gpu_peak() if any(m["device"] != "cpu" for m in meta.values()) else None
 
         rows: List[dict] = []
         for batch in batch_list:
             cases = [Case(k, runners[k], runners[k].prepare(_sample(shapes[k[0]], batch, runners[k].input_dtype, split)),
                           meta[k]["device"]) for k in keys]
+            cases += [Case(("__peak__", p), g, g.prepared, "cpu", round_time_s=PEAK_ROUND_S) for p, g in probes.items()]
             res = run_interleaved(cases, warmup=warmup, iters=iters, min_time=min_time, rounds=rounds,
                                   desc=f"bench batch={batch}")
-            medians = res.round_medians
+            per_round = res.round_stat(round_stat)  # one latency per round and case (see round_stat)
             bi = keys.index(base_key)
+            peak_now = {p: np.array([g.gops(ms) for ms in per_round[len(keys) + j]]) for j, (p, g) in enumerate(probes.items())}
+            for p, arr in peak_now.items():
+                peak_rounds[p] += arr.tolist()
             for i, k in enumerate(keys):
                 m = meta[k]
                 total, int8, _src = macs.get(k[0], (None, None, ""))
                 row = {"model": k[0], "backend": k[1], "batch": batch, "baseline": k == base_key,
                        "precision": m["precision"], "device": m["device"], "threads": m["threads"],
-                       "artifact": m["artifact"], "rounds": len(medians[i]), **summarize(res.all_times(i), batch),
+                       "artifact": m["artifact"], "warning": m.get("warning"), "rounds": len(per_round[i]),
+                       **summarize(res.all_times(i), batch),
                        "size_bytes": m["size_bytes"], "mem_delta_mb": m["mem_delta_mb"],
                        "macs": total, "int8_macs": int8}
-                row["gops"] = 2.0 * total * batch / (row["p50_ms"] / 1e3) / 1e9 if total else None
-                pk = _peak_for(m, peak_cpu, peak_gpu)
-                row["peak_gops"] = pk
-                row["efficiency"] = row["gops"] / pk if row["gops"] and pk else None
+                # GOP/s from the same per-round latency as the ratios (median over rounds), so that
+                # GOP/s, % peak and speedups agree with each other
+                row["round_ms"] = float(np.median(per_round[i]))
+                achieved = 2.0 * total * batch / (per_round[i] / 1e3) / 1e9 if total else None
+                row["gops"] = float(np.median(achieved)) if total else None
+                row["peak_gops"], row["efficiency"] = None, None
+                if m["device"] == "cpu" and probes and total:
+                    # paired like the speedups: achieved / peak in the same round, median over rounds
+                    pr = peak_now["int8" if m["precision"] == "int8" else "fp32"]
+                    row["peak_gops"], row["efficiency"] = float(np.median(pr)), float(np.median(achieved / pr))
+                elif m["device"] != "cpu" and peak_gpu and row["gops"]:
+                    pk = peak_gpu.get(GPU_PEAK_KEY.get(m["precision"], "fp32_gops"))
+                    row["peak_gops"], row["efficiency"] = pk, (row["gops"] / pk if pk else None)
                 row["accuracy"] = accuracy.get(k)
-                row.update(ratio_summary(paired_ratios(medians[bi], medians[i])))
+                row.update(ratio_summary(paired_ratios(per_round[bi], per_round[i])))
                 rows.append(row)
         timing_s = time.time() - t0
     finally:
-        for r in runners.values():
+        for r in list(runners.values()) + list(probes.values()):
             try:
                 r.close()
             except Exception:
@@ -361,11 +276,12 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
 
     result = BenchResult(
         rows=rows, skipped=skipped, environment=env,
-        peak={"cpu": peak_cpu.to_dict() if peak_cpu else None, "gpu": peak_gpu},
+        peak={"cpu": _peak_summary(peak_rounds, threads), "gpu": peak_gpu},
         config={"backends": backend_list, "batches": batch_list, "threads": threads, "warmup": warmup,
-                "iters": iters, "min_time": min_time, "rounds": rounds, "input_shapes": {k: list(v) for k, v in shapes.items()},
+                "iters": iters, "min_time": min_time, "rounds": rounds, "round_stat": round_stat, "input_shapes": {k: list(v) for k, v in shapes.items()},
                 "data": None if split is None else {"n": int(len(split.x)), "source": getattr(split, "source", None)},
-                "timing_s": round(timing_s, 1), "peak_rss_mb": round(_peak_rss_mb(), 1)},
+                "timing_s": round(timing_s, 1), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                "load_avg_1m": [load_start, load_average()]},
         baseline={"model": base_key[0], "backend": base_key[1]},
     )
     if out_dir is not None:
@@ -373,13 +289,27 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
     return result
 
 
-def _peak_for(meta: dict, peak_cpu, peak_gpu) -> Optional[float]:
-    prec = meta["precision"]
-    if meta["device"] == "cpu":
-        return peak_cpu.for_precision(prec) if peak_cpu else None
-    if not peak_gpu:
+def _target_warning(artifact: Any, kind: str, backend: str) -> Optional[str]:
+    """A warning when a quantised artifact runs on a backend its QDQ flavour was not made for."""
+    if kind != "onnx":
         return None
-    return peak_gpu.get({"int8": "int8_gops", "fp16": "fp16_gops", "bf16": "fp16_gops"}.get(prec, "fp32_gops"))
+    from ..compress.quantize import check_target
+
+    return check_target(artifact, backend)
+
+
+def _peak_summary(peak_rounds: Dict[str, List[float]], threads: int) -> Optional[dict]:
+    if not peak_rounds:
+        return None
+    from .hardware import PEAK_SIZES
+
+    out = {"sizes": dict(PEAK_SIZES), "threads": threads,
+           "method": "ONNX Runtime MatMul (fp32, 512^3) / MatMulInteger (u8 x s8, 1024^3), timed in every round "
+                     "between the variants; median (and max) of the round per_round"}
+    for p, vals in peak_rounds.items():
+        out[f"{p}_gops"] = round(float(np.median(vals)), 1) if vals else None
+        out[f"{p}_gops_max"] = round(float(np.max(vals)), 1) if vals else None
+    return out
 
 
 __all__ = ["ModelSpec", "benchmark", "SCHEMA"]

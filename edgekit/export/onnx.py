@@ -99,7 +99,7 @@ def _run_exporter(model: nn.Module, x: torch.Tensor, out: Path, opset: int, expo
             warnings.simplefilter("ignore")
             if exporter == "dynamo":
                 torch.onnx.export(model, (x,), str(out), input_names=["input"], output_names=["logits"],
-                                  opset_version=max(opset, 18), dynamo=True,
+                                  opset_version=max(opset, 18), dynamo=True, external_data=False,
                                   dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
             else:
                 torch.onnx.export(model, (x,), str(out), input_names=["input"], output_names=["logits"],

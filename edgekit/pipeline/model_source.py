@@ -40,10 +40,6 @@ def build_module(source: Any, splits: Any) -> Optional[nn.Module]:
         model = create_model(source.name, **zoo_kwargs(source.name, source.kwargs, splits))
     elif source.checkpoint:
         model, _ = load_checkpoint(source.checkpoint)
-    elif source.module:
-        model = import_module_factory(source.module)()
-        if not isinstance(model, nn.Module):
-            raise ConfigError(f"model.module '{source.module}' returned {type(model).__name__}, not an nn.Module")
     else:
         require_file(source.onnx, "model.onnx")
         return None
@@ -51,18 +47,13 @@ def build_module(source: Any, splits: Any) -> Optional[nn.Module]:
     return model
 
 
-def import_module_factory(spec: str):
-    """Resolve 'package.module:callable' (trusted user code named in the recipe)."""
-    if ":" not in spec:
-        raise ConfigError(f"model.module must look like 'package.module:factory', got '{spec}'")
-    mod_name, attr = spec.split(":", 1)
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ConfigError(f"model.module: cannot import '{mod_name}': {e}") from None
-    if not hasattr(mod, attr):
-        raise ConfigError(f"model.module: '{mod_name}' has no attribute '{attr}'")
-    return getattr(mod, attr)
+def import_plugins(modules) -> None:
+    """Import the recipe's ``model.imports`` so the architectures they register exist."""
+    for i, name in enumerate(modules):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"model.imports[{i}]: cannot import '{name}': {e}") from None
 
 
 def check_fits(model: nn.Module, splits: Any) -> None:

@@ -92,6 +92,9 @@ def _preflight(recipe: Any) -> None:
     from ..runtime import BACKENDS
     from ..runtime import _load_backends  # noqa: F401
 
+    from .model_source import import_plugins
+
+    import_plugins(recipe.model.imports)
     for key in ("checkpoint", "onnx"):
         p = getattr(recipe.model, key)
         if p:
@@ -220,7 +223,7 @@ def _check_model_fits(recipe: Any, splits) -> None:
 
     if recipe.model.onnx:
         onnx_input_fits(recipe.model.onnx, splits())
-    elif recipe.model.checkpoint or recipe.model.module:
+    elif recipe.model.checkpoint:
         build_module(recipe.model, splits())
 
 
@@ -241,15 +244,12 @@ def _initial_variants(recipe: Any, run_dir: Path, splits) -> Dict[str, Variant]:
 
         torch.manual_seed(recipe.seed)
         model = build_module(src, splits())
-        if getattr(model, "edgekit_arch", None) is None:
-            raise ConfigError("model.module: a module without an edgekit architecture needs a 'train' stage or a "
-                              "checkpoint; build it with edgekit.create_model to use it in recipes")
         s = splits()
         save_checkpoint(model, ckpt, {"input_shape": list(s.input_shape), "num_classes": s.num_classes})
         export_onnx(model, s.val.x[:32], onnx_path)
     from ..models import load_checkpoint
 
     model, _ = load_checkpoint(ckpt)
-    meta = {"source": "checkpoint" if src.checkpoint else "random-init" if src.name else "module"}
+    meta = {"source": "checkpoint" if src.checkpoint else "random-init"}
     return {"reference": Variant("reference", None, str(ckpt), str(onnx_path), meta=meta,
                                  metrics={"params": count_params(model)})}
