@@ -42,7 +42,7 @@ def step_diagnostics(variants: Dict[str, Any], rows: List[dict], min_speedup: fl
             child, parent = _row(rows, v.name, backend, b1), _row(rows, v.parent, backend, b1)
             if child is None or parent is None:
                 continue
-            step = parent["p50_ms"] / child["p50_ms"]
+            step = _step_ratio(parent, child)
             coverage = v.meta.get("int8_mac_fraction")
             low_cov = coverage is not None and coverage < min_int8_coverage
             if step >= min_speedup and not low_cov:
@@ -51,6 +51,16 @@ def step_diagnostics(variants: Dict[str, Any], rows: List[dict], min_speedup: fl
             findings.append({"variant": v.name, "parent": v.parent, "backend": backend, "batch": b1,
                              "step_speedup": round(step, 2), "int8_coverage": coverage, "causes": causes})
     return findings
+
+
+def _step_ratio(parent: dict, child: dict) -> float:
+    """How much faster ``child`` is than ``parent``: the ratio of their paired speedups (both measured against
+    the baseline in the same interleaved rounds), falling back to the p50 ratio when a speedup is missing."""
+    if parent.get("baseline"):
+        parent = {**parent, "speedup": 1.0}
+    if child.get("speedup") and parent.get("speedup"):
+        return child["speedup"] / parent["speedup"]
+    return parent["p50_ms"] / child["p50_ms"]
 
 
 def _causes(v: Any, parent: Any, backend: str, rows: List[dict], batches: List[int], coverage: Optional[float],

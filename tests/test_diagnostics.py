@@ -1,0 +1,58 @@
+""""Did it actually get faster?" diagnostics and the report's headline logic."""
+import torch
+
+from edgekit.fileio import write_sidecar
+from edgekit.models import create_model, save_checkpoint
+from edgekit.pipeline.diagnostics import misaligned_channels, step_diagnostics
+from edgekit.pipeline.report import final_variant
+from edgekit.pipeline.stages import Variant
+
+
+def rows_for(name, backend, p50s, speedup, baseline=False):
+    return [{"model": name, "backend": backend, "batch": b, "p50_ms": ms, "speedup": speedup if b == 1 else None,
+             "baseline": baseline} for b, ms in p50s.items()]
+
+
+def test_paying_step_is_not_flagged():
+    v = {"a": Variant("a"), "b": Variant("b", parent="a")}
+    rows = rows_for("a", "ort-cpu", {1: 2.0, 8: 12.0}, 1.0, True) + rows_for("b", "ort-cpu", {1: 1.0, 8: 6.0}, 2.0)
+    assert step_diagnostics(v, rows) == []
+
+
+def test_flat_latency_over_batch_is_reported_as_call_overhead():
+    v = {"a": Variant("a"), "b": Variant("b", parent="a")}
+    rows = rows_for("a", "ort-cpu", {1: 0.10, 8: 0.20}, 1.0, True) + rows_for("b", "ort-cpu", {1: 0.10, 8: 0.19}, 1.02)
+    (f,) = step_diagnostics(v, rows)
+    assert f["variant"] == "b" and f["step_speedup"] == 1.02
+    assert any("call overhead dominates" in c for c in f["causes"])
+
+
+def test_qdq_for_another_target_and_low_coverage_and_float_layers(tmp_path):
+    onnx = tmp_path / "q.onnx"
+    onnx.write_bytes(b"")
+    write_sidecar(onnx, {"target": "tensorrt", "precision": "int8"})
+    v = {"a": Variant("a"),
+         "b": Variant("b", parent="a", onnx=str(onnx), meta={"int8_mac_fraction": 0.55, "float_layers": ["conv1"]})}
+    rows = rows_for("a", "ort-cpu", {1: 1.0}, 1.0, True) + rows_for("b", "ort-cpu", {1: 1.4}, 0.7)
+    (f,) = step_diagnostics(v, rows)
+    text = " ".join(f["causes"])
+    assert "made for TensorRT" in text and "55% of MACs run in int8" in text and "conv1" in text
+
+
+def test_misaligned_channels_are_named(tmp_path):
+    m = create_model("small_cnn", width=8, depth=2)
+    m[0][0] = torch.nn.Conv2d(3, 5, 3, 1, 1, bias=False)
+    m[0][1] = torch.nn.BatchNorm2d(5)
+    m[1][0] = torch.nn.Conv2d(5, 16, 3, 2, 1, bias=False)
+    path = save_checkpoint(m, tmp_path / "m.pt")
+    assert misaligned_channels(str(path)) == ["0.0:5"]
+
+
+def test_final_variant_skips_artifacts_made_for_another_target(tmp_path):
+    cpu, trt = tmp_path / "cpu.onnx", tmp_path / "trt.onnx"
+    for p, t in ((cpu, "cpu"), (trt, "tensorrt")):
+        p.write_bytes(b"")
+        write_sidecar(p, {"target": t})
+    chosen = [Variant("ref"), Variant("int8-cpu", onnx=str(cpu)), Variant("int8-trt", onnx=str(trt))]
+    assert final_variant(chosen, "ort-cpu").name == "int8-cpu"
+    assert final_variant(chosen, "tensorrt").name == "int8-trt"
