@@ -23,7 +23,12 @@ def _probe(spec) -> tuple:
 
 
 def backend_statuses() -> list:
-    """One dict per registered backend: name, available, reason, device, artifact kinds, description."""
+    """One dict per registered backend: name, available, reason, device, artifact kinds, description.
+
+    Example:
+        >>> [b["name"] for b in backend_statuses() if not b["available"]]
+        ['torch-cuda', 'ort-cuda', 'tensorrt']
+    """
     from .runtime.base import BACKENDS
     from .runtime import _load_backends  # noqa: F401  (fills the registry)
 
@@ -37,7 +42,12 @@ def backend_statuses() -> list:
 
 
 def gpu_facts() -> dict:
-    """PyTorch's CUDA build and devices, the NVIDIA driver seen through libcuda, and why CUDA is unusable."""
+    """PyTorch's CUDA build and devices, the NVIDIA driver seen through libcuda, and why CUDA is unusable.
+
+    Example:
+        >>> gpu_facts()["devices"]
+        [{'index': 0, 'name': 'NVIDIA L4', 'compute_capability': '8.9', 'memory_gb': 22.0}]
+    """
     import torch
 
     from .runtime.gpu_runners import cuda_driver_info, cuda_unavailable_reason
@@ -82,7 +92,11 @@ def _or(value: Optional[object], missing: str = "not installed") -> str:
 
 
 def format_report(report: dict) -> str:
-    """Human-readable text of ``doctor_report()``: backends first, then GPU, CPU and versions."""
+    """Human-readable text of ``doctor_report()``: backends first, then GPU, CPU and versions.
+
+    Example:
+        >>> print(format_report(doctor_report()))
+    """
     width = max(len(b["name"]) for b in report["backends"]) + 2
     lines = ["Backends"]
     for b in report["backends"]:

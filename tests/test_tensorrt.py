@@ -171,7 +171,7 @@ def good_sidecar(**over):
 
 
 def test_sidecar_matching_this_machine_passes():
-    trtx.validate_sidecar(good_sidecar(), IDENTITY, "m.engine")  # no exception
+    assert trtx.validate_sidecar(good_sidecar(), IDENTITY, "m.engine") is None  # no exception
 
 
 @pytest.mark.parametrize("over,pattern", [
@@ -215,10 +215,12 @@ def test_tensorrt_status_explains_missing_or_stub_packages(tmp_path, monkeypatch
     version, reason = trtx.tensorrt_status()
     assert version is None and "cannot load TensorRT's libraries (RuntimeError: TensorRT libraries were not found" in reason
     (stub / "__init__.py").write_text("__version__ = '10.0.0'\n")
-    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
-    version, reason = trtx.tensorrt_status()
+    sys.modules.pop("tensorrt", None)
+    try:
+        version, reason = trtx.tensorrt_status()
+    finally:
+        sys.modules.pop("tensorrt", None)  # never leave the stub behind for later tests
     assert version is None and "stub" in reason
-    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
 
 
 def test_build_validates_before_touching_tensorrt(tmp_path):
@@ -333,3 +335,100 @@ def test_import_edgekit_does_not_load_tensorrt():
             "assert 'pycuda' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# ----------------------------------------------------------------------------- TensorRT 10 call sequence (fake module)
+
+
+class _Recorder:
+    """A stand-in for the ``tensorrt`` module recording the TensorRT 10.x calls edgekit makes."""
+
+    __version__ = "10.9.9"
+
+    def __init__(self, parse_ok=True):
+        self.calls, self.parse_ok = [], parse_ok
+        rec = self
+        self.BuilderFlag = type("BuilderFlag", (), {n: n for n in ("FP16", "INT8", "SPARSE_WEIGHTS", "TF32")})
+        self.MemoryPoolType = type("MemoryPoolType", (), {"WORKSPACE": "WORKSPACE"})
+
+        class Logger:
+            WARNING = "WARNING"
+
+            def __init__(self, level):
+                rec.calls.append(("Logger", level))
+
+        class Cache:
+            def __init__(self, blob):
+                self.blob = blob
+
+            def serialize(self):
+                return memoryview(b"cache:" + self.blob)
+
+        class Config:
+            def set_flag(self, f): rec.calls.append(("set_flag", f))
+            def clear_flag(self, f): rec.calls.append(("clear_flag", f))
+            def set_memory_pool_limit(self, pool, size): rec.calls.append(("set_memory_pool_limit", pool, size))
+            def add_optimization_profile(self, p): rec.calls.append(("add_optimization_profile", p.shapes))
+            def create_timing_cache(self, blob): rec.calls.append(("create_timing_cache", bytes(blob))); return Cache(bytes(blob))
+            def set_timing_cache(self, cache, ignore_mismatch):
+                rec.calls.append(("set_timing_cache", ignore_mismatch))
+                self.cache = cache
+                return cache.blob != b"stale"
+            def get_timing_cache(self): return self.cache
+
+        class Profile:
+            def __init__(self): self.shapes = {}
+            def set_shape(self, name, mn, opt, mx): self.shapes[name] = (list(mn), list(opt), list(mx))
+
+        class Builder:
+            def __init__(self, logger): rec.calls.append(("Builder",))
+            def create_network(self, flags): rec.calls.append(("create_network", flags)); return "network"
+            def create_builder_config(self): return Config()
+            def create_optimization_profile(self): return Profile()
+            def build_serialized_network(self, network, config): rec.calls.append(("build_serialized_network", network)); return memoryview(b"PLAN")
+
+        class Err:
+            def node(self): return 7
+            def node_name(self): return "/stem/Conv"
+            def node_operator(self): return "Conv"
+            def desc(self): return "Assertion failed: weights must be initializers"
+
+        class OnnxParser:
+            num_errors = 1
+
+            def __init__(self, network, logger): rec.calls.append(("OnnxParser", network))
+            def parse_from_file(self, path): rec.calls.append(("parse_from_file", path)); return rec.parse_ok
+            def get_error(self, i): return Err()
+
+        self.Logger, self.Builder, self.OnnxParser, self.Runtime = Logger, Builder, OnnxParser, object
+
+
+def test_build_uses_the_tensorrt10_api(tmp_path, monkeypatch):
+    fake = _Recorder()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    onnx_path = make_onnx(tmp_path / "m.onnx")
+    tc = tmp_path / "t.cache"
+    tc.write_bytes(b"old")
+    profile = {"x": {"min": [1, 3, 4, 4], "opt": [2, 3, 4, 4], "max": [8, 3, 4, 4]}}
+    blob = trtx._build_serialized(onnx_path, trtx.precision_flags("int8", True), profile, 64, tc)
+    assert blob == b"PLAN" and tc.read_bytes() == b"cache:old"
+    names = [c[0] for c in fake.calls]
+    assert ("create_network", 0) in fake.calls and ("parse_from_file", str(onnx_path)) in fake.calls
+    assert [c[1] for c in fake.calls if c[0] == "set_flag"] == ["INT8", "FP16", "SPARSE_WEIGHTS"]
+    assert ("set_memory_pool_limit", "WORKSPACE", 64 << 20) in fake.calls
+    assert ("add_optimization_profile", {"x": ([1, 3, 4, 4], [2, 3, 4, 4], [8, 3, 4, 4])}) in fake.calls
+    assert ("create_timing_cache", b"old") in fake.calls and ("set_timing_cache", False) in fake.calls
+    assert names.index("set_timing_cache") < names.index("build_serialized_network")
+    trtx._build_serialized(onnx_path, trtx.precision_flags("fp32"), profile, 64, None)
+    assert ("clear_flag", "TF32") in fake.calls
+    tc.write_bytes(b"stale")  # rejected by set_timing_cache (other TensorRT/GPU): start empty, then save
+    trtx._build_serialized(onnx_path, trtx.precision_flags("fp16"), profile, 64, tc)
+    creates = [c for c in fake.calls if c[0] == "create_timing_cache"]
+    assert creates[-2:] == [("create_timing_cache", b"stale"), ("create_timing_cache", b"")]
+    assert tc.read_bytes() == b"cache:"
+
+
+def test_parser_errors_surface_node_names(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", _Recorder(parse_ok=False))
+    with pytest.raises(trtx.EngineBuildError, match=r"node 7 '/stem/Conv' \(Conv\): Assertion failed: weights"):
+        trtx._build_serialized(make_onnx(tmp_path / "m.onnx"), trtx.precision_flags("fp16"), {}, 64, None)

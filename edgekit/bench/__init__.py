@@ -13,7 +13,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "benchmark": "api", "ModelSpec": "api",
+    "benchmark": "api", "ModelSpec": "specs",
     "BenchResult": "results", "SCHEMA": "results",
     "count_macs_onnx": "macs", "MacReport": "macs", "NodeMacs": "macs",
     "environment": "hardware", "measure_peak": "hardware", "measure_gpu_peak": "hardware", "Peak": "hardware",

@@ -47,7 +47,11 @@ def add_commands(subparsers) -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--iters", type=_positive_int("--iters"), default=None, help="timed iterations per case")
     g.add_argument("--min-time", type=_seconds, default=None, help="minimum timed seconds per case (default 1)")
-    p.add_argument("--rounds", type=_positive_int("--rounds"), default=10, help="interleaved rounds (default 10)")
+    p.add_argument("--rounds", type=_positive_int("--rounds"), default=20,
+                   help="interleaved rounds, each giving one paired ratio (default 20)")
+    p.add_argument("--round-stat", choices=("min", "p25", "median"), default="min",
+                   help="per-round latency behind the paired ratios: the block's fastest iteration (default; "
+                        "robust on a busy machine), its 25th percentile or its median")
     p.add_argument("--baseline", default=None, help="baseline MODEL (path or name, optionally NAME@backend); default: first")
     p.add_argument("--data", default=None, help="held-out data for accuracy: an .npz with x,y or a dataset name (digits)")
     p.add_argument("--input-shape", default=None, help="per-sample input shape when the model does not fix it, e.g. 3,224,224")
@@ -73,12 +77,16 @@ def handler(args: argparse.Namespace) -> int:
     res = benchmark(args.models, backends=args.backend, batches=args.batch, threads=args.threads,
                     warmup=args.warmup, iters=args.iters, min_time=args.min_time, rounds=args.rounds,
                     baseline=args.baseline, data=args.data, out_dir=args.out,
-                    input_shape=_parse_shape(args.input_shape), plots=not args.no_plots)
+                    input_shape=_parse_shape(args.input_shape), plots=not args.no_plots,
+                    round_stat=args.round_stat)
     print(res.environment_line())
     print()
     print(res.table())
     for s in res.skipped:
         print(f"skipped: {s['model']} on {s['backend']}: {s['reason']}")
+    warning = res.load_warning()
+    if warning:
+        print(warning, file=sys.stderr)
     if args.out:
         print(f"\nwrote {args.out}/bench.json, bench.csv, bench.md" + ("" if args.no_plots else " and plots"))
     sys.stdout.flush()

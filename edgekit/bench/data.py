@@ -84,27 +84,40 @@ def load_npz(path: str | os.PathLike) -> HeldOut:
     return HeldOut(x, y, str(p))
 
 
-def load_named(name: str, seed: int = 0) -> HeldOut:
-    """The test split of a built-in dataset (e.g. ``digits``) via ``edgekit.data.load_data``."""
+def is_dataset_name(data: Any) -> bool:
+    """True for a string naming a built-in dataset rather than a file (no path separator, no .npz)."""
+    if not isinstance(data, str):
+        return False
+    return not (data.endswith(".npz") or os.sep in data or Path(data).exists())
+
+
+def load_named(name: str, seed: int = 0, like_shape: Optional[tuple] = None) -> HeldOut:
+    """The test split of a built-in dataset (e.g. ``digits``) via ``edgekit.data.load_data``.
+
+    ``like_shape`` (a model's per-sample input shape, e.g. (3, 32, 32)) picks the image size and
+    channels, so ``--data digits`` fits a model trained on digits resized to 32x32 RGB.
+    """
     try:
         from ..data import DataConfig, load_data
     except ImportError:
         raise ConfigError(f"dataset '{name}' needs edgekit.data, which is not available in this build; "
                           "give an .npz file with arrays x and y instead") from None
-    splits = load_data(DataConfig(name=name), seed=seed)
+    cfg: dict = {"name": name}
+    if like_shape is not None and len(like_shape) == 3 and name == "digits" and like_shape[0] in (1, 3) \
+            and like_shape[1] == like_shape[2]:
+        cfg.update(channels=int(like_shape[0]), image_size=int(like_shape[1]))
+    splits = load_data(DataConfig(**cfg), seed=seed)
     return HeldOut(np.asarray(splits.test.x, np.float32), None if splits.test.y is None
                    else np.asarray(splits.test.y, np.int64), f"{name}:test")
 
 
-def as_split(data: Any, seed: int = 0) -> Optional[Any]:
+def as_split(data: Any, seed: int = 0, like_shape: Optional[tuple] = None) -> Optional[Any]:
     """Accept None, a Split-like object (``.x``, ``.y``), an ``.npz`` path or a dataset name."""
     if data is None:
         return None
     if isinstance(data, (str, os.PathLike)):
         s = os.fspath(data)
-        if s.endswith(".npz") or os.sep in s or Path(s).exists():
-            return load_npz(s)
-        return load_named(s, seed)
+        return load_named(s, seed, like_shape) if is_dataset_name(s) else load_npz(s)
     if hasattr(data, "x"):
         x = np.asarray(data.x)
         y = getattr(data, "y", None)

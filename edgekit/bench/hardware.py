@@ -1,9 +1,11 @@
 """What machine is this, and how fast can it multiply matrices?
 
 ``environment()`` describes the host (CPU model, ISA flags, cores, memory, GPU, package versions);
-``measure_peak()`` runs a short 1024^3 GEMM micro-benchmark (fp32 through ONNX Runtime MatMul,
-u8 x s8 through ONNX Runtime MatMulInteger) so efficiency is judged against *this* machine in *this*
-run, not a datasheet.
+``measure_peak()`` runs a short GEMM micro-benchmark (fp32 through ONNX Runtime MatMul at 512^3,
+u8 x s8 through ONNX Runtime MatMulInteger at 1024^3) so efficiency is judged against *this* machine in
+*this* run, not a datasheet. (fp32 uses 512^3 because MLAS sgemm is ~30% slower at 1024^3 on a 2-core
+AVX-512 EPYC, 318 vs 451 GOP/s, while its conv kernels reach ~430: a peak must be the best the
+kernels reach, or efficiencies exceed 100%.)
 
 Example:
     >>> env = environment()
@@ -130,8 +132,8 @@ def environment() -> dict:
     Returns:
         dict with keys ``cpu_model``, ``isa_flags`` (list), ``cores_logical``, ``cores_physical``,
         ``cores_usable`` (affinity), ``memory_gb``, ``gpu`` (name or None), ``gpu_compute_capability``
-        (e.g. "9.0" or None), ``versions`` (python, numpy, torch, onnx, onnxruntime, tensorrt) and
-        ``platform``. TensorRT is probed, never required: its version is None when absent.
+        (e.g. "9.0" or None), ``versions`` (python, numpy, torch, onnx, onnxruntime, tensorrt),
+        ``platform`` and ``threading_env`` (the OMP_*/KMP_*/MKL_* variables that are set). TensorRT is probed, never required: its version is None when absent.
 
     Example:
         >>> env = environment()
@@ -159,7 +161,20 @@ def environment() -> dict:
         "gpu_compute_capability": cc,
         "versions": versions,
         "platform": f"{_platform.system()} {_platform.release()} {_platform.machine()}; {sys.implementation.name}",
+        "threading_env": {k: os.environ[k] for k in _THREAD_VARS if k in os.environ},
     }
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT", "MKL_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS")
+
+
+def load_average() -> Optional[float]:
+    """1-minute load average (runnable processes), or None where the OS does not report it."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _tensorrt_version() -> Optional[str]:
@@ -179,6 +194,9 @@ def _tensorrt_version() -> Optional[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+PEAK_SIZES = {"fp32": 512, "int8": 1024}  # GEMM n per precision (n^3 MACs per call)
+
+
 @dataclass
 class Peak:
     """Measured GEMM throughput of this machine in GOP/s (1 MAC = 2 ops)."""
@@ -186,7 +204,7 @@ class Peak:
     fp32_gops: Optional[float]
     int8_gops: Optional[float]
     threads: Optional[int]
-    size: int
+    sizes: dict
     method: str = "onnxruntime MatMul (fp32) / MatMulInteger (u8 x s8), best of repeats"
 
     def for_precision(self, precision: Optional[str]) -> Optional[float]:
@@ -232,9 +250,12 @@ class GemmProbe:
         >>> g.run_prepared(g.prepared)
     """
 
-    def __init__(self, precision: str = "fp32", size: int = 1024, threads: Optional[int] = None):
+    def __init__(self, precision: str = "fp32", size: Optional[int] = None, threads: Optional[int] = None):
         import onnxruntime as ort
 
+        if precision not in PEAK_SIZES:
+            raise ValueError(f"GEMM peak precision must be one of {sorted(PEAK_SIZES)}, got {precision!r}")
+        size = size or PEAK_SIZES[precision]
         blob, a = _gemm_model("MatMul" if precision == "fp32" else "MatMulInteger", size)
         so = ort.SessionOptions()
         so.log_severity_level = 3
@@ -283,24 +304,25 @@ def _time_gemm(op: str, n: int, threads: Optional[int], min_time: float, repeats
     return round(best, 1)
 
 
-def measure_peak(threads: Optional[int] = None, size: int = 1024, min_time: float = 0.15,
+def measure_peak(threads: Optional[int] = None, sizes: Optional[dict] = None, min_time: float = 0.15,
                  repeats: int = 3) -> Peak:
-    """Measure fp32 and u8 x s8 GEMM throughput with ONNX Runtime (takes ~1 s at 1024^3).
+    """Measure fp32 and u8 x s8 GEMM throughput with ONNX Runtime (takes ~1 s).
 
     Args:
         threads: intra-op threads, the same as the benchmark's (None = ORT default).
-        size: square matrix size n (n^3 MACs per call).
+        sizes: square matrix size n per precision (default ``PEAK_SIZES``: fp32 512, int8 1024).
         min_time: seconds per timed block.
         repeats: timed blocks; the best one is kept (peak = what the machine can do).
 
     Example:
         >>> measure_peak(threads=2).fp32_gops
     """
+    sizes = {**PEAK_SIZES, **(sizes or {})}
     return Peak(
-        fp32_gops=_time_gemm("MatMul", size, threads, min_time, repeats),
-        int8_gops=_time_gemm("MatMulInteger", size, threads, min_time, repeats),
+        fp32_gops=_time_gemm("MatMul", sizes["fp32"], threads, min_time, repeats),
+        int8_gops=_time_gemm("MatMulInteger", sizes["int8"], threads, min_time, repeats),
         threads=threads,
-        size=size,
+        sizes=sizes,
     )
 
 

@@ -5,13 +5,15 @@ followed by ``runner.synchronize()`` (inputs are prepared once, outside). Every 
 untimed iteration, so a thread pool left spinning or a cache left cold by the previous case does not
 land on the next case's first timed iteration. Cases on a CUDA device are timed with CUDA events.
 
-Comparisons use **per-round ratios**: the baseline's round median divided by the case's round median
-in the same round, so machine drift (another job starting, turbo, thermal) shifts both alike.
+Comparisons use **per-round ratios**: the baseline's per-round latency divided by the case's in the same
+round (by default each block's fastest iteration, see ``Interleaved.round_stat``), so machine drift
+(another job starting, turbo, thermal) shifts both alike.
 
 Example:
     >>> cases = [Case("a", runner_a, runner_a.prepare(x)), Case("b", runner_b, runner_b.prepare(x))]
     >>> res = run_interleaved(cases, warmup=5, iters=200, rounds=10)
-    >>> paired_ratios(res.round_medians[0], res.round_medians[1])   # speedup of b over a, per round
+    >>> r = res.round_stat("min")
+    >>> paired_ratios(r[0], r[1])   # speedup of b over a, per round
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ from ..errors import ConfigError
 from ..progress import progress
 
 
+ROUND_STATS = {"min": np.min, "p25": lambda a: np.percentile(a, 25), "median": np.median}
+
+
 @dataclass
 class Case:
     """One thing to time: a runner and an input already placed where it reads it."""
@@ -34,6 +39,7 @@ class Case:
     runner: Any
     prepared: Any
     device: str = "cpu"
+    round_time_s: Optional[float] = None  # fixed time budget per round (reference cases such as the GEMM peak)
 
 
 @dataclass
@@ -47,11 +53,39 @@ class Interleaved:
     times: List[List[np.ndarray]]
     order: List[int] = field(default_factory=list)
     iters_per_round: List[int] = field(default_factory=list)
+    reference: List[bool] = field(default_factory=list)  # True for fixed-budget reference cases (GEMM peak)
 
     @property
     def round_medians(self) -> List[np.ndarray]:
         """Median latency (ms) of every round, per case."""
-        return [np.array([float(np.median(r)) for r in rounds]) for rounds in self.times]
+        return self.round_stat("median")
+
+    def round_stat(self, stat: str = "min") -> List[np.ndarray]:
+        """One latency (ms) per round and case, from the block's ``min``, ``p25`` or ``median``.
+
+        ``min`` (the default for ratios) suits shared machines: contention only ever *adds* time
+        (preemption, cache thrash), so a block's fastest iteration is the best estimate of the model's
+        own cost; a block median flips whenever half the block was preempted. A minimum over more samples
+        is luckier, so blocks are compared at equal sample size: with k the smallest block of the round
+        (over the non-reference cases), a case's value is the median over consecutive k-iteration chunks
+        of the chunk statistic. Reference cases (the GEMM peak) use their whole block.
+        """
+        fn = ROUND_STATS.get(stat)
+        if fn is None:
+            raise ConfigError(f"unknown per-round statistic '{stat}'; allowed: {', '.join(ROUND_STATS)}")
+        reference = self.reference or [False] * len(self.times)
+        compared = [i for i, ref in enumerate(reference) if not ref]
+        out = [np.empty(len(rounds)) for rounds in self.times]
+        for r in range(min((len(t) for t in self.times), default=0)):
+            k = min((len(self.times[i][r]) for i in compared), default=1)
+            for i, rounds in enumerate(self.times):
+                block = rounds[r]
+                if reference[i] or stat == "median" or len(block) <= k:
+                    out[i][r] = float(fn(block))
+                else:
+                    n = len(block) // k
+                    out[i][r] = float(np.median([fn(block[j * k:(j + 1) * k]) for j in range(n)]))
+        return out
 
     def all_times(self, i: int) -> np.ndarray:
         """Every timed iteration (ms) of case ``i``, all rounds pooled."""
@@ -134,7 +168,7 @@ def validate_settings(warmup: int, iters: Optional[int], min_time: Optional[floa
 
 
 def run_interleaved(cases: Sequence[Case], warmup: int = 10, iters: Optional[int] = None,
-                    min_time: Optional[float] = 1.0, rounds: int = 10, desc: str = "bench",
+                    min_time: Optional[float] = 1.0, rounds: int = 20, desc: str = "bench",
                     max_extra_rounds: Optional[int] = None) -> Interleaved:
     """Warm every case up, then time them interleaved: round r runs case 0, 1, ..., n-1 in turn.
 
@@ -160,8 +194,10 @@ def run_interleaved(cases: Sequence[Case], warmup: int = 10, iters: Optional[int
     for c, timer in zip(cases, timers):
         w = timer(max(1, warmup)) if warmup else timer(1)
         estimates.append(float(np.median(w)))
-    per_round = [plan_iterations(e, rounds, iters, min_time) for e in estimates]
-    res = Interleaved(times=[[] for _ in cases], iters_per_round=per_round)
+    per_round = [math.ceil(c.round_time_s * 1000.0 / max(e, 1e-6)) if c.round_time_s
+                 else plan_iterations(e, rounds, iters, min_time) for c, e in zip(cases, estimates)]
+    res = Interleaved(times=[[] for _ in cases], iters_per_round=per_round,
+                      reference=[bool(c.round_time_s) for c in cases])
 
     def one_round() -> None:
         for i, timer in enumerate(timers):
@@ -172,7 +208,8 @@ def run_interleaved(cases: Sequence[Case], warmup: int = 10, iters: Optional[int
         one_round()
     if iters is None and min_time:
         extra = rounds if max_extra_rounds is None else max_extra_rounds
-        while extra > 0 and min(res.all_times(i).sum() for i in range(len(cases))) < 0.9 * min_time * 1000:
+        timed = [i for i, c in enumerate(cases) if not c.round_time_s] or [0]
+        while extra > 0 and min(res.all_times(i).sum() for i in timed) < min_time * 1000 * (1 - 1e-9):
             one_round()
             extra -= 1
     return res

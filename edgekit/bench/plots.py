@@ -46,7 +46,10 @@ def plot_latency(result, path: Path) -> Path:
     """Bars at p50 with whiskers up to p99, per model/backend, one colour per batch size."""
     plt = _pyplot()
     rows = result.ordered_rows()
-    labels = list(dict.fromkeys(f"{r['model']}\n{r['backend']}" for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in result.rows))  # group each model's backends side by side
+    backends = list(dict.fromkeys(r["backend"] for r in result.rows))
+    present = {(r["model"], r["backend"]) for r in rows}
+    labels = [f"{m}\n{b}" for m in models for b in backends if (m, b) in present]
     batches = sorted({r["batch"] for r in rows})
     width = 0.8 / len(batches)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) * max(1, len(batches) / 1.5)), 3.6))
@@ -81,11 +84,23 @@ def plot_throughput(result, path: Path) -> Path:
     for name, pts in series.items():
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    batches = sorted({r["batch"] for r in result.rows})
     ax.set_xscale("log", base=2)
+    ax.set_xticks(batches)
+    ax.set_xticklabels([str(b) for b in batches])
+    values = [r["throughput"] for r in result.rows if r["throughput"] > 0]
+    if values and max(values) / min(values) > 20:
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel("batch size")
     ax.set_ylabel("samples / s")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title("Throughput vs batch size")
     try:
         return _save(fig, path)

@@ -20,7 +20,7 @@ from ..fileio import write_json_atomic, write_text_atomic
 SCHEMA = "edgekit-bench/1"
 
 CSV_COLUMNS = ["model", "backend", "batch", "baseline", "precision", "device", "threads", "p50_ms", "p90_ms", "p99_ms",
-               "mean_ms", "std_ms", "min_ms", "iters", "rounds", "throughput", "size_bytes", "mem_delta_mb", "macs",
+               "mean_ms", "std_ms", "min_ms", "round_ms", "iters", "rounds", "throughput", "size_bytes", "mem_delta_mb", "macs",
                "int8_macs", "gops", "peak_gops", "efficiency", "accuracy", "speedup", "speedup_min", "speedup_max",
                "speedup_rounds", "artifact"]
 
@@ -125,16 +125,31 @@ class BenchResult:
         isa = ", ".join(f for f in e.get("isa_flags", []) if f.startswith(("avx512", "amx", "avx_vnni"))) or "–"
         gpu = f"; GPU {e['gpu']} (sm {e.get('gpu_compute_capability')})" if e.get("gpu") else ""
         vers = ", ".join(f"{k} {val}" for k, val in v.items() if val)
+        tenv = "".join(f"; {k}={val}" for k, val in (e.get("threading_env") or {}).items())
         line = (f"{e.get('cpu_model', '?')} ({e.get('cores_usable', e.get('cores_logical'))} usable cores; {isa}){gpu}; "
-                f"{self.config.get('threads')} threads; {vers}.")
+                f"{self.config.get('threads')} threads{tenv}; {vers}.")
         cpu, gpu_peak = (self.peak or {}).get("cpu"), (self.peak or {}).get("gpu")
         if cpu:
-            line += (f" Measured CPU GEMM peak ({cpu['size']}³, ONNX Runtime): fp32 {_fmt(cpu.get('fp32_gops'), ',.0f')} "
-                     f"GOP/s, u8×s8 {_fmt(cpu.get('int8_gops'), ',.0f')} GOP/s.")
+            sz = cpu.get("sizes", {})
+            line += (f" CPU GEMM peak measured in the same rounds (ONNX Runtime): fp32 {_fmt(cpu.get('fp32_gops'), ',.0f')} "
+                     f"GOP/s ({sz.get('fp32')}³), u8×s8 {_fmt(cpu.get('int8_gops'), ',.0f')} GOP/s ({sz.get('int8')}³).")
         if gpu_peak:
             line += (f" GPU GEMM peak: fp32 {_fmt(gpu_peak.get('fp32_gops'), ',.0f')}, fp16 "
                      f"{_fmt(gpu_peak.get('fp16_gops'), ',.0f')}, int8 {_fmt(gpu_peak.get('int8_gops'), ',.0f')} GOP/s.")
         return line
+
+    def load_warning(self) -> Optional[str]:
+        """A warning when the machine was busier than its cores during the run (absolute times unreliable)."""
+        loads = [v for v in self.config.get("load_avg_1m") or [] if v is not None]
+        cores = self.environment.get("cores_usable") or self.environment.get("cores_logical")
+        if not loads or not cores or max(loads) <= cores:
+            return None
+        omp = self.environment.get("threading_env", {}).get("OMP_WAIT_POLICY")
+        hint = "" if omp else (" Multi-threaded PyTorch (GNU OpenMP spin-waiting) degrades worst; "
+                               "OMP_WAIT_POLICY=PASSIVE limits the damage.")
+        return (f"Warning: load average {max(loads):.1f} on {cores} usable cores during this run: other processes "
+                "competed for the CPU, so absolute latencies are inflated and multi-threaded runs suffer most "
+                f"(fewer --threads, more --rounds help); paired ratios are more robust than raw times.{hint}")
 
     def to_markdown(self, title: str = "Benchmark") -> str:
         """A readable report: settings, environment, the table, skipped combinations."""
@@ -143,9 +158,15 @@ class BenchResult:
         parts = [f"## {title}", "",
                  f"Baseline: **{self.baseline.get('model')}** on {self.baseline.get('backend')}. "
                  f"Warm-up {c.get('warmup')} iterations, then {timing} per case in {c.get('rounds')} interleaved rounds; "
-                 "speedup = median of per-round ratios (min–max over rounds). "
-                 "GOP/s = 2 × MACs × batch / p50; % peak = GOP/s / measured GEMM peak of the same precision.", "",
-                 self.environment_line(), "", self.table(), ""]
+                 f"speedup = median of per-round ratios (min–max over rounds; per-round latency = the block's "
+                 f"{ {'min': 'fastest iteration', 'p25': '25th percentile', 'median': 'median'}.get(c.get('round_stat'), 'median') }). "
+                 "GOP/s = 2 × MACs × batch / per-round latency; % peak = that over the GEMM peak of the same "
+                 "precision measured in the same round (medians over rounds).", "",
+                 self.environment_line(), ""]
+        warning = self.load_warning()
+        if warning:
+            parts += [f"> {warning}", ""]
+        parts += [self.table(), ""]
         if self.skipped:
             parts += ["Skipped:", ""] + [f"- {s['model']} on {s['backend']}: {s['reason']}" for s in self.skipped] + [""]
         return "\n".join(parts)

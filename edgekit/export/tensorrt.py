@@ -6,29 +6,25 @@
 This is the only edgekit module that imports ``tensorrt`` (always inside functions, so ``import
 edgekit`` stays lean). Everything before the build (precision -> builder flags, Q/DQ detection,
 profile computation, cache key, sidecar validation) is plain Python, testable without TensorRT.
-
-TensorRT 10.x Python API, checked against (also valid for 11.x where unchanged):
-- Builder / create_network / NetworkDefinitionCreationFlag (EXPLICIT_BATCH ignored in 10.0, so
-  ``create_network(0)``): https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/Builder.html
-  and https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html
-- IBuilderConfig set_flag / clear_flag (BuilderFlag FP16, INT8, SPARSE_WEIGHTS, TF32),
-  set_memory_pool_limit(MemoryPoolType.WORKSPACE), create_timing_cache / set_timing_cache /
-  get_timing_cache, add_optimization_profile:
-  https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/c-api/classnvinfer1_1_1_i_builder_config.html
-  (C++ reference, same members) and Polygraphy backend/trt/config.py (NVIDIA/TensorRT repository)
-- ITimingCache.serialize / combine: https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/TimingCache.html
-- IOptimizationProfile.set_shape(name, min, opt, max):
-  https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/OptimizationProfile.html
-- OnnxParser.parse_from_file / num_errors / get_error; ParserError desc(), node(), node_name(),
-  node_operator() (nodeName/nodeOperator since 10.0):
-  https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/c-api/classnvonnxparser_1_1_i_parser_error-members.html
-- build_serialized_network (build_engine was removed in 10.0), Runtime.deserialize_cuda_engine,
-  ICudaEngine num_io_tensors / get_tensor_name / get_tensor_mode / get_tensor_dtype / get_tensor_shape:
-  https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/Engine.html
-- IExecutionContext set_input_shape / set_tensor_address / execute_async_v3 (used by
-  edgekit.runtime.gpu_runners): https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/ExecutionContext.html
-  and NVIDIA/TensorRT samples/python/common_runtime.py
 """
+# TensorRT 10.x Python API (also 11.x where unchanged) as used below, checked against:
+# - Builder, create_network(0) (EXPLICIT_BATCH is ignored since 10.0), NetworkDefinitionCreationFlag:
+#   https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html
+# - IBuilderConfig set_flag/clear_flag (BuilderFlag FP16, INT8, SPARSE_WEIGHTS, TF32), set_memory_pool_limit
+#   (MemoryPoolType.WORKSPACE), create_timing_cache/set_timing_cache/get_timing_cache, add_optimization_profile:
+#   https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/c-api/classnvinfer1_1_1_i_builder_config.html
+#   and Polygraphy tools/Polygraphy/polygraphy/backend/trt/config.py (NVIDIA/TensorRT)
+# - ITimingCache.serialize: https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/TimingCache.html
+# - IOptimizationProfile.set_shape(name, min, opt, max):
+#   https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/OptimizationProfile.html
+# - OnnxParser parse_from_file/num_errors/get_error; ParserError desc/node/node_name/node_operator (10.x):
+#   https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/c-api/classnvonnxparser_1_1_i_parser_error-members.html
+# - build_serialized_network (build_engine removed in 10.0), Runtime.deserialize_cuda_engine, ICudaEngine
+#   num_io_tensors/get_tensor_name/get_tensor_mode/get_tensor_dtype/get_tensor_shape (get_binding_* removed):
+#   https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/Engine.html
+# - IExecutionContext set_input_shape/set_tensor_address/execute_async_v3 (edgekit.runtime.gpu_runners):
+#   https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/ExecutionContext.html
+#   and NVIDIA/TensorRT samples/python/common_runtime.py
 from __future__ import annotations
 
 import hashlib
@@ -37,7 +33,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
@@ -102,14 +98,24 @@ def _load_onnx(onnx_path: Union[str, Path]):
 
 
 def has_qdq(onnx_path: Union[str, Path]) -> bool:
-    """True when the ONNX graph (or one of its local functions) holds QuantizeLinear/DequantizeLinear."""
+    """True when the ONNX graph (or one of its local functions) holds QuantizeLinear/DequantizeLinear.
+
+    Example:
+        >>> has_qdq("model_int8_trt.onnx")
+        True
+    """
     model = _load_onnx(onnx_path)
     nodes = list(model.graph.node) + [n for f in model.functions for n in f.node]
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in nodes)
 
 
 def onnx_inputs(onnx_path: Union[str, Path]) -> list:
-    """``[(name, [dim or None, ...]), ...]`` for the graph inputs that are not initializers."""
+    """``[(name, [dim or None, ...]), ...]`` for the graph inputs that are not initializers.
+
+    Example:
+        >>> onnx_inputs("model.onnx")
+        [('input', [None, 3, 32, 32])]
+    """
     graph = _load_onnx(onnx_path).graph
     inits = {i.name for i in graph.initializer}
     out = []
@@ -135,11 +141,30 @@ def _batch_triple(batch_range: BatchRange) -> Tuple[int, int, int]:
     elif isinstance(batch_range, int) and not isinstance(batch_range, bool):
         triple = (batch_range,) * 3
     else:
-        triple = tuple(batch_range)
+        try:
+            triple = tuple(batch_range)
+        except TypeError:
+            triple = ()
     if len(triple) != 3:
         raise ConfigError(f"batch_range must be (min, opt, max), got {batch_range!r}")
     _check_triple("batch_range", triple[:1], triple[1:2], triple[2:])
     return triple  # type: ignore[return-value]
+
+
+def _explicit_shapes(where: str, dims: Sequence[Optional[int]], spec: Any) -> dict:
+    if spec is None:
+        if any(d is None for d in dims):
+            raise ConfigError(f"{where} has dynamic dims but the profile gives no shapes for it")
+        return {k: list(dims) for k in ("min", "opt", "max")}
+    shapes = [spec.get(k) for k in ("min", "opt", "max")] if isinstance(spec, Mapping) else list(spec)
+    if len(shapes) != 3 or any(not isinstance(s, (list, tuple)) or len(s) != len(dims) for s in shapes):
+        raise ConfigError(f"{where}: profile needs min/opt/max shapes of rank {len(dims)}, got {spec!r}")
+    _check_triple(f"profile of {where}", *shapes)
+    for i, d in enumerate(dims):
+        if d is not None and any(s[i] != d for s in shapes):
+            raise ConfigError(f"{where}: dim {i} is fixed at {d} in the ONNX model; the profile gives "
+                              f"{[s[i] for s in shapes]}")
+    return {k: [int(v) for v in s] for k, s in zip(("min", "opt", "max"), shapes)}
 
 
 def compute_profile(inputs: Sequence[Tuple[str, Sequence[Optional[int]]]],
@@ -162,30 +187,15 @@ def compute_profile(inputs: Sequence[Tuple[str, Sequence[Optional[int]]]],
     """
     names = [n for n, _ in inputs]
     explicit = isinstance(batch_range, Mapping) and not set(batch_range) <= {"min", "opt", "max"}
+    for name in batch_range if explicit else ():  # type: ignore[union-attr]
+        if name not in names:
+            raise ConfigError(f"profile names input '{name}'{did_you_mean(name, names)}, which the ONNX model "
+                              f"does not have; inputs: {', '.join(names)}")
     profile = {}
-    if explicit:
-        for name in batch_range:  # type: ignore[union-attr]
-            if name not in names:
-                raise ConfigError(f"profile names input '{name}'{did_you_mean(name, names)}, which the ONNX model "
-                                  f"does not have; inputs: {', '.join(names)}")
     for name, dims in inputs:
         where = f"input '{name}' (shape {['?' if d is None else d for d in dims]})"
         if explicit:
-            spec = batch_range.get(name)  # type: ignore[union-attr]
-            if spec is None:
-                if any(d is None for d in dims):
-                    raise ConfigError(f"{where} has dynamic dims but the profile gives no shapes for it")
-                profile[name] = {k: list(dims) for k in ("min", "opt", "max")}
-                continue
-            shapes = [spec.get(k) for k in ("min", "opt", "max")] if isinstance(spec, Mapping) else list(spec)
-            if len(shapes) != 3 or any(not isinstance(s, (list, tuple)) or len(s) != len(dims) for s in shapes):
-                raise ConfigError(f"{where}: profile needs min/opt/max shapes of rank {len(dims)}, got {spec!r}")
-            _check_triple(f"profile of {where}", *shapes)
-            for i, d in enumerate(dims):
-                if d is not None and any(s[i] != d for s in shapes):
-                    raise ConfigError(f"{where}: dim {i} is fixed at {d} in the ONNX model; the profile gives "
-                                      f"{[s[i] for s in shapes]}")
-            profile[name] = {k: [int(v) for v in s] for k, s in zip(("min", "opt", "max"), shapes)}
+            profile[name] = _explicit_shapes(where, dims, batch_range.get(name))  # type: ignore[union-attr]
             continue
         if any(d is None for d in dims[1:]):
             bad = [i for i, d in enumerate(dims) if d is None and i > 0]
@@ -225,6 +235,9 @@ def validate_sidecar(sidecar: Mapping, current: Mapping, engine_path: Union[str,
         sidecar: the engine's JSON sidecar (see ``build_engine``).
         current: ``{"tensorrt_version", "gpu_name", "compute_capability"}`` of this machine.
         engine_path: shown in messages.
+
+    Example:
+        >>> validate_sidecar(read_sidecar("m.engine"), current_identity(), "m.engine")
     """
     if sidecar.get("format") != ENGINE_FORMAT:
         raise EngineCompatibilityError(f"{engine_path}: sidecar format is {sidecar.get('format')!r}, expected "
@@ -270,14 +283,19 @@ def default_cache_dir() -> Path:
 
 
 def tensorrt_status() -> Tuple[Optional[str], str]:
-    """``(version, "")`` when TensorRT imports and has its libraries, else ``(None, reason)``."""
+    """``(version, "")`` when TensorRT imports and has its libraries, else ``(None, reason)``.
+
+    Example:
+        >>> tensorrt_status()
+        (None, "Python package 'tensorrt' is not installed (...)")
+    """
     try:
         import tensorrt as trt
     except ModuleNotFoundError as e:
         if e.name and e.name.split(".")[0] != "tensorrt":
             return None, f"the 'tensorrt' package is installed but cannot import its dependency '{e.name}'"
         return None, "Python package 'tensorrt' is not installed (pip install tensorrt; needs an NVIDIA GPU and driver)"
-    except BaseException as e:  # stub wheels without libraries raise at import; broken CUDA installs anything
+    except (Exception, SystemExit) as e:  # stub wheels without libraries raise at import; broken installs anything
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         return None, f"the 'tensorrt' package is installed but cannot load TensorRT's libraries ({type(e).__name__}: {first})"
     if not hasattr(trt, "Builder") or not hasattr(trt, "Runtime"):
@@ -295,13 +313,19 @@ def _import_tensorrt():
 
 
 def current_identity() -> dict:
-    """``{"tensorrt_version", "gpu_name", "compute_capability"}`` of this machine (current CUDA device)."""
+    """``{"tensorrt_version", "gpu_name", "compute_capability"}`` of this machine (current CUDA device).
+
+    Example:
+        >>> current_identity()["compute_capability"]
+        '8.9'
+    """
     trt = _import_tensorrt()
     import torch
 
+    from ..runtime.gpu_runners import cuda_unavailable_reason
+
     if not torch.cuda.is_available():
-        why = "PyTorch is a CPU-only build" if torch.version.cuda is None else "no CUDA device is visible"
-        raise BackendUnavailableError(f"TensorRT needs a CUDA GPU: {why}")
+        raise BackendUnavailableError(f"TensorRT needs a CUDA GPU: {cuda_unavailable_reason()}")
     idx = torch.cuda.current_device()
     major, minor = torch.cuda.get_device_capability(idx)
     return {"tensorrt_version": str(trt.__version__), "gpu_name": torch.cuda.get_device_name(idx),
@@ -337,11 +361,13 @@ def _build_serialized(onnx_path: Path, flags: BuilderFlags, profile: Mapping, wo
         config.add_optimization_profile(opt_profile)
     if timing_cache is not None:
         blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        if cache is None and blob:
-            log(f"timing cache {timing_cache} is unreadable; starting an empty one")
-            cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        try:
+            cache = config.create_timing_cache(blob)
+        except Exception:  # a corrupt cache file must not stop the build
+            cache = None
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            log(f"timing cache {timing_cache} is unreadable or from another TensorRT/GPU; starting an empty one")
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"{onnx_path}: TensorRT could not build an engine (flags {list(flags.set)}, profile "
@@ -361,7 +387,6 @@ class EngineResult:
     cached: bool
     build_seconds: float
     timing_cache: Optional[Path] = None
-    extra: dict = field(default_factory=dict)
 
     def metrics(self) -> dict:
         """Flat metrics for a stage output / manifest."""
@@ -372,15 +397,11 @@ class EngineResult:
 
 
 def _valid_cached(path: Path, key: str) -> Optional[dict]:
-    if not path.is_file():
-        return None
     try:
-        side = read_sidecar(path)
+        side = read_sidecar(path) if path.is_file() else {}
     except InputFileError:
         return None
-    if side.get("cache_key") != key or side.get("engine_sha256") != sha256_file(path):
-        return None
-    return side
+    return side if side.get("cache_key") == key and side.get("engine_sha256") == sha256_file(path) else None
 
 
 def _copy_with_sidecar(src: Path, dst: Path, side: dict) -> None:
@@ -441,7 +462,7 @@ def build_engine(onnx_path: Union[str, Path], out_path: Union[str, Path, None] =
     t0 = time.perf_counter()
     blob = _build_serialized(onnx_path, flags, profile, workspace_mb, tc)
     seconds = time.perf_counter() - t0
-    side = {"format": ENGINE_FORMAT, "target": "tensorrt", "cache_key": key, "onnx": str(onnx_path),
+    side = {"format": ENGINE_FORMAT, "target": "tensorrt", "cache_key": key, "onnx": str(onnx_path.resolve()),
             "onnx_sha256": onnx_sha, **identity, "precision": precision, "sparse_weights": bool(sparse_weights),
             "profile": profile, "builder_flags": list(flags.set), "cleared_flags": list(flags.clear),
             "workspace_mb": workspace_mb, "build_seconds": round(seconds, 3),

@@ -50,6 +50,10 @@ def cuda_driver_info() -> dict:
 
     Returns:
         ``{"loaded": bool, "driver_cuda_version": "12.4" | None, "device_count": int, "error": str}``.
+
+    Example:
+        >>> cuda_driver_info()["error"]
+        'no NVIDIA driver (libcuda.so.1 cannot be loaded)'
     """
     info = {"loaded": False, "driver_cuda_version": None, "device_count": 0, "error": ""}
     try:
@@ -73,7 +77,12 @@ def cuda_driver_info() -> dict:
 
 
 def cuda_unavailable_reason() -> str:
-    """'' when PyTorch can use a CUDA device, else why not (build, driver, device, version mismatch)."""
+    """'' when PyTorch can use a CUDA device, else why not (build, driver, device, version mismatch).
+
+    Example:
+        >>> cuda_unavailable_reason()
+        'PyTorch 2.13.0+cpu is a CPU-only build (no CUDA support compiled in)'
+    """
     import torch
 
     if torch.cuda.is_available():
@@ -98,7 +107,12 @@ def _ver(text: Optional[str]) -> Tuple[int, ...]:
 
 
 class TensorRTRunner(Runner):
-    """Runs a deserialised TensorRT engine with PyTorch CUDA tensors as I/O buffers."""
+    """Runs a deserialised TensorRT engine with PyTorch CUDA tensors as I/O buffers.
+
+    Example:
+        >>> runner = TensorRTRunner("model.engine")
+        >>> p = runner.prepare(x); out = runner.run_prepared(p); runner.synchronize()
+    """
 
     backend = "tensorrt"
 
@@ -127,8 +141,7 @@ class TensorRTRunner(Runner):
         self._in_torch = getattr(torch, torch_dtype_name(inp["dtype"]))
         self.input_dtype = np.dtype(_NUMPY_OF_TORCH.get(torch_dtype_name(inp["dtype"]), np.float32))
         self._out_torch = {t["name"]: getattr(torch, torch_dtype_name(t["dtype"])) for t in self.outputs}
-        self.device = torch.device("cuda", torch.cuda.current_device())
-        self.stream = torch.cuda.Stream(device=self.device)
+        self.device, self.stream = self._device_and_stream()
         self._bound: list = []  # keeps the tensors of the last call alive until the next one
         side = self.loaded.sidecar
         self.info = {
@@ -140,8 +153,16 @@ class TensorRTRunner(Runner):
             **(build_info or {}),
         }
 
+    def _device_and_stream(self):
+        """The current CUDA device and a dedicated stream on it (TensorRT warns on the default stream)."""
+        device = self._torch.device("cuda", self._torch.cuda.current_device())
+        return device, self._torch.cuda.Stream(device=device)
+
+    def _on_stream(self):
+        return self._torch.cuda.stream(self.stream)
+
     def prepare(self, x: np.ndarray):
-        with self._torch.cuda.stream(self.stream):
+        with self._on_stream():
             return self._torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self._in_torch, non_blocking=True)
 
     def run_prepared(self, prepared):
@@ -151,7 +172,7 @@ class TensorRTRunner(Runner):
                              f"optimisation profile {self.info.get('profile')}; rebuild with a wider batch_range")
         ctx.set_tensor_address(self.input_name, prepared.data_ptr())
         outs = []
-        with self._torch.cuda.stream(self.stream):
+        with self._on_stream():
             for t in self.outputs:
                 shape = tuple(int(d) for d in ctx.get_tensor_shape(t["name"]))
                 buf = self._torch.empty(shape, dtype=self._out_torch[t["name"]], device=self.device)
@@ -186,6 +207,9 @@ class OrtDeviceRunner(OrtRunner):
     """ONNX Runtime with I/O binding: inputs are placed on the device in ``prepare`` (untimed).
 
     ``device_type="cuda"`` for 'ort-cuda'; ``"cpu"`` exercises the same code path on any machine.
+
+    Example:
+        >>> runner = OrtDeviceRunner("model.onnx", ["CUDAExecutionProvider"], device_type="cuda")
     """
 
     def __init__(self, path: str, providers: list, threads: Optional[int] = None, backend: str = "ort-cuda",

@@ -1,0 +1,124 @@
+"""Configuration of knowledge distillation: logit KD, attention transfer, feature hints, teacher cache.
+
+Example:
+    >>> cfg = DistillConfig(temperature=4.0, alpha=0.9, attention={"weight": 2.0},
+    ...                     train={"epochs": 10, "lr": 0.05})
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ConfigError
+
+LayerPair = Tuple[str, str]
+
+
+class FeatureLossConfig(BaseModel):
+    """One feature-matching loss: its weight and the (student layer, teacher layer) pairs it matches."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weight: float = Field(0.0, ge=0, description="weight of this loss in the total (0 = off)")
+    pairs: Optional[List[LayerPair]] = Field(
+        None, description="[[student_layer, teacher_layer], ...] module names; default: the ResNet stages "
+                          "(layer1..layer4) matched by relative depth")
+
+    @property
+    def enabled(self) -> bool:
+        """True when the loss contributes (weight > 0)."""
+        return self.weight > 0
+
+
+class DistillConfig(BaseModel):
+    """Settings of :func:`edgekit.compress.distill.distill` (and of the ``distill`` recipe stage)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(4.0, gt=0, description="softmax temperature T of the soft targets (> 0)")
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft KD loss; 1 - alpha weights the "
+                                                       "hard-label cross-entropy (0..1)")
+    attention: FeatureLossConfig = Field(default_factory=FeatureLossConfig,
+                                         description="attention transfer (Zagoruyko & Komodakis): weight, pairs")
+    attention_p: float = Field(2.0, gt=0, description="exponent p of the attention map mean_c |f|^p")
+    hints: FeatureLossConfig = Field(default_factory=FeatureLossConfig,
+                                     description="FitNets feature hints (L2 through a 1x1 adapter): weight, pairs")
+    cache_teacher_logits: bool = Field(True, description="precompute teacher outputs once when augmentation is "
+                                                         "off (ignored when it is on, or when hints are used)")
+    train: dict = Field(default_factory=dict, description="TrainConfig fields for the student (epochs, lr, ...)")
+
+    @field_validator("attention", "hints", mode="before")
+    @classmethod
+    def _weight_shorthand(cls, v: Any) -> Any:
+        """Accept a bare number as ``{"weight": number}``."""
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return {"weight": float(v)}
+        return v
+
+    @field_validator("train")
+    @classmethod
+    def _check_train(cls, v: dict) -> dict:
+        from ..train import TrainConfig
+
+        try:
+            TrainConfig(**v)
+        except ValidationError as e:
+            raise ValueError(format_validation_error(e, "train", TrainConfig)) from None
+        return dict(v)
+
+    def train_config(self):
+        """The student's :class:`edgekit.train.TrainConfig`."""
+        from ..train import TrainConfig
+
+        return TrainConfig(**self.train)
+
+    @classmethod
+    def parse(cls, value: "DistillConfig | dict | None", where: str = "distill") -> "DistillConfig":
+        """Build a config from a dict (or pass one through); errors become :class:`ConfigError`.
+
+        Example:
+            >>> DistillConfig.parse({"temperature": 0})
+            Traceback (most recent call last):
+            edgekit.errors.ConfigError: distill.temperature: Input should be greater than 0 (got 0)
+        """
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(**(value or {}))
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, where, cls)) from None
+
+
+def format_validation_error(e: ValidationError, where: str, model: Optional[type] = None) -> str:
+    """One line per problem: ``where.field.path: message (got value)``; unknown keys list the allowed ones."""
+    from ..errors import did_you_mean
+
+    lines = []
+    for err in e.errors():
+        loc = [str(p) for p in err["loc"]]
+        got, msg = err.get("input"), err["msg"]
+        if err["type"] == "value_error":
+            msg = str(err.get("ctx", {}).get("error", msg))
+            if loc and msg.startswith(loc[-1] + "."):  # nested config already named its field
+                lines.append(".".join([where, *loc[:-1], msg]))
+                continue
+        if err["type"] == "extra_forbidden":
+            allowed = _fields_at(model, loc[:-1])
+            msg = "unknown field" + (did_you_mean(loc[-1], allowed) + "; allowed: " + ", ".join(allowed)
+                                     if allowed else "")
+            got = None
+        path = ".".join([where, *loc])
+        lines.append(f"{path}: {msg}" + ("" if got is None or isinstance(got, dict) else f" (got {got!r})"))
+    return "; ".join(lines)
+
+
+def _fields_at(model: Optional[type], loc: List[str]) -> List[str]:
+    """Field names of the (nested) pydantic model at ``loc``, or [] if unknown."""
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(getattr(model, "model_fields", {}))

@@ -1,0 +1,117 @@
+"""`edgekit bench` command end to end, environment description, lean import."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.bench import commands
+from edgekit.bench.hardware import environment
+
+ENV_KEYS = {"cpu_model", "isa_flags", "cores_logical", "cores_physical", "memory_gb", "gpu", "gpu_compute_capability",
+            "versions", "platform"}
+
+
+def _mlp(path, hidden):
+    rng = np.random.default_rng(hidden)
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2"], ["y"])]
+    inits = [numpy_helper.from_array(rng.standard_normal((16, hidden)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((hidden, 3)).astype(np.float32), "w2")]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.save(m, str(path))
+    return str(path)
+
+
+def test_cli_two_onnx_files_prints_ratio_table_and_writes_outputs(tmp_path, capsys):
+    a, b = _mlp(tmp_path / "wide.onnx", 512), _mlp(tmp_path / "narrow.onnx", 8)
+    out = tmp_path / "out"
+    code = commands.main(["bench", a, b, "--batch", "1,4", "--threads", "1", "--warmup", "1", "--iters", "9",
+                          "--rounds", "3", "--out", str(out), "--no-plots"])
+    text = capsys.readouterr().out
+    assert code == 0
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert "speedup (min–max)" in lines[0] and len(lines) == 1 + 4
+    assert re.search(r"\| narrow \| ort-cpu \| 1 \|.*\d\.\d\d× \(\d+\.\d\d–\d+\.\d\d\) \|$", lines[2])
+    assert "threads" in text and "GEMM peak" in text
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["config"]["iters"] == 9 and doc["config"]["batches"] == [1, 4]
+    assert doc["rows"][1]["macs"] == 8 * 16 + 8 * 3
+
+
+def test_cli_parser_contract():
+    parser = argparse.ArgumentParser(prog="edgekit")
+    sub = parser.add_subparsers(dest="command")
+    commands.add_commands(sub)
+    args = parser.parse_args(["bench", "m.onnx", "--backend", "torch,ort-cpu", "--batch", "1,8,32", "--min-time", "2"])
+    assert args.func is commands.handler and args.models == ["m.onnx"] and args.min_time == 2.0
+    assert args.backend == "torch,ort-cpu" and args.batch == "1,8,32" and args.iters is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "m.onnx", "--iters", "5", "--min-time", "1"])
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--batch", "0,-1,x"], "batch sizes must be positive integers"),
+    (["--backend", "tensorrtt"], "unknown backend 'tensorrtt'"),
+    (["--data", "nothere.npz"], "data file not found"),
+    (["--input-shape", "3,-2"], "--input-shape must be positive integers"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, match):
+    model = _mlp(tmp_path / "m.onnx", 4)
+    code = commands.main(["bench", model, "--iters", "2", "--rounds", "1", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and match in err[0]
+
+
+def test_cli_process_missing_model_file(tmp_path):
+    env = {**os.environ, "EDGEKIT_QUIET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "edgekit.bench.commands", "bench", str(tmp_path / "gone.onnx")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: model file not found: {tmp_path / 'gone.onnx'}"]
+
+
+def test_environment_keys_and_types():
+    env = environment()
+    assert ENV_KEYS <= set(env)
+    assert isinstance(env["isa_flags"], list) and env["cores_logical"] >= env["cores_usable"] >= 1
+    assert {"python", "numpy", "torch", "onnx", "onnxruntime", "tensorrt"} <= set(env["versions"])
+    assert env["versions"]["onnxruntime"] and env["cpu_model"]
+    assert (env["gpu"] is None) == (env["gpu_compute_capability"] is None)
+
+
+def test_lean_import():
+    code = ("import sys, edgekit.bench, edgekit.bench.hardware, edgekit.bench.commands; "
+            "bad = [m for m in ('matplotlib', 'tensorrt', 'onnxruntime', 'torch') if m in sys.modules]; "
+            "assert not bad, bad; edgekit.bench.hardware.environment(); "
+            "assert 'matplotlib' not in sys.modules and 'tensorrt' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_cli_data_digits_accuracy_matches_training_evaluation(trained_resnet8, tmp_path, capsys):
+    """`--data digits` loads the test split shaped like the model's input; both runners agree with train.evaluate."""
+    code = commands.main(["bench", str(trained_resnet8.checkpoint), "--backend", "torch", "--data", "digits",
+                          "--iters", "4", "--rounds", "2", "--warmup", "1", "--threads", "2", "--out", str(tmp_path)])
+    assert code == 0
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert doc["rows"][0]["accuracy"] == pytest.approx(trained_resnet8.test_accuracy, abs=1e-6)
+    assert doc["config"]["data"]["source"] == "digits:test" and (tmp_path / "pareto.png").is_file()
+    from edgekit.bench import ModelSpec, benchmark
+
+    spec = ModelSpec("r8", {"checkpoint": str(trained_resnet8.checkpoint), "onnx": str(trained_resnet8.onnx)})
+    res = benchmark(spec, backends="torch,ort-cpu", data=trained_resnet8.splits.test, iters=4, rounds=2, warmup=1,
+                    plots=False)
+    torch_acc, ort_acc = (res.row("r8", b)["accuracy"] for b in ("torch", "ort-cpu"))
+    assert torch_acc == pytest.approx(trained_resnet8.test_accuracy) and abs(ort_acc - torch_acc) <= 0.5

@@ -1,0 +1,125 @@
+"""Report helpers, held-out data loading, and the benchmarks/run_all.py section assembly."""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.bench.data import HeldOut, as_split, load_npz, parse_batches
+from edgekit.bench.plots import pareto_front
+from edgekit.bench.results import BenchResult, format_speedup
+from edgekit.errors import InputFileError, ShapeError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_pareto_front():
+    pts = [(5.0, 90.0), (1.0, 80.0), (2.0, 85.0), (3.0, 84.0), (4.0, 90.0), (6.0, 95.0)]
+    assert pareto_front(pts) == [1, 2, 4, 5]  # (3, 84) dominated by (2, 85); (5, 90) by (4, 90)
+    assert pareto_front([]) == []
+
+
+def test_format_speedup_and_schema_check():
+    assert format_speedup({"baseline": True}) == "1.00× (baseline)"
+    assert format_speedup({"speedup": 3.2149, "speedup_min": 3.05, "speedup_max": 3.4}) == "3.21× (3.05–3.40)"
+    with pytest.raises(InputFileError, match="edgekit-bench/1"):
+        BenchResult.from_dict({"schema": "something/2", "rows": []})
+
+
+def test_load_warning_only_when_oversubscribed():
+    env = {"cores_usable": 2, "threading_env": {}}
+    busy = BenchResult(rows=[], environment=env, config={"load_avg_1m": [1.0, 3.5]})
+    assert "load average 3.5 on 2 usable cores" in busy.load_warning()
+    assert "OMP_WAIT_POLICY=PASSIVE" in busy.load_warning()
+    assert BenchResult(rows=[], environment=env, config={"load_avg_1m": [0.4, 1.2]}).load_warning() is None
+    assert BenchResult(rows=[], environment=env, config={"load_avg_1m": [None, None]}).load_warning() is None
+
+
+def test_npz_validation(tmp_path):
+    x = np.random.default_rng(0).standard_normal((10, 3, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "ok.npz", x=x, y=np.arange(10))
+    split = load_npz(tmp_path / "ok.npz")
+    assert split.x.dtype == np.float32 and split.y.dtype == np.int64 and split.x.shape == (10, 3, 4, 4)
+    np.savez(tmp_path / "noy.npz", x=x)
+    assert load_npz(tmp_path / "noy.npz").y is None
+    np.savez(tmp_path / "nox.npz", images=x)
+    with pytest.raises(InputFileError, match="needs an array 'x'.*images"):
+        load_npz(tmp_path / "nox.npz")
+    np.savez(tmp_path / "bady.npz", x=x, y=np.arange(9))
+    with pytest.raises(ShapeError, match=r"'y' must be integer labels of shape \[10\]"):
+        load_npz(tmp_path / "bady.npz")
+    x_nan = x.copy()
+    x_nan[0, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x_nan)
+    with pytest.raises(InputFileError, match="NaN"):
+        load_npz(tmp_path / "nan.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputFileError, match="not a readable .npz"):
+        load_npz(tmp_path / "junk.npz")
+    with pytest.raises(ShapeError, match="data.y must have shape"):
+        as_split(types.SimpleNamespace(x=x, y=np.arange(3)))
+    assert isinstance(as_split(types.SimpleNamespace(x=x, y=np.arange(10))), HeldOut)
+
+
+def test_named_dataset_fits_the_model_input_shape():
+    split = as_split("digits", like_shape=(3, 16, 16))
+    assert split.x.shape[1:] == (3, 16, 16) and split.y is not None and len(split.x) == len(split.y)
+    native = as_split("digits")
+    assert native.x.shape[1:] == (1, 8, 8)
+    assert split.source == "digits:test"
+
+
+def test_batch_list_forms():
+    assert parse_batches((1, 8, 32)) == [1, 8, 32] and parse_batches(np.int64(4)) == [4]
+
+
+@pytest.fixture
+def run_all(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    mod = importlib.import_module("run_all")
+    yield mod
+    sys.modules.pop("run_all", None)
+
+
+def test_run_all_concatenates_sections_and_only_replaces_one(run_all, tmp_path, monkeypatch):
+    calls = []
+
+    def fake(name, text):
+        m = types.ModuleType(name)
+
+        def run(ctx):
+            calls.append((name, ctx.quick, ctx.threads))
+            assert ctx.img_dir == tmp_path / "img"
+            return f"## {name}\n\n{text}"
+
+        m.run = run
+        monkeypatch.setitem(sys.modules, name, m)
+
+    fake("sec_a", "first")
+    fake("sec_b", "second")
+    monkeypatch.setattr(run_all, "SECTIONS", ["sec_a", "sec_b"])
+    out = tmp_path / "BENCHMARKS.md"
+    assert run_all.main(["--quick", "--threads", "1", "--out", str(out)]) == 0
+    doc = out.read_text()
+    assert doc.startswith("# edgekit benchmarks") and doc.index("## sec_a") < doc.index("## sec_b")
+    assert calls == [("sec_a", True, 1), ("sec_b", True, 1)]
+    # --only reruns one section and keeps the other exactly as it was
+    fake("sec_b", "second, regenerated")
+    assert run_all.main(["--only", "sec_b", "--out", str(out)]) == 0
+    doc2 = out.read_text()
+    assert "first" in doc2 and "second, regenerated" in doc2 and len(calls) == 3
+    assert list(run_all.existing_sections(doc2)) == ["sec_a", "sec_b"]
+    assert run_all.main(["--only", "nope", "--out", str(out)]) == 2
+    # a failing script keeps its previous section, the others are still regenerated, exit code 1
+    broken = types.ModuleType("sec_a")
+    broken.run = lambda ctx: 1 / 0
+    monkeypatch.setitem(sys.modules, "sec_a", broken)
+    fake("sec_b", "third version")
+    assert run_all.main(["--out", str(out)]) == 1
+    doc3 = out.read_text()
+    assert "first" in doc3 and "third version" in doc3
+    assert run_all.main(["--skip", "sec_a", "--out", str(out)]) == 0 and "first" in out.read_text()

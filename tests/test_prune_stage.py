@@ -1,0 +1,95 @@
+"""The `prune` pipeline stage: variant with checkpoint + ONNX, meta and metrics; errors write nothing."""
+from __future__ import annotations
+
+import pytest
+
+from edgekit.errors import ConfigError
+from edgekit.models import load_checkpoint
+from edgekit.pipeline.stage_prune import PruneStage, run_prune
+from edgekit.pipeline.stages import STAGES, StageContext, Variant, load_stage_modules
+
+
+def _ctx(tmp_path, trained):
+    parent = Variant("reference", None, str(trained.checkpoint), str(trained.onnx))
+    stage_dir = tmp_path / "stages" / "01-prune"
+    stage_dir.mkdir(parents=True)
+    return StageContext(tmp_path, stage_dir, 0, 2, None, {"reference": parent}, lambda: trained.splits)
+
+
+def test_stage_is_registered():
+    load_stage_modules()
+    assert STAGES.get("prune")[0] is PruneStage
+
+
+def test_prune_stage_produces_pruned_variant(trained_resnet8, tmp_path):
+    ctx = _ctx(tmp_path, trained_resnet8)
+    cfg = PruneStage(type="prune", macs_target=0.5, finetune={"epochs": 1, "lr": 0.02})
+    out = run_prune(ctx, cfg)
+    (v,) = out.variants
+    assert v.name == "reference-pruned" and v.parent == "reference"
+    model, meta = load_checkpoint(v.checkpoint)
+    assert meta["prune"]["sparsity"] == "structured" and meta["input_shape"] == [3, 16, 16]
+    assert v.onnx.endswith(".onnx") and (tmp_path / "stages" / "01-prune" / "reference-pruned.onnx").is_file()
+    assert v.meta["aligned"] and v.meta["round_to"] == 8 and v.meta["teacher"] == "original"
+    assert all(r["after"] % 8 == 0 for r in v.meta["channels"] if r["after"] < r["before"])
+    assert v.metrics["macs_fraction"] <= 0.5 and v.metrics["params"] < v.metrics["params_before"]
+    assert v.metrics["test_accuracy_torch"] > 60.0 and "val_accuracy" in v.metrics
+
+
+def test_prune_stage_2to4_variant(trained_resnet8, tmp_path):
+    ctx = _ctx(tmp_path, trained_resnet8)
+    out = run_prune(ctx, PruneStage(type="prune", method="2:4", finetune={"epochs": 0}))
+    (v,) = out.variants
+    assert v.meta["sparsity"] == "2:4" and v.meta["sparse_2to4"] is True
+    assert v.name == "reference-sparse" and v.metrics["weight_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_prune_stage_bad_protect_writes_nothing(trained_resnet8, tmp_path):
+    ctx = _ctx(tmp_path, trained_resnet8)
+    cfg = PruneStage(type="prune", ratio=0.3, protect=["layer7"], finetune={"epochs": 0})
+    with pytest.raises(ConfigError, match="layer7"):
+        run_prune(ctx, cfg)
+    assert list(ctx.stage_dir.iterdir()) == []
+
+
+def test_prune_stage_config_rejects_mixed_methods():
+    with pytest.raises(ValueError, match="apply to method 'structured'"):
+        PruneStage(type="prune", method="unstructured", sparsity=0.5, ratio=0.3)
+    with pytest.raises(ValueError, match="needs sparsity"):
+        PruneStage(type="prune", method="unstructured")
+
+
+def test_pruning_modules_import_lean():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgekit.compress.prune, edgekit.compress.sensitivity, edgekit.compress.sparsity, "
+            "edgekit.pipeline.stage_prune\n"
+            "print(sorted(m for m in ('torch_pruning', 'matplotlib') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_prune_stage_latency_only_recipe_shape(tmp_path):
+    """As in recipes/mobilenetv2_224.yaml: first stage, random weights, synthetic data, no fine-tune."""
+    import numpy as np
+    import torch
+
+    from edgekit.data import Split, Splits, load_data
+    from edgekit.models import create_model, save_checkpoint
+
+    data = load_data({"name": "synthetic", "shape": [3, 32, 32], "num_classes": 10, "samples": 40}, seed=0)
+    unlabelled = Splits(Split(data.train.x, None), Split(data.val.x, None), Split(data.test.x, None),
+                        data.input_shape, data.num_classes, "synthetic", labelled=False)
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2", num_classes=10, in_channels=3, width=0.5)
+    ckpt = save_checkpoint(model, tmp_path / "ref.pt", {"input_shape": [3, 32, 32], "num_classes": 10})
+    stage_dir = tmp_path / "stage"
+    stage_dir.mkdir()
+    ctx = StageContext(tmp_path, stage_dir, 0, 2, None, {"ref": Variant("ref", None, str(ckpt))}, lambda: unlabelled)
+    cfg = PruneStage(type="prune", name="pruned", macs_target=0.5, importance="l2", teacher="none",
+                     finetune={"epochs": 0})
+    (v,) = run_prune(ctx, cfg).variants
+    assert v.metrics["macs_fraction"] <= 0.5 and "test_accuracy_torch" not in v.metrics
+    assert v.meta["teacher"] == "none" and np.isfinite(v.metrics["params"])

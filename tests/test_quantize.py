@@ -1,0 +1,126 @@
+"""Static INT8 PTQ: accuracy within budget, target flavours, int8 coverage, sidecar, target warnings."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+
+@pytest.fixture(scope="module")
+def quantised(trained_resnet8, tmp_path_factory):
+    """The fixture ResNet quantised for both targets (MinMax, 128 training samples)."""
+    from edgekit.compress.quantize import quantize
+
+    d = tmp_path_factory.mktemp("quant")
+    s = trained_resnet8.splits
+    out = {t: quantize(trained_resnet8.onnx, s.train.x[:128], d / f"{t}.onnx", target=t, val=s.val)
+           for t in ("cpu", "tensorrt")}
+    out["cpu-budget"] = quantize(trained_resnet8.onnx, s.train.x[:128], d / "cpu-budget.onnx", val=s.val,
+                                 max_accuracy_drop=0.5)
+    return out
+
+
+def _activation_qparams(path):
+    """(zero-point dtypes, zero-point values) of every activation QuantizeLinear in a QDQ model."""
+    m = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    zps = [inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    return {z.dtype for z in zps}, np.concatenate([z.ravel() for z in zps])
+
+
+def test_cpu_int8_within_budget_of_fp32(quantised, trained_resnet8):
+    from edgekit.runtime import open_runner
+    from edgekit.train import evaluate
+
+    s = trained_resnet8.splits
+    fp32 = evaluate(open_runner(trained_resnet8.onnx, "ort-cpu", threads=2), s.test)
+    res = quantised["cpu-budget"]
+    int8 = evaluate(open_runner(res.path, "ort-cpu", threads=2), s.test)
+    assert fp32 > 70.0  # the fixture model is trained
+    assert res.accuracy["fp32_val"] - res.accuracy["int8_val"] <= 0.5  # the budget (val)
+    assert fp32 - int8 <= 1.0, (fp32, int8)  # held-out test: within a point
+
+
+def test_target_flavours_differ_in_the_graph(quantised):
+    cpu_types, cpu_zp = _activation_qparams(quantised["cpu"].path)
+    trt_types, trt_zp = _activation_qparams(quantised["tensorrt"].path)
+    assert cpu_types == {np.dtype(np.uint8)}  # U8S8: asymmetric uint8 activations
+    assert (cpu_zp != 0).any()
+    assert trt_types == {np.dtype(np.int8)}  # TensorRT: symmetric int8, zero point 0
+    assert (trt_zp == 0).all()
+    # weights: int8 per-channel (one scale per output channel) in both flavours
+    for res in (quantised["cpu"], quantised["tensorrt"]):
+        m = onnx.load(str(res.path))
+        inits = {i.name: i for i in m.graph.initializer}
+        w_dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized")
+                and inits.get(n.input[0]) is not None and len(inits[n.input[0]].dims) == 4]
+        assert w_dq
+        for n in w_dq:
+            assert inits[n.input[0]].data_type == onnx.TensorProto.INT8
+            assert inits[n.input[1]].dims[0] == inits[n.input[0]].dims[0]  # per-channel scales
+    trt_ops = {n.op_type for n in onnx.load(str(quantised["tensorrt"].path)).graph.node}
+    assert "Relu" in trt_ops  # kept explicit for TensorRT's own fusion
+
+
+def test_cpu_coverage_above_90_percent_and_tensorrt_flavour_lower_on_ort(quantised):
+    cpu, trt = quantised["cpu"], quantised["tensorrt"]
+    assert cpu.int8_mac_fraction > 0.9
+    assert cpu.runtime_float_layers == [] or cpu.int8_mac_fraction > 0.95
+    assert trt.int8_mac_fraction < cpu.int8_mac_fraction  # S8S8 + explicit Relu: ORT CPU leaves Convs in float
+    assert trt.runtime_float_layers
+
+
+def test_coverage_of_float_model_is_zero(trained_resnet8):
+    from edgekit.compress.int8_coverage import int8_coverage
+
+    rep = int8_coverage(trained_resnet8.onnx)
+    assert rep.total_macs > 0 and rep.int8_macs == 0
+    assert len(rep.float_layers) == len(rep.layers) >= 8
+
+
+def test_sidecar_records_target_scheme_and_calibration(quantised):
+    from edgekit.fileio import read_sidecar
+
+    side = read_sidecar(quantised["tensorrt"].path)
+    assert side["precision"] == "int8" and side["target"] == "tensorrt"
+    assert side["calibration"]["method"] == "minmax" and side["calibration"]["samples"] == 128
+    assert side["quant_scheme"]["activations"] == "int8" and side["quant_scheme"]["activation_symmetric"] is True
+    assert side["quant_scheme"]["per_channel"] is True
+    assert 0 < side["int8_mac_fraction"] < 1 and side["float_layers"] == []
+    assert side["runtime_float_layers"]  # what ORT CPU leaves in float is listed
+    cpu_side = read_sidecar(quantised["cpu"].path)
+    assert cpu_side["quant_scheme"]["activations"] == "uint8" and cpu_side["target"] == "cpu"
+
+
+def test_check_target_warns_on_mismatched_backend(quantised, trained_resnet8):
+    from edgekit.compress.quantize import check_target
+
+    msg = check_target(quantised["tensorrt"].path, "ort-cpu")
+    assert msg and "tensorrt" in msg and "ort-cpu" in msg
+    assert check_target(quantised["cpu"].path, "ort-cpu") is None
+    assert "target 'cpu'" in check_target(quantised["cpu"].path, "tensorrt")
+    assert check_target(quantised["tensorrt"].path, "tensorrt") is None
+    assert check_target(trained_resnet8.onnx, "tensorrt") is None  # fp32: nothing to say
+
+
+@pytest.mark.parametrize("method,kw", [("entropy", {}), ("percentile", {"percentile": 99.9})])
+def test_other_calibration_methods(trained_resnet8, tmp_path, method, kw):
+    from edgekit.compress.quantize import quantize
+    from edgekit.fileio import read_sidecar
+
+    s = trained_resnet8.splits
+    res = quantize(trained_resnet8.onnx, s.train.x[:64], tmp_path / "q.onnx", method=method, val=s.val, **kw)
+    assert res.accuracy["fp32_val"] - res.accuracy["int8_val"] <= 1.5
+    assert read_sidecar(res.path)["calibration"]["method"] == method
+
+
+def test_exclude_nodes_stay_float(trained_resnet8, tmp_path):
+    from edgekit.compress.quantize import quantize
+
+    s = trained_resnet8.splits
+    first = next(n.name for n in onnx.load(str(trained_resnet8.onnx)).graph.node if n.op_type == "Conv")
+    res = quantize(trained_resnet8.onnx, s.train.x[:64], tmp_path / "q.onnx", exclude_nodes=[first])
+    assert res.float_layers == [first]
+    assert first in res.runtime_float_layers
+    assert 0.5 < res.int8_mac_fraction < 1.0

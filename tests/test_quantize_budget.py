@@ -1,0 +1,143 @@
+"""Accuracy budget with layer fallback, dynamic quantisation of the LSTM, and the quantize stage."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edgekit.errors import AccuracyBudgetError
+
+
+@pytest.fixture(scope="module")
+def outlier_resnet(trained_resnet8, tmp_path_factory):
+    """The fixture ResNet with one activation channel scaled ×300 (and the next conv's input ×1/300).
+
+    The float function is unchanged (ReLU is positively homogeneous), but that tensor's per-tensor int8
+    range is now dominated by one channel, so exactly one layer ('/layer2/layer2.0/conv2/Conv', which reads
+    it) is sensitive: what the accuracy budget has to find.
+    """
+    import copy
+
+    import torch
+
+    from edgekit.export import export_onnx
+
+    m = copy.deepcopy(trained_resnet8.module).eval()
+    blk, k = m.layer2[0], 300.0
+    with torch.no_grad():
+        blk.bn1.weight[0] *= k
+        blk.bn1.bias[0] *= k
+        blk.conv2.weight[:, 0] /= k
+    d = tmp_path_factory.mktemp("outlier")
+    path = export_onnx(m, trained_resnet8.splits.val.x[:32], d / "outlier.onnx").path
+    from edgekit.models import save_checkpoint
+
+    save_checkpoint(m, d / "outlier.pt", {"input_shape": list(trained_resnet8.splits.input_shape), "num_classes": 10})
+    return path
+
+
+def test_fallback_meets_a_tight_budget(outlier_resnet, trained_resnet8, tmp_path):
+    from edgekit.compress.quantize import quantize
+    from edgekit.fileio import read_sidecar
+
+    s = trained_resnet8.splits
+    res = quantize(outlier_resnet, s.train.x[:128], tmp_path / "q.onnx", val=s.val, max_accuracy_drop=0.5)
+    acc = res.accuracy
+    assert acc["fp32_val"] - acc["int8_val_all_layers"] > 0.5  # the budget was really exceeded first
+    assert acc["fp32_val"] - acc["int8_val"] <= 0.5  # and met after fallback
+    assert "/layer2/layer2.0/conv2/Conv" in res.float_layers  # the one layer reading the outlier tensor
+    assert len(res.float_layers) <= 3 and len(res.fallback) == len(res.float_layers)
+    step = res.fallback[-1]
+    assert step["layer"] == res.float_layers[-1] and step["latency_ms"] > 0 and step["slowdown_vs_int8"] > 0
+    assert 0.5 < res.int8_mac_fraction < 1.0
+    assert read_sidecar(res.path)["float_layers"] == res.float_layers
+
+
+def test_fallback_that_cannot_meet_the_budget_raises_with_numbers(outlier_resnet, trained_resnet8, tmp_path):
+    from edgekit.compress.quantize import quantize
+
+    s = trained_resnet8.splits
+    with pytest.raises(AccuracyBudgetError, match=r"fp32 \d+\.\d+%.*budget max_accuracy_drop=0\.5") as e:
+        quantize(outlier_resnet, s.train.x[:128], tmp_path / "q.onnx", val=s.val, max_accuracy_drop=0.5,
+                 max_fallback_layers=0)
+    assert e.value.measured["fp32_accuracy"] - e.value.measured["final_accuracy"] > 0.5
+    assert e.value.measured["steps"] == []
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_dynamic_lstm_keeps_accuracy_and_shrinks(trained_lstm, tmp_path):
+    from edgekit.compress.quantize import quantize_dynamic_model
+    from edgekit.runtime import open_runner
+    from edgekit.train import evaluate
+
+    s = trained_lstm.splits
+    res = quantize_dynamic_model(trained_lstm.onnx, tmp_path / "lstm.int8.onnx", val=s.val)
+    fp32 = evaluate(open_runner(trained_lstm.onnx, "ort-cpu", threads=2), s.test)
+    int8 = evaluate(open_runner(res.path, "ort-cpu", threads=2), s.test)
+    assert fp32 > 70.0
+    assert fp32 - int8 <= 2.0, (fp32, int8)
+    assert res.path.stat().st_size < 0.6 * Path(trained_lstm.onnx).stat().st_size
+    assert res.mode == "dynamic" and res.int8_mac_fraction > 0.5
+    import onnx
+
+    assert "DynamicQuantizeLSTM" in {n.op_type for n in onnx.load(str(res.path)).graph.node}
+
+
+def _ctx(tmp_path, trained, splits):
+    from edgekit.pipeline.stages import StageContext, Variant
+
+    v = Variant("reference", None, str(trained.checkpoint), str(trained.onnx))
+    stage_dir = tmp_path / "stage"
+    stage_dir.mkdir()
+    return StageContext(tmp_path, stage_dir, 0, 2, None, {"reference": v}, lambda: splits)
+
+
+def test_quantize_stage_produces_both_targets(trained_resnet8, tmp_path):
+    from edgekit.pipeline.stages import STAGES, load_stage_modules
+
+    load_stage_modules()
+    cls, fn = STAGES.get("quantize")
+    cfg = cls(targets=["cpu", "tensorrt"], samples=64, max_accuracy_drop=1.0)
+    out = fn(_ctx(tmp_path, trained_resnet8, trained_resnet8.splits), cfg)
+    names = [v.name for v in out.variants]
+    assert names == ["reference-int8-cpu", "reference-int8-tensorrt"]
+    cpu, trt = out.variants
+    assert cpu.meta["target"] == "cpu" and trt.meta["target"] == "tensorrt"
+    assert cpu.meta["int8_mac_fraction"] > trt.meta["int8_mac_fraction"]
+    assert abs(cpu.metrics["test_accuracy"] - trained_resnet8.test_accuracy) <= 1.0
+    assert os.path.isfile(cpu.onnx) and cpu.parent == "reference"
+
+
+def test_quantize_stage_config_rejects_typos():
+    from pydantic import ValidationError
+
+    from edgekit.pipeline.stage_quantize import QuantizeStage
+
+    with pytest.raises(ValidationError):
+        QuantizeStage(methd="minmax")
+    with pytest.raises(ValidationError):
+        QuantizeStage(target="gpu")
+
+
+def test_dynamic_stage_refuses_tensorrt(trained_lstm, tmp_path):
+    from edgekit.errors import ConfigError
+    from edgekit.pipeline.stage_quantize import QuantizeStage, run_quantize
+
+    with pytest.raises(ConfigError, match="dynamic"):
+        run_quantize(_ctx(tmp_path, trained_lstm, trained_lstm.splits), QuantizeStage(mode="dynamic", target="tensorrt"))
+
+
+def test_stage_escalates_to_qat_when_fallback_is_not_allowed_to_help(outlier_resnet, trained_resnet8, tmp_path):
+    """max_fallback_layers=0 + allow_qat: the stage must run QAT (here 0 epochs: observer scales only, which
+    share PTQ's per-tensor outlier problem) and then fail with both the fallback and the QAT numbers."""
+    from edgekit.pipeline.stage_quantize import QuantizeStage, run_quantize
+    from edgekit.pipeline.stages import StageContext, Variant
+
+    v = Variant("outlier", None, str(outlier_resnet.with_suffix(".pt")), str(outlier_resnet))
+    (tmp_path / "stage").mkdir()
+    ctx = StageContext(tmp_path, tmp_path / "stage", 0, 2, None, {"outlier": v}, lambda: trained_resnet8.splits)
+    cfg = QuantizeStage(max_accuracy_drop=0.5, max_fallback_layers=0, allow_qat=True, qat_epochs=0)
+    with pytest.raises(AccuracyBudgetError, match=r"QAT reached \d+\.\d+%"):
+        run_quantize(ctx, cfg)
+    assert not list((tmp_path / "stage").glob("*.onnx"))
