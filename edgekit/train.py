@@ -138,7 +138,9 @@ def fit(model: nn.Module, train: Split, val: Optional[Split], config: TrainConfi
     bar = progress(range(cfg.epochs), desc=desc, total=cfg.epochs, leave=False)
     for epoch in bar:
         net.train()
-        perm = torch.randperm(len(train), generator=gen)[rank::world]
+        perm = torch.randperm(len(train), generator=gen)
+        if world > 1:  # pad so every rank runs the same number of batches (else collectives hang)
+            perm = torch.cat([perm, perm[:(-len(perm)) % world]])[rank::world]
         seen, correct, loss_sum = 0, 0, 0.0
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
@@ -162,6 +164,9 @@ def fit(model: nn.Module, train: Split, val: Optional[Split], config: TrainConfi
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
             loss_sum += float(loss.detach()) * len(y)
+        if world > 1:  # BatchNorm running statistics are per process: make every rank use rank 0's
+            for buf in model.buffers():
+                torch.distributed.broadcast(buf, src=0)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "train_accuracy": 100.0 * correct / max(1, seen),
                "seconds": time.perf_counter() - t0}
         if val is not None and val.y is not None:

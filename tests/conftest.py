@@ -15,13 +15,23 @@ torch.set_num_threads(2)
 
 @dataclass
 class TrainedModel:
-    """A small model trained on digits, with its checkpoint and ONNX export on disk."""
+    """A small model trained on digits, with its checkpoint and ONNX export on disk.
 
-    module: torch.nn.Module
+    ``module`` is rebuilt from the checkpoint on every access, so a test that modifies its model in place
+    (training, BN folding, pruning) cannot change what later tests see.
+    """
+
+    _module: torch.nn.Module
     checkpoint: Path
     onnx: Path
     splits: object  # edgekit.data.Splits
     test_accuracy: float
+
+    @property
+    def module(self) -> torch.nn.Module:
+        from edgekit.models import load_checkpoint
+
+        return load_checkpoint(self.checkpoint)[0]
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,9 @@ def test_validate_ok_and_problems(tmp_path):
 
 @pytest.mark.parametrize("case", ["unknown_model", "malformed_yaml", "missing_recipe", "missing_checkpoint",
                                   "wrong_arch_checkpoint", "shape_mismatch", "pickle_checkpoint", "unknown_backend",
-                                  "bad_calibration_file", "unwritable_runs_dir"])
+                                  "bad_batch_flag", "unwritable_runs_dir", "unknown_key", "wrong_type",
+                                  "out_of_range", "corrupt_onnx", "missing_data_file", "calibration_wrong_shape",
+                                  "unknown_stage"])
 def test_bad_input_battery(case, tmp_path, trained_resnet8):
     recipe = tmp_path / "r.yaml"
     text = TINY
@@ -76,11 +78,34 @@ def test_bad_input_battery(case, tmp_path, trained_resnet8):
     elif case == "unknown_backend":
         text = TINY.replace("backend: tensorrt", "backend: ort-gpu")
         frag = "unknown backend 'ort-gpu'"
-    elif case == "bad_calibration_file":
-        np.savez(tmp_path / "c.npz", x=np.zeros((0, 1, 8, 8), np.float32))
+    elif case == "bad_batch_flag":
         p = run_cli("bench", str(trained_resnet8.onnx), "--batch", "0,x")
         assert_clean_error(p, "batch")
         return
+    elif case == "corrupt_onnx":
+        (tmp_path / "junk.onnx").write_bytes(b"\x00not onnx")
+        p = run_cli("bench", str(tmp_path / "junk.onnx"))
+        assert_clean_error(p, "junk.onnx")
+        return
+    elif case == "unknown_key":
+        text = TINY.replace("    lr: 0.1", "    lrr: 0.1")
+        frag = "did you mean 'lr'"
+    elif case == "wrong_type":
+        text = TINY.replace("seed: 0", "seed: zero")
+        frag = "seed (line 2): Input should be a valid integer"
+    elif case == "out_of_range":
+        text = TINY.replace("  rounds: 2", "  rounds: 0")
+        frag = "benchmark.rounds"
+    elif case == "unknown_stage":
+        text = TINY.replace("  - type: train", "  - type: prnue")
+        frag = "did you mean 'prune'"
+    elif case == "missing_data_file":
+        text = TINY.replace("  name: digits\n  image_size: 8\n  channels: 1", f"  name: npz\n  path: {tmp_path / 'no.npz'}")
+        frag = "not found"
+    elif case == "calibration_wrong_shape":
+        np.savez(tmp_path / "c.npz", x=np.zeros((16, 3, 8, 8), np.float32))
+        text = TINY.replace("    lr: 0.1\n", f"    lr: 0.1\n  - type: quantize\n    calibration: {tmp_path / 'c.npz'}\n")
+        frag = "stages[1].calibration"
     elif case == "unwritable_runs_dir":
         ro = tmp_path / "ro"
         ro.mkdir()
@@ -96,6 +121,22 @@ def test_bad_input_battery(case, tmp_path, trained_resnet8):
         run_cli("run", str(recipe), *extra)
     assert_clean_error(p, frag)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_bad_input_never_destroys_an_existing_run(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TINY)
+    run = tmp_path / "runs" / "r" / "keep"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text('{"schema": "edgekit-manifest/1"}')
+    (run / "report.md").write_text("precious")
+    p = run_cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--name", "keep")
+    assert_clean_error(p, "already exists")
+    recipe.write_text(TINY.replace("epochs: 2", "epochs: -1"))
+    p = run_cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--name", "keep", "--resume")
+    assert_clean_error(p, "stages[0].epochs")
+    assert (run / "report.md").read_text() == "precious"
+    assert sorted(x.name for x in run.iterdir()) == ["manifest.json", "report.md"]
 
 
 def test_debug_shows_traceback(tmp_path):

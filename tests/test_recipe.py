@@ -22,7 +22,7 @@ def test_every_shipped_recipe_validates():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "recipes"
-    files = sorted(root.glob("*.yaml"))
+    files = sorted(f for f in root.glob("*.yaml") if f.name != "TEMPLATE.yaml")  # the template is all comments
     assert files
     for f in files:
         load_recipe(f)

@@ -165,6 +165,7 @@ def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str 
         return splits_cache["s"]
 
     _check_model_fits(recipe, splits)
+    _check_calibration_files(recipe, splits)
     run_dir = resolve_run_dir(recipe, runs_dir, name, resume)
     try:
         run_dir.mkdir(parents=True, exist_ok=resume)
@@ -216,6 +217,20 @@ def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str 
     manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json_atomic(run_dir / "manifest.json", manifest)
     return result
+
+
+def _check_calibration_files(recipe: Any, splits) -> None:
+    """Validate every stage's calibration npz against the data's sample shape before any training."""
+    from ..data import load_calibration
+    from ..errors import ShapeError
+
+    for i, st in enumerate(recipe.stages):
+        calib = getattr(st, "calibration", None)
+        if isinstance(calib, str):
+            try:
+                load_calibration(calib, splits().input_shape)
+            except ShapeError as e:
+                raise ShapeError(f"stages[{i}].calibration: {e}") from None
 
 
 def _check_model_fits(recipe: Any, splits) -> None:
