@@ -57,6 +57,7 @@ def trained_resnet8(digits16, tmp_path_factory) -> TrainedModel:
     from edgekit.models import create_model, save_checkpoint
     from edgekit.train import evaluate, fit
 
+    torch.set_num_threads(2)  # earlier tests may change torch's global thread count; results depend on it
     torch.manual_seed(0)
     model = create_model("resnet_cifar", depth=8, width=1.0, num_classes=10, in_channels=3)
     fit(model, digits16.train, digits16.val, {"epochs": 4, "lr": 0.1}, seed=0)
@@ -73,6 +74,7 @@ def trained_lstm(digits_seq, tmp_path_factory) -> TrainedModel:
     from edgekit.models import create_model, save_checkpoint
     from edgekit.train import evaluate, fit
 
+    torch.set_num_threads(2)
     torch.manual_seed(0)
     model = create_model("rnn_classifier", input_size=8, hidden_size=32, num_classes=10)
     fit(model, digits_seq.train, digits_seq.val, {"epochs": 6, "lr": 0.01, "optimizer": "adam"}, seed=0)
