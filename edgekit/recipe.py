@@ -66,7 +66,6 @@ class ReportSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     plots: bool = Field(True, description="write PNG plots next to report.md")
-    html: bool = Field(False, description="also write report.html")
     min_speedup: float = Field(1.1, gt=0, description="a step faster than its parent by less than this is flagged")
     min_int8_coverage: float = Field(0.8, ge=0, le=1, description="int8 MAC fraction below this is flagged")
 
