@@ -179,3 +179,11 @@ def test_unsupported_architecture_fails_with_config_error():
     rnn = create_model("rnn_classifier", num_classes=10).eval()
     with pytest.raises(ConfigError, match="nothing to prune"):
         prune(rnn, np.zeros((2, 8, 8), np.float32), {"ratio": 0.3, "finetune": NO_FT})
+
+
+def test_kd_finetune_leaves_the_callers_teacher_trainable(trained_resnet8):
+    s = trained_resnet8.splits
+    teacher = trained_resnet8.module
+    prune(teacher, s.val.x[:4], {"ratio": 0.3, "finetune": {"epochs": 1, "lr": 0.01}}, train=s.train.take(64),
+          val=s.val.take(32), teacher=teacher)
+    assert all(p.requires_grad for p in teacher.parameters())

@@ -55,6 +55,22 @@ def _feature_cfg(value: Any, field_name: str) -> FeatureLossConfig:
 
 
 @contextlib.contextmanager
+def keep_requires_grad(module: nn.Module):
+    """Restore ``module``'s ``requires_grad`` flags on exit (:func:`kd_loss_fn` freezes the teacher it is given).
+
+    Example:
+        >>> with keep_requires_grad(teacher):
+        ...     fit(student, train, val, cfg, loss_fn=kd_loss_fn(teacher, temperature=4.0, alpha=0.7))
+    """
+    flags = [p.requires_grad for p in module.parameters()]
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
 def _eval_no_grad(*models: nn.Module):
     modes = [m.training for m in models]
     try:
@@ -307,23 +323,21 @@ def distill(teacher: nn.Module, student: nn.Module, train: Split, val: Optional[
     classes = _check_outputs(teacher, student, train.x)
     if int(train.y.max()) >= classes:
         raise ConfigError(f"training labels go up to {int(train.y.max())} but the models predict {classes} classes")
-    grad_flags = [p.requires_grad for p in teacher.parameters()]
     use_cache = cfg.cache_teacher_logits and not tcfg.augment
     t0, loss = time.perf_counter(), None
     try:
-        loss = kd_loss_fn(teacher, cfg.temperature, cfg.alpha, label_smoothing=tcfg.label_smoothing,
-                          student=student, sample=train.x[:2], attention=cfg.attention, hints=cfg.hints,
-                          attention_p=cfg.attention_p, cache_inputs=train.x if use_cache else None, seed=seed)
-        if cfg.cache_teacher_logits and loss.cache is None:
-            log("distill: teacher outputs not cached (" + ("augmentation is on" if tcfg.augment else
-                "feature hints need the teacher's full features") + ")")
-        result = fit(student, train, val, tcfg, seed=seed, loss_fn=loss, extra_parameters=loss.extra_parameters,
-                     desc=desc)
+        with keep_requires_grad(teacher):
+            loss = kd_loss_fn(teacher, cfg.temperature, cfg.alpha, label_smoothing=tcfg.label_smoothing,
+                              student=student, sample=train.x[:2], attention=cfg.attention, hints=cfg.hints,
+                              attention_p=cfg.attention_p, cache_inputs=train.x if use_cache else None, seed=seed)
+            if cfg.cache_teacher_logits and loss.cache is None:
+                log("distill: teacher outputs not cached (" + ("augmentation is on" if tcfg.augment else
+                    "feature hints need the teacher's full features") + ")")
+            result = fit(student, train, val, tcfg, seed=seed, loss_fn=loss,
+                         extra_parameters=loss.extra_parameters, desc=desc)
     finally:
         if loss is not None:
             loss.close()
-        for p, flag in zip(teacher.parameters(), grad_flags):
-            p.requires_grad_(flag)
         teacher.eval()
     return DistillResult(result, loss.terms, loss.attention_pairs, loss.hint_pairs,
                          loss.cache.stats() if loss.cache else None, time.perf_counter() - t0)

@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -101,25 +102,6 @@ def as_example(example_input: Any) -> torch.Tensor:
     if x.dim() < 2 or x.shape[0] == 0:
         raise ShapeError(f"example_input must be a non-empty batch [N, ...], got shape {list(x.shape)}")
     return x[:1].detach().float().cpu().contiguous()
-
-
-def kd_loss_fn(teacher: nn.Module, alpha: float, temperature: float):
-    """``loss_fn(model, x, y) -> (loss, logits)`` for :func:`edgekit.train.fit`: Hinton KD from ``teacher``.
-
-    Example:
-        >>> fit(student, train, val, cfg, loss_fn=kd_loss_fn(teacher, 0.7, 4.0))
-    """
-    from .kd_losses import logit_kd_loss
-
-    teacher.eval()
-
-    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        logits = model(x)
-        with torch.no_grad():
-            t = teacher(x)
-        return logit_kd_loss(logits, t, y, temperature=temperature, alpha=alpha), logits
-
-    return loss_fn
 
 
 def _plan_fn(cfg: PruneConfig, groups: List[pg.Group], per_layer: Dict[str, float],
@@ -255,7 +237,7 @@ def prune(model: nn.Module, example_input: Any, config: Union[PruneConfig, dict,
     teacher_module = teacher
     if teacher_module is None and cfg.teacher == "original" and cfg.finetune.epochs > 0:
         teacher_module = copy.deepcopy(model).cpu().eval()
-    loss_fn = kd_loss_fn(teacher_module, cfg.kd_alpha, cfg.kd_temperature) if teacher_module is not None else None
+    loss_fn = None  # built below, while the teacher's requires_grad flags are kept for the caller
     per_step = [cfg.finetune.epochs // cfg.steps] * cfg.steps
     per_step[-1] += cfg.finetune.epochs - sum(per_step)
     history: List[dict] = []
@@ -279,8 +261,13 @@ def prune(model: nn.Module, example_input: Any, config: Union[PruneConfig, dict,
         log(f"prune: step {i + 1}/{cfg.steps}: MACs {row['macs'] / macs0:.3f} of original"
             + (f", val {val_acc:.2f}%" if val_acc is not None else ""))
 
-    pg.apply_plan(work, example, groups, plan, importance, classifier, steps=cfg.steps, before_step=before,
-                  after_step=after)
+    from .distill import kd_loss_fn, keep_requires_grad
+
+    with keep_requires_grad(teacher_module) if teacher_module is not None else contextlib.nullcontext():
+        if teacher_module is not None:
+            loss_fn = kd_loss_fn(teacher_module, temperature=cfg.kd_temperature, alpha=cfg.kd_alpha)
+        pg.apply_plan(work, example, groups, plan, importance, classifier, steps=cfg.steps, before_step=before,
+                      after_step=after)
     work.zero_grad(set_to_none=True)
     macs1, params1 = pg.count(work, example)
     return PruneResult(work.eval(), cfg, float(s), pg.channel_table(work, groups, cfg.round_to), macs0, macs1, params0,

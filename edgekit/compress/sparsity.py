@@ -14,6 +14,8 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import zlib
 from dataclasses import dataclass, field
@@ -101,10 +103,11 @@ def _finetune_masked(model: nn.Module, masks: Dict[str, torch.Tensor], train, va
         if cfg.epochs > 0:
             if train is None:
                 raise ConfigError("sparsity fine-tuning needs labelled training data (train=); or set finetune epochs 0")
-            from .prune import kd_loss_fn
+            from .distill import kd_loss_fn, keep_requires_grad
 
-            loss = kd_loss_fn(teacher, kd_alpha, kd_temperature) if teacher is not None else None
-            res = fit(model, train, val, cfg, seed=seed, loss_fn=loss, desc=desc)
+            with keep_requires_grad(teacher) if teacher is not None else contextlib.nullcontext():
+                loss = kd_loss_fn(teacher, temperature=kd_temperature, alpha=kd_alpha) if teacher is not None else None
+                res = fit(model, train, val, cfg, seed=seed, loss_fn=loss, desc=desc)
             row = {"epochs": cfg.epochs, "val_accuracy": res.best_val_accuracy, "kd": teacher is not None,
                    "finetune": res.history}
     finally:
