@@ -5,7 +5,7 @@ Every message says what was wrong, where (file, field, tensor, shape) and what i
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Any, Iterable, Optional
 
 
 class EdgekitError(Exception):
@@ -40,3 +40,40 @@ def did_you_mean(name: str, allowed: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest allowed name, or ''."""
     close = difflib.get_close_matches(str(name), list(allowed), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def format_validation_error(e: Any, where: str, model: Optional[type] = None) -> str:
+    """One line per problem of a pydantic ValidationError: ``where.field.path: message (got value)``.
+
+    Unknown keys get a "did you mean" and the allowed field names of ``model`` at that path.
+    """
+    lines = []
+    for err in e.errors():
+        loc = [str(p) for p in err["loc"]]
+        got, msg = err.get("input"), err["msg"]
+        if err["type"] == "value_error":
+            msg = str(err.get("ctx", {}).get("error", msg))
+            if loc and msg.startswith(loc[-1] + "."):  # nested config already named its field
+                lines.append(".".join([where, *loc[:-1], msg]))
+                continue
+        if err["type"] == "extra_forbidden":
+            allowed = _fields_at(model, loc[:-1])
+            msg = "unknown field" + (did_you_mean(loc[-1], allowed) + "; allowed: " + ", ".join(allowed)
+                                     if allowed else "")
+            got = None
+        path = ".".join([where, *loc])
+        lines.append(f"{path}: {msg}" + ("" if got is None or isinstance(got, dict) else f" (got {got!r})"))
+    return "; ".join(lines)
+
+
+def _fields_at(model: Optional[type], loc: list) -> list:
+    """Field names of the (nested) pydantic model at ``loc``, or [] if unknown."""
+    from pydantic import BaseModel
+
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(getattr(model, "model_fields", {}))

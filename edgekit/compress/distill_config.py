@@ -10,7 +10,7 @@ from typing import Any, List, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, format_validation_error
 
 LayerPair = Tuple[str, str]
 
@@ -88,37 +88,3 @@ class DistillConfig(BaseModel):
             return cls(**(value or {}))
         except ValidationError as e:
             raise ConfigError(format_validation_error(e, where, cls)) from None
-
-
-def format_validation_error(e: ValidationError, where: str, model: Optional[type] = None) -> str:
-    """One line per problem: ``where.field.path: message (got value)``; unknown keys list the allowed ones."""
-    from ..errors import did_you_mean
-
-    lines = []
-    for err in e.errors():
-        loc = [str(p) for p in err["loc"]]
-        got, msg = err.get("input"), err["msg"]
-        if err["type"] == "value_error":
-            msg = str(err.get("ctx", {}).get("error", msg))
-            if loc and msg.startswith(loc[-1] + "."):  # nested config already named its field
-                lines.append(".".join([where, *loc[:-1], msg]))
-                continue
-        if err["type"] == "extra_forbidden":
-            allowed = _fields_at(model, loc[:-1])
-            msg = "unknown field" + (did_you_mean(loc[-1], allowed) + "; allowed: " + ", ".join(allowed)
-                                     if allowed else "")
-            got = None
-        path = ".".join([where, *loc])
-        lines.append(f"{path}: {msg}" + ("" if got is None or isinstance(got, dict) else f" (got {got!r})"))
-    return "; ".join(lines)
-
-
-def _fields_at(model: Optional[type], loc: List[str]) -> List[str]:
-    """Field names of the (nested) pydantic model at ``loc``, or [] if unknown."""
-    for part in loc:
-        field = getattr(model, "model_fields", {}).get(part)
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        model = ann
-    return list(getattr(model, "model_fields", {}))

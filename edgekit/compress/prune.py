@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError, format_validation_error
 from ..progress import log
 from . import prune_graph as pg
 from . import prune_search as _search
@@ -89,11 +89,7 @@ def as_prune_config(config: Union[PruneConfig, dict, None], where: str = "prune"
     try:
         return PruneConfig(**(config or {}))
     except ValidationError as e:
-        parts = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            parts.append(f"{where}.{loc}: {err['msg']}" if loc else f"{where}: {err['msg']}")
-        raise ConfigError("; ".join(parts)) from None
+        raise ConfigError(format_validation_error(e, where, PruneConfig)) from None
 
 
 def as_example(example_input: Any) -> torch.Tensor:

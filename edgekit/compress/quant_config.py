@@ -17,7 +17,7 @@ from typing import Any, Dict, Literal, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, format_validation_error
 from ..registry import Registry
 
 
@@ -134,9 +134,4 @@ def make_config(cls, **kwargs: Any):
     try:
         return cls(**kwargs)
     except ValidationError as e:
-        msgs = []
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "config"
-            extra = did_you_mean(loc, cls.model_fields) if err["type"] == "extra_forbidden" else ""
-            msgs.append(f"{loc}: {err['msg']}{extra} (got {err.get('input')!r})")
-        raise ConfigError(f"{cls.__name__}: " + "; ".join(msgs)) from None
+        raise ConfigError(format_validation_error(e, cls.__name__, cls)) from None
