@@ -186,7 +186,10 @@ def fit(model: nn.Module, train: Split, val: Optional[Split], config: TrainConfi
 
 
 def predict(model_or_runner: Union[nn.Module, Any], x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits for ``x`` from an ``nn.Module`` (eval mode, no grad) or an edgekit ``Runner``."""
+    """Logits for ``x`` from an ``nn.Module`` (eval mode, no grad) or an edgekit ``Runner``.
+
+    Runners whose input has a fixed batch size (e.g. a static TensorRT engine) get padded batches.
+    """
     outs = []
     if isinstance(model_or_runner, nn.Module):
         was_training = model_or_runner.training
@@ -201,9 +204,16 @@ def predict(model_or_runner: Union[nn.Module, Any], x: np.ndarray, batch_size: i
                              f"{str(e).splitlines()[0][:200]}") from None
         finally:
             model_or_runner.train(was_training)
-    else:
-        for i in range(0, len(x), batch_size):
-            outs.append(model_or_runner(x[i:i + batch_size]))
+    else:  # a runner; an engine built for one fixed batch size gets its last batch padded
+        shape = getattr(model_or_runner, "input_shape", None)
+        fixed = shape[0] if shape and isinstance(shape[0], int) else None
+        step = fixed or batch_size
+        for i in range(0, len(x), step):
+            xb = x[i:i + step]
+            n = len(xb)
+            if fixed and n < fixed:
+                xb = np.concatenate([xb, np.repeat(xb[-1:], fixed - n, axis=0)])
+            outs.append(np.asarray(model_or_runner(np.ascontiguousarray(xb)))[:n].reshape(n, -1))
     return np.concatenate(outs) if outs else np.empty((0,))
 
 

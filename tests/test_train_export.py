@@ -88,3 +88,27 @@ def test_runner_rejects_wrong_input_shape(trained_resnet8):
     runner = open_runner(trained_resnet8.onnx, "ort-cpu", threads=1)
     with pytest.raises(ShapeError, match="expects shape Nx3x16x16"):
         runner(np.zeros((1, 3, 8, 8), np.float32))
+
+
+class _FixedBatchRunner:
+    """Stands in for a static-shape engine: accepts only batches of exactly 4."""
+
+    input_shape = (4, 3)
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, x):
+        self.seen.append(len(x))
+        assert len(x) == 4
+        return np.eye(3, dtype=np.float32)[x[:, 0].astype(int)]
+
+
+def test_evaluate_pads_batches_for_fixed_batch_runners():
+    from edgekit.data import Split
+
+    x = np.zeros((10, 3), np.float32)
+    x[:, 0] = np.arange(10) % 3
+    runner = _FixedBatchRunner()
+    assert evaluate(runner, Split(x, (np.arange(10) % 3).astype(np.int64))) == 100.0
+    assert runner.seen == [4, 4, 4]

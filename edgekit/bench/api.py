@@ -63,21 +63,6 @@ def _sample(shape: Tuple[int, ...], batch: int, dtype, data, seed: int = 0) -> n
     return rng.standard_normal((batch, *shape), dtype=np.float32).astype(dtype, copy=False)
 
 
-def _accuracy(runner: Any, data, eval_batch: int = 128) -> float:
-    """Top-1 accuracy (%) of ``runner`` on ``data`` (static-batch engines get padded batches)."""
-    fixed = runner.input_shape[0] if runner.input_shape and isinstance(runner.input_shape[0], int) else None
-    bs = fixed or eval_batch
-    correct = 0
-    for start in range(0, len(data.x), bs):
-        xb = data.x[start:start + bs]
-        n = len(xb)
-        if fixed and n < fixed:
-            xb = np.concatenate([xb, np.repeat(xb[-1:], fixed - n, axis=0)])
-        logits = runner(np.ascontiguousarray(xb))[:n]
-        correct += int((np.asarray(logits).reshape(n, -1).argmax(1) == data.y[start:start + n]).sum())
-    return 100.0 * correct / len(data.x)
-
-
 def _match_baseline(baseline: Any, keys: List[Tuple[str, str]], specs: List[ModelSpec]) -> Tuple[str, str]:
     if baseline is None:
         return keys[0]
@@ -221,7 +206,9 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
                 owned = {b: r for (m, b), r in runners.items() if m == spec.name}
                 macs[spec.name] = model_macs(spec, owned, shapes[spec.name])
         has_labels = split is not None and split.y is not None
-        accuracy = {k: _accuracy(r, split) for k, r in runners.items()} if has_labels else {}
+        from ..train import evaluate
+
+        accuracy = {k: evaluate(r, split, batch_size=128) for k, r in runners.items()} if has_labels else {}
 
         t0, load_start = time.time(), load_average()
         probes = ({p: GemmProbe(p, None, threads) for p in ("fp32", "int8")}
