@@ -310,18 +310,10 @@ def qat(model: nn.Module, train, val, out_path: str | Path, *, config: QatConfig
     before = evaluate(qmodel, val)
     teacher_mod = copy.deepcopy(model).eval() if isinstance(teacher, str) and teacher == "float" else teacher
     loss_fn = None
-    if teacher_mod is not None:
-        from .kd_losses import logit_kd_loss
+    if teacher_mod is not None:  # KD from the float model; kd_loss_fn freezes the teacher as before
+        from .distill import kd_loss_fn
 
-        teacher_mod.eval()
-        for p in teacher_mod.parameters():
-            p.requires_grad_(False)
-
-        def loss_fn(m, x, y):
-            logits = m(x)
-            with torch.no_grad():
-                t = teacher_mod(x)
-            return logit_kd_loss(logits, t, y, cfg.temperature, cfg.alpha), logits
+        loss_fn = kd_loss_fn(teacher_mod, temperature=cfg.temperature, alpha=cfg.alpha)
 
     tc = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, optimizer=cfg.optimizer, batch_size=cfg.batch_size,
                      weight_decay=cfg.weight_decay, schedule="cosine", grad_clip=cfg.grad_clip)
