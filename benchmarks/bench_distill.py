@@ -14,7 +14,6 @@ epochs, learning rate and seeds. The teacher-output cache is timed against runni
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

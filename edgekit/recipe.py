@@ -7,14 +7,14 @@ and the benchmark settings. Every problem is reported with its field path and YA
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Annotated, Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from .data.datasets import DataConfig
 from .errors import ConfigError, InputFileError, did_you_mean
-from .pipeline.stages import STAGES, StageConfig, load_stage_modules
+from .pipeline.stages import STAGES, load_stage_modules
 
 
 class ModelSource(BaseModel):
@@ -206,12 +206,6 @@ def _unwrap_optional(ann: Any) -> Any:
 
     args = [a for a in typing.get_args(ann) if a is not type(None)]
     return args[0] if typing.get_origin(ann) is Union and len(args) == 1 else ann
-
-
-def stage_fields(stage_type: str) -> List[str]:
-    """Field names of a registered stage config."""
-    cfg, _ = STAGES.get(stage_type)
-    return sorted(cfg.model_fields)
 
 
 def _yaml_line(root: Any, parts: List[Any]) -> Optional[int]:

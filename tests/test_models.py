@@ -1,6 +1,4 @@
 """Reference architectures and self-describing checkpoints."""
-import pickle
-
 import pytest
 import torch
 

@@ -217,7 +217,6 @@ class Peak:
 
 def _gemm_model(op: str, n: int):
     """A one-node ONNX model computing A(n x n) @ B(n x n) with B a constant initializer."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

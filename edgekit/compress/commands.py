@@ -5,9 +5,8 @@ Data for accuracy and fine-tuning comes from a dataset spec: ``digits`` (images,
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from ..errors import ConfigError
 

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 import torch.nn as nn
 
-from ..errors import ConfigError, InputFileError, ShapeError
+from ..errors import ConfigError, ShapeError
 from ..fileio import require_file
 
 

@@ -174,7 +174,6 @@ def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, he
     gone = skipped + [s for s in bench.skipped if s.get("model") == "*"]
     if gone:
         out += ["", "## Skipped targets", ""] + [f"- {s['backend']}: {s['reason']}" for s in gone]
-    env = bench.environment
     out += ["", "## Environment", "", bench.environment_line(), "",
             f"Peak (measured in this run): {bench.peak.get('cpu')}", ""]
     return "\n".join(out) + "\n"

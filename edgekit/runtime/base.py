@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import abc
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ConfigError, did_you_mean
+from ..errors import BackendUnavailableError, ConfigError
 from ..registry import Registry
 
 
