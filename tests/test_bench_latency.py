@@ -200,3 +200,14 @@ def test_min_is_compared_at_equal_sample_size():
     # a reference case (GEMM peak) keeps its whole-block statistic
     ref = latency.Interleaved(times=res.times, reference=[False, True]).round_stat("min")
     assert np.allclose(ref[1], [b.min() for b in res.times[1]])
+
+
+def test_ort_sessions_stop_spinning_when_run_returns(trained_resnet8):
+    """Interleaved benchmarks alternate between many ORT sessions: an idle session's workers must not keep
+    spinning after run() returns, or they take a core from the next session's block (measured: 2× slower)."""
+    from edgekit.bench.hardware import GemmProbe
+    from edgekit.runtime import open_runner
+
+    sessions = [open_runner(trained_resnet8.onnx, "ort-cpu", threads=2).session, GemmProbe("fp32", 64, 2).session]
+    for s in sessions:
+        assert s.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"

@@ -141,3 +141,24 @@ def test_stage_escalates_to_qat_when_fallback_is_not_allowed_to_help(outlier_res
     with pytest.raises(AccuracyBudgetError, match=r"QAT reached \d+\.\d+%"):
         run_quantize(ctx, cfg)
     assert not list((tmp_path / "stage").glob("*.onnx"))
+
+
+def test_shipped_tight_budget_recipe_falls_back_and_reports_it(tmp_path):
+    """recipes/digits_vit_int8_budget.yaml (zero-loss budget): all-int8 loses accuracy, fallback wins it back,
+    and the report names the float layers, the accuracy met and each fallback's latency cost."""
+    from edgekit.pipeline import run_recipe
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "digits_vit_int8_budget.yaml"
+    result = run_recipe(str(recipe), recipe_path=str(recipe), runs_dir=tmp_path, name="t")
+    meta = result.variants["reference-int8"].meta
+    acc = meta["accuracy"]
+    assert acc["max_accuracy_drop"] == 0.0
+    assert acc["int8_val_all_layers"] < acc["fp32_val"]  # the budget was exceeded before fallback
+    assert acc["int8_val"] >= acc["fp32_val"]  # and met after it
+    assert meta["float_layers"] and [s["layer"] for s in meta["fallback"]] == meta["float_layers"]
+    md = result.report.read_text()
+    section = md.split("## INT8 quantisation", 1)[1].split("\n## ", 1)[0]
+    assert "| reference-int8 | cpu | minmax, 128 samples |" in section and ", met |" in section
+    for layer in meta["float_layers"]:
+        assert f"`{layer}` kept in float" in section
+    assert "× the all-int8 artifact" in section

@@ -258,6 +258,7 @@ class GemmProbe:
         blob, a = _gemm_model("MatMul" if precision == "fp32" else "MatMulInteger", size)
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        so.add_session_config_entry("session.force_spinning_stop", "1")  # see OrtRunner
         if threads:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1

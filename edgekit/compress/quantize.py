@@ -280,7 +280,8 @@ def quantize(onnx_path: str | os.PathLike, calib: Any, out_path: str | os.PathLi
                                  base_exclude=cfg.exclude_nodes, max_layers=cfg.max_fallback_layers,
                                  sensitivity_samples=cfg.sensitivity_samples, threads=cfg.threads)
             accuracy = {"fp32_val": res.fp32_accuracy, "int8_val_all_layers": res.int8_accuracy,
-                        "int8_val": res.final_accuracy}
+                        "int8_val": res.final_accuracy,
+                        **({"max_accuracy_drop": cfg.max_accuracy_drop} if cfg.max_accuracy_drop is not None else {})}
             if not res.met:
                 raise budget_error(res, str(src))
             fallback_hist = history(res)

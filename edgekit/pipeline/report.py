@@ -55,8 +55,7 @@ def benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Variant
     headline = _headline(chosen, rows, base_backend, s.labelled)
     report = {"schema": REPORT_SCHEMA, "recipe": recipe.name, "description": recipe.description,
               "baseline": {"variant": chosen[0].name, "backend": base_backend,
-                           "meaning": "PyTorch eager fp32 of the reference model" if base_backend == "torch" else
-                           f"{chosen[0].name} on {base_backend}"},
+                           "meaning": _baseline_meaning(chosen[0].name, base_backend)},
               "variants": [_variant_summary(v) for v in chosen], "benchmark": bench.to_dict(),
               "skipped_targets": skipped + bench.skipped, "diagnostics": findings, "parity": parity,
               "headline": headline, "stages": manifest.get("stages", [])}
@@ -65,6 +64,12 @@ def benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Variant
     path = write_text_atomic(run_dir / "report.md", md)
     manifest["report"] = {"markdown": str(path), "json": str(run_dir / "report.json"), "headline": headline}
     return path, headline
+
+
+def _baseline_meaning(variant: str, backend: str) -> str:
+    if backend == "torch":
+        return "PyTorch eager fp32 of the reference model"
+    return f"{variant} on {backend}: the recipe has no PyTorch target"
 
 
 def _variant_summary(v: Variant) -> dict:
@@ -104,6 +109,49 @@ def _headline(chosen: List[Variant], rows: List[dict], base_backend: str, labell
     return lines
 
 
+def _pct(v: Optional[float]) -> str:
+    return "–" if v is None else f"{v:.2f}%"
+
+
+def _quantisation_section(chosen: List[Variant]) -> List[str]:
+    """Per int8 variant: scheme, calibration, coverage, the accuracy budget and every layer fallen back to float."""
+    quantised = [v for v in chosen if v.meta.get("precision") == "int8"]
+    if not quantised:
+        return []
+    out = ["## INT8 quantisation", "",
+           "Validation accuracy through ONNX Runtime CPU: fp32 model, all layers int8, and the artifact kept "
+           "(after any fallback). int8 MACs: share of the model's MACs that ONNX Runtime CPU runs in int8 kernels.", "",
+           "| variant | target | calibration | int8 MACs | val fp32 | val all-int8 | val kept | budget (max drop) "
+           "| float layers |", "|---|---|---|---|---|---|---|---|---|"]
+    notes: List[str] = []
+    for v in quantised:
+        m, acc = v.meta, v.meta.get("accuracy") or {}
+        cal = m.get("calibration") or {}
+        how = f"{cal.get('method', m.get('mode', '–'))}, {cal['samples']} samples" if cal.get("samples") else m.get("mode", "–")
+        budget = acc.get("max_accuracy_drop")
+        met = ""
+        if budget is not None and acc.get("fp32_val") is not None and acc.get("int8_val") is not None:
+            drop = acc["fp32_val"] - acc["int8_val"]
+            met = f" — drop {drop:.2f}, {'met' if drop <= budget + 1e-9 else 'NOT met'}"
+        floats = m.get("float_layers") or []
+        frac = m.get("int8_mac_fraction")
+        out.append(f"| {v.name} | {m.get('target', '–')} | {how} | {'–' if frac is None else f'{frac:.1%}'} | "
+                   f"{_pct(acc.get('fp32_val'))} | {_pct(acc.get('int8_val_all_layers', acc.get('int8_val')))} | "
+                   f"{_pct(acc.get('int8_val'))} | {'none' if budget is None else f'{budget:g} pt'}{met} | "
+                   f"{len(floats) or 'none'} |")
+        for step in m.get("fallback") or []:
+            notes.append(f"- **{v.name}**: `{step['layer']}` kept in float → val {step['val_accuracy']:.2f}% "
+                         f"(drop {step['accuracy_drop']:.2f}), int8 MACs {step['int8_mac_fraction']:.1%}, batch-1 "
+                         f"latency {step['slowdown_vs_int8']:.2f}× the all-int8 artifact")
+        if m.get("escalated_to_qat"):
+            notes.append(f"- **{v.name}**: layer fallback could not meet the budget ({m.get('fallback_error', '')}); "
+                         "escalated to quantisation-aware training")
+    if notes:
+        out += ["", "Layers fallen back to float, in order (each row measured with all the layers above it in float):",
+                ""] + notes
+    return out + [""]
+
+
 def _fmt_int(n: Optional[float], unit: str = "") -> str:
     if n is None:
         return "–"
@@ -122,7 +170,7 @@ def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, he
     if recipe.description:
         out += [recipe.description.strip(), ""]
     out += ["## Headline", ""] + [f"- **{h}**" for h in headline] + [""]
-    out += [f"Float baseline: **{chosen[0].name} on {base_backend}** (PyTorch eager fp32 of the reference model). "
+    out += [f"Float baseline: **{chosen[0].name} on {base_backend}** ({_baseline_meaning(chosen[0].name, base_backend)}). "
             "Speedups are medians of per-round paired ratios measured interleaved in one process; the range is "
             "the min–max over rounds. `vs ORT fp32` divides by the reference on ONNX Runtime fp32, separating the "
             "gain from compression from the gain of switching runtime.", ""]
@@ -152,6 +200,7 @@ def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, he
     for name in ("latency.png", "pareto.png", "throughput.png"):
         if (run_dir / "bench" / name).is_file():
             out += [f"![{name[:-4]}](bench/{name})", ""]
+    out += _quantisation_section(chosen)
     out += ["## Did each step pay off?", ""]
     if findings:
         for f in findings:
@@ -174,6 +223,5 @@ def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, he
     gone = skipped + [s for s in bench.skipped if s.get("model") == "*"]
     if gone:
         out += ["", "## Skipped targets", ""] + [f"- {s['backend']}: {s['reason']}" for s in gone]
-    out += ["", "## Environment", "", bench.environment_line(), "",
-            f"Peak (measured in this run): {bench.peak.get('cpu')}", ""]
+    out += ["", "## Environment", "", bench.environment_line(), ""]
     return "\n".join(out) + "\n"

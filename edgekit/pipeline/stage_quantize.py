@@ -125,7 +125,7 @@ def run_quantize(ctx: StageContext, cfg: QuantizeStage) -> StageOutput:
                 path, side = _escalate_qat(ctx, cfg, parent, target, out, err)
         meta = {k: side.get(k) for k in ("target", "mode", "quant_scheme", "calibration", "float_layers",
                                          "runtime_float_layers", "int8_mac_fraction", "fallback", "accuracy",
-                                         "escalated_to_qat", "qat") if side.get(k) is not None}
+                                         "escalated_to_qat", "fallback_error", "qat") if side.get(k) is not None}
         meta["precision"] = "int8"
         metrics = {**_measure(ctx, path), "int8_mac_fraction": side.get("int8_mac_fraction"),
                    "float_layers": len(side.get("float_layers") or [])}
