@@ -253,7 +253,7 @@ def _acceptance(r: dict) -> list:
     spd = cell["min"]["speedup"]
     acc_ok, spd_ok = drop <= ACCEPTANCE["accuracy_drop"], spd >= ACCEPTANCE["speedup"]
     small = r["digits"].get("resnet18-w0.5")
-    lines = [f"**Acceptance** (digits {_title(key)}, `target: cpu`, MinMax, {thr} threads): test accuracy Δ {-drop:+.2f} "
+    lines = [f"**Acceptance** (digits {_title(key)}, `target: cpu`, MinMax, {thr} threads): test accuracy Δ {0.0 - drop:+.2f} "
              f"points ({'meets' if acc_ok else 'does NOT meet'}: at most {ACCEPTANCE['accuracy_drop']} lost); ORT CPU batch-1 speed-up "
              f"over ORT fp32 of the same model {spd:.2f}× (paired median of {cell['rounds']} rounds, min–max "
              f"{cell['min']['min']:.2f}–{cell['min']['max']:.2f}×; block-median statistic {cell['median']['speedup']:.2f}×) — "
