@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `edgekit` console script."""
     argv = sys.argv[1:] if argv is None else argv
+    # Intel OpenMP (PyTorch's MKL) workers spin for 200 ms after each parallel region; benchmarks alternate
+    # PyTorch and ONNX Runtime blocks in one process, and the spinning took cores from both (make demo: ORT GEMM
+    # peak 324 vs 432 GOP/s, PyTorch eager reference 4.9 vs 3.5 ms). Read when torch loads, so set it first.
+    os.environ.setdefault("KMP_BLOCKTIME", "0")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quiet:
