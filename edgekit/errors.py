@@ -42,6 +42,19 @@ def did_you_mean(name: str, allowed: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def validated_config(cls: type, value: Any, where: str) -> Any:
+    """``value`` as a ``cls`` pydantic config: an instance passes through; a dict (None = defaults) is validated,
+    and its problems raise :class:`ConfigError`, one per field (see :func:`format_validation_error`)."""
+    from pydantic import ValidationError
+
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(**(value or {}))
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, where, cls)) from None
+
+
 def format_validation_error(e: Any, where: str, model: Optional[type] = None) -> str:
     """One line per problem of a pydantic ValidationError: ``where.field.path: message (got value)``.
 

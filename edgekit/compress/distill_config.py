@@ -10,7 +10,7 @@ from typing import Any, List, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import ConfigError, format_validation_error
+from ..errors import format_validation_error, validated_config
 
 LayerPair = Tuple[str, str]
 
@@ -82,9 +82,4 @@ class DistillConfig(BaseModel):
             Traceback (most recent call last):
             edgekit.errors.ConfigError: distill.temperature: Input should be greater than 0 (got 0)
         """
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(**(value or {}))
-        except ValidationError as e:
-            raise ConfigError(format_validation_error(e, where, cls)) from None
+        return validated_config(cls, value, where)

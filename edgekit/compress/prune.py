@@ -23,9 +23,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import ValidationError
 
-from ..errors import ConfigError, ShapeError, format_validation_error
+from ..errors import ConfigError, ShapeError, validated_config
 from ..progress import log
 from . import prune_graph as pg
 from . import prune_search as _search
@@ -84,12 +83,7 @@ def as_prune_config(config: Union[PruneConfig, dict, None], where: str = "prune"
         >>> as_prune_config({"ratio": 0.3}).round_to
         8
     """
-    if isinstance(config, PruneConfig):
-        return config
-    try:
-        return PruneConfig(**(config or {}))
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, where, PruneConfig)) from None
+    return validated_config(PruneConfig, config, where)
 
 
 def as_example(example_input: Any) -> torch.Tensor:

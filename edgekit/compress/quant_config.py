@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Literal, Optional, Tuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError, format_validation_error
+from ..errors import validated_config
 from ..registry import Registry
 
 
@@ -131,7 +131,4 @@ def make_config(cls, **kwargs: Any):
         TARGETS.get(str(kwargs["target"]))  # raises ConfigError with the valid names
     if "method" in kwargs and kwargs["method"] not in CALIBRATION_METHODS:
         CALIBRATION_METHODS.get(str(kwargs["method"]))
-    try:
-        return cls(**kwargs)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, cls.__name__, cls)) from None
+    return validated_config(cls, kwargs, cls.__name__)
