@@ -252,17 +252,14 @@ class GemmProbe:
     def __init__(self, precision: str = "fp32", size: Optional[int] = None, threads: Optional[int] = None):
         import onnxruntime as ort
 
+        from ..runtime.ort_runner import session_options
+
         if precision not in PEAK_SIZES:
             raise ValueError(f"GEMM peak precision must be one of {sorted(PEAK_SIZES)}, got {precision!r}")
         size = size or PEAK_SIZES[precision]
         blob, a = _gemm_model("MatMul" if precision == "fp32" else "MatMulInteger", size)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.force_spinning_stop", "1")  # see OrtRunner
-        if threads:
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(blob, sess_options=so, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(blob, sess_options=session_options(threads),
+                                            providers=["CPUExecutionProvider"])
         self.precision, self.size, self.ops = precision, size, 2.0 * size ** 3
         self.prepared = {"A": a}
         self.info = {"backend": "gemm-peak", "precision": precision, "threads": threads}

@@ -12,6 +12,26 @@ _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tens
                "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
+def session_options(threads: Optional[int] = None):
+    """ORT SessionOptions for timing: full graph optimisation, sequential, explicit intra-op threads, quiet logs.
+
+    Benchmarks keep many sessions alive and alternate between them; by default a session's idle workers keep
+    spinning after run() returns and took a core from the next session's block (GEMM blocks ran at half
+    speed), so spinning stops on return. That costs nothing measurable per run here.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.force_spinning_stop", "1")
+    return so
+
+
 class OrtRunner(Runner):
     """ONNX Runtime InferenceSession with one input and (first) output."""
 
@@ -20,17 +40,7 @@ class OrtRunner(Runner):
         super().__init__()
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if threads:
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        # Benchmarks keep many sessions alive and alternate between them; by default a session's idle workers
-        # keep spinning after run() returns and took a core from the next session's block (GEMM blocks ran
-        # at half speed). Stopping the spin on return costs nothing measurable per run here.
-        so.add_session_config_entry("session.force_spinning_stop", "1")
+        so = session_options(threads)
         if optimized_model_path:
             so.optimized_model_filepath = str(optimized_model_path)
         try:
