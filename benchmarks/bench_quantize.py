@@ -62,7 +62,7 @@ def _acc(path, split, threads):
     return evaluate(open_runner(path, "ort-cpu", threads=threads), split)
 
 
-def _speed_rows(res, base_name):
+def _speed_rows(res):
     """{(model, batch): (p50_ms, speedup, min, max, rounds, efficiency)} from a BenchResult."""
     out = {}
     for r in res.rows:
@@ -127,7 +127,7 @@ def _digits_model(work: Path, key: str, width: float, train: dict, threads: int,
     specs = [ModelSpec(name, {"onnx": str(p)}) for name, p in artifacts.items()]
     bench = benchmark(specs, backends=("ort-cpu",), batches=(1, 8), threads=threads, baseline="fp32", plots=False,
                       **ctx.timing())
-    out["latency"] = {f"{m}@b{b}": v for (m, b), v in _speed_rows(bench, "fp32").items()}
+    out["latency"] = {f"{m}@b{b}": v for (m, b), v in _speed_rows(bench).items()}
     out["load_avg_1m"] = bench.config.get("load_avg_1m")
     x1 = splits.val.x[:1]
     pairs = {"fp32 → int8": ("fp32", "int8-cpu")}
@@ -166,7 +166,7 @@ def measure(ctx) -> dict:
                    **ctx.timing())
     out["lstm"] = {"fp32_test": _acc(lstm_fp32, seq.test, threads), "int8_test": _acc(lstm_int8, seq.test, threads),
                    "fp32_bytes": lstm_fp32.stat().st_size, "int8_bytes": lstm_int8.stat().st_size,
-                   "latency": {f"{m}@b{b}": v for (m, b), v in _speed_rows(lb, "lstm-fp32").items()}}
+                   "latency": {f"{m}@b{b}": v for (m, b), v in _speed_rows(lb).items()}}
 
     # 224x224 reference nets, random weights, synthetic calibration
     out["big"] = {}
@@ -181,7 +181,7 @@ def measure(ctx) -> dict:
                       backends=("ort-cpu",), batches=(1,), threads=threads, baseline=f"{name}-fp32", plots=False,
                       **ctx.timing())
         out["big"][name] = {"int8_mac_fraction": q.int8_mac_fraction,
-                            "latency": {f"{mm}@b{bb}": v for (mm, bb), v in _speed_rows(b, f"{name}-fp32").items()}}
+                            "latency": {f"{mm}@b{bb}": v for (mm, bb), v in _speed_rows(b).items()}}
     return out
 
 
@@ -229,9 +229,9 @@ def _render_digits(key: str, d: dict) -> list:
 
 
 def _render_batch1(r: dict) -> list:
-    rounds = next(iter(next(iter(r["digits"].values()))["batch1"].values()))[0]["rounds"]
+    rounds = sorted({c["rounds"] for d in r["digits"].values() for cells in d["batch1"].values() for c in cells})
     lines = ["### Batch 1, fp32 vs int8 only, 1 and 2 threads", "",
-             f"Two artifacts per pair, interleaved in {rounds} rounds; per-round latency is the block's fastest iteration "
+             f"Two artifacts per pair, interleaved in {'/'.join(map(str, rounds))} rounds; per-round latency is the block's fastest iteration "
              "(as in every table here) or its median (what a loaded machine delivers).", "",
              "| model | pair | threads | fp32 p50 | int8 p50 | speed-up (fastest-of-block) | speed-up (block median) |",
              "|---|---|---|---|---|---|---|"]
