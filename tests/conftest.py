@@ -20,7 +20,6 @@ class TrainedModel:
     (training, BN folding, pruning) cannot change what later tests see.
     """
 
-    _module: torch.nn.Module
     checkpoint: Path
     onnx: Path
     splits: object  # edgekit.data.Splits
@@ -63,7 +62,7 @@ def trained_resnet8(digits16, tmp_path_factory) -> TrainedModel:
     d = tmp_path_factory.mktemp("resnet8")
     ckpt = save_checkpoint(model, d / "model.pt", {"input_shape": list(digits16.input_shape), "num_classes": 10})
     onnx_path = export_onnx(model, digits16.val.x[:32], d / "model.onnx").path
-    return TrainedModel(model, ckpt, onnx_path, digits16, evaluate(model, digits16.test))
+    return TrainedModel(ckpt, onnx_path, digits16, evaluate(model, digits16.test))
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +79,7 @@ def trained_lstm(digits_seq, tmp_path_factory) -> TrainedModel:
     d = tmp_path_factory.mktemp("lstm")
     ckpt = save_checkpoint(model, d / "model.pt", {"input_shape": list(digits_seq.input_shape), "num_classes": 10})
     onnx_path = export_onnx(model, digits_seq.val.x[:32], d / "model.onnx").path
-    return TrainedModel(model, ckpt, onnx_path, digits_seq, evaluate(model, digits_seq.test))
+    return TrainedModel(ckpt, onnx_path, digits_seq, evaluate(model, digits_seq.test))
 
 
 def run_cli(*args: str, cwd: Path | None = None):

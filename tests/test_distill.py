@@ -19,13 +19,8 @@ def _student(depth=8, width=0.25, classes=10):
     return create_model("resnet_cifar", depth=depth, width=width, num_classes=classes, in_channels=3)
 
 
-def _teacher(trained):
-    """A private copy of the session teacher (tests must not share mutable state)."""
-    return copy.deepcopy(trained.module)
-
-
 def test_teacher_is_frozen_and_unchanged(trained_resnet8):
-    teacher, s = _teacher(trained_resnet8), trained_resnet8.splits
+    teacher, s = trained_resnet8.module, trained_resnet8.splits
     before = {k: v.clone() for k, v in teacher.state_dict().items()}  # includes BN running stats
     result = distill(teacher, _student(), s.train.take(256), s.val, {"attention": 1.0, "hints": 0.5,
                                                                      "train": {"epochs": 1}}, seed=0)
@@ -39,7 +34,7 @@ def test_teacher_is_frozen_and_unchanged(trained_resnet8):
 def test_kd_from_resnet8_reaches_sane_accuracy_and_caches_teacher(trained_resnet8):
     s = trained_resnet8.splits
     student = _student()
-    result = distill(_teacher(trained_resnet8), student, s.train, s.val,
+    result = distill(trained_resnet8.module, student, s.train, s.val,
                      {"temperature": 4.0, "alpha": 0.9, "train": {"epochs": 4, "lr": 0.1}}, seed=0)
     acc = evaluate(student, s.test)
     assert acc >= 85.0, f"distilled ResNet-8 w0.25: {acc:.1f}% (teacher {trained_resnet8.test_accuracy:.1f}%)"
@@ -52,7 +47,7 @@ def test_cached_and_uncached_teacher_give_the_same_training(trained_resnet8):
     runs = []
     for cache in (True, False):
         student = _student()
-        r = distill(_teacher(trained_resnet8), student, s.train.take(320), s.val,
+        r = distill(trained_resnet8.module, student, s.train.take(320), s.val,
                     {"cache_teacher_logits": cache, "attention": 1.0, "train": {"epochs": 2}}, seed=3)
         runs.append((r, student.state_dict()))
     (cached, w1), (plain, w2) = runs
@@ -64,14 +59,14 @@ def test_cached_and_uncached_teacher_give_the_same_training(trained_resnet8):
 
 def test_cache_is_skipped_with_augmentation(trained_resnet8):
     s = trained_resnet8.splits
-    r = distill(_teacher(trained_resnet8), _student(), s.train.take(128), None,
+    r = distill(trained_resnet8.module, _student(), s.train.take(128), None,
                 {"train": {"epochs": 1, "augment": True}}, seed=0)
     assert r.teacher_cache is None
 
 
 def test_hint_adapters_are_trained_as_extra_parameters(trained_resnet8):
     s = trained_resnet8.splits
-    teacher, student = _teacher(trained_resnet8), _student()
+    teacher, student = trained_resnet8.module, _student()
     loss_fn = kd_loss_fn(teacher, student=student, sample=s.train.x[:2], hints={"weight": 1.0})
     try:
         assert len(loss_fn.extra_parameters) == 3  # 4→16, 8→32, 16→64 channel adapters
@@ -96,13 +91,13 @@ def test_default_pairs_match_stages_by_relative_depth():
 def test_plain_kd_loss_fn_for_recovery(trained_resnet8):
     """What pruning / QAT do: logit KD from the original model through the shared fit loop."""
     s = trained_resnet8.splits
-    student = copy.deepcopy(trained_resnet8.module)
+    student = trained_resnet8.module
     torch.manual_seed(0)
     for m in student.layer3.modules():  # damage it: re-initialise the last stage
         if hasattr(m, "reset_parameters") and m is not student.layer3:
             m.reset_parameters()
     damaged = evaluate(student, s.test)
-    loss_fn = kd_loss_fn(_teacher(trained_resnet8), temperature=2.0, alpha=0.5, student=student,
+    loss_fn = kd_loss_fn(trained_resnet8.module, temperature=2.0, alpha=0.5, student=student,
                          sample=s.train.x[:2])
     fit(student, s.train.take(512), None, {"epochs": 1, "lr": 0.02}, loss_fn=loss_fn)
     recovered = evaluate(student, s.test)
@@ -114,7 +109,7 @@ def test_lstm_logit_kd(trained_lstm):
     s = trained_lstm.splits
     torch.manual_seed(0)
     student = create_model("rnn_classifier", input_size=8, hidden_size=16, cell="gru", num_classes=10)
-    r = distill(_teacher(trained_lstm), student, s.train, s.val,
+    r = distill(trained_lstm.module, student, s.train, s.val,
                 {"temperature": 2.0, "train": {"epochs": 4, "lr": 0.01, "optimizer": "adam"}}, seed=0)
     assert r.losses == ["kd", "ce"] and r.teacher_cache["misses"] == 0
     assert evaluate(student, s.test) >= 50.0  # 10 classes: far above chance after 4 epochs
@@ -124,7 +119,7 @@ def test_vit_student_logit_kd_and_token_attention(trained_resnet8):
     s = trained_resnet8.splits
     torch.manual_seed(0)
     vit = create_model("vit", in_channels=3, image_size=16, patch_size=4, dim=16, depth=1, heads=2, num_classes=10)
-    r = distill(_teacher(trained_resnet8), vit, s.train.take(256), None,
+    r = distill(trained_resnet8.module, vit, s.train.take(256), None,
                 {"train": {"epochs": 1, "optimizer": "adam", "lr": 0.003}}, seed=0)
     assert r.losses == ["kd", "ce"] and r.history[0]["train_loss"] > 0
     vit_t = copy.deepcopy(vit)
@@ -161,7 +156,7 @@ def test_bad_input_fails_before_training(trained_resnet8, monkeypatch, config, s
     spy = _FitSpy()
     monkeypatch.setattr(distill_mod, "fit", spy)
     s = trained_resnet8.splits
-    teacher = _teacher(trained_resnet8)
+    teacher = trained_resnet8.module
     with pytest.raises(ConfigError, match=match):
         distill(teacher, _student(classes=student_classes), s.train, s.val, config)
     assert spy.calls == 0
@@ -171,4 +166,4 @@ def test_bad_input_fails_before_training(trained_resnet8, monkeypatch, config, s
 
 def test_feature_losses_need_student_and_sample(trained_resnet8):
     with pytest.raises(ConfigError, match="need the student model"):
-        kd_loss_fn(_teacher(trained_resnet8), attention=1.0)
+        kd_loss_fn(trained_resnet8.module, attention=1.0)

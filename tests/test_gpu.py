@@ -1,7 +1,6 @@
 """GPU runners: pure parts everywhere; torch-cuda / TensorRT / ort-cuda on an NVIDIA GPU (marked, else skipped)."""
 from __future__ import annotations
 
-import copy
 import json
 from types import SimpleNamespace
 
@@ -185,8 +184,7 @@ def test_torch_cuda_fp32_fp16_resnet18_224():
 
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=1000)
-    # TorchRunner moves the module in place (.to), so each precision gets its own copy
-    runners = {p: open_runner(copy.deepcopy(model), backend="torch-cuda", precision=p) for p in ("fp32", "fp16")}
+    runners = {p: open_runner(model, backend="torch-cuda", precision=p) for p in ("fp32", "fp16")}
     x = np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype(np.float32)
     a, b = runners["fp32"](x), runners["fp16"](x)
     assert np.isfinite(b).all() and np.abs(a - b).max() <= 0.05 * np.abs(a).max() + 1e-2

@@ -17,13 +17,11 @@ def outlier_resnet(trained_resnet8, tmp_path_factory):
     range is now dominated by one channel, so exactly one layer ('/layer2/layer2.0/conv2/Conv', which reads
     it) is sensitive: what the accuracy budget has to find.
     """
-    import copy
-
     import torch
 
     from edgekit.export import export_onnx
 
-    m = copy.deepcopy(trained_resnet8.module).eval()
+    m = trained_resnet8.module.eval()
     blk, k = m.layer2[0], 300.0
     with torch.no_grad():
         blk.bn1.weight[0] *= k
