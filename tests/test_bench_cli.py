@@ -115,3 +115,14 @@ def test_cli_data_digits_accuracy_matches_training_evaluation(trained_resnet8, t
                     plots=False)
     torch_acc, ort_acc = (res.row("r8", b)["accuracy"] for b in ("torch", "ort-cpu"))
     assert torch_acc == pytest.approx(trained_resnet8.test_accuracy) and abs(ort_acc - torch_acc) <= 0.5
+
+
+def test_backend_probe_in_a_fresh_interpreter():
+    """probe_backend / prune's speed_backend check register the built-in backends themselves (once failed with
+    "unknown backend 'ort-cpu'; valid: " when nothing had opened a runner yet)."""
+    code = ("from edgekit.runtime import probe_backend; from edgekit.compress.prune import as_prune_config; "
+            "assert probe_backend('ort-cpu') == (True, ''); "
+            "import torch; from edgekit.compress.prune import _validate; from edgekit.models import create_model; "
+            "m = create_model('resnet_cifar', depth=8, width=0.25, num_classes=10, in_channels=3); "
+            "_validate(m, as_prune_config({'speedup_target': 1.5, 'finetune': {'epochs': 0}}), None, None)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -64,11 +64,9 @@ def search_macs(estimate_of: Callable[[float], float], real_of: Callable[[float]
 
 def _open_timed(model: nn.Module, sample: np.ndarray, backend: str, threads: Optional[int], tmp: Path, stem: str):
     """A runner for ``model`` on ``backend``: the module itself for torch backends, else an ONNX export."""
-    from ..runtime import open_runner
-    from ..runtime.base import BACKENDS
-    from ..runtime import _load_backends  # noqa: F401
+    from ..runtime import backend_spec, open_runner
 
-    spec = BACKENDS.get(backend)
+    spec = backend_spec(backend)
     if "onnx" in spec.artifact_kinds:
         from ..export import export_onnx
 

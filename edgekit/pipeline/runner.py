@@ -89,8 +89,7 @@ def _input_files(recipe: Any) -> Dict[str, str]:
 def _preflight(recipe: Any) -> None:
     """Cheap checks before any expensive work: files exist, backends named exist, stage inputs resolvable."""
     from ..fileio import require_file
-    from ..runtime import BACKENDS
-    from ..runtime import _load_backends  # noqa: F401
+    from ..runtime import backend_spec
 
     from .model_source import import_plugins
 
@@ -102,7 +101,7 @@ def _preflight(recipe: Any) -> None:
     if recipe.data.name in ("npz",):
         require_file(recipe.data.path or "", "data.path")
     for t in recipe.targets:
-        BACKENDS.get(t.backend)
+        backend_spec(t.backend)
     from .report import check_required_targets
 
     check_required_targets(recipe)

@@ -106,9 +106,16 @@ def artifact_kind(artifact: Any) -> str:
     )
 
 
+def backend_spec(name: str) -> BackendSpec:
+    """The registered backend ``name`` (built-ins registered on first use); unknown names raise ConfigError."""
+    from . import _load_backends  # noqa: F401  (fills the registry)
+
+    return BACKENDS.get(name)
+
+
 def probe_backend(name: str) -> Tuple[bool, str]:
     """Return (available, reason) for a backend name."""
-    return BACKENDS.get(name).probe()
+    return backend_spec(name).probe()
 
 
 def open_runner(artifact: Any, backend: str = "ort-cpu", threads: Optional[int] = None, **options: Any) -> Runner:
@@ -124,9 +131,7 @@ def open_runner(artifact: Any, backend: str = "ort-cpu", threads: Optional[int] 
         >>> runner = open_runner("model.onnx", backend="ort-cpu", threads=2)
         >>> logits = runner(np.zeros((1, 3, 32, 32), np.float32))
     """
-    from . import _load_backends  # noqa: F401  (fills the registry)
-
-    spec = BACKENDS.get(backend)
+    spec = backend_spec(backend)
     kind = artifact_kind(artifact)
     if kind != "module":
         from ..fileio import require_file
