@@ -36,6 +36,12 @@ class RunDirectoryError(EdgekitError):
     """A run directory exists, is not writable or is not resumable."""
 
 
+def first_line(e: BaseException, limit: Optional[int] = None) -> str:
+    """The first line of an exception's message (its class name when empty), cut to ``limit`` characters."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
 def did_you_mean(name: str, allowed: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest allowed name, or ''."""
     close = difflib.get_close_matches(str(name), list(allowed), n=1, cutoff=0.6)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from .data.splits import Split
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, ShapeError, first_line
 from .progress import progress
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
@@ -201,7 +201,7 @@ def predict(model_or_runner: Union[nn.Module, Any], x: np.ndarray, batch_size: i
                     outs.append(model_or_runner(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy())
         except RuntimeError as e:
             raise ShapeError(f"model cannot take inputs of per-sample shape {list(x.shape[1:])}: "
-                             f"{str(e).splitlines()[0][:200]}") from None
+                             f"{first_line(e, 200)}") from None
         finally:
             model_or_runner.train(was_training)
     else:  # a runner; an engine built for one fixed batch size gets its last batch padded

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ConfigError, EdgekitError, ShapeError
+from ..errors import BackendUnavailableError, ConfigError, EdgekitError, ShapeError, first_line
 from ..progress import log
 from .data import as_split, is_dataset_name, parse_batches
 from .latency import ROUND_STATS, Case, paired_ratios, ratio_summary, run_interleaved, summarize, validate_settings
@@ -34,11 +34,6 @@ def _rss_mb() -> float:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:240]
 
 
 def _resolve_shape(spec: ModelSpec, runner: Any, input_shape, data) -> Tuple[int, ...]:
@@ -177,14 +172,13 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
                 shape = _resolve_shape(spec, runner, input_shape, split)
                 shapes.setdefault(spec.name, shape)
                 x = _sample(shape, max(batch_list), runner.input_dtype, split)
-                try:  # validates the input shape before any timing
-                    runner.check_input(x)
+                try:  # validates the input shape (runner() checks it first) before any timing
                     runner(x)
                 except EdgekitError:
                     raise
                 except Exception as e:
                     raise ShapeError(f"model '{spec.name}' on {bspec.name} cannot run input of shape "
-                                     f"{list(x.shape)}: {_first_line(e)}") from None
+                                     f"{list(x.shape)}: {first_line(e, 240)}") from None
                 meta[(spec.name, bspec.name)] = {
                     "kind": kind, "artifact": "<nn.Module>" if kind == "module" else os.fspath(art),
                     "size_bytes": size_bytes(art, kind), "mem_delta_mb": round(_rss_mb() - rss0, 1),
@@ -291,8 +285,9 @@ def _peak_summary(peak_rounds: Dict[str, List[float]], threads: int) -> Optional
     from .hardware import PEAK_SIZES
 
     out = {"sizes": dict(PEAK_SIZES), "threads": threads,
-           "method": "ONNX Runtime MatMul (fp32, 512^3) / MatMulInteger (u8 x s8, 1024^3), timed in every round "
-                     "between the variants; median (and max) of the round per_round"}
+           "method": f"ONNX Runtime MatMul (fp32, {PEAK_SIZES['fp32']}^3) / MatMulInteger (u8 x s8, "
+                     f"{PEAK_SIZES['int8']}^3), timed in every round between the variants; median (and max) of the "
+                     "per-round values"}
     for p, vals in peak_rounds.items():
         out[f"{p}_gops"] = round(float(np.median(vals)), 1) if vals else None
         out[f"{p}_gops_max"] = round(float(np.max(vals)), 1) if vals else None

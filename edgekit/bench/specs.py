@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..progress import log
 
 KINDS = ("module", "checkpoint", "onnx", "engine")
@@ -114,7 +114,7 @@ def model_macs(spec: ModelSpec, runners: Dict[str, Any], shape) -> Tuple[Optiona
         if module is not None:
             return _macs_of_module(module, shape), 0, "onnx-export"
     except Exception as e:  # MACs are informative; never fail a benchmark on them
-        log(f"bench: could not count MACs of '{spec.name}': {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}")
+        log(f"bench: could not count MACs of '{spec.name}': {first_line(e, 200)}")
     return None, None, "unavailable"
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from ..data.splits import Split
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError, first_line
 from ..progress import log
 from ..train import FitResult, fit
 from .distill_config import DistillConfig, FeatureLossConfig
@@ -172,7 +172,7 @@ def _check_outputs(teacher: nn.Module, student: nn.Module, sample: np.ndarray) -
                 outs[role] = m(x)
         except RuntimeError as e:
             raise ShapeError(f"{role} '{arch_name(m)}' cannot take inputs of per-sample shape "
-                             f"{list(sample.shape[1:])}: {str(e).splitlines()[0][:200]}") from None
+                             f"{list(sample.shape[1:])}: {first_line(e, 200)}") from None
         if outs[role].dim() != 2:
             raise ShapeError(f"{role} '{arch_name(m)}' returns {list(outs[role].shape)}; distillation needs "
                              "logits shaped [batch, classes]")

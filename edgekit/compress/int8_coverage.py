@@ -80,7 +80,7 @@ def optimized_graph(onnx_path: str | os.PathLike, out_path: str | os.PathLike, l
     import onnx
     import onnxruntime as ort
 
-    from ..errors import InputFileError
+    from ..errors import InputFileError, first_line
 
     so = ort.SessionOptions()
     so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -91,8 +91,7 @@ def optimized_graph(onnx_path: str | os.PathLike, out_path: str | os.PathLike, l
     try:
         ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputFileError(f"{onnx_path}: ONNX Runtime cannot load this model: {first}") from None
+        raise InputFileError(f"{onnx_path}: ONNX Runtime cannot load this model: {first_line(e)}") from None
     return onnx.load(str(out_path))
 
 

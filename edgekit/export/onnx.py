@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import EdgekitError, ShapeError
+from ..errors import EdgekitError, ShapeError, first_line
 from ..fileio import atomic_path, write_sidecar
 
 
@@ -74,14 +74,14 @@ def export_onnx(model: nn.Module, sample: np.ndarray, path: str | Path, *, opset
             model(x)
     except RuntimeError as e:
         raise ShapeError(f"model cannot take inputs of per-sample shape {list(sample.shape[1:])}: "
-                         f"{str(e).splitlines()[0][:200]}") from None
+                         f"{first_line(e, 200)}") from None
     path = Path(path)
     with atomic_path(path, suffix=".onnx") as tmp:
         _run_exporter(model, x, tmp, opset, exporter)
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as e:
-            raise ExportError(f"{path}: onnx.checker rejected the exported graph: {str(e).splitlines()[0][:300]}") from None
+            raise ExportError(f"{path}: onnx.checker rejected the exported graph: {first_line(e, 300)}") from None
         max_diff, agree, n = _parity(model, tmp, sample if parity_data is None else parity_data)
         if not (max_diff <= atol) or agree < min_top1_agreement:
             raise ExportError(

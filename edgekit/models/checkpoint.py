@@ -14,7 +14,7 @@ from typing import Any, Dict, Tuple
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError, InputFileError
+from ..errors import ConfigError, InputFileError, first_line
 from ..fileio import atomic_path, require_file
 
 FORMAT = "edgekit-checkpoint/1"
@@ -116,7 +116,7 @@ def load_checkpoint(path: str | Path) -> Tuple[nn.Module, Dict[str, Any]]:
             f"edgekit never executes pickled code ({first})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise InputFileError(f"{p}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})") from None
+        raise InputFileError(f"{p}: not a readable PyTorch checkpoint ({first_line(e, 200)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputFileError(
             f"{p}: not an edgekit checkpoint (expected format '{FORMAT}'); plain state_dicts can be loaded "

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 import torch.nn as nn
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError, first_line
 from ..fileio import require_file
 
 
@@ -67,7 +67,7 @@ def check_fits(model: nn.Module, splits: Any) -> None:
             out = model(x)
     except Exception as e:  # any forward failure here means the data does not fit
         raise ShapeError(f"the data's samples (shape {list(splits.input_shape)}) do not fit the model: "
-                         f"{str(e).splitlines()[0][:200]}") from None
+                         f"{first_line(e, 200)}") from None
     out = out[0] if isinstance(out, (tuple, list)) else out
     if splits.labelled and out.shape[-1] != splits.num_classes:
         raise ShapeError(f"the model outputs {out.shape[-1]} classes but the data has {splits.num_classes}")

@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import InputFileError
+from ..errors import InputFileError, first_line
 from .base import BackendSpec, Runner, register_backend
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
@@ -46,8 +46,7 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputFileError(f"{path}: ONNX Runtime cannot load this model: {first}") from None
+            raise InputFileError(f"{path}: ONNX Runtime cannot load this model: {first_line(e)}") from None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
