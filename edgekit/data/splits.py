@@ -46,9 +46,11 @@ def split_indices(n: int, fractions: Tuple[float, float, float], seed: int,
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise ConfigError(f"data.split must be three non-negative fractions summing to 1, got {list(fractions)}")
     rng = np.random.default_rng(seed)
-    if stratify is not None and np.unique(stratify, return_counts=True)[1].min() < 3:
-        stratify = None  # too few samples per class to stratify (e.g. random labels of synthetic data)
-    groups = [np.arange(n)] if stratify is None else [np.flatnonzero(stratify == c) for c in np.unique(stratify)]
+    if stratify is not None:
+        classes, counts = np.unique(stratify, return_counts=True)
+        if counts.min() < 3:
+            stratify = None  # too few samples per class to stratify (e.g. random labels of synthetic data)
+    groups = [np.arange(n)] if stratify is None else [np.flatnonzero(stratify == c) for c in classes]
     parts: list[list[np.ndarray]] = [[], [], []]
     for idx in groups:
         idx = rng.permutation(idx)
