@@ -90,10 +90,10 @@ def layer_sensitivity(build: BuildFn, candidates: Sequence[str], base_exclude: S
     return sorted(scores, key=lambda t: -t[1])
 
 
-def _paired_slowdown(base_path: Path, path: Path, x1: np.ndarray, threads: Optional[int]) -> Tuple[float, float]:
+def _paired_slowdown(a, b, x1: np.ndarray) -> Tuple[float, float]:
+    """Batch-1 latency (ms) of runner ``b`` and its paired slowdown vs runner ``a`` (the all-int8 model)."""
     from ..bench.latency import Case, paired_ratios, run_interleaved
 
-    a, b = _runner(base_path, threads), _runner(path, threads)
     res = run_interleaved([Case("int8", a, a.prepare(x1)), Case("fallback", b, b.prepare(x1))],
                           warmup=5, iters=90, min_time=None, rounds=3, desc="fallback latency")
     med = res.round_medians
@@ -124,7 +124,8 @@ def enforce_budget(build: BuildFn, fp32_path: Path, int8_path: Path, val, max_dr
     from ..train import predict
 
     fp32_logits = predict(_runner(fp32_path, threads), val.x)
-    int8_logits = predict(_runner(int8_path, threads), val.x)
+    int8_runner = _runner(int8_path, threads)
+    int8_logits = predict(int8_runner, val.x)
     fp32_acc, int8_acc = _accuracy(fp32_logits, val.y), _accuracy(int8_logits, val.y)
     result = BudgetResult(fp32_acc, int8_acc, int8_acc, max_drop, path=int8_path)
     if fp32_acc - int8_acc <= max_drop or not candidates or max_layers == 0:
@@ -141,8 +142,9 @@ def enforce_budget(build: BuildFn, fp32_path: Path, int8_path: Path, val, max_dr
     for step, (layer, score) in enumerate(progress(ranked[:max_layers], desc="fallback", total=min(max_layers, len(ranked)))):
         excluded.append(layer)
         path = build(excluded, work_dir / f"fallback_{step}.onnx")
-        acc = _accuracy(predict(_runner(path, threads), val.x), val.y)
-        lat, slow = _paired_slowdown(int8_path, path, x1, threads)
+        runner = _runner(path, threads)
+        acc = _accuracy(predict(runner, val.x), val.y)
+        lat, slow = _paired_slowdown(int8_runner, runner, x1)
         result.steps.append(FallbackStep(layer, score, acc, fp32_acc - acc, coverage_fn(path), lat, slow))
         result.float_layers.append(layer)
         result.final_accuracy, result.path = acc, path
