@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -269,14 +270,15 @@ def quantize(onnx_path: str | os.PathLike, calib: Any, out_path: str | os.PathLi
         cache = work / "calibration.json"
         first = _static(pre, work / "int8.onnx", cfg, array_reader(x, input_name, cfg.batch_size), cache,
                         cfg.exclude_nodes)
-        cov = int8_coverage(first)
+        coverage = functools.lru_cache(maxsize=None)(int8_coverage)  # the last fallback step is also the result
+        cov = coverage(first)
         chosen, fallback_hist, accuracy = first, [], {}
         if val is not None:
             build = lambda excl, path: _static(pre, path, cfg, None, cache, excl)  # noqa: E731
             candidates = [n for n in quantised_nodes(first) if n not in cfg.exclude_nodes]
             budget = cfg.max_accuracy_drop if cfg.max_accuracy_drop is not None else float("inf")
             res = enforce_budget(build, pre, first, val, budget, candidates=candidates,
-                                 coverage_fn=lambda p: int8_coverage(p).int8_fraction, work_dir=work,
+                                 coverage_fn=lambda p: coverage(p).int8_fraction, work_dir=work,
                                  base_exclude=cfg.exclude_nodes, max_layers=cfg.max_fallback_layers,
                                  sensitivity_samples=cfg.sensitivity_samples, threads=cfg.threads)
             accuracy = {"fp32_val": res.fp32_accuracy, "int8_val_all_layers": res.int8_accuracy,
@@ -286,7 +288,7 @@ def quantize(onnx_path: str | os.PathLike, calib: Any, out_path: str | os.PathLi
                 raise budget_error(res, str(src))
             fallback_hist = history(res)
             if res.path != first:
-                chosen, cov = res.path, int8_coverage(res.path)
+                chosen, cov = res.path, coverage(res.path)
         with atomic_path(out_path, suffix=".onnx") as tmp:
             shutil.copyfile(chosen, tmp)
     result = QuantizeResult(
