@@ -106,7 +106,12 @@ def run_prune(ctx: StageContext, cfg: PruneStage) -> StageOutput:
     if name in ctx.variants:
         raise ConfigError(f"stage prune: a variant named '{name}' already exists; set 'name' to a new one")
     model = ctx.load_module(parent)
-    teacher = ctx.teacher_module(cfg.teacher, parent) if cfg.finetune.epochs > 0 else None
+    if cfg.finetune.epochs <= 0:
+        teacher = None
+    elif cfg.teacher in ("original", "parent"):
+        teacher = model  # prune and sparsify work on a copy, so the parent as loaded is the teacher
+    else:
+        teacher = ctx.teacher_module(cfg.teacher, parent)
     if cfg.method == "structured":
         out, meta, metrics, val_acc = _structured(ctx, cfg, model, teacher)
     else:
