@@ -8,8 +8,6 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..fileio import read_sidecar
-
 
 def _row(rows: List[dict], model: str, backend: str, batch: int) -> Optional[dict]:
     return next((r for r in rows if r["model"] == model and r["backend"] == backend and r["batch"] == batch), None)
@@ -69,7 +67,7 @@ def _causes(v: Any, parent: Any, backend: str, rows: List[dict], batches: List[i
     bad = misaligned_channels(v.checkpoint)
     if bad:
         causes.append(f"channel counts not multiples of 8 ({', '.join(bad[:4])}{'…' if len(bad) > 4 else ''})")
-    target = v.meta.get("target") or (read_sidecar(v.onnx).get("target") if v.onnx else None)
+    target = v.recorded("target")
     if target == "tensorrt" and backend.startswith("ort-cpu"):
         causes.append("QDQ flavour made for TensorRT (symmetric int8 activations) runs slowly on ORT CPU; "
                       "quantise with target: cpu for this backend")

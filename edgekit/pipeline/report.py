@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import BackendUnavailableError
-from ..fileio import read_sidecar, write_json_atomic, write_text_atomic
+from ..fileio import write_json_atomic, write_text_atomic
 from ..progress import log
 from .diagnostics import artifact_parity, step_diagnostics
 from .stages import Variant
@@ -73,11 +73,9 @@ def _baseline_meaning(variant: str, backend: str) -> str:
 
 
 def _variant_summary(v: Variant) -> dict:
-    side = read_sidecar(v.onnx) if v.onnx else {}
     return {"name": v.name, "parent": v.parent, "artifacts": v.artifacts(), "metrics": v.metrics,
-            "target": v.meta.get("target") or side.get("target"),
-            "float_layers": v.meta.get("float_layers") or side.get("float_layers") or [],
-            "int8_mac_fraction": v.meta.get("int8_mac_fraction", side.get("int8_mac_fraction"))}
+            "target": v.recorded("target"), "float_layers": v.recorded("float_layers") or [],
+            "int8_mac_fraction": v.recorded("int8_mac_fraction")}
 
 
 _BACKEND_TARGET = {"ort-cpu": "cpu", "torch": "cpu", "tensorrt": "tensorrt", "ort-cuda": "tensorrt",
@@ -88,7 +86,7 @@ def final_variant(chosen: List[Variant], backend: str) -> Variant:
     """The last variant made for ``backend`` (artifacts quantised for another target are passed over)."""
     want = _BACKEND_TARGET.get(backend)
     for v in reversed(chosen):
-        target = v.meta.get("target") or (read_sidecar(v.onnx).get("target") if v.onnx else None)
+        target = v.recorded("target")
         if target is None or target == want:
             return v
     return chosen[-1]
@@ -193,7 +191,7 @@ def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, he
             vs_ort = (f"{r0['speedup'] / ref['speedup']:.2f}×" if ref and ref.get("speedup") and r0.get("speedup")
                       else "–")
             eff = f"{r0['efficiency']:.0%}" if r0.get("efficiency") is not None else "–"
-            floats = _variant_summary(v)["float_layers"]
+            floats = v.recorded("float_layers") or []
             cells += [format_speedup(r0), vs_ort, eff, ", ".join(floats[:3]) + ("…" if len(floats) > 3 else "") or "–"]
             out.append("| " + " | ".join(str(c) for c in cells) + " |")
     out.append("")

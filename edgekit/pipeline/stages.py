@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
@@ -60,6 +61,18 @@ class Variant:
         """{kind: path} for the artifacts this variant has (kinds as in ``runtime.base.artifact_kind``)."""
         out = {"checkpoint": self.checkpoint, "onnx": self.onnx, "engine": self.engine}
         return {k: v for k, v in out.items() if v}
+
+    @functools.cached_property
+    def sidecar(self) -> Dict[str, Any]:
+        """The ONNX artifact's sidecar ({} without one), read once."""
+        from ..fileio import read_sidecar
+
+        return read_sidecar(self.onnx) if self.onnx else {}
+
+    def recorded(self, key: str) -> Any:
+        """``meta[key]``, else what the ONNX artifact's sidecar records (e.g. for a model loaded as ONNX)."""
+        value = self.meta.get(key)
+        return value if value is not None else self.sidecar.get(key)
 
 
 @dataclass
