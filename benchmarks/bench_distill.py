@@ -8,13 +8,12 @@ epochs, learning rate and seeds. The teacher-output cache is timed against runni
     .venv/bin/python benchmarks/bench_distill.py --quick    # fewer epochs and seeds (smoke run)
     .venv/bin/python benchmarks/bench_distill.py --large    # 32×32 images, more epochs (~4× the time)
 
-``run(ctx)`` (the ``benchmarks/run_all.py`` interface) and ``section()`` return the markdown for
+``run(ctx)`` (the ``benchmarks/run_all.py`` interface) returns the markdown for
 ``docs/BENCHMARKS.md``; raw figures go to ``benchmarks/results/distill.json``.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -139,12 +138,6 @@ def run(ctx) -> str:
     res = measure("quick" if ctx.quick else "full", threads=ctx.threads)
     write_json_atomic(Path(ctx.results_dir) / "distill.json", res)
     return to_markdown(res)
-
-
-def section(mode: Optional[str] = None) -> str:
-    """Run the benchmark and return its markdown section (``EDGEKIT_BENCH_QUICK=1`` → quick mode)."""
-    mode = mode or ("quick" if os.environ.get("EDGEKIT_BENCH_QUICK", "") not in ("", "0") else "full")
-    return to_markdown(measure(mode))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
