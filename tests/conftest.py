@@ -12,6 +12,15 @@ os.environ.setdefault("EDGEKIT_QUIET", "1")
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Runners opened with ``threads=N`` set torch's global thread count; restore it after every test, so the
+    next test (and the session fixtures' training, whose results depend on it) starts from the same count."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @dataclass
 class TrainedModel:
     """A small model trained on digits, with its checkpoint and ONNX export on disk.
@@ -55,7 +64,6 @@ def trained_resnet8(digits16, tmp_path_factory) -> TrainedModel:
     from edgekit.models import create_model, save_checkpoint
     from edgekit.train import evaluate, fit
 
-    torch.set_num_threads(2)  # earlier tests may change torch's global thread count; results depend on it
     torch.manual_seed(0)
     model = create_model("resnet_cifar", depth=8, width=1.0, num_classes=10, in_channels=3)
     fit(model, digits16.train, digits16.val, {"epochs": 4, "lr": 0.1}, seed=0)
@@ -72,7 +80,6 @@ def trained_lstm(digits_seq, tmp_path_factory) -> TrainedModel:
     from edgekit.models import create_model, save_checkpoint
     from edgekit.train import evaluate, fit
 
-    torch.set_num_threads(2)
     torch.manual_seed(0)
     model = create_model("rnn_classifier", input_size=8, hidden_size=32, num_classes=10)
     fit(model, digits_seq.train, digits_seq.val, {"epochs": 6, "lr": 0.01, "optimizer": "adam"}, seed=0)
@@ -80,6 +87,15 @@ def trained_lstm(digits_seq, tmp_path_factory) -> TrainedModel:
     ckpt = save_checkpoint(model, d / "model.pt", {"input_shape": list(digits_seq.input_shape), "num_classes": 10})
     onnx_path = export_onnx(model, digits_seq.val.x[:32], d / "model.onnx").path
     return TrainedModel(ckpt, onnx_path, digits_seq, evaluate(model, digits_seq.test))
+
+
+def stage_context(tmp_path: Path, variants: dict, splits, stage_dir: str = "stage"):
+    """A StageContext for calling one stage function directly: seed 0, 2 threads, no recipe, a new stage dir."""
+    from edgekit.pipeline.stages import StageContext
+
+    stage_dir = tmp_path / stage_dir
+    stage_dir.mkdir(parents=True)
+    return StageContext(tmp_path, stage_dir, 0, 2, None, dict(variants), lambda: splits)
 
 
 def run_cli(*args: str, cwd: Path | None = None):

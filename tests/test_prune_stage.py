@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import pytest
+from conftest import stage_context
 
 from edgekit.errors import ConfigError
 from edgekit.models import load_checkpoint
 from edgekit.pipeline.stage_prune import PruneStage, run_prune
-from edgekit.pipeline.stages import STAGES, StageContext, Variant, load_stage_modules
+from edgekit.pipeline.stages import STAGES, Variant, load_stage_modules
 
 
 def _ctx(tmp_path, trained):
     parent = Variant("reference", None, str(trained.checkpoint), str(trained.onnx))
-    stage_dir = tmp_path / "stages" / "01-prune"
-    stage_dir.mkdir(parents=True)
-    return StageContext(tmp_path, stage_dir, 0, 2, None, {"reference": parent}, lambda: trained.splits)
+    return stage_context(tmp_path, {"reference": parent}, trained.splits, stage_dir="stages/01-prune")
 
 
 def test_stage_is_registered():
@@ -85,9 +84,7 @@ def test_prune_stage_latency_only_recipe_shape(tmp_path):
     torch.manual_seed(0)
     model = create_model("mobilenetv2", num_classes=10, in_channels=3, width=0.5)
     ckpt = save_checkpoint(model, tmp_path / "ref.pt", {"input_shape": [3, 32, 32], "num_classes": 10})
-    stage_dir = tmp_path / "stage"
-    stage_dir.mkdir()
-    ctx = StageContext(tmp_path, stage_dir, 0, 2, None, {"ref": Variant("ref", None, str(ckpt))}, lambda: unlabelled)
+    ctx = stage_context(tmp_path, {"ref": Variant("ref", None, str(ckpt))}, unlabelled)
     cfg = PruneStage(type="prune", name="pruned", macs_target=0.5, importance="l2", teacher="none",
                      finetune={"epochs": 0})
     (v,) = run_prune(ctx, cfg).variants

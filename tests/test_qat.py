@@ -5,6 +5,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import stage_context
 from onnx import numpy_helper
 
 
@@ -98,15 +99,14 @@ def test_qat_stage(trained_resnet8, tmp_path):
     from dataclasses import replace
 
     from edgekit.data import Split
-    from edgekit.pipeline.stages import STAGES, StageContext, Variant, load_stage_modules
+    from edgekit.pipeline.stages import STAGES, Variant, load_stage_modules
 
     load_stage_modules()
     cls, fn = STAGES.get("qat")
     s = trained_resnet8.splits
     small = replace(s, train=Split(s.train.x[:128], s.train.y[:128]))
     v = Variant("reference", None, str(trained_resnet8.checkpoint), str(trained_resnet8.onnx))
-    (tmp_path / "stage").mkdir()
-    ctx = StageContext(tmp_path, tmp_path / "stage", 0, 2, None, {"reference": v}, lambda: small)
+    ctx = stage_context(tmp_path, {"reference": v}, small)
     out = fn(ctx, cls(epochs=0, teacher="none", calibration_samples=32))  # observer (PTQ) scales only: fast
     (var,) = out.variants
     assert var.name == "reference-qat-cpu" and var.meta["target"] == "cpu" and var.meta["precision"] == "int8"

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import stage_context
 
 from edgekit.errors import AccuracyBudgetError
 
@@ -83,12 +84,10 @@ def test_dynamic_lstm_keeps_accuracy_and_shrinks(trained_lstm, tmp_path):
 
 
 def _ctx(tmp_path, trained, splits):
-    from edgekit.pipeline.stages import StageContext, Variant
+    from edgekit.pipeline.stages import Variant
 
-    v = Variant("reference", None, str(trained.checkpoint), str(trained.onnx))
-    stage_dir = tmp_path / "stage"
-    stage_dir.mkdir()
-    return StageContext(tmp_path, stage_dir, 0, 2, None, {"reference": v}, lambda: splits)
+    return stage_context(tmp_path, {"reference": Variant("reference", None, str(trained.checkpoint),
+                                                         str(trained.onnx))}, splits)
 
 
 def test_quantize_stage_produces_both_targets(trained_resnet8, tmp_path):
@@ -130,11 +129,10 @@ def test_stage_escalates_to_qat_when_fallback_is_not_allowed_to_help(outlier_res
     """max_fallback_layers=0 + allow_qat: the stage must run QAT (here 0 epochs: observer scales only, which
     share PTQ's per-tensor outlier problem) and then fail with both the fallback and the QAT numbers."""
     from edgekit.pipeline.stage_quantize import QuantizeStage, run_quantize
-    from edgekit.pipeline.stages import StageContext, Variant
+    from edgekit.pipeline.stages import Variant
 
     v = Variant("outlier", None, str(outlier_resnet.with_suffix(".pt")), str(outlier_resnet))
-    (tmp_path / "stage").mkdir()
-    ctx = StageContext(tmp_path, tmp_path / "stage", 0, 2, None, {"outlier": v}, lambda: trained_resnet8.splits)
+    ctx = stage_context(tmp_path, {"outlier": v}, trained_resnet8.splits)
     cfg = QuantizeStage(max_accuracy_drop=0.5, max_fallback_layers=0, allow_qat=True, qat_epochs=0)
     with pytest.raises(AccuracyBudgetError, match=r"QAT reached \d+\.\d+%"):
         run_quantize(ctx, cfg)
