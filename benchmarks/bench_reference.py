@@ -56,8 +56,18 @@ def merge(results):
                        config=config, baseline={"model": "each model", "backend": "torch"})
 
 
+def _gops_cell(r: dict) -> str:
+    """``GOP/s (% of peak)`` of a benchmark row, "–" without MACs."""
+    if r.get("gops") is None:
+        return "–"
+    pct = f" ({100 * r['efficiency']:.0f}%)" if r.get("efficiency") is not None else ""
+    return f"{r['gops']:.0f}{pct}"
+
+
 def summary_table(merged) -> str:
     """Per model and batch: PyTorch vs ORT p50, the paired ORT/PyTorch ratio, GOP/s and % of peak."""
+    from edgekit.bench.results import format_speedup
+
     head = ("| model | input | GMACs/sample | batch | PyTorch p50 ms | ORT p50 ms | ORT vs PyTorch (min–max) "
             "| PyTorch GOP/s (% peak) | ORT GOP/s (% peak) |")
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
@@ -65,17 +75,10 @@ def summary_table(merged) -> str:
     for name in dict.fromkeys(r["model"] for r in merged.rows):
         for b in BATCHES:
             t, o = merged.row(name, "torch", b), merged.row(name, "ort-cpu", b)
-
-            def eff(r):
-                if r.get("gops") is None:
-                    return "–"
-                pct = f" ({100 * r['efficiency']:.0f}%)" if r.get("efficiency") is not None else ""
-                return f"{r['gops']:.0f}{pct}"
-
             shape = "×".join(map(str, shapes.get(name, ()))) or "?"
             macs = f"{o['macs'] / 1e9:.3f}" if o.get("macs") else "–"
             lines.append(f"| {name} | {shape} | {macs} | {b} | {t['p50_ms']:.2f} | {o['p50_ms']:.2f} | "
-                         f"{o['speedup']:.2f}× ({o['speedup_min']:.2f}–{o['speedup_max']:.2f}) | {eff(t)} | {eff(o)} |")
+                         f"{format_speedup(o)} | {_gops_cell(t)} | {_gops_cell(o)} |")
     return "\n".join(lines)
 
 
