@@ -497,16 +497,17 @@ def load_engine(path: Union[str, Path]) -> LoadedEngine:
     path = require_file(path, "TensorRT engine")
     identity = current_identity()
     side = read_sidecar(path)
+    blob = path.read_bytes()  # hashed and deserialised from the same read
     if side:
         validate_sidecar(side, identity, path)
-        if side.get("engine_sha256") and side["engine_sha256"] != sha256_file(path):
+        if side.get("engine_sha256") and side["engine_sha256"] != hashlib.sha256(blob).hexdigest():
             raise EngineCompatibilityError(f"{path}: the engine file does not match its sidecar "
                                            f"{sidecar_path(path).name} (sha256 differs); rebuild it")
     else:
         log(f"{path}: no edgekit sidecar; cannot check its TensorRT version/GPU before loading")
     trt = _import_tensorrt()
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    engine = runtime.deserialize_cuda_engine(blob)
     if engine is None:
         raise EngineCompatibilityError(f"{path}: TensorRT {identity['tensorrt_version']} cannot deserialise this "
                                        "engine (another TensorRT version or GPU, or a corrupt file); rebuild it")
