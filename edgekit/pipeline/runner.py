@@ -261,9 +261,10 @@ def _initial_variants(recipe: Any, run_dir: Path, splits) -> Dict[str, Variant]:
         s = splits()
         save_checkpoint(model, ckpt, {"input_shape": list(s.input_shape), "num_classes": s.num_classes})
         export_onnx(model, s.val.x[:32], onnx_path)
-    from ..models import load_checkpoint
+    else:  # resumed run: the reference written before
+        from ..models import load_checkpoint
 
-    model, _ = load_checkpoint(ckpt)
+        model, _ = load_checkpoint(ckpt)
     meta = {"source": "checkpoint" if src.checkpoint else "random-init"}
     return {"reference": Variant("reference", None, str(ckpt), str(onnx_path), meta=meta,
                                  metrics={"params": count_params(model)})}
