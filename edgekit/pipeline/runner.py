@@ -120,15 +120,23 @@ def _preflight(recipe: Any) -> None:
                           "start from model.name or model.checkpoint instead")
 
 
-def stage_key(index: int, cfg: Any, recipe: Any, variants: Dict[str, Variant]) -> str:
-    """Hash of everything a stage's result depends on: its config, seed, data and the input artifacts."""
+def stage_key(index: int, cfg: Any, recipe: Any, variants: Dict[str, Variant],
+              digests: Optional[Dict[str, str]] = None) -> str:
+    """Hash of everything a stage's result depends on: its config, seed, data and the input artifacts.
+
+    ``digests`` (path → sha256) memoises file hashes across the stages of one run, where artifacts are
+    written once and never change.
+    """
+    digests = {} if digests is None else digests
     h = hashlib.sha256()
     h.update(json.dumps({"i": index, "stage": cfg.model_dump(mode="json"), "seed": recipe.seed,
                          "data": recipe.data.model_dump(mode="json"), "model": recipe.model.model_dump(mode="json"),
                          "threads": recipe.threads}, sort_keys=True).encode())
     for v in variants.values():
         for kind, path in sorted(v.artifacts().items()):
-            h.update(f"{v.name}:{kind}:{sha256_file(path)}".encode())
+            if path not in digests:
+                digests[path] = sha256_file(path)
+            h.update(f"{v.name}:{kind}:{digests[path]}".encode())
     return h.hexdigest()[:16]
 
 
@@ -178,13 +186,14 @@ def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str 
     write_json_atomic(run_dir / "manifest.json", manifest)
     torch.set_num_threads(recipe.threads)
     variants: Dict[str, Variant] = _initial_variants(recipe, run_dir, splits)
+    digests: Dict[str, str] = {}
     for i, cfg in enumerate(recipe.stages):
         stage_dir = run_dir / "stages" / f"{i:02d}-{cfg.type}"
-        key = stage_key(i, cfg, recipe, variants)
+        key = stage_key(i, cfg, recipe, variants, digests)
         done = stage_dir / "stage.json"
         t0 = time.perf_counter()
-        if done.is_file() and read_json(done).get("key") == key:
-            rec = read_json(done)
+        rec = read_json(done) if done.is_file() else {}
+        if rec.get("key") == key:
             out = StageOutput([Variant.from_dict(v) for v in rec["variants"]], rec.get("metrics", {}))
             log(f"[{i + 1}/{len(recipe.stages)}] {cfg.type}: finished earlier, skipped (key {key})")
             status = "cached"
