@@ -131,13 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     mc.set_defaults(func=_cmd_make_calib)
 
     for mod in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-            continue
-        module.add_commands(sub)
+        importlib.import_module(mod).add_commands(sub)
     return p
 
 

@@ -97,11 +97,8 @@ def load_named(name: str, seed: int = 0, like_shape: Optional[tuple] = None) -> 
     ``like_shape`` (a model's per-sample input shape, e.g. (3, 32, 32)) picks the image size and
     channels, so ``--data digits`` fits a model trained on digits resized to 32x32 RGB.
     """
-    try:
-        from ..data import DataConfig, load_data
-    except ImportError:
-        raise ConfigError(f"dataset '{name}' needs edgekit.data, which is not available in this build; "
-                          "give an .npz file with arrays x and y instead") from None
+    from ..data import DataConfig, load_data
+
     cfg: dict = {"name": name}
     if like_shape is not None and len(like_shape) == 3 and name == "digits" and like_shape[0] in (1, 3) \
             and like_shape[1] == like_shape[2]:

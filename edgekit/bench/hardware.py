@@ -98,8 +98,7 @@ def _version(module: str) -> Optional[str]:
     try:
         from importlib import metadata
 
-        dist = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "tensorrt": ("tensorrt", "tensorrt-cu12",
-                "tensorrt-cu13", "tensorrt_cu12", "tensorrt_cu13")}.get(module, (module,))
+        dist = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu")}.get(module, (module,))
         for name in dist:
             try:
                 return metadata.version(name)
