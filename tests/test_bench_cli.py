@@ -124,5 +124,5 @@ def test_backend_probe_in_a_fresh_interpreter():
             "assert probe_backend('ort-cpu') == (True, ''); "
             "import torch; from edgekit.compress.prune import _validate; from edgekit.models import create_model; "
             "m = create_model('resnet_cifar', depth=8, width=0.25, num_classes=10, in_channels=3); "
-            "_validate(m, as_prune_config({'speedup_target': 1.5, 'finetune': {'epochs': 0}}), None, None)")
+            "_validate(m, as_prune_config({'speedup_target': 1.5, 'finetune': {'epochs': 0}}), None)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

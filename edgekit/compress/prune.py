@@ -17,7 +17,7 @@ import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -112,9 +112,9 @@ def _plan_fn(cfg: PruneConfig, groups: List[pg.Group], per_layer: Dict[str, floa
     return plan
 
 
-def _validate(model: nn.Module, cfg: PruneConfig, train, teacher) -> Dict[str, float]:
-    """Cheap checks before any work; returns per_layer_ratios expanded to layer names."""
-    pg.resolve_names(model, cfg.protect, "prune.protect")
+def _validate(model: nn.Module, cfg: PruneConfig, train) -> Tuple[Dict[str, float], List[str]]:
+    """Cheap checks before any work; returns per_layer_ratios expanded to layer names, and the protected layers."""
+    protect = pg.resolve_names(model, cfg.protect, "prune.protect")
     per_layer: Dict[str, float] = {}
     for key, r in cfg.per_layer_ratios.items():
         for name in pg.resolve_names(model, [key], "prune.per_layer_ratios"):
@@ -132,7 +132,7 @@ def _validate(model: nn.Module, cfg: PruneConfig, train, teacher) -> Dict[str, f
             from ..errors import BackendUnavailableError
 
             raise BackendUnavailableError(f"prune.speed_backend '{cfg.speed_backend}' is unavailable here: {reason}")
-    return per_layer
+    return per_layer, protect
 
 
 def _fill_taylor_grads(model: nn.Module, train, batches: int, seed: int, batch_size: int = 64) -> None:
@@ -174,11 +174,10 @@ def prune(model: nn.Module, example_input: Any, config: Union[PruneConfig, dict,
     t0 = time.perf_counter()
     cfg = as_prune_config(config)
     example = as_example(example_input)
-    per_layer = _validate(model, cfg, train, teacher)
+    per_layer, protect = _validate(model, cfg, train)  # layer names hold for the copy below
     classifier = pg.find_classifier(model)
     work = copy.deepcopy(model).cpu().eval()
     dg = pg.trace(work, example)
-    protect = pg.resolve_names(work, cfg.protect, "prune.protect")
     groups = pg.list_groups(work, dg, classifier, protect)
     if not any(not g.protected and g.channels > cfg.round_to for g in groups):
         raise ConfigError(f"prune: nothing to prune in {type(model).__name__}: structured pruning removes output channels "
