@@ -22,10 +22,10 @@ from typing import Dict, List, Optional
 
 import torch
 
-from edgekit.compress.distill import distill
+from edgekit.techniques.distill.distill import distill
 from edgekit.data import load_data
 from edgekit.models import count_params, create_model
-from edgekit.train import evaluate, fit
+from edgekit.core.train import evaluate, fit
 
 SETTINGS = {  # "full" uses 16×16 images to stay within ~5 min on 2 shared cores; "large" is the 32×32 variant
     "full": {"image_size": 16, "teacher_epochs": 5, "student_epochs": 5, "seeds": (0, 1, 2), "cache_epochs": 3},
@@ -133,7 +133,7 @@ def to_markdown(res: dict) -> str:
 
 def run(ctx) -> str:
     """``benchmarks/run_all.py`` entry point: measure (quick mode with ``ctx.quick``), save JSON, return markdown."""
-    from edgekit.fileio import write_json_atomic
+    from edgekit._io import write_json_atomic
 
     res = measure("quick" if ctx.quick else "full", threads=ctx.threads)
     write_json_atomic(Path(ctx.results_dir) / "distill.json", res)
@@ -149,7 +149,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     res = measure("quick" if args.quick else "large" if args.large else "full", threads=args.threads)
     if args.json:
-        from edgekit.fileio import write_json_atomic
+        from edgekit._io import write_json_atomic
 
         write_json_atomic(args.json, res)
     print(to_markdown(res))

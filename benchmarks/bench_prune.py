@@ -26,14 +26,14 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from edgekit.bench.latency import Case, paired_ratios, ratio_summary, run_interleaved
-from edgekit.compress.prune import prune
+from edgekit.core.measure.latency import Case, paired_ratios, ratio_summary, run_interleaved
+from edgekit.techniques.prune.prune import prune
 from edgekit.data import load_data
 from edgekit.export import export_onnx
-from edgekit.fileio import write_json_atomic
+from edgekit._io import write_json_atomic
 from edgekit.models import create_model
-from edgekit.runtime import open_runner
-from edgekit.train import evaluate, fit
+from edgekit.backends import open_runner
+from edgekit.core.train import evaluate, fit
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "prune.json"
@@ -122,7 +122,7 @@ def s_timing(mode: str) -> dict:
 
 def measure(mode: str = "full", threads: int = 2, work: Path | None = None, partial: Path | None = None) -> dict:
     """Every figure of the section as a dict; with ``partial``, each finished part is saved there as it lands."""
-    from edgekit.progress import log
+    from edgekit._log import log
 
     torch.set_num_threads(threads)
     out: dict = {"mode": mode, "threads": threads}

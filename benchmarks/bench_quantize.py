@@ -43,7 +43,7 @@ def _train_reference(work: Path, key: str, width: float, train: dict, seed: int 
     from edgekit.data import load_data
     from edgekit.export import export_onnx
     from edgekit.models import create_model
-    from edgekit.train import fit
+    from edgekit.core.train import fit
 
     splits = load_data(DIGITS, seed)
     torch.manual_seed(seed)
@@ -56,8 +56,8 @@ def _train_reference(work: Path, key: str, width: float, train: dict, seed: int 
 
 
 def _acc(path, split, threads):
-    from edgekit.runtime import open_runner
-    from edgekit.train import evaluate
+    from edgekit.backends import open_runner
+    from edgekit.core.train import evaluate
 
     return evaluate(open_runner(path, "ort-cpu", threads=threads), split)
 
@@ -77,8 +77,8 @@ def _paired_b1(fp32, int8, x1, threads: int, quick: bool) -> dict:
     Two per-round statistics: the block's fastest iteration (what ``benchmark`` uses: contention on a shared
     machine only adds time) and the block median (what a loaded machine delivers).
     """
-    from edgekit.bench.latency import Case, paired_ratios, run_interleaved
-    from edgekit.runtime import open_runner
+    from edgekit.core.measure.latency import Case, paired_ratios, run_interleaved
+    from edgekit.backends import open_runner
 
     a, b = open_runner(fp32, "ort-cpu", threads=threads), open_runner(int8, "ort-cpu", threads=threads)
     rounds, min_time = (4, 0.3) if quick else (20, 3.0)
@@ -96,8 +96,8 @@ def _paired_b1(fp32, int8, x1, threads: int, quick: bool) -> dict:
 def _digits_model(work: Path, key: str, width: float, train: dict, threads: int, ctx) -> dict:
     """Train, quantise (3 calibration methods, 2 targets), optionally prune, and time one digits ResNet."""
     from edgekit.bench import ModelSpec, benchmark
-    from edgekit.compress.prune import prune
-    from edgekit.compress.quantize import quantize
+    from edgekit.techniques.prune.prune import prune
+    from edgekit.techniques.quantize.ptq import quantize
     from edgekit.export import export_onnx
 
     splits, model, fp32, train_s = _train_reference(work, key, width, train)
@@ -141,7 +141,7 @@ def _digits_model(work: Path, key: str, width: float, train: dict, threads: int,
 def measure(ctx) -> dict:
     """Run every measurement; return plain numbers (also written to results/quantize.json)."""
     from edgekit.bench import ModelSpec, benchmark
-    from edgekit.compress.quantize import quantize, quantize_dynamic_model
+    from edgekit.techniques.quantize.ptq import quantize, quantize_dynamic_model
     from edgekit.data import load_data
     from edgekit.export import export_onnx
     from edgekit.models import create_model
@@ -153,7 +153,7 @@ def measure(ctx) -> dict:
     # LSTM, dynamic quantisation
     import torch
 
-    from edgekit.train import fit
+    from edgekit.core.train import fit
 
     seq = load_data({"name": "digits_seq"}, 0)
     torch.manual_seed(0)
@@ -303,7 +303,7 @@ def render(r: dict) -> str:
 
 def run(ctx) -> str:
     """``benchmarks/run_all.py`` entry point: measure, save raw numbers, return the Markdown section."""
-    from edgekit.fileio import write_json_atomic
+    from edgekit._io import write_json_atomic
 
     r = measure(ctx)
     write_json_atomic(Path(ctx.results_dir) / "quantize.json", r)

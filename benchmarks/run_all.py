@@ -88,8 +88,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("EDGEKIT_QUIET", "0")
 
-    from edgekit.fileio import write_text_atomic
-    from edgekit.progress import log
+    from edgekit._io import write_text_atomic
+    from edgekit._log import log
 
     unknown = [n for n in (args.only or []) + args.skip if n not in SECTIONS]
     if unknown:

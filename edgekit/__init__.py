@@ -24,15 +24,15 @@ _API = {
     "model_names": "edgekit.models", "count_params": "edgekit.models",
     "load_data": "edgekit.data", "make_calibration": "edgekit.data", "load_calibration": "edgekit.data",
     # training and compression
-    "fit": "edgekit.train", "evaluate": "edgekit.train", "predict": "edgekit.train", "TrainConfig": "edgekit.train",
-    "distill": "edgekit.compress.distill", "prune": "edgekit.compress.prune",
-    "quantize": "edgekit.compress.quantize", "quantize_dynamic_model": "edgekit.compress.quantize",
+    "fit": "edgekit.core.train", "evaluate": "edgekit.core.train", "predict": "edgekit.core.train", "TrainConfig": "edgekit.core.train",
+    "distill": "edgekit.techniques.distill.distill", "prune": "edgekit.techniques.prune.prune",
+    "quantize": "edgekit.techniques.quantize.ptq", "quantize_dynamic_model": "edgekit.techniques.quantize.ptq",
     # export, runtimes, benchmarks
-    "export_onnx": "edgekit.export.onnx", "build_engine": "edgekit.export.tensorrt",
-    "open_runner": "edgekit.runtime", "available_backends": "edgekit.runtime",
-    "benchmark": "edgekit.bench", "count_macs_onnx": "edgekit.bench.macs",
+    "export_onnx": "edgekit.export.onnx", "build_engine": "edgekit.backends.tensorrt.build",
+    "open_runner": "edgekit.backends", "available_backends": "edgekit.backends",
+    "benchmark": "edgekit.bench", "count_macs_onnx": "edgekit.core.measure.macs",
     # recipes
-    "load_recipe": "edgekit.recipe", "run_recipe": "edgekit.pipeline",
+    "load_recipe": "edgekit.pipeline.recipe", "run_recipe": "edgekit.pipeline",
     "EdgekitError": "edgekit.errors",
 }
 

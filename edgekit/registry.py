@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Generic, Iterator, TypeVar
 
-from .errors import ConfigError, did_you_mean
+from edgekit.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
 

@@ -62,7 +62,7 @@ def trained_resnet8(digits16, tmp_path_factory) -> TrainedModel:
     """ResNet-8 (width 1) trained 4 epochs on digits16 (~95%+ test accuracy, a few seconds)."""
     from edgekit.export import export_onnx
     from edgekit.models import create_model, save_checkpoint
-    from edgekit.train import evaluate, fit
+    from edgekit.core.train import evaluate, fit
 
     torch.manual_seed(0)
     model = create_model("resnet_cifar", depth=8, width=1.0, num_classes=10, in_channels=3)
@@ -78,7 +78,7 @@ def trained_lstm(digits_seq, tmp_path_factory) -> TrainedModel:
     """LSTM (hidden 32) trained 6 epochs on digits sequences."""
     from edgekit.export import export_onnx
     from edgekit.models import create_model, save_checkpoint
-    from edgekit.train import evaluate, fit
+    from edgekit.core.train import evaluate, fit
 
     torch.manual_seed(0)
     model = create_model("rnn_classifier", input_size=8, hidden_size=32, num_classes=10)
@@ -99,12 +99,12 @@ def stage_context(tmp_path: Path, variants: dict, splits, stage_dir: str = "stag
 
 
 def run_cli(*args: str, cwd: Path | None = None):
-    """Run ``python -m edgekit.cli ARGS`` in a subprocess; returns CompletedProcess (text)."""
+    """Run ``python -m edgekit.cli.main ARGS`` in a subprocess; returns CompletedProcess (text)."""
     import subprocess
     import sys
 
     env = dict(os.environ, EDGEKIT_QUIET="1")
-    return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=600)
 
 

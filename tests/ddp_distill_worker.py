@@ -30,10 +30,10 @@ def main() -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    from edgekit.compress.distill import kd_loss_fn
+    from edgekit.techniques.distill.distill import kd_loss_fn
     from edgekit.data import load_data
     from edgekit.models import create_model
-    from edgekit.train import evaluate, fit
+    from edgekit.core.train import evaluate, fit
 
     s = load_data({"name": "digits", "channels": 3}, seed=0)  # 3×8×8
     torch.manual_seed(0)

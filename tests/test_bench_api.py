@@ -95,7 +95,7 @@ def test_write_is_atomic(two_models, tmp_path, monkeypatch):
     out = tmp_path / "o"
     res.write(out, plots=False)
     before = (out / "bench.json").read_text()
-    import edgekit.fileio as fio
+    import edgekit._io as fio
 
     def boom(src, dst):
         raise OSError("disk full")
@@ -151,9 +151,9 @@ def test_modelspec_picks_artifact_per_backend_and_skips_missing_kinds(tmp_path):
 
 
 def test_unavailable_backend_is_skipped_or_refused(two_models, monkeypatch):
-    from edgekit.runtime import BACKENDS
-    from edgekit.runtime import _load_backends  # noqa: F401
-    from edgekit.runtime.base import BackendSpec
+    from edgekit.backends import BACKENDS
+    from edgekit.backends import _builtin as _load_backends
+    from edgekit.backends.base import BackendSpec
 
     fake = BackendSpec("fake-npu", ("onnx",), lambda: (False, "package 'npu-runtime' is not installed"),
                        lambda *a, **k: None, "npu")
@@ -212,8 +212,7 @@ def test_errors_are_edgekit_errors_with_one_line():
 def test_cuda_backend_is_timed_with_events_against_a_gpu_peak():
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU with PyTorch CUDA")
-    from edgekit.bench import latency
-
+    from edgekit.core.measure import latency
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
                                  torch.nn.Linear(16 * 8 * 8, 4)).eval()
     res = benchmark(ModelSpec("m", {"module": module}), backends="torch-cuda", input_shape=(3, 8, 8), **FAST)
@@ -243,7 +242,7 @@ def test_checkpoint_and_pipeline_variant(tmp_path):
     res = benchmark(ckpt, backends="torch", **FAST)
     row = res.rows[0]
     assert row["artifact"] == str(ckpt) and row["size_bytes"] == ckpt.stat().st_size
-    from edgekit.bench.macs import count_macs_onnx
+    from edgekit.core.measure.macs import count_macs_onnx
 
     assert row["macs"] == count_macs_onnx(onnx_path).total > 0  # export fallback = the ONNX graph's count
     variant = types.SimpleNamespace(name="student", checkpoint=str(ckpt), onnx=str(onnx_path), engine=None,

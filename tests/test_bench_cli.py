@@ -13,8 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.bench import commands
-from edgekit.bench.hardware import environment
+from edgekit.cli import bench as commands
+from edgekit.core.platform import environment
 
 ENV_KEYS = {"cpu_model", "isa_flags", "cores_logical", "cores_physical", "memory_gb", "gpu", "gpu_compute_capability",
             "versions", "platform"}
@@ -76,7 +76,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, match):
 
 def test_cli_process_missing_model_file(tmp_path):
     env = {**os.environ, "EDGEKIT_QUIET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "edgekit.bench.commands", "bench", str(tmp_path / "gone.onnx")],
+    proc = subprocess.run([sys.executable, "-m", "edgekit.cli.bench", "bench", str(tmp_path / "gone.onnx")],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: model file not found: {tmp_path / 'gone.onnx'}"]
@@ -92,9 +92,9 @@ def test_environment_keys_and_types():
 
 
 def test_lean_import():
-    code = ("import sys, edgekit.bench, edgekit.bench.hardware, edgekit.bench.commands; "
+    code = ("import sys, edgekit.bench, edgekit.core.platform, edgekit.cli.bench; "
             "bad = [m for m in ('matplotlib', 'tensorrt', 'onnxruntime', 'torch') if m in sys.modules]; "
-            "assert not bad, bad; edgekit.bench.hardware.environment(); "
+            "assert not bad, bad; edgekit.core.platform.environment(); "
             "assert 'matplotlib' not in sys.modules and 'tensorrt' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -120,9 +120,9 @@ def test_cli_data_digits_accuracy_matches_training_evaluation(trained_resnet8, t
 def test_backend_probe_in_a_fresh_interpreter():
     """probe_backend / prune's speed_backend check register the built-in backends themselves (once failed with
     "unknown backend 'ort-cpu'; valid: " when nothing had opened a runner yet)."""
-    code = ("from edgekit.runtime import probe_backend; from edgekit.compress.prune import as_prune_config; "
+    code = ("from edgekit.backends import probe_backend; from edgekit.techniques.prune.prune import as_prune_config; "
             "assert probe_backend('ort-cpu') == (True, ''); "
-            "import torch; from edgekit.compress.prune import _validate; from edgekit.models import create_model; "
+            "import torch; from edgekit.techniques.prune.prune import _validate; from edgekit.models import create_model; "
             "m = create_model('resnet_cifar', depth=8, width=0.25, num_classes=10, in_channels=3); "
             "_validate(m, as_prune_config({'speedup_target': 1.5, 'finetune': {'epochs': 0}}), None)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

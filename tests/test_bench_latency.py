@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.bench import latency
-from edgekit.bench.latency import Case, paired_ratios, plan_iterations, ratio_summary, run_interleaved, summarize
+from edgekit.core.measure import latency
+from edgekit.core.measure.latency import Case, paired_ratios, plan_iterations, ratio_summary, run_interleaved, summarize
 from edgekit.errors import ConfigError
 
 
@@ -205,8 +205,8 @@ def test_min_is_compared_at_equal_sample_size():
 def test_ort_sessions_stop_spinning_when_run_returns(trained_resnet8):
     """Interleaved benchmarks alternate between many ORT sessions: an idle session's workers must not keep
     spinning after run() returns, or they take a core from the next session's block (measured: 2× slower)."""
-    from edgekit.bench.hardware import GemmProbe
-    from edgekit.runtime import open_runner
+    from edgekit.core.platform import GemmProbe
+    from edgekit.backends import open_runner
 
     sessions = [open_runner(trained_resnet8.onnx, "ort-cpu", threads=2).session, GemmProbe("fp32", 64, 2).session]
     for s in sessions:

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.bench.macs import count_macs_onnx
+from edgekit.core.measure.macs import count_macs_onnx
 from edgekit.errors import InputFileError, ShapeError
 
 

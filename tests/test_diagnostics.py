@@ -1,7 +1,7 @@
 """"Did it actually get faster?" diagnostics and the report's headline logic."""
 import torch
 
-from edgekit.fileio import write_sidecar
+from edgekit._io import write_sidecar
 from edgekit.models import create_model, save_checkpoint
 from edgekit.pipeline.diagnostics import misaligned_channels, step_diagnostics
 from edgekit.pipeline.report import final_variant

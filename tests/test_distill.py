@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 
-import edgekit.compress.distill as distill_mod
-from edgekit.compress.distill import distill, kd_loss_fn
-from edgekit.compress.kd_features import default_layer_pairs
+import edgekit.techniques.distill.distill as distill_mod
+from edgekit.techniques.distill.distill import distill, kd_loss_fn
+from edgekit.techniques.distill._features import default_layer_pairs
 from edgekit.errors import ConfigError
 from edgekit.models import create_model
-from edgekit.train import evaluate, fit
+from edgekit.core.train import evaluate, fit
 
 
 def _student(depth=8, width=0.25, classes=10):

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgekit.compress.distill_config import DistillConfig
-from edgekit.compress.kd_losses import (HintAdapter, attention_map, attention_transfer_loss, hint_loss,
+from edgekit.techniques.distill.config import DistillConfig
+from edgekit.techniques.distill._losses import (HintAdapter, attention_map, attention_transfer_loss, hint_loss,
                                         logit_kd_loss, soft_kd_loss)
 from edgekit.errors import ConfigError, ShapeError
 

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-import edgekit.runtime.gpu_runners as gpu_runners
-from edgekit.doctor import doctor_report, format_report
-from edgekit.doctor_commands import add_commands
+import edgekit.core.platform as platform_facts
+from edgekit.bench.doctor import doctor_report, format_report
+from edgekit.cli.doctor import add_commands
 from edgekit.errors import ConfigError
-from edgekit.export.tensorrt import tensorrt_status
-from edgekit.runtime import BACKENDS, BackendSpec
+from edgekit.backends.tensorrt.build import tensorrt_status
+from edgekit.backends import BACKENDS, BackendSpec
 
 ALL = {"torch", "torch-cuda", "ort-cpu", "ort-cuda", "tensorrt"}
 CPU_ONLY_TORCH = torch.version.cuda is None
@@ -95,17 +95,17 @@ def test_a_crashing_probe_is_reported_not_raised(monkeypatch):
 def test_driver_runtime_mismatch_is_explained(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", "12.8")
-    monkeypatch.setattr(gpu_runners, "cuda_driver_info", lambda: {"loaded": True, "driver_cuda_version": "12.2",
+    monkeypatch.setattr(platform_facts, "cuda_driver_info", lambda: {"loaded": True, "driver_cuda_version": "12.2",
                                                                   "device_count": 1, "error": ""})
-    reason = gpu_runners.cuda_unavailable_reason()
+    reason = platform_facts.cuda_unavailable_reason()
     assert "driver/runtime mismatch" in reason and "12.8" in reason and "12.2" in reason
-    monkeypatch.setattr(gpu_runners, "cuda_driver_info", lambda: {"loaded": False, "driver_cuda_version": None,
+    monkeypatch.setattr(platform_facts, "cuda_driver_info", lambda: {"loaded": False, "driver_cuda_version": None,
                                                                   "device_count": 0, "error": "no NVIDIA driver (x)"})
-    assert gpu_runners.cuda_unavailable_reason() == "PyTorch is built with CUDA 12.8 but no NVIDIA driver (x)"
+    assert platform_facts.cuda_unavailable_reason() == "PyTorch is built with CUDA 12.8 but no NVIDIA driver (x)"
 
 
 def test_cuda_driver_probe_shape():
-    info = gpu_runners.cuda_driver_info()
+    info = platform_facts.cuda_driver_info()
     assert set(info) == {"loaded", "driver_cuda_version", "device_count", "error"}
     assert info["loaded"] or "libcuda" in info["error"]
 

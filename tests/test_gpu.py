@@ -8,30 +8,32 @@ import numpy as np
 import pytest
 import torch
 
-import edgekit.runtime.gpu_runners as gpu
+import edgekit.backends.ort_cuda as ort_cuda
+import edgekit.backends.tensorrt.runner as trt_runner
+import edgekit.core.platform as platform_facts
 from edgekit.errors import BackendUnavailableError, ConfigError, ShapeError
-from edgekit.export.tensorrt import EngineCompatibilityError, tensorrt_status
-from edgekit.fileio import read_sidecar, write_sidecar
-from edgekit.runtime import open_runner, probe_backend
+from edgekit.backends.tensorrt.build import EngineCompatibilityError, tensorrt_status
+from edgekit._io import read_sidecar, write_sidecar
+from edgekit.backends import open_runner, probe_backend
 from test_tensorrt import make_onnx
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRT = tensorrt_status()[0] is not None
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU with PyTorch CUDA: "
-                                + (gpu.cuda_unavailable_reason() or "CUDA unavailable"))
+                                + (platform_facts.cuda_unavailable_reason() or "CUDA unavailable"))
 needs_trt = pytest.mark.skipif(not (HAS_CUDA and HAS_TRT), reason="needs TensorRT and a CUDA GPU: "
-                               + (tensorrt_status()[1] or gpu.cuda_unavailable_reason() or "unavailable"))
+                               + (tensorrt_status()[1] or platform_facts.cuda_unavailable_reason() or "unavailable"))
 
 
 # ----------------------------------------------------------------------------- runs everywhere
 
 
 def test_trt_dtypes_map_to_real_torch_dtypes():
-    assert gpu.torch_dtype_name("HALF") == "float16" and gpu.torch_dtype_name("DataType.FLOAT") == "float32"
-    for trt_name, torch_name in gpu.TRT_TO_TORCH_DTYPE.items():
+    assert trt_runner.torch_dtype_name("HALF") == "float16" and trt_runner.torch_dtype_name("DataType.FLOAT") == "float32"
+    for trt_name, torch_name in trt_runner.TRT_TO_TORCH_DTYPE.items():
         assert isinstance(getattr(torch, torch_name), torch.dtype), trt_name
     with pytest.raises(ConfigError, match="INT4 has no PyTorch equivalent"):
-        gpu.torch_dtype_name("INT4")
+        trt_runner.torch_dtype_name("INT4")
 
 
 def test_io_tensors_are_read_by_name():
@@ -41,7 +43,7 @@ def test_io_tensors_are_read_by_name():
     engine = SimpleNamespace(num_io_tensors=2, get_tensor_name=lambda i: names[i],
                              get_tensor_mode=lambda n: enum(tensors[n][0]), get_tensor_dtype=lambda n: enum(tensors[n][1]),
                              get_tensor_shape=lambda n: tensors[n][2])
-    assert gpu.io_tensors(engine) == [
+    assert trt_runner.io_tensors(engine) == [
         {"name": "input", "mode": "INPUT", "dtype": "FLOAT", "shape": [-1, 3, 32, 32]},
         {"name": "logits", "mode": "OUTPUT", "dtype": "HALF", "shape": [-1, 10]}]
 
@@ -49,7 +51,7 @@ def test_io_tensors_are_read_by_name():
 def test_io_binding_runner_matches_plain_ort_on_cpu(tmp_path):
     path = make_onnx(tmp_path / "m.onnx")
     x = np.random.default_rng(0).standard_normal((5, 3, 4, 4)).astype(np.float32)
-    bound = gpu.OrtDeviceRunner(str(path), ["CPUExecutionProvider"], 1, "ort-iobinding", "cpu", 0)
+    bound = ort_cuda.OrtDeviceRunner(str(path), ["CPUExecutionProvider"], 1, "ort-iobinding", "cpu", 0)
     plain = open_runner(path, backend="ort-cpu", threads=1)
     np.testing.assert_allclose(bound(x), plain(x), rtol=1e-6, atol=1e-6)
     out = bound.run_prepared(bound.prepare(x))
@@ -62,7 +64,7 @@ def test_ort_runner_refuses_a_silent_cpu_fallback(tmp_path):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed here")
     with pytest.warns(UserWarning), pytest.raises(BackendUnavailableError, match="fell back to"):
-        gpu.OrtDeviceRunner(str(make_onnx(tmp_path / "m.onnx")),
+        ort_cuda.OrtDeviceRunner(str(make_onnx(tmp_path / "m.onnx")),
                             [("CUDAExecutionProvider", {}), "CPUExecutionProvider"], None, "ort-cuda", "cuda", 0)
 
 
@@ -107,7 +109,7 @@ class _FakeContext:
         return True
 
 
-class _HostTensorRTRunner(gpu.TensorRTRunner):
+class _HostTensorRTRunner(trt_runner.TensorRTRunner):
     """TensorRTRunner with host tensors and a fake stream, to test binding logic without a GPU."""
 
     def _device_and_stream(self):
@@ -120,7 +122,7 @@ class _HostTensorRTRunner(gpu.TensorRTRunner):
 
 
 def test_tensorrt_runner_binds_by_name_and_sets_shapes_per_call(monkeypatch):
-    import edgekit.export.tensorrt as trtx
+    import edgekit.backends.tensorrt.build as trtx
 
     enum = lambda n: SimpleNamespace(name=n)  # noqa: E731
     io = {"x": ("INPUT", "FLOAT", (-1, 3)), "y": ("OUTPUT", "FLOAT", (-1, 2)), "aux": ("OUTPUT", "INT32", (-1,))}
@@ -151,7 +153,7 @@ def test_tensorrt_runner_binds_by_name_and_sets_shapes_per_call(monkeypatch):
 
 def _bench(runners: dict, x: np.ndarray) -> dict:
     """Time runners interleaved on the GPU (CUDA events); return latency summaries by name."""
-    from edgekit.bench.latency import Case, run_interleaved, summarize
+    from edgekit.core.measure.latency import Case, run_interleaved, summarize
 
     cases = [Case(name, r, r.prepare(x), device="cuda") for name, r in runners.items()]
     res = run_interleaved(cases, warmup=10, iters=60, rounds=6, desc="gpu")
@@ -162,7 +164,7 @@ def _bench(runners: dict, x: np.ndarray) -> dict:
 @pytest.mark.slow
 @needs_cuda
 def test_torch_cuda_fp32_fp16_digits_resnet(trained_resnet8):
-    from edgekit.train import evaluate
+    from edgekit.core.train import evaluate
 
     m = trained_resnet8
     runners = {p: open_runner(m.checkpoint, backend="torch-cuda", precision=p) for p in ("fp32", "fp16")}
@@ -203,7 +205,7 @@ def test_torch_cuda_fp32_fp16_resnet18_224():
 @needs_trt
 @pytest.mark.parametrize("precision,max_drop", [("fp32", 0.3), ("fp16", 1.0)])
 def test_tensorrt_engine_accuracy_and_cache(trained_resnet8, tmp_path, precision, max_drop):
-    from edgekit.train import evaluate
+    from edgekit.core.train import evaluate
 
     m = trained_resnet8
     ort_acc = evaluate(open_runner(m.onnx, backend="ort-cpu"), m.splits.test)
@@ -227,7 +229,7 @@ def test_tensorrt_engine_accuracy_and_cache(trained_resnet8, tmp_path, precision
 @pytest.mark.tensorrt
 @needs_trt
 def test_engine_from_another_tensorrt_is_refused(trained_resnet8, tmp_path):
-    from edgekit.export.tensorrt import build_engine
+    from edgekit.backends.tensorrt.build import build_engine
 
     onnx_path, cache = trained_resnet8.onnx, tmp_path / "cache"
     result = build_engine(onnx_path, tmp_path / "copy.engine", precision="fp16", cache_dir=cache)

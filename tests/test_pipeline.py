@@ -10,7 +10,7 @@ import pytest
 
 from edgekit.errors import RunDirectoryError
 from edgekit.pipeline import run_recipe
-from edgekit.recipe import load_recipe
+from edgekit.pipeline.recipe import load_recipe
 
 from recipes import TINY
 
@@ -89,7 +89,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
     recipe = tmp_path / "two.yaml"
     recipe.write_text(text)
     env = dict(os.environ, EDGEKIT_QUIET="1")
-    cmd = [sys.executable, "-m", "edgekit.cli", "run", str(recipe), "--runs-dir", str(tmp_path / "runs"),
+    cmd = [sys.executable, "-m", "edgekit.cli.main", "run", str(recipe), "--runs-dir", str(tmp_path / "runs"),
            "--name", "k", "--no-report"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first_done = tmp_path / "runs" / "two" / "k" / "stages" / "00-train" / "stage.json"

@@ -62,7 +62,7 @@ def test_pruning_modules_import_lean():
     import subprocess
     import sys
 
-    code = ("import sys, edgekit.compress.prune, edgekit.compress.sensitivity, edgekit.compress.sparsity, "
+    code = ("import sys, edgekit.techniques.prune.prune, edgekit.techniques.prune.sensitivity, edgekit.techniques.sparsity.sparsity, "
             "edgekit.pipeline.stage_prune\n"
             "print(sorted(m for m in ('torch_pruning', 'matplotlib') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

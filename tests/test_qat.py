@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 @pytest.fixture(scope="module")
 def qat_cpu(trained_resnet8, tmp_path_factory):
-    from edgekit.compress.qat import qat
+    from edgekit.techniques.quantize.qat import qat
 
     s = trained_resnet8.splits
     d = tmp_path_factory.mktemp("qat")
@@ -20,10 +20,10 @@ def qat_cpu(trained_resnet8, tmp_path_factory):
 
 
 def test_qat_export_is_qdq_and_runs_int8_in_ort(qat_cpu, trained_resnet8):
-    from edgekit.compress.int8_coverage import int8_coverage
-    from edgekit.fileio import read_sidecar
-    from edgekit.runtime import open_runner
-    from edgekit.train import evaluate
+    from edgekit.techniques.quantize.coverage import int8_coverage
+    from edgekit._io import read_sidecar
+    from edgekit.backends import open_runner
+    from edgekit.core.train import evaluate
 
     ops = {n.op_type for n in onnx.load(str(qat_cpu.path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -42,7 +42,7 @@ def test_qat_export_is_qdq_and_runs_int8_in_ort(qat_cpu, trained_resnet8):
 
 
 def test_qat_activation_scheme_follows_target(trained_resnet8):
-    from edgekit.compress.qat import ActFakeQuant, calibrate_qat, prepare_qat
+    from edgekit.techniques.quantize.qat import ActFakeQuant, calibrate_qat, prepare_qat
 
     x = trained_resnet8.splits.train.x[:32]
     for target, signed in (("cpu", False), ("tensorrt", True)):
@@ -62,7 +62,7 @@ def test_qat_activation_scheme_follows_target(trained_resnet8):
 
 
 def test_qat_tensorrt_export_is_symmetric(trained_resnet8, tmp_path):
-    from edgekit.compress.qat import calibrate_qat, export_qat, prepare_qat
+    from edgekit.techniques.quantize.qat import calibrate_qat, export_qat, prepare_qat
 
     qm = prepare_qat(trained_resnet8.module, "tensorrt")
     calibrate_qat(qm, trained_resnet8.splits.train.x[:32])
@@ -77,7 +77,7 @@ def test_qat_tensorrt_export_is_symmetric(trained_resnet8, tmp_path):
 
 
 def test_qat_refuses_untraceable_models(trained_lstm, tmp_path):
-    from edgekit.compress.qat import qat
+    from edgekit.techniques.quantize.qat import qat
     from edgekit.errors import ConfigError
 
     s = trained_lstm.splits
@@ -87,7 +87,7 @@ def test_qat_refuses_untraceable_models(trained_lstm, tmp_path):
 
 
 def test_qat_config_rejects_typos(trained_resnet8, tmp_path):
-    from edgekit.compress.qat import qat
+    from edgekit.techniques.quantize.qat import qat
     from edgekit.errors import ConfigError
 
     s = trained_resnet8.splits

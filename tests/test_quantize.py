@@ -10,7 +10,7 @@ from onnx import numpy_helper
 @pytest.fixture(scope="module")
 def quantised(trained_resnet8, tmp_path_factory):
     """The fixture ResNet quantised for both targets (MinMax, 128 training samples)."""
-    from edgekit.compress.quantize import quantize
+    from edgekit.techniques.quantize.ptq import quantize
 
     d = tmp_path_factory.mktemp("quant")
     s = trained_resnet8.splits
@@ -30,8 +30,8 @@ def _activation_qparams(path):
 
 
 def test_cpu_int8_within_budget_of_fp32(quantised, trained_resnet8):
-    from edgekit.runtime import open_runner
-    from edgekit.train import evaluate
+    from edgekit.backends import open_runner
+    from edgekit.core.train import evaluate
 
     s = trained_resnet8.splits
     fp32 = evaluate(open_runner(trained_resnet8.onnx, "ort-cpu", threads=2), s.test)
@@ -72,7 +72,7 @@ def test_cpu_coverage_above_90_percent_and_tensorrt_flavour_lower_on_ort(quantis
 
 
 def test_coverage_of_float_model_is_zero(trained_resnet8):
-    from edgekit.compress.int8_coverage import int8_coverage
+    from edgekit.techniques.quantize.coverage import int8_coverage
 
     rep = int8_coverage(trained_resnet8.onnx)
     assert rep.total_macs > 0 and rep.int8_macs == 0
@@ -80,7 +80,7 @@ def test_coverage_of_float_model_is_zero(trained_resnet8):
 
 
 def test_sidecar_records_target_scheme_and_calibration(quantised):
-    from edgekit.fileio import read_sidecar
+    from edgekit._io import read_sidecar
 
     side = read_sidecar(quantised["tensorrt"].path)
     assert side["precision"] == "int8" and side["target"] == "tensorrt"
@@ -94,7 +94,7 @@ def test_sidecar_records_target_scheme_and_calibration(quantised):
 
 
 def test_check_target_warns_on_mismatched_backend(quantised, trained_resnet8):
-    from edgekit.compress.quantize import check_target
+    from edgekit.techniques.quantize.ptq import check_target
 
     msg = check_target(quantised["tensorrt"].path, "ort-cpu")
     assert msg and "tensorrt" in msg and "ort-cpu" in msg
@@ -106,8 +106,8 @@ def test_check_target_warns_on_mismatched_backend(quantised, trained_resnet8):
 
 @pytest.mark.parametrize("method,kw", [("entropy", {}), ("percentile", {"percentile": 99.9})])
 def test_other_calibration_methods(trained_resnet8, tmp_path, method, kw):
-    from edgekit.compress.quantize import quantize
-    from edgekit.fileio import read_sidecar
+    from edgekit.techniques.quantize.ptq import quantize
+    from edgekit._io import read_sidecar
 
     s = trained_resnet8.splits
     res = quantize(trained_resnet8.onnx, s.train.x[:64], tmp_path / "q.onnx", method=method, val=s.val, **kw)
@@ -116,7 +116,7 @@ def test_other_calibration_methods(trained_resnet8, tmp_path, method, kw):
 
 
 def test_exclude_nodes_stay_float(trained_resnet8, tmp_path):
-    from edgekit.compress.quantize import quantize
+    from edgekit.techniques.quantize.ptq import quantize
 
     s = trained_resnet8.splits
     first = next(n.name for n in onnx.load(str(trained_resnet8.onnx)).graph.node if n.op_type == "Conv")

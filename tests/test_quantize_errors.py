@@ -20,7 +20,7 @@ def _no_output(d):
     (lambda s: (s.train.x[:16] * 100).astype(np.int32), ShapeError, "floating"),  # wrong dtype
 ])
 def test_bad_calibration_data(trained_resnet8, tmp_path, make, err, words):
-    from edgekit.compress.quantize import quantize
+    from edgekit.techniques.quantize.ptq import quantize
 
     out = tmp_path / "q.onnx"
     with pytest.raises(err, match=words):
@@ -29,7 +29,7 @@ def test_bad_calibration_data(trained_resnet8, tmp_path, make, err, words):
 
 
 def test_bad_calibration_npz(trained_resnet8, tmp_path):
-    from edgekit.compress.quantize import quantize
+    from edgekit.techniques.quantize.ptq import quantize
 
     bad = tmp_path / "calib.npz"
     np.savez(bad, x=np.zeros((4, 3, 8, 8), np.float32))
@@ -41,7 +41,7 @@ def test_bad_calibration_npz(trained_resnet8, tmp_path):
 
 
 def test_already_quantised_model_is_refused(trained_resnet8, tmp_path):
-    from edgekit.compress.quantize import quantize
+    from edgekit.techniques.quantize.ptq import quantize
 
     s = trained_resnet8.splits
     q = quantize(trained_resnet8.onnx, s.train.x[:32], tmp_path / "int8.onnx").path
@@ -56,7 +56,7 @@ def test_already_quantised_model_is_refused(trained_resnet8, tmp_path):
                                       ({"samples": 0}, "samples"),
                                       ({"exclude_nodes": ["/no/such/Conv"]}, "not in")])
 def test_bad_settings(trained_resnet8, tmp_path, kw, words):
-    from edgekit.compress.quantize import quantize
+    from edgekit.techniques.quantize.ptq import quantize
 
     with pytest.raises(ConfigError, match=words):
         quantize(trained_resnet8.onnx, trained_resnet8.splits.train.x[:16], tmp_path / "q.onnx", **kw)
@@ -64,7 +64,7 @@ def test_bad_settings(trained_resnet8, tmp_path, kw, words):
 
 
 def test_missing_and_non_onnx_model(tmp_path):
-    from edgekit.compress.quantize import quantize
+    from edgekit.techniques.quantize.ptq import quantize
 
     x = np.zeros((4, 3, 16, 16), np.float32)
     with pytest.raises(InputFileError):
@@ -80,7 +80,7 @@ def test_errors_are_edgekit_errors_and_import_is_lean():
     import subprocess
     import sys
 
-    code = "import sys, edgekit, edgekit.compress.quantize, edgekit.compress.quant_config; " \
+    code = "import sys, edgekit, edgekit.techniques.quantize.ptq, edgekit.techniques.quantize.config; " \
            "print('onnxruntime.quantization' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"

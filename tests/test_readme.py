@@ -30,7 +30,7 @@ def test_readme_states_the_two_setup_commands():
 
 
 def test_readme_cli_commands_exist():
-    from edgekit.cli import build_parser
+    from edgekit.cli.main import build_parser
 
     parser = build_parser()
     subs = next(a for a in parser._actions if a.dest == "command").choices

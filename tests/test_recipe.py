@@ -2,7 +2,7 @@
 import pytest
 
 from edgekit.errors import ConfigError, InputFileError
-from edgekit.recipe import load_recipe, validate_recipe
+from edgekit.pipeline.recipe import load_recipe, validate_recipe
 
 from recipes import TINY
 
@@ -77,7 +77,7 @@ def test_missing_recipe_file(tmp_path):
 def test_template_is_generated_from_the_schema_and_up_to_date():
     from pathlib import Path
 
-    from edgekit.recipe_template import render_template
+    from edgekit.pipeline.template import render_template
 
     shipped = (Path(__file__).resolve().parents[1] / "recipes" / "TEMPLATE.yaml").read_text()
     assert shipped == render_template(), "run: edgekit recipe template --out recipes/TEMPLATE.yaml"

@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import edgekit.export.tensorrt as trtx
+import edgekit.backends.tensorrt.build as trtx
 from edgekit.errors import BackendUnavailableError, ConfigError, InputFileError
-from edgekit.fileio import read_sidecar, sidecar_path, write_sidecar
+from edgekit._io import read_sidecar, sidecar_path, write_sidecar
 
 IDENTITY = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
 
@@ -330,8 +330,8 @@ def test_load_engine_refuses_other_tensorrt_or_gpu(tmp_path, fake_trt):
 
 
 def test_import_edgekit_does_not_load_tensorrt():
-    code = ("import edgekit, edgekit.export.tensorrt, edgekit.runtime.gpu_runners, edgekit.doctor, "
-            "edgekit.doctor_commands; import sys; assert 'tensorrt' not in sys.modules, 'tensorrt imported'; "
+    code = ("import edgekit, edgekit.backends.tensorrt.build, edgekit.backends.tensorrt.runner, edgekit.backends.ort_cuda, edgekit.bench.doctor, "
+            "edgekit.cli.doctor; import sys; assert 'tensorrt' not in sys.modules, 'tensorrt imported'; "
             "assert 'pycuda' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

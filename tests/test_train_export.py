@@ -6,8 +6,8 @@ import torch
 from edgekit.errors import ConfigError, ShapeError
 from edgekit.export import ExportError, export_onnx
 from edgekit.models import create_model
-from edgekit.runtime import open_runner
-from edgekit.train import TrainConfig, evaluate, fit
+from edgekit.backends import open_runner
+from edgekit.core.train import TrainConfig, evaluate, fit
 
 
 def test_trained_reference_is_accurate_and_onnx_agrees(trained_resnet8):
@@ -15,7 +15,7 @@ def test_trained_reference_is_accurate_and_onnx_agrees(trained_resnet8):
     assert t.test_accuracy >= 95.0
     runner = open_runner(t.onnx, "ort-cpu", threads=2)
     assert abs(evaluate(runner, t.splits.test) - t.test_accuracy) < 0.5
-    from edgekit.fileio import read_sidecar
+    from edgekit._io import read_sidecar
 
     parity = read_sidecar(t.onnx)["parity"]
     assert parity["max_abs_diff"] < 1e-3 and parity["top1_agreement"] == 100.0

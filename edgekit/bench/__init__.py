@@ -13,11 +13,13 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "benchmark": "api", "ModelSpec": "specs",
-    "BenchResult": "results", "SCHEMA": "results",
-    "count_macs_onnx": "macs", "MacReport": "macs", "NodeMacs": "macs",
-    "environment": "hardware", "measure_peak": "hardware", "measure_gpu_peak": "hardware", "Peak": "hardware",
-    "run_interleaved": "latency", "paired_ratios": "latency", "Case": "latency",
+    "benchmark": "api", "ModelSpec": "specs", "BenchResult": "results", "SCHEMA": "results",
+    "count_macs_onnx": "edgekit.core.measure.macs", "MacReport": "edgekit.core.measure.macs",
+    "NodeMacs": "edgekit.core.measure.macs",
+    "environment": "edgekit.core.platform", "measure_peak": "edgekit.core.platform",
+    "measure_gpu_peak": "edgekit.core.platform", "Peak": "edgekit.core.platform",
+    "run_interleaved": "edgekit.core.measure.latency", "paired_ratios": "edgekit.core.measure.latency",
+    "Case": "edgekit.core.measure.latency",
     "parse_batches": "data",
 }
 
@@ -26,5 +28,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        return getattr(importlib.import_module(_EXPORTS[name] if "." in _EXPORTS[name] else f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'edgekit.bench' has no attribute '{name}'")

@@ -15,12 +15,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ConfigError, EdgekitError, ShapeError, first_line
-from ..progress import log
-from .data import as_split, is_dataset_name, parse_batches
-from .latency import ROUND_STATS, Case, paired_ratios, ratio_summary, run_interleaved, summarize, validate_settings
-from .results import SCHEMA, BenchResult
-from .specs import ModelSpec, as_specs, model_macs, pick_artifact, size_bytes
+from edgekit.errors import BackendUnavailableError, ConfigError, EdgekitError, ShapeError, first_line
+from edgekit._log import log
+from edgekit.bench.data import as_split, is_dataset_name, parse_batches
+from edgekit.core.measure.latency import ROUND_STATS, Case, paired_ratios, ratio_summary, run_interleaved, summarize, validate_settings
+from edgekit.bench.results import SCHEMA, BenchResult
+from edgekit.bench.specs import ModelSpec, as_specs, model_macs, pick_artifact, size_bytes
 
 PEAK_ROUND_S = 0.02  # seconds of GEMM per round and precision
 GPU_PEAK_KEY = {"int8": "int8_gops", "fp16": "fp16_gops", "bf16": "fp16_gops"}
@@ -87,7 +87,7 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
     Args:
         models: a path (.onnx / .pt / .engine), an ``nn.Module``, a ``ModelSpec`` or a list of them
             (pipeline variants with ``name``/``checkpoint``/``onnx``/``engine`` attributes work too).
-        backends: backend names (``edgekit.runtime.BACKENDS``); unavailable ones are skipped with their
+        backends: backend names (``edgekit.backends.BACKENDS``); unavailable ones are skipped with their
             reason unless none is left (then BackendUnavailableError).
         batches: batch sizes (ints or "1,8,32").
         threads: intra-op CPU threads; None = the CPUs this process may use. Recorded in the result.
@@ -119,9 +119,9 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive integer, got {threads!r}")
 
-    from ..runtime import BACKENDS
-    from ..runtime import _load_backends  # noqa: F401
-    from .hardware import GemmProbe, environment, load_average, measure_gpu_peak
+    from edgekit.backends import BACKENDS
+    from edgekit.backends import _builtin as _load_backends
+    from edgekit.core.platform import GemmProbe, environment, load_average, measure_gpu_peak
 
     env = environment()
     threads = threads or env["cores_usable"]
@@ -144,7 +144,7 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
     if not usable:
         raise BackendUnavailableError("; ".join(f"backend '{s['backend']}' {s['reason']}" for s in skipped))
 
-    from ..runtime.base import open_runner
+    from edgekit.backends.base import open_runner
 
     runners: Dict[Tuple[str, str], Any] = {}
     meta: Dict[Tuple[str, str], dict] = {}
@@ -200,7 +200,7 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
                 owned = {b: r for (m, b), r in runners.items() if m == spec.name}
                 macs[spec.name] = model_macs(spec, owned, shapes[spec.name])
         has_labels = split is not None and split.y is not None
-        from ..train import evaluate
+        from edgekit.core.train import evaluate
 
         accuracy = {k: evaluate(r, split, batch_size=128) for k, r in runners.items()} if has_labels else {}
 
@@ -274,7 +274,7 @@ def _target_warning(artifact: Any, kind: str, backend: str) -> Optional[str]:
     """A warning when a quantised artifact runs on a backend its QDQ flavour was not made for."""
     if kind != "onnx":
         return None
-    from ..compress.quantize import check_target
+    from edgekit.techniques.quantize.ptq import check_target
 
     return check_target(artifact, backend)
 
@@ -282,7 +282,7 @@ def _target_warning(artifact: Any, kind: str, backend: str) -> Optional[str]:
 def _peak_summary(peak_rounds: Dict[str, List[float]], threads: int) -> Optional[dict]:
     if not peak_rounds:
         return None
-    from .hardware import PEAK_SIZES
+    from edgekit.core.platform import PEAK_SIZES
 
     out = {"sizes": dict(PEAK_SIZES), "threads": threads,
            "method": f"ONNX Runtime MatMul (fp32, {PEAK_SIZES['fp32']}^3) / MatMulInteger (u8 x s8, "

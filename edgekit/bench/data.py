@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from ..errors import ConfigError, InputFileError, ShapeError
+from edgekit.errors import ConfigError, InputFileError, ShapeError
 
 
 @dataclass
@@ -97,7 +97,7 @@ def load_named(name: str, seed: int = 0, like_shape: Optional[tuple] = None) -> 
     ``like_shape`` (a model's per-sample input shape, e.g. (3, 32, 32)) picks the image size and
     channels, so ``--data digits`` fits a model trained on digits resized to 32x32 RGB.
     """
-    from ..data import DataConfig, load_data
+    from edgekit.data import DataConfig, load_data
 
     cfg: dict = {"name": name}
     if like_shape is not None and len(like_shape) == 3 and name == "digits" and like_shape[0] in (1, 3) \

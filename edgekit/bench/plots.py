@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from ..fileio import atomic_path
+from edgekit._io import atomic_path
 
 
 def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:

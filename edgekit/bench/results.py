@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..fileio import write_json_atomic, write_text_atomic
+from edgekit._io import write_json_atomic, write_text_atomic
 
 SCHEMA = "edgekit-bench/1"
 
@@ -68,7 +68,7 @@ class BenchResult:
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        from .. import __version__
+        from edgekit import __version__
 
         return {"schema": SCHEMA, "edgekit": __version__, "created": self.created, "baseline": self.baseline,
                 "config": self.config, "environment": self.environment, "peak": self.peak,
@@ -76,14 +76,14 @@ class BenchResult:
 
     def to_json(self) -> str:
         """The result as a JSON document (schema ``edgekit-bench/1``)."""
-        from ..fileio import _json_default
+        from edgekit._io import _json_default
 
         return json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n"
 
     @classmethod
     def from_dict(cls, d: dict) -> "BenchResult":
         """Rebuild a result from ``to_dict()`` output (e.g. a loaded bench.json)."""
-        from ..errors import InputFileError
+        from edgekit.errors import InputFileError
 
         if d.get("schema") != SCHEMA:
             raise InputFileError(f"not an edgekit benchmark result (schema {d.get('schema')!r}, expected {SCHEMA})")
@@ -184,7 +184,7 @@ class BenchResult:
                  "csv": write_text_atomic(out / "bench.csv", self.to_csv())}
         images: Dict[str, Path] = {}
         if plots:
-            from .plots import write_plots
+            from edgekit.bench.plots import write_plots
 
             images = write_plots(self, out)
         md = self.to_markdown()

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..errors import ConfigError, first_line
-from ..progress import log
+from edgekit.errors import ConfigError, first_line
+from edgekit._log import log
 
 KINDS = ("module", "checkpoint", "onnx", "engine")
 
@@ -43,7 +43,7 @@ def as_specs(models: Any) -> List[ModelSpec]:
     """Normalise paths / modules / ModelSpecs / pipeline variants to a list of unique-named ModelSpecs."""
     import torch.nn as nn
 
-    from ..runtime.base import artifact_kind
+    from edgekit.backends.base import artifact_kind
 
     items = [models] if isinstance(models, (str, os.PathLike, nn.Module, ModelSpec)) else list(models)
     if not items:
@@ -97,8 +97,8 @@ def pick_artifact(spec: ModelSpec, backend_kinds: Sequence[str]) -> Optional[Tup
 
 def model_macs(spec: ModelSpec, runners: Dict[str, Any], shape) -> Tuple[Optional[int], Optional[int], str]:
     """(total, int8, source) MACs per sample from the spec's ONNX graph, else from an exported module."""
-    from ..fileio import read_sidecar
-    from .macs import count_macs_onnx
+    from edgekit._io import read_sidecar
+    from edgekit.core.measure.macs import count_macs_onnx
 
     onnx_path = spec.artifacts.get("onnx")
     if onnx_path is None and "engine" in spec.artifacts:
@@ -125,7 +125,7 @@ def _macs_of_module(module: Any, shape) -> int:
     import onnx
     import torch
 
-    from .macs import count_macs_onnx
+    from edgekit.core.measure.macs import count_macs_onnx
 
     param = next(module.parameters(), None)
     x = torch.zeros((1, *shape), dtype=torch.float32, device=param.device if param is not None else "cpu")

@@ -7,9 +7,9 @@ from typing import Callable, List, Literal, Optional, Tuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError, InputFileError, ShapeError
-from ..registry import Registry
-from .splits import Splits, make_splits
+from edgekit.errors import ConfigError, InputFileError, ShapeError
+from edgekit.registry import Registry
+from edgekit.data.splits import Splits, make_splits
 
 DATASETS: Registry[Callable[["DataConfig", int], Splits]] = Registry("dataset")
 
@@ -50,7 +50,7 @@ def load_data(config: DataConfig | dict, seed: int = 0) -> Splits:
 def _normalize(s: Splits) -> Splits:
     from dataclasses import replace
 
-    from .splits import Split
+    from edgekit.data.splits import Split
 
     mean, std = float(s.train.x.mean()), float(s.train.x.std()) or 1.0
     f = lambda sp: Split(((sp.x - mean) / std).astype(np.float32), sp.y)  # noqa: E731

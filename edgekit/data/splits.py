@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ..errors import ConfigError
+from edgekit.errors import ConfigError
 
 
 @dataclass(frozen=True)

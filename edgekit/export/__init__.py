@@ -1,4 +1,4 @@
-"""Export to ONNX (with parity check); TensorRT engines live in ``edgekit.export.tensorrt`` (lazy)."""
-from .onnx import ExportError, ExportResult, export_onnx
+"""Export to ONNX (with parity check); TensorRT engines live in ``edgekit.backends.tensorrt.build`` (lazy)."""
+from edgekit.export.onnx import ExportError, ExportResult, export_onnx
 
 __all__ = ["ExportError", "ExportResult", "export_onnx"]

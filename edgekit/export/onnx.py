@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import EdgekitError, ShapeError, first_line
-from ..fileio import atomic_path, write_sidecar
+from edgekit.errors import EdgekitError, ShapeError, first_line
+from edgekit._io import atomic_path, write_sidecar
 
 
 class ExportError(EdgekitError):
@@ -112,7 +112,7 @@ def _run_exporter(model: nn.Module, x: torch.Tensor, out: Path, opset: int, expo
 
 
 def _parity(model: nn.Module, onnx_path: Path, data: np.ndarray, batch: int = 64):
-    from ..runtime.ort_runner import OrtRunner
+    from edgekit.backends.ort import OrtRunner
 
     runner = OrtRunner(str(onnx_path), ["CPUExecutionProvider"], threads=None)
     data = np.ascontiguousarray(data, dtype=np.float32)

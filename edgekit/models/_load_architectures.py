@@ -1,2 +1,2 @@
 """Importing this module registers every built-in architecture."""
-from . import cnn, mobilenet, resnet, sequence, vit  # noqa: F401
+from edgekit.models import cnn, mobilenet, resnet, sequence, vit  # noqa: F401

@@ -14,8 +14,8 @@ from typing import Any, Dict, Tuple
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError, InputFileError, first_line
-from ..fileio import atomic_path, require_file
+from edgekit.errors import ConfigError, InputFileError, first_line
+from edgekit._io import atomic_path, require_file
 
 FORMAT = "edgekit-checkpoint/1"
 
@@ -101,7 +101,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: Dict[str, Any] | N
 
 def load_checkpoint(path: str | Path) -> Tuple[nn.Module, Dict[str, Any]]:
     """Rebuild the model stored at ``path``; returns ``(model, meta)``. Never executes pickled code."""
-    from .registry import create_model
+    from edgekit.models.registry import create_model
 
     p = require_file(path, "checkpoint")
     try:

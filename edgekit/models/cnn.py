@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .registry import register_model
+from edgekit.models.registry import register_model
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

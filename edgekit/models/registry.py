@@ -6,8 +6,8 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from ..errors import ConfigError
-from ..registry import Registry
+from edgekit.errors import ConfigError
+from edgekit.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -23,7 +23,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     Example:
         >>> model = create_model("resnet_cifar", depth=20, width=0.5, num_classes=10)
     """
-    from . import _load_architectures  # noqa: F401
+    from edgekit.models import _load_architectures  # noqa: F401
 
     factory = MODELS.get(name)
     sig = inspect.signature(factory)
@@ -41,14 +41,14 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 def model_names() -> list[str]:
     """Names of every registered architecture."""
-    from . import _load_architectures  # noqa: F401
+    from edgekit.models import _load_architectures  # noqa: F401
 
     return MODELS.names()
 
 
 def describe_models() -> list[dict]:
     """One dict per architecture: name, first docstring line, arguments with defaults."""
-    from . import _load_architectures  # noqa: F401
+    from edgekit.models import _load_architectures  # noqa: F401
 
     rows = []
     for name, factory in MODELS.items():

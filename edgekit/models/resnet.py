@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .registry import register_model
+from edgekit.models.registry import register_model
 
 
 class BasicBlock(nn.Module):

@@ -91,8 +91,8 @@ def _causes(v: Any, parent: Any, backend: str, rows: List[dict], batches: List[i
 def artifact_parity(variants: Dict[str, Any], x: np.ndarray, y: Optional[np.ndarray], backends: List[str],
                     threads: Optional[int]) -> List[dict]:
     """Accuracy and top-1 agreement of each variant's artifacts on the same held-out samples."""
-    from ..runtime import open_runner, probe_backend
-    from ..train import predict
+    from edgekit.backends import open_runner, probe_backend
+    from edgekit.core.train import predict
 
     choices = [("torch", "checkpoint"), ("ort-cpu", "onnx"), ("tensorrt", "engine"), ("tensorrt", "onnx")]
     out = []

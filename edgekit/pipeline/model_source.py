@@ -8,14 +8,14 @@ from typing import Any, Optional
 import numpy as np
 import torch.nn as nn
 
-from ..errors import ConfigError, ShapeError, first_line
-from ..fileio import require_file
+from edgekit.errors import ConfigError, ShapeError, first_line
+from edgekit._io import require_file
 
 
 def zoo_kwargs(name: str, kwargs: dict, splits: Any) -> dict:
     """Fill data-dependent arguments (num_classes, in_channels, input_size, image_size) the user left out."""
-    from ..models import MODELS
-    from ..models import _load_architectures  # noqa: F401
+    from edgekit.models import MODELS
+    from edgekit.models import _load_architectures  # noqa: F401
 
     params = inspect.signature(MODELS.get(name)).parameters
     out = dict(kwargs)
@@ -34,7 +34,7 @@ def zoo_kwargs(name: str, kwargs: dict, splits: Any) -> dict:
 
 def build_module(source: Any, splits: Any) -> Optional[nn.Module]:
     """The reference ``nn.Module`` for a ModelSource (None for an ONNX-only source)."""
-    from ..models import create_model, load_checkpoint
+    from edgekit.models import create_model, load_checkpoint
 
     if source.name:
         model = create_model(source.name, **zoo_kwargs(source.name, source.kwargs, splits))
@@ -75,7 +75,7 @@ def check_fits(model: nn.Module, splits: Any) -> None:
 
 def onnx_input_fits(path: str, splits: Any) -> None:
     """Raise ShapeError when an ONNX model's input does not take the data's per-sample shape."""
-    from ..runtime.ort_runner import OrtRunner
+    from edgekit.backends.ort import OrtRunner
 
     require_file(path, "model.onnx")
     r = OrtRunner(path, ["CPUExecutionProvider"], threads=1)

@@ -7,18 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..errors import BackendUnavailableError
-from ..fileio import write_json_atomic, write_text_atomic
-from ..progress import log
-from .diagnostics import artifact_parity, step_diagnostics
-from .stages import Variant
+from edgekit.errors import BackendUnavailableError
+from edgekit._io import write_json_atomic, write_text_atomic
+from edgekit._log import log
+from edgekit.pipeline.diagnostics import artifact_parity, step_diagnostics
+from edgekit.pipeline.stages import Variant
 
 REPORT_SCHEMA = "edgekit-report/1"
 
 
 def check_required_targets(recipe: Any) -> List[dict]:
     """Probe every target; raise for an unavailable ``required: true`` one, return the skipped others."""
-    from ..runtime import probe_backend
+    from edgekit.backends import probe_backend
 
     skipped = []
     for t in recipe.targets:
@@ -33,7 +33,7 @@ def check_required_targets(recipe: Any) -> List[dict]:
 def benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Variant], splits: Callable[[], Any],
                          manifest: dict) -> Tuple[Path, List[str]]:
     """Benchmark the run's variants on the recipe's targets and write report.md / report.json."""
-    from ..bench import ModelSpec, benchmark
+    from edgekit.bench import ModelSpec, benchmark
 
     skipped = check_required_targets(recipe)
     backends = [t.backend for t in recipe.targets if t.backend not in {s["backend"] for s in skipped}]
@@ -160,7 +160,7 @@ def _fmt_int(n: Optional[float], unit: str = "") -> str:
 
 
 def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, headline, labelled, run_dir) -> str:
-    from ..bench.results import format_speedup
+    from edgekit.bench.results import format_speedup
 
     rows, batches = bench.rows, sorted({r["batch"] for r in bench.rows})
     ort_ref = {r["batch"]: r for r in rows if r["model"] == chosen[0].name and r["backend"] == "ort-cpu"}

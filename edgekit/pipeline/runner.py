@@ -23,10 +23,10 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..errors import ConfigError, RunDirectoryError
-from ..fileio import read_json, sha256_file, write_json_atomic, write_text_atomic
-from ..progress import log
-from .stages import STAGES, StageContext, StageOutput, Variant
+from edgekit.errors import ConfigError, RunDirectoryError
+from edgekit._io import read_json, sha256_file, write_json_atomic, write_text_atomic
+from edgekit._log import log
+from edgekit.pipeline.stages import STAGES, StageContext, StageOutput, Variant
 
 MANIFEST_SCHEMA = "edgekit-manifest/1"
 
@@ -64,7 +64,7 @@ def _versions() -> dict:
     import onnx
     import onnxruntime
 
-    from .. import __version__
+    from edgekit import __version__
 
     return {"edgekit": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
@@ -88,10 +88,10 @@ def _input_files(recipe: Any) -> Dict[str, str]:
 
 def _preflight(recipe: Any) -> None:
     """Cheap checks before any expensive work: files exist, backends named exist, stage inputs resolvable."""
-    from ..fileio import require_file
-    from ..runtime import backend_spec
+    from edgekit._io import require_file
+    from edgekit.backends import backend_spec
 
-    from .model_source import import_plugins
+    from edgekit.pipeline.model_source import import_plugins
 
     import_plugins(recipe.model.imports)
     for key in ("checkpoint", "onnx"):
@@ -102,7 +102,7 @@ def _preflight(recipe: Any) -> None:
         require_file(recipe.data.path or "", "data.path")
     for t in recipe.targets:
         backend_spec(t.backend)
-    from .report import check_required_targets
+    from edgekit.pipeline.report import check_required_targets
 
     check_required_targets(recipe)
     names = ["reference"] if (recipe.model.checkpoint or recipe.model.onnx) else []
@@ -145,7 +145,7 @@ def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str 
     """Execute a recipe end to end and write its report.
 
     Args:
-        recipe: a validated Recipe (``edgekit.recipe.load_recipe``) or a path to a YAML recipe.
+        recipe: a validated Recipe (``edgekit.pipeline.recipe.load_recipe``) or a path to a YAML recipe.
         recipe_path: the YAML file (copied into the run directory).
         runs_dir: parent of ``<recipe name>/<run name>/``.
         name: run name (default: a timestamp). An existing run is never overwritten.
@@ -157,8 +157,8 @@ def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str 
         >>> result = run_recipe("recipes/digits_resnet.yaml", name="try1")
         >>> print(result.report)
     """
-    from ..data import load_data
-    from ..recipe import load_recipe
+    from edgekit.data import load_data
+    from edgekit.pipeline.recipe import load_recipe
 
     if isinstance(recipe, (str, Path)):
         recipe_path = str(recipe)
@@ -219,7 +219,7 @@ def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str 
         write_json_atomic(run_dir / "manifest.json", manifest)
     result = RunResult(run_dir, variants, manifest)
     if report:
-        from .report import benchmark_and_report
+        from edgekit.pipeline.report import benchmark_and_report
 
         result.report, result.headline = benchmark_and_report(recipe, run_dir, variants, splits, manifest)
     manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -229,8 +229,8 @@ def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str 
 
 def _check_calibration_files(recipe: Any, splits) -> None:
     """Validate every stage's calibration npz against the data's sample shape before any training."""
-    from ..data import load_calibration
-    from ..errors import ShapeError
+    from edgekit.data import load_calibration
+    from edgekit.errors import ShapeError
 
     for i, st in enumerate(recipe.stages):
         calib = getattr(st, "calibration", None)
@@ -242,7 +242,7 @@ def _check_calibration_files(recipe: Any, splits) -> None:
 
 
 def _check_model_fits(recipe: Any, splits) -> None:
-    from .model_source import build_module, onnx_input_fits
+    from edgekit.pipeline.model_source import build_module, onnx_input_fits
 
     if recipe.model.onnx:
         onnx_input_fits(recipe.model.onnx, splits())
@@ -252,8 +252,8 @@ def _check_model_fits(recipe: Any, splits) -> None:
 
 def _initial_variants(recipe: Any, run_dir: Path, splits) -> Dict[str, Variant]:
     """The reference variant when the recipe starts from a file, or from random weights with no train stage."""
-    from ..models import count_params, save_checkpoint
-    from .model_source import build_module
+    from edgekit.models import count_params, save_checkpoint
+    from edgekit.pipeline.model_source import build_module
 
     src = recipe.model
     if src.onnx:
@@ -263,7 +263,7 @@ def _initial_variants(recipe: Any, run_dir: Path, splits) -> Dict[str, Variant]:
     ref_dir = run_dir / "stages" / "reference"
     ckpt, onnx_path = ref_dir / "reference.pt", ref_dir / "reference.onnx"
     if not (ckpt.is_file() and onnx_path.is_file()):
-        from ..export import export_onnx
+        from edgekit.export import export_onnx
 
         torch.manual_seed(recipe.seed)
         model = build_module(src, splits())
@@ -271,7 +271,7 @@ def _initial_variants(recipe: Any, run_dir: Path, splits) -> Dict[str, Variant]:
         save_checkpoint(model, ckpt, {"input_shape": list(s.input_shape), "num_classes": s.num_classes})
         export_onnx(model, s.val.x[:32], onnx_path)
     else:  # resumed run: the reference written before
-        from ..models import load_checkpoint
+        from edgekit.models import load_checkpoint
 
         model, _ = load_checkpoint(ckpt)
     meta = {"source": "checkpoint" if src.checkpoint else "random-init"}

@@ -5,9 +5,9 @@ from typing import List, Literal
 
 from pydantic import Field, field_validator
 
-from ..errors import BackendUnavailableError
-from ..runtime import probe_backend
-from .stages import StageConfig, StageContext, StageOutput, Variant, register_stage
+from edgekit.errors import BackendUnavailableError
+from edgekit.backends import probe_backend
+from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
 
 
 class CompileStage(StageConfig):
@@ -37,7 +37,7 @@ def run_compile(ctx: StageContext, cfg: CompileStage) -> StageOutput:
         if cfg.required:
             raise BackendUnavailableError(f"compile stage is required but TensorRT is unavailable: {reason}")
         return StageOutput([], {"skipped": reason})
-    from ..export.tensorrt import build_engine, current_identity
+    from edgekit.backends.tensorrt.build import build_engine, current_identity
 
     name = cfg.name or f"{parent.name}-trt-{cfg.precision}"
     result = build_engine(parent.onnx, ctx.stage_dir / f"{name}.engine", precision=cfg.precision,

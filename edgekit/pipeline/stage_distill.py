@@ -18,13 +18,13 @@ from typing import Any, Dict, Literal, Optional
 import torch
 from pydantic import Field, field_validator
 
-from ..compress.distill import distill
-from ..compress.distill_config import DistillConfig
-from ..errors import ConfigError
-from ..models import count_params, create_model
-from ..train import evaluate
-from .model_source import zoo_kwargs
-from .stages import StageConfig, StageContext, StageOutput, Variant, register_stage
+from edgekit.techniques.distill.distill import distill
+from edgekit.techniques.distill.config import DistillConfig
+from edgekit.errors import ConfigError
+from edgekit.models import count_params, create_model
+from edgekit.core.train import evaluate
+from edgekit.pipeline.model_source import zoo_kwargs
+from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
 
 
 class DistillStage(StageConfig, DistillConfig):
@@ -41,13 +41,13 @@ class DistillStage(StageConfig, DistillConfig):
     @field_validator("student")
     @classmethod
     def _check_student(cls, v: Dict[str, Any]) -> Dict[str, Any]:
-        from ..models import model_names
+        from edgekit.models import model_names
 
         name = v.get("name")
         if not isinstance(name, str):
             raise ValueError(f"student needs a 'name' (one of: {', '.join(model_names())}), got {v}")
         if name not in model_names():
-            from ..errors import did_you_mean
+            from edgekit.errors import did_you_mean
 
             raise ValueError(f"unknown student model '{name}'{did_you_mean(name, model_names())}; "
                              f"valid: {', '.join(model_names())}")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .stages import StageConfig, StageContext, StageOutput, register_stage
+from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, register_stage
 
 
 class ExportStage(StageConfig):

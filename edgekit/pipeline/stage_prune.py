@@ -21,11 +21,11 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from ..compress.prune_config import PruneConfig
-from ..errors import ConfigError
-from ..models import count_params
-from ..train import evaluate
-from .stages import StageConfig, StageContext, StageOutput, Variant, register_stage
+from edgekit.techniques.prune.config import PruneConfig
+from edgekit.errors import ConfigError
+from edgekit.models import count_params
+from edgekit.core.train import evaluate
+from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
 
 
 class PruneStage(StageConfig, PruneConfig):
@@ -60,7 +60,7 @@ class PruneStage(StageConfig, PruneConfig):
 
 
 def _structured(ctx: StageContext, cfg: PruneStage, model, teacher):
-    from ..compress.prune import prune
+    from edgekit.techniques.prune.prune import prune
 
     splits = ctx.splits
     res = prune(model, splits.val.x[:8], cfg.prune_config(), train=splits.train, val=splits.val, teacher=teacher,
@@ -77,7 +77,7 @@ def _structured(ctx: StageContext, cfg: PruneStage, model, teacher):
 
 
 def _sparse(ctx: StageContext, cfg: PruneStage, model, teacher):
-    from ..compress.sparsity import is_2to4_sparse, sparsify_2to4, sparsify_unstructured
+    from edgekit.techniques.sparsity.sparsity import is_2to4_sparse, sparsify_2to4, sparsify_unstructured
 
     splits = ctx.splits
     kw = dict(exclude=cfg.protect, train=splits.train, val=splits.val, finetune=cfg.finetune, teacher=teacher,
@@ -98,8 +98,8 @@ def _sparse(ctx: StageContext, cfg: PruneStage, model, teacher):
 @register_stage("prune", PruneStage)
 def run_prune(ctx: StageContext, cfg: PruneStage) -> StageOutput:
     """Prune the input variant, fine-tune with KD from it, checkpoint, export, measure."""
-    from ..compress import prune_graph
-    from ..compress.prune import as_example
+    from edgekit.techniques.prune import _graph as prune_graph
+    from edgekit.techniques.prune.prune import as_example
 
     parent = ctx.variant(cfg.input)
     name = cfg.name or f"{parent.name}-{'pruned' if cfg.method == 'structured' else 'sparse'}"

@@ -16,9 +16,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..compress.qat import QatConfig, qat
-from ..errors import ConfigError
-from .stages import StageConfig, StageContext, StageOutput, Variant, register_stage
+from edgekit.techniques.quantize.qat import QatConfig, qat
+from edgekit.errors import ConfigError
+from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
 
 
 class QatStage(StageConfig, QatConfig):
@@ -32,8 +32,8 @@ class QatStage(StageConfig, QatConfig):
 @register_stage("qat", QatStage)
 def run_qat(ctx: StageContext, cfg: QatStage) -> StageOutput:
     """Fine-tune with fake-quant, export QDQ, check ORT runs it in int8, measure it through ORT CPU."""
-    from ..runtime import open_runner
-    from ..train import evaluate
+    from edgekit.backends import open_runner
+    from edgekit.core.train import evaluate
 
     parent = ctx.variant(cfg.input)
     splits = ctx.splits

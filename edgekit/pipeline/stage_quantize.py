@@ -22,9 +22,9 @@ from typing import List, Literal, Optional, Tuple
 
 from pydantic import Field
 
-from ..errors import AccuracyBudgetError, ConfigError
-from ..progress import log
-from .stages import StageConfig, StageContext, StageOutput, Variant, register_stage
+from edgekit.errors import AccuracyBudgetError, ConfigError
+from edgekit._log import log
+from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
 
 
 class QuantizeStage(StageConfig):
@@ -49,8 +49,8 @@ class QuantizeStage(StageConfig):
 
 
 def _measure(ctx: StageContext, path: Path) -> dict:
-    from ..runtime import open_runner
-    from ..train import evaluate
+    from edgekit.backends import open_runner
+    from edgekit.core.train import evaluate
 
     splits = ctx.splits
     if not splits.labelled:
@@ -61,7 +61,7 @@ def _measure(ctx: StageContext, path: Path) -> dict:
 
 def _escalate_qat(ctx: StageContext, cfg: QuantizeStage, parent: Variant, target: str, out: Path,
                   err: AccuracyBudgetError) -> Tuple[Path, dict]:
-    from ..compress.qat import qat
+    from edgekit.techniques.quantize.qat import qat
 
     if not parent.checkpoint:
         raise AccuracyBudgetError(f"{err} — QAT escalation needs a PyTorch checkpoint, but variant "
@@ -72,7 +72,7 @@ def _escalate_qat(ctx: StageContext, cfg: QuantizeStage, parent: Variant, target
               config={"target": target, "epochs": cfg.qat_epochs}, teacher="float", seed=ctx.seed, threads=ctx.threads)
     fp32 = getattr(err, "measured", {}).get("fp32_accuracy")
     if fp32 is not None and fp32 - res.val_accuracy > cfg.max_accuracy_drop:
-        from ..fileio import sidecar_path
+        from edgekit._io import sidecar_path
 
         res.path.unlink(missing_ok=True)  # a failed stage leaves no artifact behind
         sidecar_path(res.path).unlink(missing_ok=True)
@@ -85,7 +85,7 @@ def _escalate_qat(ctx: StageContext, cfg: QuantizeStage, parent: Variant, target
 @register_stage("quantize", QuantizeStage)
 def run_quantize(ctx: StageContext, cfg: QuantizeStage) -> StageOutput:
     """Quantise the input variant's ONNX for each target; every artifact is measured through ORT CPU."""
-    from ..compress.quantize import quantize, quantize_dynamic_model
+    from edgekit.techniques.quantize.ptq import quantize, quantize_dynamic_model
 
     parent = ctx.variant(cfg.input)
     if not parent.onnx:

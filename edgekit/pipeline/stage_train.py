@@ -5,10 +5,10 @@ from typing import Literal
 
 import torch
 
-from ..models import count_params
-from ..train import TrainConfig, evaluate, fit
-from .model_source import build_module
-from .stages import StageConfig, StageContext, StageOutput, Variant, register_stage
+from edgekit.models import count_params
+from edgekit.core.train import TrainConfig, evaluate, fit
+from edgekit.pipeline.model_source import build_module
+from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
 
 
 class TrainStage(StageConfig, TrainConfig):

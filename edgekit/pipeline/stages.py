@@ -24,8 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError
-from ..registry import Registry
+from edgekit.errors import ConfigError
+from edgekit.registry import Registry
 
 
 class StageConfig(BaseModel):
@@ -65,7 +65,7 @@ class Variant:
     @functools.cached_property
     def sidecar(self) -> Dict[str, Any]:
         """The ONNX artifact's sidecar ({} without one), read once."""
-        from ..fileio import read_sidecar
+        from edgekit._io import read_sidecar
 
         return read_sidecar(self.onnx) if self.onnx else {}
 
@@ -91,7 +91,7 @@ class StageContext:
     stage_dir: Path
     seed: int
     threads: Optional[int]
-    recipe: Any  # edgekit.recipe.Recipe
+    recipe: Any  # edgekit.pipeline.recipe.Recipe
     variants: Dict[str, Variant]
     _splits_loader: Callable[[], Any]
     _splits: Any = None
@@ -120,7 +120,7 @@ class StageContext:
 
     def load_module(self, variant: Variant):
         """The variant's ``nn.Module`` rebuilt from its checkpoint."""
-        from ..models import load_checkpoint
+        from edgekit.models import load_checkpoint
 
         if not variant.checkpoint:
             raise ConfigError(f"variant '{variant.name}' has no PyTorch checkpoint (it is {', '.join(variant.artifacts())}); "
@@ -129,21 +129,21 @@ class StageContext:
 
     def save_module(self, model, stem: str, meta: Optional[dict] = None) -> Path:
         """Save ``model`` as ``stage_dir/<stem>.pt`` with the data's input shape and classes in its meta."""
-        from ..models import save_checkpoint
+        from edgekit.models import save_checkpoint
 
         m = {"input_shape": list(self.splits.input_shape), "num_classes": self.splits.num_classes, **(meta or {})}
         return save_checkpoint(model, self.stage_dir / f"{stem}.pt", m)
 
     def export(self, model, stem: str, **kwargs) -> Path:
         """Export ``model`` to ``stage_dir/<stem>.onnx`` with a parity check on validation samples."""
-        from ..export import export_onnx
+        from edgekit.export import export_onnx
 
         x = self.splits.val.x[:64]
         return export_onnx(model, x, self.stage_dir / f"{stem}.onnx", **kwargs).path
 
     def calibration_data(self, samples: int = 128, path: Optional[str] = None) -> np.ndarray:
         """Calibration inputs: from ``path`` (npz) or drawn from the training split (never val/test)."""
-        from ..data import check_calibration, load_calibration
+        from edgekit.data import check_calibration, load_calibration
 
         if path:
             return load_calibration(path, self.splits.input_shape, max_samples=samples)

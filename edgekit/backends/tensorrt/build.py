@@ -1,0 +1,520 @@
+"""TensorRT engines from ONNX: precision flags, optimisation profile, timing cache, engine cache, sidecar.
+
+    result = build_engine("model.onnx", precision="fp16", batch_range=(1, 8, 32))
+    result.path, result.cached          # a second call with the same key skips the build
+
+This is the only edgekit module that imports ``tensorrt`` (always inside functions, so ``import
+edgekit`` stays lean). Everything before the build (precision -> builder flags, Q/DQ detection,
+profile computation, cache key, sidecar validation) is plain Python, testable without TensorRT.
+"""
+# TensorRT 10.x Python API (also 11.x where unchanged) as used below, checked against:
+# - Builder, create_network(0) (EXPLICIT_BATCH is ignored since 10.0), NetworkDefinitionCreationFlag:
+#   https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html
+# - IBuilderConfig set_flag/clear_flag (BuilderFlag FP16, INT8, SPARSE_WEIGHTS, TF32), set_memory_pool_limit
+#   (MemoryPoolType.WORKSPACE), create_timing_cache/set_timing_cache/get_timing_cache, add_optimization_profile:
+#   https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/c-api/classnvinfer1_1_1_i_builder_config.html
+#   and Polygraphy tools/Polygraphy/polygraphy/backend/trt/config.py (NVIDIA/TensorRT)
+# - ITimingCache.serialize: https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/TimingCache.html
+# - IOptimizationProfile.set_shape(name, min, opt, max):
+#   https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/OptimizationProfile.html
+# - OnnxParser parse_from_file/num_errors/get_error; ParserError desc/node/node_name/node_operator (10.x):
+#   https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/c-api/classnvonnxparser_1_1_i_parser_error-members.html
+# - build_serialized_network (build_engine removed in 10.0), Runtime.deserialize_cuda_engine, ICudaEngine
+#   num_io_tensors/get_tensor_name/get_tensor_mode/get_tensor_dtype/get_tensor_shape (get_binding_* removed):
+#   https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/Engine.html
+# - IExecutionContext set_input_shape/set_tensor_address/execute_async_v3 (edgekit.backends.tensorrt.runner):
+#   https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/ExecutionContext.html
+#   and NVIDIA/TensorRT samples/python/common_runtime.py
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+
+from edgekit.errors import BackendUnavailableError, ConfigError, EdgekitError, InputFileError, did_you_mean
+from edgekit._io import (atomic_path, read_sidecar, require_file, sha256_file, sidecar_path, write_bytes_atomic,
+                      write_sidecar)
+from edgekit._log import log
+
+ENGINE_FORMAT = "edgekit-trt-engine/1"
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_BATCH_RANGE = (1, 1, 32)
+DEFAULT_WORKSPACE_MB = 2048
+INT8_NEEDS_QDQ = "int8 engines are built from Q/DQ ONNX; quantise with target: tensorrt first"
+
+BatchRange = Union[int, Sequence[int], Mapping[str, Any]]
+
+
+class EngineCompatibilityError(InputFileError):
+    """A TensorRT engine was built for another TensorRT version or GPU, or is not an edgekit engine."""
+
+
+class EngineBuildError(EdgekitError):
+    """TensorRT could not parse the ONNX model or build an engine from it."""
+
+
+# ----------------------------------------------------------------------------- pure logic
+
+
+@dataclass(frozen=True)
+class BuilderFlags:
+    """BuilderFlag member names to set and to clear on the IBuilderConfig."""
+
+    set: Tuple[str, ...]
+    clear: Tuple[str, ...] = ()
+
+
+def precision_flags(precision: str, sparse_weights: bool = False) -> BuilderFlags:
+    """Map an edgekit precision to TensorRT builder flags.
+
+    fp32 clears TF32 (so "fp32" really is fp32); fp16 sets FP16; int8 sets INT8 plus FP16 so layers
+    outside the Q/DQ pairs fall back to fp16; ``sparse_weights`` adds SPARSE_WEIGHTS (2:4 kernels).
+
+    Example:
+        >>> precision_flags("int8", sparse_weights=True).set
+        ('INT8', 'FP16', 'SPARSE_WEIGHTS')
+    """
+    table = {"fp32": BuilderFlags((), ("TF32",)), "fp16": BuilderFlags(("FP16",)), "int8": BuilderFlags(("INT8", "FP16"))}
+    if precision not in table:
+        raise ConfigError(f"TensorRT precision '{precision}'{did_you_mean(precision, PRECISIONS)} is not "
+                          f"supported; allowed: {', '.join(PRECISIONS)}")
+    flags = table[precision]
+    return BuilderFlags(flags.set + (("SPARSE_WEIGHTS",) if sparse_weights else ()), flags.clear)
+
+
+def _load_onnx(onnx_path: Union[str, Path]):
+    import onnx
+
+    try:
+        return onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:
+        raise InputFileError(f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+
+
+def has_qdq(onnx_path: Union[str, Path]) -> bool:
+    """True when the ONNX graph (or one of its local functions) holds QuantizeLinear/DequantizeLinear.
+
+    Example:
+        >>> has_qdq("model_int8_trt.onnx")
+        True
+    """
+    model = _load_onnx(onnx_path)
+    nodes = list(model.graph.node) + [n for f in model.functions for n in f.node]
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in nodes)
+
+
+def onnx_inputs(onnx_path: Union[str, Path]) -> list:
+    """``[(name, [dim or None, ...]), ...]`` for the graph inputs that are not initializers.
+
+    Example:
+        >>> onnx_inputs("model.onnx")
+        [('input', [None, 3, 32, 32])]
+    """
+    graph = _load_onnx(onnx_path).graph
+    inits = {i.name for i in graph.initializer}
+    out = []
+    for inp in graph.input:
+        if inp.name in inits:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in inp.type.tensor_type.shape.dim]
+        out.append((inp.name, dims))
+    return out
+
+
+def _check_triple(where: str, mins: Sequence[int], opts: Sequence[int], maxs: Sequence[int]) -> None:
+    for a, b, c in zip(mins, opts, maxs):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (a, b, c)) or not a <= b <= c:
+            raise ConfigError(f"{where}: need integers with 1 <= min <= opt <= max, got min={list(mins)}, "
+                              f"opt={list(opts)}, max={list(maxs)}")
+
+
+def _batch_triple(batch_range: BatchRange) -> Tuple[int, int, int]:
+    if isinstance(batch_range, Mapping):
+        triple = tuple(batch_range.get(k) for k in ("min", "opt", "max"))
+    elif isinstance(batch_range, int) and not isinstance(batch_range, bool):
+        triple = (batch_range,) * 3
+    else:
+        try:
+            triple = tuple(batch_range)
+        except TypeError:
+            triple = ()
+    if len(triple) != 3:
+        raise ConfigError(f"batch_range must be (min, opt, max), got {batch_range!r}")
+    _check_triple("batch_range", triple[:1], triple[1:2], triple[2:])
+    return triple  # type: ignore[return-value]
+
+
+def _explicit_shapes(where: str, dims: Sequence[Optional[int]], spec: Any) -> dict:
+    if spec is None:
+        if any(d is None for d in dims):
+            raise ConfigError(f"{where} has dynamic dims but the profile gives no shapes for it")
+        return {k: list(dims) for k in ("min", "opt", "max")}
+    shapes = [spec.get(k) for k in ("min", "opt", "max")] if isinstance(spec, Mapping) else list(spec)
+    if len(shapes) != 3 or any(not isinstance(s, (list, tuple)) or len(s) != len(dims) for s in shapes):
+        raise ConfigError(f"{where}: profile needs min/opt/max shapes of rank {len(dims)}, got {spec!r}")
+    _check_triple(f"profile of {where}", *shapes)
+    for i, d in enumerate(dims):
+        if d is not None and any(s[i] != d for s in shapes):
+            raise ConfigError(f"{where}: dim {i} is fixed at {d} in the ONNX model; the profile gives "
+                              f"{[s[i] for s in shapes]}")
+    return {k: [int(v) for v in s] for k, s in zip(("min", "opt", "max"), shapes)}
+
+
+def compute_profile(inputs: Sequence[Tuple[str, Sequence[Optional[int]]]],
+                    batch_range: Optional[BatchRange] = None) -> dict:
+    """Min/opt/max shapes per input, from a batch range or an explicit per-input profile.
+
+    Args:
+        inputs: ``[(name, dims)]`` with None for dynamic dims (see ``onnx_inputs``).
+        batch_range: ``(min, opt, max)`` batch sizes applied to dim 0 of every input, a single int,
+            ``{"min":, "opt":, "max":}``, or an explicit profile ``{input: {"min": shape, "opt": shape,
+            "max": shape}}`` (needed when dims other than the batch are dynamic). None = the input's static
+            batch, else ``DEFAULT_BATCH_RANGE``.
+
+    Returns:
+        ``{input_name: {"min": [...], "opt": [...], "max": [...]}}`` sorted by name.
+
+    Example:
+        >>> compute_profile([("input", [None, 3, 32, 32])], (1, 8, 32))["input"]["max"]
+        [32, 3, 32, 32]
+    """
+    names = [n for n, _ in inputs]
+    explicit = isinstance(batch_range, Mapping) and not set(batch_range) <= {"min", "opt", "max"}
+    for name in batch_range if explicit else ():  # type: ignore[union-attr]
+        if name not in names:
+            raise ConfigError(f"profile names input '{name}'{did_you_mean(name, names)}, which the ONNX model "
+                              f"does not have; inputs: {', '.join(names)}")
+    profile = {}
+    for name, dims in inputs:
+        where = f"input '{name}' (shape {['?' if d is None else d for d in dims]})"
+        if explicit:
+            profile[name] = _explicit_shapes(where, dims, batch_range.get(name))  # type: ignore[union-attr]
+            continue
+        if any(d is None for d in dims[1:]):
+            bad = [i for i, d in enumerate(dims) if d is None and i > 0]
+            raise ConfigError(f"{where} has dynamic dims {bad} besides the batch; a batch range cannot fill them. "
+                              f"Pass an explicit profile {{'{name}': {{'min': [...], 'opt': [...], 'max': [...]}}}}")
+        if not dims:
+            profile[name] = {"min": [], "opt": [], "max": []}
+            continue
+        if dims[0] is not None:
+            if batch_range is not None and _batch_triple(batch_range) != (dims[0],) * 3:
+                raise ConfigError(f"{where} has a fixed batch of {dims[0]}; batch_range {batch_range!r} needs an "
+                                  "ONNX export with a dynamic batch axis")
+            triple = (dims[0],) * 3
+        else:
+            triple = _batch_triple(DEFAULT_BATCH_RANGE if batch_range is None else batch_range)
+        profile[name] = {k: [b, *dims[1:]] for k, b in zip(("min", "opt", "max"), triple)}
+    return dict(sorted(profile.items()))
+
+
+def engine_cache_key(onnx_sha256: str, tensorrt_version: str, gpu_name: str, compute_capability: str,
+                     precision: str, sparse_weights: bool, profile: Mapping) -> str:
+    """Hex sha256 over the fields that decide whether an engine can be reused.
+
+    Example:
+        >>> engine_cache_key("ab12", "10.3.0", "NVIDIA L4", "8.9", "fp16", False, {})[:8]
+    """
+    fields = {"format": ENGINE_FORMAT, "onnx_sha256": onnx_sha256, "tensorrt_version": str(tensorrt_version),
+              "gpu_name": str(gpu_name), "compute_capability": str(compute_capability), "precision": precision,
+              "sparse_weights": bool(sparse_weights), "profile": profile}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def validate_sidecar(sidecar: Mapping, current: Mapping, engine_path: Union[str, Path] = "engine") -> None:
+    """Raise EngineCompatibilityError unless ``sidecar`` matches the ``current`` TensorRT version and GPU.
+
+    Args:
+        sidecar: the engine's JSON sidecar (see ``build_engine``).
+        current: ``{"tensorrt_version", "gpu_name", "compute_capability"}`` of this machine.
+        engine_path: shown in messages.
+
+    Example:
+        >>> validate_sidecar(read_sidecar("m.engine"), current_identity(), "m.engine")
+    """
+    if sidecar.get("format") != ENGINE_FORMAT:
+        raise EngineCompatibilityError(f"{engine_path}: sidecar format is {sidecar.get('format')!r}, expected "
+                                       f"'{ENGINE_FORMAT}'; rebuild the engine with edgekit")
+    rebuild = f"rebuild it from its ONNX ({sidecar.get('onnx', 'unknown')}) with edgekit.build_engine"
+    if str(sidecar.get("tensorrt_version")) != str(current["tensorrt_version"]):
+        raise EngineCompatibilityError(
+            f"{engine_path} was built with TensorRT {sidecar.get('tensorrt_version')} but this machine has TensorRT "
+            f"{current['tensorrt_version']}; engines only load on the TensorRT version that built them — {rebuild}")
+    theirs = (sidecar.get("gpu_name"), str(sidecar.get("compute_capability")))
+    ours = (current["gpu_name"], str(current["compute_capability"]))
+    if theirs != ours:
+        raise EngineCompatibilityError(
+            f"{engine_path} was built for {theirs[0]} (compute capability {theirs[1]}) but this GPU is {ours[0]} "
+            f"(compute capability {ours[1]}); engines are tuned to one GPU — {rebuild}")
+
+
+def describe_parser_errors(onnx_path: Union[str, Path], errors: Sequence[Mapping]) -> str:
+    """One line per ONNX parser error: node index, name, operator and description."""
+    lines = []
+    for e in errors:
+        where = f"node {e.get('node')}" if e.get("node", -1) is not None and e.get("node", -1) >= 0 else "graph"
+        if e.get("node_name"):
+            where += f" '{e['node_name']}'"
+        if e.get("node_operator"):
+            where += f" ({e['node_operator']})"
+        lines.append(f"  {where}: {e.get('desc', '').strip()}")
+    return f"{onnx_path}: TensorRT's ONNX parser failed with {len(errors)} error(s):\n" + "\n".join(lines)
+
+
+def timing_cache_name(identity: Mapping) -> str:
+    """File name of the timing cache for one TensorRT version and GPU (caches are not portable)."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", str(identity["gpu_name"])).strip("-").lower()
+    return f"timing-trt{identity['tensorrt_version']}-{gpu}-sm{str(identity['compute_capability']).replace('.', '')}.cache"
+
+
+def default_cache_dir() -> Path:
+    """``$EDGEKIT_CACHE/engines``, default ``~/.cache/edgekit/engines``."""
+    return Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit")).expanduser() / "engines"
+
+
+# ----------------------------------------------------------------------------- TensorRT side
+
+
+def tensorrt_status() -> Tuple[Optional[str], str]:
+    """``(version, "")`` when TensorRT imports and has its libraries, else ``(None, reason)``.
+
+    Example:
+        >>> tensorrt_status()
+        (None, "Python package 'tensorrt' is not installed (...)")
+    """
+    try:
+        import tensorrt as trt
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] != "tensorrt":
+            return None, f"the 'tensorrt' package is installed but cannot import its dependency '{e.name}'"
+        return None, "Python package 'tensorrt' is not installed (pip install tensorrt; needs an NVIDIA GPU and driver)"
+    except (Exception, SystemExit) as e:  # stub wheels without libraries raise at import; broken installs anything
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return None, f"the 'tensorrt' package is installed but cannot load TensorRT's libraries ({type(e).__name__}: {first})"
+    if not hasattr(trt, "Builder") or not hasattr(trt, "Runtime"):
+        return None, "the 'tensorrt' package has no Builder/Runtime: a stub package without TensorRT libraries"
+    return str(getattr(trt, "__version__", "unknown")), ""
+
+
+def _import_tensorrt():
+    version, reason = tensorrt_status()
+    if version is None:
+        raise BackendUnavailableError(f"TensorRT is unavailable: {reason}")
+    import tensorrt as trt
+
+    return trt
+
+
+def current_identity() -> dict:
+    """``{"tensorrt_version", "gpu_name", "compute_capability"}`` of this machine (current CUDA device).
+
+    Example:
+        >>> current_identity()["compute_capability"]
+        '8.9'
+    """
+    trt = _import_tensorrt()
+    import torch
+
+    from edgekit.core.platform import cuda_unavailable_reason
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(f"TensorRT needs a CUDA GPU: {cuda_unavailable_reason()}")
+    idx = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(idx)
+    return {"tensorrt_version": str(trt.__version__), "gpu_name": torch.cuda.get_device_name(idx),
+            "compute_capability": f"{major}.{minor}"}
+
+
+def _build_serialized(onnx_path: Path, flags: BuilderFlags, profile: Mapping, workspace_mb: int,
+                      timing_cache: Optional[Path]) -> bytes:
+    """Parse the ONNX file and build a serialized engine (TensorRT 10 API; see the module docstring)."""
+    trt = _import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # always explicit batch in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = []
+        for i in range(parser.num_errors):
+            err = parser.get_error(i)
+            errors.append({"node": err.node(), "desc": err.desc(),
+                           "node_name": getattr(err, "node_name", lambda: "")(),
+                           "node_operator": getattr(err, "node_operator", lambda: "")()})
+        raise EngineBuildError(describe_parser_errors(onnx_path, errors))
+    config = builder.create_builder_config()
+    for name in flags.set:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    for name in flags.clear:
+        config.clear_flag(getattr(trt.BuilderFlag, name))
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if profile:
+        opt_profile = builder.create_optimization_profile()
+        for name, shapes in profile.items():
+            opt_profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
+        config.add_optimization_profile(opt_profile)
+    if timing_cache is not None:
+        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        try:
+            cache = config.create_timing_cache(blob)
+        except Exception:  # a corrupt cache file must not stop the build
+            cache = None
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            log(f"timing cache {timing_cache} is unreadable or from another TensorRT/GPU; starting an empty one")
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"{onnx_path}: TensorRT could not build an engine (flags {list(flags.set)}, profile "
+                               f"{dict(profile)}); see the TensorRT messages above")
+    if timing_cache is not None:
+        write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """What ``build_engine`` produced: the engine file, its cache key and whether it was reused."""
+
+    path: Path
+    sidecar: dict
+    key: str
+    cached: bool
+    build_seconds: float
+    timing_cache: Optional[Path] = None
+
+    def metrics(self) -> dict:
+        """Flat metrics for a stage output / manifest."""
+        return {"engine": str(self.path), "cache_key": self.key, "cached": self.cached,
+                "build_seconds": round(self.build_seconds, 3), "precision": self.sidecar["precision"],
+                "sparse_weights": self.sidecar["sparse_weights"], "engine_bytes": self.path.stat().st_size,
+                "tensorrt_version": self.sidecar["tensorrt_version"], "gpu_name": self.sidecar["gpu_name"]}
+
+
+def _valid_cached(path: Path, key: str) -> Optional[dict]:
+    try:
+        side = read_sidecar(path) if path.is_file() else {}
+    except InputFileError:
+        return None
+    return side if side.get("cache_key") == key and side.get("engine_sha256") == sha256_file(path) else None
+
+
+def _copy_with_sidecar(src: Path, dst: Path, side: dict) -> None:
+    if src.resolve() == dst.resolve():
+        return
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    write_sidecar(dst, side)
+
+
+def build_engine(onnx_path: Union[str, Path], out_path: Union[str, Path, None] = None, *, precision: str = "fp16",
+                 sparse_weights: bool = False, batch_range: Optional[BatchRange] = None,
+                 workspace_mb: int = DEFAULT_WORKSPACE_MB, timing_cache: Union[str, Path, None] = None,
+                 cache_dir: Union[str, Path, None] = None) -> EngineResult:
+    """Build (or reuse) a TensorRT engine for an ONNX model.
+
+    Validates everything it can before touching TensorRT (precision, Q/DQ for int8, profile). The
+    engine cache (``cache_dir``, default ``default_cache_dir()``) is keyed by ``engine_cache_key``; on a
+    hit no build happens. The engine is written atomically with a JSON sidecar (``<engine>.json``)
+    holding the key fields, which ``load_engine`` checks.
+
+    Args:
+        onnx_path: fp32 ONNX, or Q/DQ ONNX for ``precision="int8"``.
+        out_path: where to put the engine (a copy of the cache entry); None = the cache entry itself.
+        precision: "fp32", "fp16" or "int8" (int8 needs Q/DQ nodes: implicit calibration is deprecated).
+        sparse_weights: allow 2:4 structured-sparse kernels (BuilderFlag.SPARSE_WEIGHTS).
+        batch_range: ``(min, opt, max)`` batch or explicit profile, see ``compute_profile``.
+        workspace_mb: builder workspace memory pool limit.
+        timing_cache: timing cache file loaded before and saved (atomically) after the build; None = one
+            per TensorRT version and GPU inside ``cache_dir``.
+        cache_dir: engine cache folder.
+
+    Example:
+        >>> r = build_engine("model.onnx", "model.engine", precision="fp16", batch_range=(1, 8, 32))
+        >>> r.cached, r.sidecar["profile"]
+    """
+    onnx_path = require_file(onnx_path, "ONNX model")
+    flags = precision_flags(precision, sparse_weights)
+    if not isinstance(workspace_mb, int) or isinstance(workspace_mb, bool) or workspace_mb < 1:
+        raise ConfigError(f"workspace_mb must be a positive integer (MiB), got {workspace_mb!r}")
+    if precision == "int8" and not has_qdq(onnx_path):
+        raise ConfigError(f"{onnx_path}: {INT8_NEEDS_QDQ}")
+    profile = compute_profile(onnx_inputs(onnx_path), batch_range)
+    identity = current_identity()
+    onnx_sha = sha256_file(onnx_path)
+    key = engine_cache_key(onnx_sha, identity["tensorrt_version"], identity["gpu_name"],
+                           identity["compute_capability"], precision, sparse_weights, profile)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_path = cache_dir / f"{key[:24]}.engine"
+    out = Path(out_path) if out_path is not None else cache_path
+    tc = Path(timing_cache) if timing_cache is not None else cache_dir / timing_cache_name(identity)
+    for candidate in (out, cache_path):
+        side = _valid_cached(candidate, key)
+        if side is not None:
+            _copy_with_sidecar(candidate, out, side)
+            return EngineResult(out, side, key, True, 0.0, tc)
+    log(f"building TensorRT {precision} engine for {onnx_path.name} (profile {profile}) ...")
+    t0 = time.perf_counter()
+    blob = _build_serialized(onnx_path, flags, profile, workspace_mb, tc)
+    seconds = time.perf_counter() - t0
+    side = {"format": ENGINE_FORMAT, "target": "tensorrt", "cache_key": key, "onnx": str(onnx_path.resolve()),
+            "onnx_sha256": onnx_sha, **identity, "precision": precision, "sparse_weights": bool(sparse_weights),
+            "profile": profile, "builder_flags": list(flags.set), "cleared_flags": list(flags.clear),
+            "workspace_mb": workspace_mb, "build_seconds": round(seconds, 3),
+            "engine_sha256": hashlib.sha256(blob).hexdigest()}
+    write_bytes_atomic(cache_path, blob)
+    write_sidecar(cache_path, side)
+    _copy_with_sidecar(cache_path, out, side)
+    return EngineResult(out, side, key, False, seconds, tc)
+
+
+@dataclass
+class LoadedEngine:
+    """A deserialised engine with the runtime that owns it and its sidecar."""
+
+    engine: Any
+    runtime: Any
+    sidecar: dict
+    path: Path
+    identity: dict
+
+
+def load_engine(path: Union[str, Path]) -> LoadedEngine:
+    """Deserialise an engine after checking its sidecar against this TensorRT version and GPU.
+
+    Raises:
+        EngineCompatibilityError: the sidecar names another TensorRT version/GPU, or the engine file
+            does not match its sidecar, or TensorRT refuses the file.
+
+    Example:
+        >>> loaded = load_engine("model.engine"); loaded.sidecar["precision"]
+    """
+    path = require_file(path, "TensorRT engine")
+    identity = current_identity()
+    side = read_sidecar(path)
+    blob = path.read_bytes()  # hashed and deserialised from the same read
+    if side:
+        validate_sidecar(side, identity, path)
+        if side.get("engine_sha256") and side["engine_sha256"] != hashlib.sha256(blob).hexdigest():
+            raise EngineCompatibilityError(f"{path}: the engine file does not match its sidecar "
+                                           f"{sidecar_path(path).name} (sha256 differs); rebuild it")
+    else:
+        log(f"{path}: no edgekit sidecar; cannot check its TensorRT version/GPU before loading")
+    trt = _import_tensorrt()
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(blob)
+    if engine is None:
+        raise EngineCompatibilityError(f"{path}: TensorRT {identity['tensorrt_version']} cannot deserialise this "
+                                       "engine (another TensorRT version or GPU, or a corrupt file); rebuild it")
+    return LoadedEngine(engine, runtime, side, path, identity)
+
+
+__all__ = ["BuilderFlags", "EngineBuildError", "EngineCompatibilityError", "EngineResult", "LoadedEngine",
+           "build_engine", "compute_profile", "current_identity", "default_cache_dir", "describe_parser_errors",
+           "engine_cache_key", "has_qdq", "load_engine", "onnx_inputs", "precision_flags", "tensorrt_status",
+           "timing_cache_name", "validate_sidecar"]

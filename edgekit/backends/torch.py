@@ -1,0 +1,99 @@
+"""PyTorch eager runners: 'torch' (CPU fp32, the product's float baseline) and 'torch-cuda'."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from edgekit.backends.base import BackendSpec, Runner, artifact_kind, register_backend
+
+
+class TorchRunner(Runner):
+    """Eager PyTorch inference under ``torch.inference_mode``."""
+
+    def __init__(self, module: torch.nn.Module, device: str = "cpu", precision: str = "fp32",
+                 threads: Optional[int] = None, input_shape=None):
+        super().__init__()
+        from edgekit.errors import ConfigError
+
+        if precision not in ("fp32", "fp16"):
+            raise ConfigError(f"torch precision must be 'fp32' or 'fp16', got '{precision}'")
+        if precision == "fp16" and device == "cpu":
+            raise ConfigError("fp16 eager inference is only offered on CUDA (backend 'torch-cuda')")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        if self.device.type != "cpu" or precision != "fp32":
+            module = copy.deepcopy(module)  # never convert the caller's model in place
+        self.module = module.eval().to(self.device, dtype=self.dtype)
+        self.backend = "torch" if device == "cpu" else "torch-cuda"
+        if input_shape is not None:
+            self.input_shape = (None, *input_shape)
+        self.info = {
+            "backend": self.backend,
+            "precision": precision,
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads() if device == "cpu" else None,
+            "versions": {"torch": torch.__version__},
+        }
+        if self.device.type == "cuda":  # PyTorch may use TF32 for fp32 convs/matmuls; say so next to its timings
+            self.info["tf32"] = {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
+
+    def prepare(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if t.is_floating_point():
+            t = t.to(self.dtype)
+        return t.to(self.device)
+
+    def run_prepared(self, prepared: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out = self.module(prepared)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def to_numpy(self, out: torch.Tensor) -> np.ndarray:
+        return out.float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def _load_module(artifact: Any):
+    if artifact_kind(artifact) == "module":
+        return artifact, None
+    from edgekit.models import load_checkpoint
+
+    model, meta = load_checkpoint(artifact)
+    return model, meta.get("input_shape")
+
+
+def _open_cpu(artifact: Any, threads: Optional[int] = None, precision: str = "fp32", **_: Any) -> TorchRunner:
+    module, shape = _load_module(artifact)
+    return TorchRunner(module, "cpu", precision, threads, shape)
+
+
+def _open_cuda(artifact: Any, threads: Optional[int] = None, precision: str = "fp32", **_: Any) -> TorchRunner:
+    module, shape = _load_module(artifact)
+    return TorchRunner(module, "cuda", precision, None, shape)
+
+
+def _probe_cpu():
+    return True, ""
+
+
+def _probe_cuda():
+    if not torch.cuda.is_available():
+        build = torch.version.cuda
+        if build is None:
+            return False, f"PyTorch {torch.__version__} is a CPU-only build (no CUDA support compiled in)"
+        return False, f"PyTorch built with CUDA {build} but no CUDA device/driver is visible"
+    return True, ""
+
+
+register_backend(BackendSpec("torch", ("module", "checkpoint"), _probe_cpu, _open_cpu, "cpu",
+                             "PyTorch eager on CPU (fp32): the float baseline"))
+register_backend(BackendSpec("torch-cuda", ("module", "checkpoint"), _probe_cuda, _open_cuda, "cuda",
+                             "PyTorch eager on CUDA (fp32, or fp16 with precision='fp16')"))

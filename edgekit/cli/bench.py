@@ -1,0 +1,111 @@
+"""The ``edgekit bench`` command (the main CLI calls ``add_commands(subparsers)``).
+
+Example:
+    $ edgekit bench fp32.onnx int8.onnx --batch 1,8 --threads 2 --out bench_out
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edgekit.errors import ConfigError
+
+
+def _positive_int(what: str):
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be a positive integer, got '{text}'")
+        return int(text)
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"--min-time must be a positive number of seconds, got '{text}'")
+    return v
+
+
+def add_commands(subparsers) -> argparse.ArgumentParser:
+    """Add the ``bench`` sub-command to an argparse ``subparsers`` object; its ``func`` is ``handler``."""
+    p = subparsers.add_parser(
+        "bench", help="time models on backends: latency, throughput, MACs, efficiency, paired speedups",
+        description="Time one or more models (ONNX, edgekit checkpoint, TensorRT engine) interleaved in rounds; "
+                    "report p50/p90/p99, throughput, size, MACs, GOP/s vs this machine's measured GEMM peak, "
+                    "accuracy (with --data) and speedup vs the baseline as the median of per-round ratios.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model files: .onnx, .pt/.pth/.ckpt, .engine/.plan")
+    p.add_argument("--backend", default="ort-cpu",
+                   help="comma-separated backends, e.g. torch,ort-cpu (default ort-cpu); see `edgekit doctor`")
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,8,32 (default 1)")
+    p.add_argument("--threads", type=_positive_int("--threads"), default=None,
+                   help="intra-op CPU threads (default: all CPUs this process may use); recorded in the result")
+    p.add_argument("--warmup", type=_positive_int("--warmup"), default=10, help="untimed iterations per case (default 10)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--iters", type=_positive_int("--iters"), default=None, help="timed iterations per case")
+    g.add_argument("--min-time", type=_seconds, default=None, help="minimum timed seconds per case (default 1)")
+    p.add_argument("--rounds", type=_positive_int("--rounds"), default=20,
+                   help="interleaved rounds, each giving one paired ratio (default 20)")
+    p.add_argument("--round-stat", choices=("min", "p25", "median"), default="min",
+                   help="per-round latency behind the paired ratios: the block's fastest iteration (default; "
+                        "robust on a busy machine), its 25th percentile or its median")
+    p.add_argument("--baseline", default=None, help="baseline MODEL (path or name, optionally NAME@backend); default: first")
+    p.add_argument("--data", default=None, help="held-out data for accuracy: an .npz with x,y or a dataset name (digits)")
+    p.add_argument("--input-shape", default=None, help="per-sample input shape when the model does not fix it, e.g. 3,224,224")
+    p.add_argument("--out", default=None, help="write bench.json, bench.csv, bench.md and plots into this directory")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.set_defaults(func=handler)
+    return p
+
+
+def _parse_shape(text):
+    if text is None:
+        return None
+    parts = [t.strip() for t in text.replace("x", ",").split(",") if t.strip()]
+    if not parts or not all(t.isdigit() and int(t) > 0 for t in parts):
+        raise ConfigError(f"--input-shape must be positive integers like 3,224,224; got '{text}'")
+    return tuple(int(t) for t in parts)
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Run the benchmark described by parsed ``args``; print the table; return the exit code."""
+    from edgekit.bench.api import benchmark
+
+    res = benchmark(args.models, backends=args.backend, batches=args.batch, threads=args.threads,
+                    warmup=args.warmup, iters=args.iters, min_time=args.min_time, rounds=args.rounds,
+                    baseline=args.baseline, data=args.data, out_dir=args.out,
+                    input_shape=_parse_shape(args.input_shape), plots=not args.no_plots,
+                    round_stat=args.round_stat)
+    print(res.environment_line())
+    print()
+    print(res.table())
+    for s in res.skipped:
+        print(f"skipped: {s['model']} on {s['backend']}: {s['reason']}")
+    warning = res.load_warning()
+    if warning:
+        print(warning, file=sys.stderr)
+    if args.out:
+        print(f"\nwrote {args.out}/bench.json, bench.csv, bench.md" + ("" if args.no_plots else " and plots"))
+    sys.stdout.flush()
+    return 0
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (``python -m edgekit.cli.bench ...``) until the main CLI wires ``bench``."""
+    from edgekit.errors import EdgekitError
+
+    parser = argparse.ArgumentParser(prog="edgekit")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgekitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""CLI commands for single files: `edgekit export`, `edgekit prune` (incl. --sensitivity), `edgekit quantize`.
+
+Data for accuracy and fine-tuning comes from a dataset spec: ``digits`` (images, sized to the model's input),
+``digits_seq``, or an ``.npz`` with ``x``/``y`` (split deterministically with --seed).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgekit.errors import ConfigError
+
+
+def _splits_for(spec: str, input_shape: Sequence[int], seed: int):
+    """Splits from a data spec, shaped for a model input of per-sample ``input_shape``."""
+    from edgekit.data import load_data
+
+    if spec.endswith(".npz"):
+        return load_data({"name": "npz", "path": spec}, seed)
+    if spec == "digits_seq":
+        return load_data({"name": "digits_seq"}, seed)
+    if spec == "digits":
+        shape = list(input_shape)
+        if len(shape) != 3:
+            raise ConfigError(f"--data digits gives images, but the model takes per-sample shape {shape}")
+        return load_data({"name": "digits", "channels": shape[0], "image_size": shape[1]}, seed)
+    raise ConfigError(f"--data must be 'digits', 'digits_seq' or a .npz file, got '{spec}'")
+
+
+def _load(path: str):
+    from edgekit.models import load_checkpoint
+
+    model, meta = load_checkpoint(path)
+    if not meta.get("input_shape"):
+        raise ConfigError(f"{path}: checkpoint has no input_shape in its meta; re-save it with "
+                          "save_checkpoint(model, path, {'input_shape': [...]})")
+    return model, meta
+
+
+def _cmd_export(args) -> int:
+    import numpy as np
+
+    from edgekit.export import export_onnx
+
+    model, meta = _load(args.checkpoint)
+    if args.data:
+        sample = _splits_for(args.data, meta["input_shape"], args.seed).val.x[:32]
+    else:
+        sample = np.random.default_rng(args.seed).standard_normal((4, *meta["input_shape"])).astype(np.float32)
+    res = export_onnx(model, sample, args.out, opset=args.opset, exporter=args.exporter)
+    print(f"wrote {res.path} (max |ONNX − PyTorch| {res.max_abs_diff:.1e}, top-1 agreement {res.top1_agreement:.1f}%)")
+    return 0
+
+
+def _cmd_prune(args) -> int:
+    from edgekit.models import save_checkpoint
+
+    model, meta = _load(args.checkpoint)
+    splits = _splits_for(args.data, meta["input_shape"], args.seed) if args.data else None
+    if args.sensitivity:
+        from edgekit.techniques.prune.sensitivity import sensitivity
+
+        if splits is None:
+            raise ConfigError("--sensitivity measures accuracy: give --data (digits, digits_seq or an .npz)")
+        out_dir = Path(args.out or "sensitivity")
+        res = sensitivity(model, splits.val.x[:8], splits.val, ratios=[float(r) for r in args.ratios.split(",")],
+                          importance=args.importance, round_to=args.round_to, out_dir=out_dir)
+        print(res.to_markdown())
+        print(f"wrote {', '.join(res.files.values()) or out_dir}")
+        return 0
+    if not args.out:
+        raise ConfigError("--out is required: where the pruned checkpoint goes (e.g. pruned.pt)")
+    from edgekit.techniques.prune.prune import prune
+
+    cfg: dict = {"importance": args.importance, "round_to": args.round_to, "teacher": "original" if splits else "none",
+                 "finetune": {"epochs": args.finetune_epochs if splits else 0, "lr": args.lr}}
+    given = [k for k in ("ratio", "macs_target", "speedup_target") if getattr(args, k) is not None]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of --ratio, --macs-target, --speedup-target")
+    cfg[given[0]] = getattr(args, given[0])
+    if args.protect:
+        cfg["protect"] = args.protect.split(",")
+    import numpy as np
+
+    example = splits.val.x[:8] if splits else np.zeros((1, *meta["input_shape"]), np.float32)
+    res = prune(model, example, cfg, train=splits.train if splits else None, val=splits.val if splits else None,
+                teacher=model if splits else None, seed=args.seed)
+    save_checkpoint(res.model, args.out, {**meta, "pruned": {"macs_fraction": res.macs_fraction}})
+    acc = f", val accuracy {res.val_accuracy:.1f}%" if res.val_accuracy is not None else ""
+    print(f"wrote {args.out}: MACs {res.macs_before:,} → {res.macs_after:,} ({res.macs_fraction:.0%}), "
+          f"params {res.params_before:,} → {res.params_after:,}{acc}")
+    return 0
+
+
+def _cmd_quantize(args) -> int:
+    from edgekit.techniques.quantize.ptq import quantize, quantize_dynamic_model
+
+    if args.mode == "dynamic":
+        res = quantize_dynamic_model(args.model, args.out, threads=args.threads)
+    else:
+        if not args.calib:
+            raise ConfigError("static quantisation needs --calib (an .npz with array x drawn from training data)")
+        res = quantize(args.model, args.calib, args.out, target=args.target, method=args.method,
+                       samples=args.samples, threads=args.threads)
+    cov = getattr(res, "int8_mac_fraction", None)
+    print(f"wrote {args.out}" + (f" (int8 MAC coverage {cov:.0%})" if cov is not None else ""))
+    return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add `export`, `prune` and `quantize` to the `edgekit` CLI."""
+    e = subparsers.add_parser("export", help="export an edgekit checkpoint to ONNX (parity-checked)")
+    e.add_argument("checkpoint")
+    e.add_argument("--out", required=True)
+    e.add_argument("--data", help="samples for the parity check: digits | digits_seq | file.npz (default: random)")
+    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=_cmd_export)
+
+    p = subparsers.add_parser("prune", help="structured channel pruning of a checkpoint, or --sensitivity analysis")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", help="pruned checkpoint (.pt), or the folder for --sensitivity results")
+    p.add_argument("--data", help="digits | digits_seq | file.npz: KD fine-tune and accuracy")
+    p.add_argument("--ratio", type=float)
+    p.add_argument("--macs-target", type=float, help="fraction of the original MACs to keep")
+    p.add_argument("--speedup-target", type=float, help="measured ORT CPU speedup to reach")
+    p.add_argument("--importance", choices=["l1", "l2", "bn_scale", "taylor"], default="l2")
+    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--protect", help="comma-separated module names to leave untouched")
+    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--sensitivity", action="store_true", help="per-layer accuracy vs pruning ratio (table + plot)")
+    p.add_argument("--ratios", default="0.25,0.5,0.75", help="ratios for --sensitivity")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_prune)
+
+    q = subparsers.add_parser("quantize", help="INT8 quantisation of an ONNX file for a target")
+    q.add_argument("model")
+    q.add_argument("--out", required=True)
+    q.add_argument("--calib", help="calibration .npz (array x), e.g. calib_data/digits32_rgb.npz")
+    q.add_argument("--target", choices=["cpu", "tensorrt"], default="cpu")
+    q.add_argument("--mode", choices=["static", "dynamic"], default="static")
+    q.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    q.add_argument("--samples", type=int, default=128)
+    q.add_argument("--threads", type=int, default=2)
+    q.set_defaults(func=_cmd_quantize)

@@ -1,0 +1,162 @@
+"""The `edgekit` command: run, bench, recipe validate, models, data make-calib, doctor, and per-technique commands.
+
+User errors print as one line (`edgekit: error: ...`) with exit code 2; `--debug` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import List, Optional
+
+from edgekit.errors import EdgekitError
+
+# modules that add their own sub-commands with add_commands(subparsers)
+_COMMAND_MODULES = ["edgekit.cli.bench", "edgekit.cli.doctor", "edgekit.cli.compress"]
+
+
+def _cmd_run(args) -> int:
+    from edgekit.pipeline import run_recipe
+    from edgekit.pipeline.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    result = run_recipe(recipe, recipe_path=args.recipe, runs_dir=args.runs_dir, name=args.name, resume=args.resume,
+                        report=not args.no_report)
+    print(f"run directory: {result.run_dir}")
+    if result.report:
+        print(f"report: {result.report}")
+    for line in result.headline:
+        print(line)
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from edgekit.pipeline.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    print(f"{args.recipe}: valid ({len(recipe.stages)} stage(s): {', '.join(s.type for s in recipe.stages) or 'none'})")
+    return 0
+
+
+def _cmd_schema(args) -> int:
+    from edgekit.pipeline.recipe import recipe_json_schema
+
+    print(json.dumps(recipe_json_schema(), indent=2))
+    return 0
+
+
+def _cmd_template(args) -> int:
+    from edgekit._io import write_text_atomic
+    from edgekit.pipeline.template import render_template
+
+    text = render_template()
+    if args.out:
+        write_text_atomic(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from edgekit.models import describe_models
+
+    rows = describe_models()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        args_txt = ", ".join(f"{k}={v}" for k, v in r["args"].items())
+        print(f"{r['name']:<{width}}  {r['summary']}\n{'':<{width}}  args: {args_txt}")
+    return 0
+
+
+def _cmd_make_calib(args) -> int:
+    from edgekit.data import make_calibration
+
+    cfg = {"name": args.dataset}
+    if args.image_size:
+        cfg["image_size"] = args.image_size
+    if args.channels:
+        cfg["channels"] = args.channels
+    out = make_calibration(cfg, args.out, samples=args.samples, seed=args.seed)
+    print(f"wrote {out} ({args.samples} samples from the {args.dataset} training split, seed {args.seed})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    p = argparse.ArgumentParser(prog="edgekit", description="Make neural networks small and fast for edge devices, "
+                                "and prove it with measurements.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    r = sub.add_parser("run", help="run a YAML recipe end to end and write its report")
+    r.add_argument("recipe")
+    r.add_argument("--name", help="run name (default: timestamp); existing runs are never overwritten")
+    r.add_argument("--resume", action="store_true", help="continue the named (or latest) run, skipping finished stages")
+    r.add_argument("--runs-dir", default="runs", help="parent directory of runs (default: runs)")
+    r.add_argument("--no-report", action="store_true", help="run the stages only")
+    r.set_defaults(func=_cmd_run)
+
+    rec = sub.add_parser("recipe", help="recipe tools").add_subparsers(dest="recipe_cmd", metavar="ACTION")
+    rec.required = True
+    v = rec.add_parser("validate", help="check a recipe and list every problem with its field path")
+    v.add_argument("recipe")
+    v.set_defaults(func=_cmd_validate)
+    sc = rec.add_parser("schema", help="print the recipe's JSON schema")
+    sc.set_defaults(func=_cmd_schema)
+    tp = rec.add_parser("template", help="print (or write) the commented template of every recipe field")
+    tp.add_argument("--out", help="write to this file instead of stdout")
+    tp.set_defaults(func=_cmd_template)
+
+    m = sub.add_parser("models", help="list the reference architectures")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=_cmd_models)
+
+    d = sub.add_parser("data", help="data tools").add_subparsers(dest="data_cmd", metavar="ACTION")
+    d.required = True
+    mc = d.add_parser("make-calib", help="write a calibration npz drawn from a dataset's training split")
+    mc.add_argument("--dataset", default="digits", choices=["digits", "digits_seq"])
+    mc.add_argument("--image-size", type=int)
+    mc.add_argument("--channels", type=int, choices=[1, 3])
+    mc.add_argument("--samples", type=int, default=128)
+    mc.add_argument("--seed", type=int, default=0)
+    mc.add_argument("--out", required=True)
+    mc.set_defaults(func=_cmd_make_calib)
+
+    for mod in _COMMAND_MODULES:
+        importlib.import_module(mod).add_commands(sub)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the `edgekit` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    # Intel OpenMP (PyTorch's MKL) workers spin for 200 ms after each parallel region; benchmarks alternate
+    # PyTorch and ONNX Runtime blocks in one process, and the spinning took cores from both (make demo: ORT GEMM
+    # peak 324 vs 432 GOP/s, PyTorch eager reference 4.9 vs 3.5 ms). Read when torch loads, so set it first.
+    os.environ.setdefault("KMP_BLOCKTIME", "0")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet:
+        os.environ["EDGEKIT_QUIET"] = "1"
+    try:
+        return int(args.func(args) or 0)
+    except EdgekitError as e:
+        if args.debug:
+            raise
+        print(f"edgekit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgekit: interrupted (finished stages are kept; continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Count multiply-accumulates (MACs) per sample from an ONNX graph.
+
+Shapes come from ONNX shape inference with the batch fixed to 1, so the counts are per sample.
+Counted: Conv (grouped/depthwise), ConvTranspose, Gemm, MatMul, Einsum, the integer ops (QLinearConv,
+ConvInteger, MatMulInteger, QLinearMatMul and ORT's QGemm / DynamicQuantizeMatMul / MatMulIntegerToFloat),
+LSTM/GRU/RNN and Attention. In QDQ graphs a Conv/MatMul/Gemm whose activation *and* weight come from
+DequantizeLinear runs as an int8 kernel, so its MACs are flagged ``int8``. Elementwise ops, pooling and
+normalisation are not counted (they are memory-bound and small next to the contractions).
+
+Example:
+    >>> rep = count_macs_onnx("resnet18.onnx", input_shape=(3, 224, 224))
+    >>> rep.total / 1e9, rep.int8_fraction
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from edgekit.errors import InputFileError, ShapeError
+
+_INT8_OPS = {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm", "DynamicQuantizeMatMul",
+             "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
+
+
+@dataclass
+class NodeMacs:
+    """MACs of one graph node (per sample)."""
+
+    name: str
+    op_type: str
+    macs: int
+    int8: bool
+    known: bool = True  # False when shapes were missing and the node could not be counted
+
+
+@dataclass
+class MacReport:
+    """Total MACs per sample, the int8 part, and one entry per counted node."""
+
+    total: int
+    int8: int
+    per_node: List[NodeMacs] = field(default_factory=list)
+    input_shape: Optional[List[int]] = None
+
+    @property
+    def float(self) -> int:
+        """MACs that run in floating point."""
+        return self.total - self.int8
+
+    @property
+    def int8_fraction(self) -> float:
+        """Share of MACs that run as int8 (0..1)."""
+        return self.int8 / self.total if self.total else 0.0
+
+    @property
+    def unknown(self) -> List[str]:
+        """Names of contraction nodes whose shapes could not be inferred (not counted)."""
+        return [n.name for n in self.per_node if not n.known]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["int8_fraction"] = self.int8_fraction
+        return d
+
+
+def _load(path_or_model: Any):
+    import onnx
+
+    if isinstance(path_or_model, onnx.ModelProto):
+        m = onnx.ModelProto()
+        m.CopyFrom(path_or_model)
+        return m, "<ModelProto>"
+    path = os.fspath(path_or_model)
+    if not os.path.isfile(path):
+        raise InputFileError(f"ONNX model not found: {path}")
+    try:
+        # External weights are not needed: shape inference reads initializer dims only.
+        return onnx.load(path, load_external_data=False), path
+    except Exception as e:
+        raise InputFileError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def _fix_input_shapes(model, input_shape: Optional[Sequence[int]], where: str) -> List[int]:
+    """Set the first input to [1, *input_shape] (other inputs: dynamic dims -> 1); return it."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if not inputs:
+        raise ShapeError(f"{where}: the graph has no inputs")
+    first = inputs[0]
+    dims = first.type.tensor_type.shape.dim
+    if input_shape is not None:
+        want = [1, *[int(d) for d in input_shape]]
+        if len(dims) and len(dims) != len(want):
+            shown = "x".join(d.dim_param or str(d.dim_value) if (d.dim_param or d.dim_value) else "?" for d in dims)
+            raise ShapeError(f"{where}: input '{first.name}' has rank {len(dims)} ({shown}); "
+                             f"input_shape {list(input_shape)} gives rank {len(want)} with the batch")
+        for idx, (d, w) in enumerate(zip(dims, want)):
+            if idx and d.dim_value and d.dim_value != w:
+                raise ShapeError(f"{where}: input '{first.name}' has fixed size {d.dim_value} where input_shape "
+                                 f"asks {w} (shape {want[1:]} per sample)")
+    else:
+        want = [1] + [d.dim_value if d.dim_value > 0 else -1 for d in list(dims)[1:]]
+        if any(w < 0 for w in want):
+            raise ShapeError(f"{where}: input '{first.name}' has dynamic dimensions besides the batch; "
+                             "pass input_shape (per sample, e.g. (3, 224, 224))")
+    del first.type.tensor_type.shape.dim[:]
+    for w in want:
+        first.type.tensor_type.shape.dim.add().dim_value = w
+    for other in inputs[1:]:
+        for d in other.type.tensor_type.shape.dim:
+            if not d.dim_value:
+                d.dim_value = 1
+    return want
+
+
+def _shape_map(model) -> Dict[str, List[int]]:
+    shapes: Dict[str, List[int]] = {}
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+            if vi.name not in shapes:  # initializer dims are authoritative
+                shapes[vi.name] = dims
+    return shapes
+
+
+def _known(*shapes: Optional[List[int]]) -> bool:
+    return all(s is not None and all(d >= 0 for d in s) for s in shapes)
+
+
+def _attr(node, name: str, default: Any = None) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _prod(xs) -> int:
+    return int(np.prod([int(v) for v in xs], dtype=np.int64)) if len(xs) else 1
+
+
+def _conv(y, w) -> Optional[int]:
+    # Y [N, M, *out], W [M, C/g, *k]: each output element needs C/g * prod(k) MACs.
+    return _prod(y[1:]) * _prod(w[1:]) if _known(y, w) else None
+
+
+def _conv_transpose(x, w) -> Optional[int]:
+    # X [N, C, *in], W [C, M/g, *k]: every input element scatters into M/g * prod(k) outputs.
+    return _prod(x[1:]) * _prod(w[1:]) if _known(x, w) else None
+
+
+def _matmul(a, b, y) -> Optional[int]:
+    if not _known(a, b):
+        return None
+    if len(a) == 1 and len(b) == 1:
+        return a[0]
+    k = a[-1]
+    n = b[-1] if len(b) > 1 else 1
+    if _known(y) and len(y):
+        # y = broadcast(batch) x M x N (dims of size 1 dropped for 1-D operands): MACs = prod(y) * K
+        return _prod(y) * k
+    m = a[-2] if len(a) > 1 else 1
+    batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2])) if len(a) > 2 or len(b) > 2 else ()
+    return _prod(batch) * m * k * n
+
+
+def _gemm(node, a, b) -> Optional[int]:
+    if not _known(a, b):
+        return None
+    m, k = (a[1], a[0]) if _attr(node, "transA", 0) else (a[0], a[1])
+    n = b[0] if _attr(node, "transB", 0) else b[1]
+    return m * k * n
+
+
+def _einsum(node, shapes_in) -> Optional[int]:
+    eq = _attr(node, "equation")
+    if isinstance(eq, bytes):
+        eq = eq.decode()
+    if not eq or "..." in eq or len(shapes_in) != 2 or not _known(*shapes_in):
+        return None
+    lhs = eq.replace(" ", "").split("->")[0].split(",")
+    sizes: Dict[str, int] = {}
+    for term, shape in zip(lhs, shapes_in):
+        if len(term) != len(shape):
+            return None
+        for c, d in zip(term, shape):
+            sizes[c] = max(sizes.get(c, 1), d)
+    return _prod(list(sizes.values()))
+
+
+def _recurrent(node, x, gates: int) -> Optional[int]:
+    hidden = _attr(node, "hidden_size")
+    if not hidden or not _known(x) or len(x) != 3:
+        return None
+    seq, _batch, inp = (x[1], x[0], x[2]) if _attr(node, "layout", 0) else (x[0], x[1], x[2])
+    dirs = 2 if _attr(node, "direction", b"forward") in (b"bidirectional", "bidirectional") else 1
+    # per step, per direction: gates*H x (input + hidden) MACs (batch 1)
+    return seq * dirs * gates * hidden * (inp + hidden)
+
+
+def _attention(node, shapes_in) -> Optional[int]:
+    q, k = shapes_in[0], shapes_in[1] if len(shapes_in) > 1 else None
+    v = shapes_in[2] if len(shapes_in) > 2 else None
+    if not _known(q, k, v):
+        return None
+    if len(q) == 4:  # [B, heads, seq, head_size]
+        b, h, sq, d = q
+        sk, dv = k[2], v[3]
+        hv = v[1]
+        return b * h * sq * sk * d + b * max(h, hv) * sq * sk * dv
+    if len(q) == 3:  # [B, seq, hidden]; heads cancel out in the MAC count
+        return q[0] * q[1] * k[1] * q[2] + q[0] * q[1] * v[1] * v[2]
+    return None
+
+
+def _from_dq(name: str, producers: Dict[str, Any]) -> bool:
+    p = producers.get(name)
+    return p is not None and p.op_type == "DequantizeLinear"
+
+
+def count_macs_onnx(path_or_model: Any, input_shape: Optional[Sequence[int]] = None) -> MacReport:
+    """Count MACs per sample of an ONNX model.
+
+    Args:
+        path_or_model: path to a ``.onnx`` file (external data is not loaded) or an ``onnx.ModelProto``.
+        input_shape: per-sample shape of the first input, e.g. ``(3, 224, 224)``. Needed when the
+            model has dynamic dimensions other than the batch; the batch is always fixed to 1.
+
+    Returns:
+        MacReport with ``total`` and ``int8`` MACs and ``per_node`` entries (name, op_type, macs, int8).
+
+    Raises:
+        InputFileError: missing or unreadable file. ShapeError: shapes cannot be fixed or inferred.
+
+    Example:
+        >>> count_macs_onnx("resnet18.onnx", (3, 224, 224)).total
+        1814073344
+    """
+    import onnx
+
+    model, where = _load(path_or_model)
+    fixed = _fix_input_shapes(model, input_shape, where)
+    del model.graph.value_info[:]  # drop stale symbolic shapes; inference recomputes them
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        raise ShapeError(f"{where}: shape inference failed for input shape {fixed}: {msg}") from None
+    shapes = _shape_map(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def s(name: str) -> Optional[List[int]]:
+        return shapes.get(name) if name else None
+
+    per_node: List[NodeMacs] = []
+    for i, node in enumerate(model.graph.node):
+        op, ins = node.op_type, list(node.input)
+        macs, int8 = None, op in _INT8_OPS
+        if op in ("Conv", "FusedConv"):
+            macs = _conv(s(node.output[0]), s(ins[1]))
+            int8 = _from_dq(ins[0], producers) and _from_dq(ins[1], producers)
+        elif op == "QLinearConv":
+            macs = _conv(s(node.output[0]), s(ins[3]))
+        elif op == "ConvInteger":
+            macs = _conv(s(node.output[0]), s(ins[1]))
+        elif op == "ConvTranspose":
+            macs = _conv_transpose(s(ins[0]), s(ins[1]))
+            int8 = _from_dq(ins[0], producers) and _from_dq(ins[1], producers)
+        elif op in ("MatMul", "MatMulInteger", "FusedMatMul"):
+            macs = _matmul(s(ins[0]), s(ins[1]), s(node.output[0]))
+            if op != "MatMulInteger":
+                int8 = _from_dq(ins[0], producers) and _from_dq(ins[1], producers)
+        elif op == "QLinearMatMul":
+            macs = _matmul(s(ins[0]), s(ins[3]), s(node.output[0]))
+        elif op in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
+            macs = _matmul(s(ins[0]), s(ins[1]), s(node.output[0]))
+        elif op == "Gemm":
+            macs = _gemm(node, s(ins[0]), s(ins[1]))
+            int8 = _from_dq(ins[0], producers) and _from_dq(ins[1], producers)
+        elif op == "QGemm":
+            macs = _gemm(node, s(ins[0]), s(ins[3]))
+        elif op == "Einsum":
+            macs = _einsum(node, [s(n) for n in ins])
+        elif op in ("LSTM", "DynamicQuantizeLSTM"):
+            macs = _recurrent(node, s(ins[0]), 4)
+        elif op == "GRU":
+            macs = _recurrent(node, s(ins[0]), 3)
+        elif op == "RNN":
+            macs = _recurrent(node, s(ins[0]), 1)
+        elif op == "Attention" and node.domain in ("", "ai.onnx"):
+            macs = _attention(node, [s(n) for n in ins[:3]])
+        else:
+            continue
+        per_node.append(NodeMacs(node.name or f"{op}_{i}", op, int(macs or 0), bool(int8), macs is not None))
+    total = sum(n.macs for n in per_node)
+    int8_total = sum(n.macs for n in per_node if n.int8)
+    return MacReport(total=total, int8=int8_total, per_node=per_node, input_shape=fixed[1:])

@@ -1,0 +1,231 @@
+"""Recipe schema (pydantic v2) and YAML loading.
+
+A recipe names the model, the data, the seed, the ordered compression stages, the deployment targets
+and the benchmark settings. Every problem is reported with its field path and YAML line, e.g.
+``stages[2].ratio (line 14): must be less than 1``; unknown keys are errors with a "did you mean".
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Dict, List, Optional, Tuple, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from edgekit.data.datasets import DataConfig
+from edgekit.errors import ConfigError, InputFileError, did_you_mean
+from edgekit.pipeline.stages import STAGES, load_stage_modules
+
+
+class ModelSource(BaseModel):
+    """Where the reference model comes from: exactly one of name / checkpoint / onnx."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Optional[str] = Field(None, description="zoo architecture (see `edgekit models`)")
+    kwargs: Dict[str, Any] = Field(default_factory=dict, description="architecture arguments, e.g. {depth: 20}")
+    checkpoint: Optional[str] = Field(None, description="an edgekit checkpoint (.pt) to start from")
+    onnx: Optional[str] = Field(None, description="an ONNX file to start from (no PyTorch stages possible)")
+    imports: List[str] = Field(default_factory=list, description="modules to import first: your own architectures "
+                               "registered with @edgekit.models.register_model (trusted code you name)")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ModelSource":
+        given = [k for k in ("name", "checkpoint", "onnx") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of name, checkpoint, onnx (got {', '.join(given) or 'none'})")
+        return self
+
+
+class Target(BaseModel):
+    """A deployment backend the run benchmarks on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str = Field(..., description="torch | ort-cpu | torch-cuda | ort-cuda | tensorrt")
+    required: bool = Field(False, description="fail the run when this backend is unavailable (else skip it)")
+
+
+class BenchmarkSettings(BaseModel):
+    """How variants are timed (see `edgekit bench`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batches: List[Annotated[int, Field(gt=0)]] = Field([1, 8], description="batch sizes to time")
+    warmup: int = Field(10, ge=0, description="untimed iterations before each measurement")
+    iters: Optional[int] = Field(30, gt=0, description="timed iterations per variant per round")
+    min_time: Optional[float] = Field(None, gt=0, description="or: minimum seconds per variant per round")
+    rounds: int = Field(5, gt=0, description="interleaved rounds (A B C A B C ...) for paired ratios")
+    variants: Optional[List[str]] = Field(None, description="variants to benchmark (default: all)")
+    accuracy: bool = Field(True, description="measure held-out test accuracy through each runner")
+
+
+class ReportSettings(BaseModel):
+    """What the report contains."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    plots: bool = Field(True, description="write PNG plots next to report.md")
+    min_speedup: float = Field(1.1, gt=0, description="a step faster than its parent by less than this is flagged")
+    min_int8_coverage: float = Field(0.8, ge=0, le=1, description="int8 MAC fraction below this is flagged")
+
+
+_BASE_FIELDS = {
+    "name": (Optional[str], Field(None, description="recipe name (default: file stem); runs go to runs/<name>/")),
+    "description": (str, Field("", description="free text shown in the report")),
+    "seed": (int, Field(0, description="drives every random choice: splits, init, shuffling, calibration")),
+    "threads": (int, Field(2, gt=0, description="CPU threads for training, inference and benchmarks")),
+    "model": (ModelSource, Field(..., description="reference model source")),
+    "data": (DataConfig, Field(default_factory=DataConfig, description="dataset and splits")),
+    "targets": (List[Target], Field(default_factory=lambda: [Target(backend="torch"), Target(backend="ort-cpu")],
+                                    description="backends to benchmark on; torch fp32 of the reference is the baseline")),
+    "benchmark": (BenchmarkSettings, Field(default_factory=BenchmarkSettings, description="timing settings")),
+    "report": (ReportSettings, Field(default_factory=ReportSettings, description="report settings")),
+}
+
+
+def recipe_model() -> type:
+    """The Recipe pydantic class, with ``stages`` a union of every registered stage config."""
+    load_stage_modules()
+    classes = tuple(cfg for _, (cfg, _fn) in STAGES.items())
+    stage_union = Annotated[Union[classes], Field(discriminator="type")] if len(classes) > 1 else classes[0]
+    fields = dict(_BASE_FIELDS)
+    fields["stages"] = (List[stage_union], Field(default_factory=list, description="ordered compression stages"))
+    return create_model("Recipe", __config__=ConfigDict(extra="forbid", frozen=True), **fields)
+
+
+def load_recipe(path: str | Path) -> Any:
+    """Read, parse and validate a YAML recipe; raise ConfigError listing every problem.
+
+    Example:
+        >>> recipe = load_recipe("recipes/digits_resnet.yaml")
+        >>> [s.type for s in recipe.stages]
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"recipe not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: a recipe must be a mapping of fields (model, data, stages, ...), got {type(raw).__name__}")
+    raw.setdefault("name", p.stem)
+    return validate_recipe(raw, source=str(p), root=root)
+
+
+def validate_recipe(raw: dict, source: str = "recipe", root: Any = None) -> Any:
+    """Validate a recipe dict; raise ConfigError with one line per problem (path, line, message)."""
+    model_cls = recipe_model()
+    problems = _check_stage_types(raw)
+    checked = raw
+    if problems:  # validate the rest too, so one run reports every problem
+        good = [s for s in raw.get("stages") or [] if isinstance(s, dict) and s.get("type") in STAGES]
+        checked = {**raw, "stages": good} if isinstance(raw.get("stages"), list) else {**raw, "stages": []}
+    try:
+        recipe = model_cls.model_validate(checked)
+    except ValidationError as e:
+        problems += [_format_error(err, model_cls, root if checked is raw else None, checked) for err in e.errors()]
+    if not problems:
+        return recipe
+    n = len(problems)
+    raise ConfigError(f"{source}: {n} problem{'s' if n > 1 else ''}:\n  " + "\n  ".join(problems))
+
+
+def _check_stage_types(raw: dict) -> List[str]:
+    stages = raw.get("stages") or []
+    if not isinstance(stages, list):
+        return [f"stages: must be a list of stages, got {type(stages).__name__}"]
+    out = []
+    for i, st in enumerate(stages):
+        if not isinstance(st, dict):
+            out.append(f"stages[{i}]: must be a mapping with a 'type', got {type(st).__name__}")
+        elif "type" not in st:
+            out.append(f"stages[{i}].type: missing; allowed: {', '.join(STAGES.names())}")
+        elif st["type"] not in STAGES:
+            out.append(f"stages[{i}].type: unknown stage '{st['type']}'{did_you_mean(st['type'], STAGES.names())}; "
+                       f"allowed: {', '.join(STAGES.names())}")
+    return out
+
+
+def _format_loc(loc: Tuple[Any, ...]) -> Tuple[str, List[Any]]:
+    """('stages', 2, 'prune', 'ratio') -> 'stages[2].ratio' (dropping union tags), plus the clean path."""
+    parts: List[Any] = []
+    for i, item in enumerate(loc):
+        if isinstance(item, str) and i > 0 and isinstance(loc[i - 1], int) and loc[0] == "stages" and i == 2:
+            continue  # discriminator tag
+        if isinstance(item, str) and "[" in item:  # e.g. 'function-after[...]'
+            continue
+        parts.append(item)
+    text = ""
+    for item in parts:
+        text += f"[{item}]" if isinstance(item, int) else (f".{item}" if text else str(item))
+    return text or "(top level)", parts
+
+
+def _format_error(err: dict, model_cls: type, root: Any, raw: dict) -> str:
+    path, parts = _format_loc(tuple(err["loc"]))
+    line = _yaml_line(root, parts)
+    where = f"{path} (line {line})" if line else path
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model_cls, parts[:-1], raw)
+        hint = did_you_mean(str(parts[-1]), allowed) if allowed else ""
+        return f"{where}: unknown key{hint}; allowed: {', '.join(allowed)}"
+    msg = err["msg"].replace("Value error, ", "")
+    if err["type"] == "literal_error":
+        expected = [a.strip(" '") for a in str(err.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",")]
+        msg = f"{msg}, got {err.get('input')!r}{did_you_mean(str(err.get('input')), expected)}"
+    return f"{where}: {msg}"
+
+
+def _allowed_keys(model_cls: type, parts: List[Any], raw: dict) -> List[str]:
+    """Field names of the (nested) model at ``parts``; [] when it cannot be resolved."""
+    cls: Any = model_cls
+    rest = list(parts)
+    if rest[:1] == ["stages"] and len(rest) >= 2 and isinstance(rest[1], int):
+        try:
+            cls = STAGES.get(raw["stages"][rest[1]]["type"])[0]
+        except (KeyError, IndexError, TypeError, ConfigError):
+            return []
+        rest = rest[2:]
+    for key in rest:
+        field = getattr(cls, "model_fields", {}).get(key)
+        if field is None:
+            return []
+        cls = _unwrap_optional(field.annotation)
+    return sorted(getattr(cls, "model_fields", {}))
+
+
+def _unwrap_optional(ann: Any) -> Any:
+    import typing
+
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    return args[0] if typing.get_origin(ann) is Union and len(args) == 1 else ann
+
+
+def _yaml_line(root: Any, parts: List[Any]) -> Optional[int]:
+    node = root
+    for key in parts:
+        if node is None:
+            return None
+        if isinstance(node, yaml.MappingNode) and isinstance(key, str):
+            match = [v for k, v in node.value if getattr(k, "value", None) == key]
+            if not match:
+                keys = [k for k, _ in node.value if getattr(k, "value", None) == key]
+                return keys[0].start_mark.line + 1 if keys else node.start_mark.line + 1
+            node = match[0]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            return node.start_mark.line + 1
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def recipe_json_schema() -> dict:
+    """JSON schema of the recipe (for editors and docs)."""
+    return recipe_model().model_json_schema()

@@ -1,0 +1,75 @@
+"""Generate the commented recipe template from the schema (one source of truth for fields and defaults)."""
+from __future__ import annotations
+
+import json
+import typing
+from typing import Any, List
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+HEADER = """\
+# edgekit recipe template: every field, its default and what it means.
+# Generated from the schema by `edgekit recipe template` — do not edit by hand.
+# Copy what you need; anything you leave out takes the default shown.
+"""
+
+
+def _default_text(field) -> str:
+    if field.default is not PydanticUndefined:
+        value = field.default
+    elif field.default_factory is not None:
+        value = field.default_factory()
+    else:
+        return "(required)"
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, list):
+        value = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+    if isinstance(value, tuple):
+        value = list(value)
+    return json.dumps(value)
+
+
+def _model_of(annotation: Any):
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    for cand in [annotation, *args]:
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
+
+
+def _emit(cls: type, indent: int, lines: List[str], skip=()) -> None:
+    pad = "  " * indent
+    for name, field in cls.model_fields.items():
+        if name in skip:
+            continue
+        desc = field.description or ""
+        sub = _model_of(field.annotation)
+        if sub is not None and name not in ("targets",):
+            lines.append(f"{pad}{name}:{'  # ' + desc if desc else ''}")
+            _emit(sub, indent + 1, lines)
+        else:
+            lines.append(f"{pad}# {name}: {_default_text(field)}{'  # ' + desc if desc else ''}")
+
+
+def render_template() -> str:
+    """The commented YAML template covering the recipe and every registered stage."""
+    from edgekit.pipeline.stages import STAGES
+    from edgekit.pipeline.recipe import recipe_model
+
+    recipe = recipe_model()
+    lines = [HEADER]
+    _emit(recipe, 0, lines, skip=("stages",))
+    lines.append("")
+    lines.append("stages:  # run in order; each works on the latest variant unless `input:` names one")
+    for name, (cfg, fn) in STAGES.items():
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        lines.append(f"  # - type: {name}  # {doc}")
+        body: List[str] = []
+        _emit(cfg, 0, body, skip=("type",))
+        for ln in body:  # the whole stage is commented out: uncomment the block you need
+            stripped = ln.lstrip(" ")
+            indent = ln[:len(ln) - len(stripped)]
+            lines.append("  #   " + indent + (stripped[2:] if stripped.startswith("# ") else stripped))
+    return "\n".join(lines) + "\n"

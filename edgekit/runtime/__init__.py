@@ -1,6 +1,0 @@
-"""Backend runners behind one interface (see ``base.Runner``)."""
-from .base import (BACKENDS, BackendSpec, Runner, available_backends, backend_spec, open_runner, probe_backend,
-                   register_backend)
-
-__all__ = ["BACKENDS", "BackendSpec", "Runner", "available_backends", "backend_spec", "open_runner", "probe_backend",
-           "register_backend"]

@@ -1,0 +1,131 @@
+"""Searching the pruning ratio: to meet a MACs target (counted) or a speedup target (measured on a backend).
+
+Both searches bisect one scalar ``s`` (the channel ratio, or the scale of per-layer ratios) between 0 and
+its maximum; ``evaluate(s)`` prunes a copy of the model. MACs fall as ``s`` grows (in steps, because
+channel counts are rounded), so the search returns the smallest ``s`` that meets the target.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch.nn as nn
+
+from edgekit.errors import ConfigError
+from edgekit._log import log, progress
+
+
+def search_macs(estimate_of: Callable[[float], float], real_of: Callable[[float], float], target: float,
+                s_max: float, protected: List[str], tol: float = 0.002) -> Tuple[float, List[dict]]:
+    """Smallest ``s`` in (0, s_max] whose pruned model keeps at most ``target`` of the original MACs.
+
+    ``estimate_of(s)`` is a fast MACs-fraction estimate used for bisection; ``real_of(s)`` prunes a copy and
+    counts (Torch-Pruning's counter); the answer is checked, and nudged up, with ``real_of``.
+
+    Raises:
+        ConfigError: even ``s_max`` keeps more than ``target`` of the MACs (with the protected layers).
+
+    Example:
+        >>> f = lambda s: (1 - s) ** 2
+        >>> s, tried = search_macs(f, f, 0.5, 0.9, [])
+    """
+    history: List[dict] = []
+
+    def real(s: float) -> float:
+        f = real_of(s)
+        history.append({"ratio": round(s, 5), "macs_fraction": round(f, 5)})
+        return f
+
+    best = real(s_max)
+    if best > target:
+        where = f" with protected layers {', '.join(protected)}" if protected else ""
+        raise ConfigError(f"macs_target {target} is unreachable{where}: pruning every group to its limit "
+                          f"(max_ratio, one round_to multiple) still keeps {best:.3f} of the MACs; "
+                          f"allowed: macs_target >= {best:.3f}, or protect fewer layers / lower round_to")
+    scale, hi = 1.0, s_max
+    for _ in progress(range(4), desc="prune: MACs search", total=4):
+        lo, hi = 0.0, s_max
+        while hi - lo > tol:  # bisect the fast estimate, calibrated by the last real count
+            mid = 0.5 * (lo + hi)
+            if estimate_of(mid) * scale <= target:
+                hi = mid
+            else:
+                lo = mid
+        f = real(hi)
+        if f <= target or hi >= s_max:
+            return hi, history
+        scale = f / max(estimate_of(hi), 1e-12)
+    while hi < s_max and real(hi) > target:
+        hi = min(s_max, hi + 0.01)
+    return hi, history
+
+
+def _open_timed(model: nn.Module, sample: np.ndarray, backend: str, threads: Optional[int], tmp: Path, stem: str):
+    """A runner for ``model`` on ``backend``: the module itself for torch backends, else an ONNX export."""
+    from edgekit.backends import backend_spec, open_runner
+
+    spec = backend_spec(backend)
+    if "onnx" in spec.artifact_kinds:
+        from edgekit.export import export_onnx
+
+        path = export_onnx(model, sample, tmp / f"{stem}.onnx", atol=1e-2, min_top1_agreement=0.0).path
+        return open_runner(path, backend, threads=threads)
+    return open_runner(model, backend, threads=threads)
+
+
+def measure_speedup(base_runner, model: nn.Module, sample: np.ndarray, backend: str, threads: Optional[int],
+                    rounds: int, tmp: Path, stem: str) -> Dict[str, float]:
+    """Paired per-round speedup of ``model`` over ``base_runner`` (interleaved A B A B ... rounds)."""
+    from edgekit.core.measure.latency import Case, paired_ratios, ratio_summary, run_interleaved
+
+    runner = _open_timed(model, sample, backend, threads, tmp, stem)
+    cases = [Case("base", base_runner, base_runner.prepare(sample)), Case(stem, runner, runner.prepare(sample))]
+    res = run_interleaved(cases, warmup=5, min_time=0.25 * rounds, rounds=rounds, desc=f"time {stem}",
+                          max_extra_rounds=0)
+    med = res.round_medians
+    out = ratio_summary(paired_ratios(med[0], med[1]))
+    out["base_ms"], out["candidate_ms"] = float(np.median(med[0])), float(np.median(med[1]))
+    runner.close()
+    return out
+
+
+def search_speed(prune_copy: Callable[[float], nn.Module], base_model: nn.Module, sample: np.ndarray, target: float,
+                 s_max: float, backend: str, threads: Optional[int], rounds: int, iterations: int = 5
+                 ) -> Tuple[float, List[dict]]:
+    """Smallest ``s`` whose pruned copy is measured ``>= target`` times faster than ``base_model``.
+
+    Every candidate is exported (ONNX backends) into a temporary directory and timed against the unpruned
+    model as interleaved paired ratios; each candidate's measured speedup is recorded.
+
+    Raises:
+        ConfigError: the most-pruned candidate (``s_max``) misses the target.
+    """
+    history: List[dict] = []
+    with tempfile.TemporaryDirectory(prefix="edgekit-prune-speed-") as d:
+        tmp = Path(d)
+        base = _open_timed(base_model, sample, backend, threads, tmp, "base")
+
+        def speed(s: float, i: int) -> float:
+            m = prune_copy(s)
+            r = measure_speedup(base, m, sample, backend, threads, rounds, tmp, f"cand{i}")
+            history.append({"ratio": round(s, 5), "speedup": round(r["speedup"], 4), "speedup_min": r["speedup_min"],
+                            "speedup_max": r["speedup_max"], "base_ms": r["base_ms"], "candidate_ms": r["candidate_ms"]})
+            log(f"prune: ratio {s:.3f} -> measured speedup {r['speedup']:.2f}x on {backend}")
+            return r["speedup"]
+
+        best = speed(s_max, 0)
+        if best < target:
+            raise ConfigError(f"speedup_target {target} is unreachable on {backend}: the most-pruned candidate "
+                              f"(ratio {s_max:.2f}) measured {best:.2f}x; allowed: speedup_target <= {best:.2f} "
+                              "here, or raise max_ratio / protect fewer layers")
+        lo, hi = 0.0, s_max
+        for i in progress(range(1, iterations + 1), desc="prune: speed search", total=iterations):
+            mid = 0.5 * (lo + hi)
+            if speed(mid, i) >= target:
+                hi = mid
+            else:
+                lo = mid
+        base.close()
+    return hi, history
