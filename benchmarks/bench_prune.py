@@ -15,6 +15,7 @@ through the exported ONNX model (ORT), on the test split.
 """
 from __future__ import annotations
 
+import logging
 import argparse
 import os
 import sys
@@ -122,7 +123,10 @@ def s_timing(mode: str) -> dict:
 
 def measure(mode: str = "full", threads: int = 2, work: Path | None = None, partial: Path | None = None) -> dict:
     """Every figure of the section as a dict; with ``partial``, each finished part is saved there as it lands."""
-    from edgekit._log import log
+    from edgekit._log import configure_cli_logging
+
+    configure_cli_logging()
+    log = logging.getLogger("edgekit.benchmarks").info
 
     torch.set_num_threads(threads)
     out: dict = {"mode": mode, "threads": threads}

@@ -10,6 +10,7 @@ Markdown section (starting with a ``## `` heading; plots saved under ``ctx.img_d
 """
 from __future__ import annotations
 
+import logging
 import argparse
 import importlib
 import os
@@ -89,7 +90,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("EDGEKIT_QUIET", "0")
 
     from edgekit._io import write_text_atomic
-    from edgekit._log import log
+    from edgekit._log import configure_cli_logging
+
+    configure_cli_logging()
+    log = logging.getLogger("edgekit.benchmarks").info
 
     unknown = [n for n in (args.only or []) + args.skip if n not in SECTIONS]
     if unknown:

@@ -8,6 +8,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Dict, Generic, Iterator, TypeVar
 
 from edgekit.errors import ConfigError, did_you_mean
@@ -32,6 +33,26 @@ class Registry(Generic[T]):
             return obj
 
         return deco
+
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return its entry (ConfigError when it is not registered)."""
+        entry = self.get(name)
+        del self._items[name]
+        return entry
+
+    @contextlib.contextmanager
+    def temporary(self, name: str, obj: T) -> Iterator[T]:
+        """Register ``obj`` as ``name`` for the duration of a ``with`` block (plugins in tests, trials).
+
+        Example:
+            >>> with TARGETS.temporary("arm64", scheme):
+            ...     load_recipe("recipe.yaml")
+        """
+        self.register(name)(obj)
+        try:
+            yield obj
+        finally:
+            self._items.pop(name, None)
 
     def get(self, name: str) -> T:
         """Return the entry for ``name`` or raise ConfigError listing the valid names."""

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-os.environ.setdefault("EDGEKIT_QUIET", "1")
 torch.set_num_threads(2)
 
 
@@ -103,8 +102,8 @@ def run_cli(*args: str, cwd: Path | None = None):
     import subprocess
     import sys
 
-    env = dict(os.environ, EDGEKIT_QUIET="1")
-    return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *args], capture_output=True, text=True, cwd=cwd,
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "edgekit.cli", "--quiet", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=600)
 
 

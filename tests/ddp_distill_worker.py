@@ -60,5 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("EDGEKIT_QUIET", "1")
     main()

@@ -157,14 +157,14 @@ def test_unavailable_backend_is_skipped_or_refused(two_models, monkeypatch):
 
     fake = BackendSpec("fake-npu", ("onnx",), lambda: (False, "package 'npu-runtime' is not installed"),
                        lambda *a, **k: None, "npu")
-    monkeypatch.setitem(BACKENDS._items, "fake-npu", fake)
     big, small, *_ = two_models
-    res = benchmark([big, small], backends="ort-cpu,fake-npu", **FAST)
-    assert {r["backend"] for r in res.rows} == {"ort-cpu"}
-    assert res.skipped[0]["backend"] == "fake-npu" and "npu-runtime" in res.skipped[0]["reason"]
-    assert "npu-runtime" in res.to_markdown()
-    with pytest.raises(BackendUnavailableError, match="fake-npu.*npu-runtime"):
-        benchmark([big], backends=["fake-npu"], **FAST)
+    with BACKENDS.temporary("fake-npu", fake):
+        res = benchmark([big, small], backends="ort-cpu,fake-npu", **FAST)
+        assert {r["backend"] for r in res.rows} == {"ort-cpu"}
+        assert res.skipped[0]["backend"] == "fake-npu" and "npu-runtime" in res.skipped[0]["reason"]
+        assert "npu-runtime" in res.to_markdown()
+        with pytest.raises(BackendUnavailableError, match="fake-npu.*npu-runtime"):
+            benchmark([big], backends=["fake-npu"], **FAST)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -75,7 +75,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, match):
 
 
 def test_cli_process_missing_model_file(tmp_path):
-    env = {**os.environ, "EDGEKIT_QUIET": "1"}
+    env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-m", "edgekit.cli.bench", "bench", str(tmp_path / "gone.onnx")],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -88,7 +88,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
 """)
     recipe = tmp_path / "two.yaml"
     recipe.write_text(text)
-    env = dict(os.environ, EDGEKIT_QUIET="1")
+    env = dict(os.environ)
     cmd = [sys.executable, "-m", "edgekit.cli.main", "run", str(recipe), "--runs-dir", str(tmp_path / "runs"),
            "--name", "k", "--no-report"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

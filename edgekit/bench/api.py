@@ -7,6 +7,7 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import time
@@ -16,11 +17,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from edgekit.errors import BackendUnavailableError, ConfigError, EdgekitError, ShapeError, first_line
-from edgekit._log import log
 from edgekit.bench.data import as_split, is_dataset_name, parse_batches
 from edgekit.core.measure.latency import ROUND_STATS, Case, paired_ratios, ratio_summary, run_interleaved, summarize, validate_settings
 from edgekit.bench.results import SCHEMA, BenchResult
 from edgekit.bench.specs import ModelSpec, as_specs, model_macs, pick_artifact, size_bytes
+
+logger = logging.getLogger(__name__)
 
 PEAK_ROUND_S = 0.02  # seconds of GEMM per round and precision
 GPU_PEAK_KEY = {"int8": "int8_gops", "fp16": "fp16_gops", "bf16": "fp16_gops"}
@@ -187,7 +189,7 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
                     "warning": _target_warning(art, kind, bspec.name),
                 }
                 if meta[(spec.name, bspec.name)]["warning"]:
-                    log(f"bench: warning: {meta[(spec.name, bspec.name)]['warning']}")
+                    logger.info(f"bench: warning: {meta[(spec.name, bspec.name)]['warning']}")
         keys = list(runners)
         if not keys:
             raise ConfigError("nothing to benchmark: " + "; ".join(f"{s['model']} on {s['backend']}: {s['reason']}"

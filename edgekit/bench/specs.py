@@ -7,13 +7,15 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from edgekit.errors import ConfigError, first_line
-from edgekit._log import log
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("module", "checkpoint", "onnx", "engine")
 
@@ -114,7 +116,7 @@ def model_macs(spec: ModelSpec, runners: Dict[str, Any], shape) -> Tuple[Optiona
         if module is not None:
             return _macs_of_module(module, shape), 0, "onnx-export"
     except Exception as e:  # MACs are informative; never fail a benchmark on them
-        log(f"bench: could not count MACs of '{spec.name}': {first_line(e, 200)}")
+        logger.info(f"bench: could not count MACs of '{spec.name}': {first_line(e, 200)}")
     return None, None, "unavailable"
 
 

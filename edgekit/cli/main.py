@@ -11,6 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
+from edgekit._log import configure_cli_logging
 from edgekit.errors import EdgekitError
 
 # modules that add their own sub-commands with add_commands(subparsers)
@@ -144,8 +145,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("KMP_BLOCKTIME", "0")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.quiet:
-        os.environ["EDGEKIT_QUIET"] = "1"
+    configure_cli_logging(quiet=args.quiet)
     try:
         return int(args.func(args) or 0)
     except EdgekitError as e:

@@ -4,14 +4,16 @@ Writes ``report.md`` and ``report.json`` (plus ``bench/`` with the raw benchmark
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from edgekit.errors import BackendUnavailableError
 from edgekit._io import write_json_atomic, write_text_atomic
-from edgekit._log import log
 from edgekit.pipeline.diagnostics import artifact_parity, step_diagnostics
 from edgekit.pipeline.stages import Variant
+
+logger = logging.getLogger(__name__)
 
 REPORT_SCHEMA = "edgekit-report/1"
 
@@ -42,7 +44,7 @@ def benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Variant
     data = s.test if (recipe.benchmark.accuracy and s.labelled) else None
     specs = [ModelSpec(v.name, v.artifacts(), tuple(s.input_shape)) for v in chosen]
     base_backend = "torch" if "torch" in backends and chosen[0].checkpoint else backends[0]
-    log(f"benchmark: {len(specs)} variant(s) × {', '.join(backends)} × batch {recipe.benchmark.batches}")
+    logger.info(f"benchmark: {len(specs)} variant(s) × {', '.join(backends)} × batch {recipe.benchmark.batches}")
     bench = benchmark(specs, backends=backends, batches=recipe.benchmark.batches, threads=recipe.threads,
                       warmup=recipe.benchmark.warmup, iters=recipe.benchmark.iters, min_time=recipe.benchmark.min_time,
                       rounds=recipe.benchmark.rounds, baseline=(chosen[0].name, base_backend), data=data,

@@ -10,6 +10,7 @@ Layout of ``runs/<recipe>/<name>/``::
 """
 from __future__ import annotations
 
+import logging
 import hashlib
 import json
 import platform
@@ -25,8 +26,9 @@ import torch
 
 from edgekit.errors import ConfigError, RunDirectoryError
 from edgekit._io import read_json, sha256_file, write_json_atomic, write_text_atomic
-from edgekit._log import log
 from edgekit.pipeline.stages import STAGES, StageContext, StageOutput, Variant
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = "edgekit-manifest/1"
 
@@ -195,13 +197,13 @@ def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str 
         rec = read_json(done) if done.is_file() else {}
         if rec.get("key") == key:
             out = StageOutput([Variant.from_dict(v) for v in rec["variants"]], rec.get("metrics", {}))
-            log(f"[{i + 1}/{len(recipe.stages)}] {cfg.type}: finished earlier, skipped (key {key})")
+            logger.info(f"[{i + 1}/{len(recipe.stages)}] {cfg.type}: finished earlier, skipped (key {key})")
             status = "cached"
         else:
             if stage_dir.exists():
                 shutil.rmtree(stage_dir)  # an interrupted attempt: start the stage afresh
             stage_dir.mkdir(parents=True)
-            log(f"[{i + 1}/{len(recipe.stages)}] {cfg.type} ...")
+            logger.info(f"[{i + 1}/{len(recipe.stages)}] {cfg.type} ...")
             torch.manual_seed(recipe.seed + i)
             np.random.seed((recipe.seed + i) % 2**32)
             ctx = StageContext(run_dir, stage_dir, recipe.seed, recipe.threads, recipe, dict(variants), splits)

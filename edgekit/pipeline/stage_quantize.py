@@ -17,14 +17,16 @@ Example recipe stage::
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import List, Literal, Optional, Tuple
 
 from pydantic import Field
 
 from edgekit.errors import AccuracyBudgetError, ConfigError
-from edgekit._log import log
 from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
+
+logger = logging.getLogger(__name__)
 
 
 class QuantizeStage(StageConfig):
@@ -66,7 +68,7 @@ def _escalate_qat(ctx: StageContext, cfg: QuantizeStage, parent: Variant, target
     if not parent.checkpoint:
         raise AccuracyBudgetError(f"{err} — QAT escalation needs a PyTorch checkpoint, but variant "
                                   f"'{parent.name}' has only {', '.join(parent.artifacts())}") from None
-    log(f"quantize: fallback could not meet max_accuracy_drop={cfg.max_accuracy_drop}; escalating to QAT")
+    logger.info(f"quantize: fallback could not meet max_accuracy_drop={cfg.max_accuracy_drop}; escalating to QAT")
     splits = ctx.splits
     res = qat(ctx.load_module(parent), splits.train, splits.val, out,
               config={"target": target, "epochs": cfg.qat_epochs}, teacher="float", seed=ctx.seed, threads=ctx.threads)

@@ -27,6 +27,7 @@ profile computation, cache key, sidecar validation) is plain Python, testable wi
 #   and NVIDIA/TensorRT samples/python/common_runtime.py
 from __future__ import annotations
 
+import logging
 import hashlib
 import json
 import os
@@ -40,7 +41,8 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 from edgekit.errors import BackendUnavailableError, ConfigError, EdgekitError, InputFileError, did_you_mean
 from edgekit._io import (atomic_path, read_sidecar, require_file, sha256_file, sidecar_path, write_bytes_atomic,
                       write_sidecar)
-from edgekit._log import log
+
+logger = logging.getLogger(__name__)
 
 ENGINE_FORMAT = "edgekit-trt-engine/1"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -336,10 +338,10 @@ def _build_serialized(onnx_path: Path, flags: BuilderFlags, profile: Mapping, wo
                       timing_cache: Optional[Path]) -> bytes:
     """Parse the ONNX file and build a serialized engine (TensorRT 10 API; see the module docstring)."""
     trt = _import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    trt_logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
     network = builder.create_network(0)  # always explicit batch in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, trt_logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = []
         for i in range(parser.num_errors):
@@ -366,7 +368,7 @@ def _build_serialized(onnx_path: Path, flags: BuilderFlags, profile: Mapping, wo
         except Exception:  # a corrupt cache file must not stop the build
             cache = None
         if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-            log(f"timing cache {timing_cache} is unreadable or from another TensorRT/GPU; starting an empty one")
+            logger.info(f"timing cache {timing_cache} is unreadable or from another TensorRT/GPU; starting an empty one")
             config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -458,7 +460,7 @@ def build_engine(onnx_path: Union[str, Path], out_path: Union[str, Path, None] =
         if side is not None:
             _copy_with_sidecar(candidate, out, side)
             return EngineResult(out, side, key, True, 0.0, tc)
-    log(f"building TensorRT {precision} engine for {onnx_path.name} (profile {profile}) ...")
+    logger.info(f"building TensorRT {precision} engine for {onnx_path.name} (profile {profile}) ...")
     t0 = time.perf_counter()
     blob = _build_serialized(onnx_path, flags, profile, workspace_mb, tc)
     seconds = time.perf_counter() - t0
@@ -504,7 +506,7 @@ def load_engine(path: Union[str, Path]) -> LoadedEngine:
             raise EngineCompatibilityError(f"{path}: the engine file does not match its sidecar "
                                            f"{sidecar_path(path).name} (sha256 differs); rebuild it")
     else:
-        log(f"{path}: no edgekit sidecar; cannot check its TensorRT version/GPU before loading")
+        logger.info(f"{path}: no edgekit sidecar; cannot check its TensorRT version/GPU before loading")
     trt = _import_tensorrt()
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(blob)

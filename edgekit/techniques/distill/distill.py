@@ -24,6 +24,7 @@ attention=None, hints=None, attention_p=2.0, cache_inputs=None, seed=0) -> KDLos
 """
 from __future__ import annotations
 
+import logging
 import contextlib
 import time
 from dataclasses import dataclass, field
@@ -35,13 +36,14 @@ import torch.nn as nn
 
 from edgekit.data.splits import Split
 from edgekit.errors import ConfigError, ShapeError, first_line
-from edgekit._log import log
 from edgekit.core.train import FitResult, fit
 from edgekit.techniques.distill.config import DistillConfig, FeatureLossConfig
 from edgekit.techniques.distill._cache import TeacherCache
 from edgekit.techniques.distill._features import FeatureTap, arch_name, check_pairs, unwrap
 from edgekit.techniques.distill._losses import HintAdapter, attention_map, attention_transfer_loss, feature_channels, hint_loss, \
     logit_kd_loss
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DistillResult", "KDLoss", "distill", "kd_loss_fn"]
 
@@ -331,7 +333,7 @@ def distill(teacher: nn.Module, student: nn.Module, train: Split, val: Optional[
                               student=student, sample=train.x[:2], attention=cfg.attention, hints=cfg.hints,
                               attention_p=cfg.attention_p, cache_inputs=train.x if use_cache else None, seed=seed)
             if cfg.cache_teacher_logits and loss.cache is None:
-                log("distill: teacher outputs not cached (" + ("augmentation is on" if tcfg.augment else
+                logger.info("distill: teacher outputs not cached (" + ("augmentation is on" if tcfg.augment else
                     "feature hints need the teacher's full features") + ")")
             result = fit(student, train, val, tcfg, seed=seed, loss_fn=loss,
                          extra_parameters=loss.extra_parameters, desc=desc)

@@ -6,6 +6,7 @@ channel counts are rounded), so the search returns the smallest ``s`` that meets
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -14,7 +15,9 @@ import numpy as np
 import torch.nn as nn
 
 from edgekit.errors import ConfigError
-from edgekit._log import log, progress
+from edgekit._log import progress
+
+logger = logging.getLogger(__name__)
 
 
 def search_macs(estimate_of: Callable[[float], float], real_of: Callable[[float], float], target: float,
@@ -112,7 +115,7 @@ def search_speed(prune_copy: Callable[[float], nn.Module], base_model: nn.Module
             r = measure_speedup(base, m, sample, backend, threads, rounds, tmp, f"cand{i}")
             history.append({"ratio": round(s, 5), "speedup": round(r["speedup"], 4), "speedup_min": r["speedup_min"],
                             "speedup_max": r["speedup_max"], "base_ms": r["base_ms"], "candidate_ms": r["candidate_ms"]})
-            log(f"prune: ratio {s:.3f} -> measured speedup {r['speedup']:.2f}x on {backend}")
+            logger.info(f"prune: ratio {s:.3f} -> measured speedup {r['speedup']:.2f}x on {backend}")
             return r["speedup"]
 
         best = speed(s_max, 0)

@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import contextlib
 import copy
 import time
@@ -25,10 +26,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgekit.errors import ConfigError, ShapeError, validated_config
-from edgekit._log import log
 from edgekit.techniques.prune import _graph as pg
 from edgekit.techniques.prune import _search
 from edgekit.techniques.prune.config import PruneConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -247,7 +249,7 @@ def prune(model: nn.Module, example_input: Any, config: Union[PruneConfig, dict,
                        kd=teacher_module is not None)
             val_acc = res.best_val_accuracy
         history.append(row)
-        log(f"prune: step {i + 1}/{cfg.steps}: MACs {row['macs'] / macs0:.3f} of original"
+        logger.info(f"prune: step {i + 1}/{cfg.steps}: MACs {row['macs'] / macs0:.3f} of original"
             + (f", val {val_acc:.2f}%" if val_acc is not None else ""))
 
     from edgekit.techniques.distill.distill import kd_loss_fn, keep_requires_grad

@@ -14,6 +14,7 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -21,7 +22,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edgekit.errors import AccuracyBudgetError
-from edgekit._log import log, progress
+from edgekit._log import progress
+
+logger = logging.getLogger(__name__)
 
 BuildFn = Callable[[Sequence[str], Path], Path]  # (layers kept float, output path) -> quantised model path
 
@@ -131,7 +134,7 @@ def enforce_budget(build: BuildFn, fp32_path: Path, int8_path: Path, val, max_dr
     if fp32_acc - int8_acc <= max_drop or not candidates or max_layers == 0:
         result.met = fp32_acc - int8_acc <= max_drop
         return result
-    log(f"int8 val accuracy {int8_acc:.2f}% vs fp32 {fp32_acc:.2f}% (drop {fp32_acc - int8_acc:.2f} > "
+    logger.info(f"int8 val accuracy {int8_acc:.2f}% vs fp32 {fp32_acc:.2f}% (drop {fp32_acc - int8_acc:.2f} > "
         f"{max_drop}): ranking {len(candidates)} layers by sensitivity")
     n = min(sensitivity_samples, len(val.x))
     ranked = layer_sensitivity(build, candidates, base_exclude, val.x[:n], fp32_logits[:n], int8_logits[:n],
@@ -148,7 +151,7 @@ def enforce_budget(build: BuildFn, fp32_path: Path, int8_path: Path, val, max_dr
         result.steps.append(FallbackStep(layer, score, acc, fp32_acc - acc, coverage_fn(path), lat, slow))
         result.float_layers.append(layer)
         result.final_accuracy, result.path = acc, path
-        log(f"  float {layer}: val {acc:.2f}% (drop {fp32_acc - acc:.2f}), {slow:.2f}x the all-int8 latency")
+        logger.info(f"  float {layer}: val {acc:.2f}% (drop {fp32_acc - acc:.2f}), {slow:.2f}x the all-int8 latency")
         if fp32_acc - acc <= max_drop:
             result.met = True
             return result

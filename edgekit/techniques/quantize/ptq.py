@@ -25,8 +25,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from edgekit.errors import ConfigError, EdgekitError, InputFileError, did_you_mean
 from edgekit._io import atomic_path, read_sidecar, require_file, write_sidecar
-from edgekit._log import log
 from edgekit.techniques.quantize.config import CALIBRATION_METHODS, TARGETS, DynamicQuantizeConfig, QuantizeConfig, make_config
+
+logger = logging.getLogger(__name__)
 
 QUANTISED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
                  "MatMulInteger", "ConvInteger", "QGemm", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
@@ -125,7 +126,7 @@ def preprocess(src: Path, dst: Path) -> Path:
         try:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
         except Exception as e:  # optimisation can fail on exotic graphs: retry with shape inference only
-            log(f"quantisation pre-processing with optimisation failed ({str(e)[:120]}); retrying without it")
+            logger.info(f"quantisation pre-processing with optimisation failed ({str(e)[:120]}); retrying without it")
             try:
                 quant_pre_process(str(src), str(dst), skip_optimization=True, skip_symbolic_shape=True)
             except Exception as e2:
@@ -300,7 +301,7 @@ def quantize(onnx_path: str | os.PathLike, calib: Any, out_path: str | os.PathLi
         int8_mac_fraction=cov.int8_fraction, coverage=cov.to_dict(), runtime_float_layers=cov.float_layers,
         fallback=fallback_hist, accuracy=accuracy, seconds=time.perf_counter() - t0)
     write_sidecar(out_path, {**result.sidecar(), "source": str(src)})
-    log(f"quantised {src.name} -> {out_path.name} (target {cfg.target}, {cfg.method}): {cov.summary()}")
+    logger.info(f"quantised {src.name} -> {out_path.name} (target {cfg.target}, {cfg.method}): {cov.summary()}")
     return result
 
 
@@ -369,7 +370,7 @@ def quantize_dynamic_model(onnx_path: str | os.PathLike, out_path: str | os.Path
     result = QuantizeResult(out_path, "cpu", "dynamic", scheme, None, list(cfg.exclude_nodes), cov.int8_fraction,
                             cov.to_dict(), cov.float_layers, [], accuracy, time.perf_counter() - t0)
     write_sidecar(out_path, {**result.sidecar(), "source": str(src)})
-    log(f"dynamically quantised {src.name} -> {out_path.name}: {cov.summary()}")
+    logger.info(f"dynamically quantised {src.name} -> {out_path.name}: {cov.summary()}")
     return result
 
 

@@ -16,6 +16,7 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import copy
 import operator
 import shutil
@@ -33,7 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.errors import ConfigError
 from edgekit._io import atomic_path, write_sidecar
-from edgekit._log import log, progress
+from edgekit._log import progress
+
+logger = logging.getLogger(__name__)
 
 
 class QatConfig(BaseModel):
@@ -340,6 +343,6 @@ def qat(model: nn.Module, train, val, out_path: str | Path, *, config: QatConfig
             "qat": {"epochs": cfg.epochs, "lr": cfg.lr, "kd": teacher_mod is not None, "val_accuracy_before": before,
                     "val_accuracy_torch": after, "val_accuracy_ort": ort_val}}
     write_sidecar(out_path, side)
-    log(f"QAT ({cfg.target}): val {before:.2f}% -> {after:.2f}% (torch), {ort_val:.2f}% via ORT; {cov.summary()}")
+    logger.info(f"QAT ({cfg.target}): val {before:.2f}% -> {after:.2f}% (torch), {ort_val:.2f}% via ORT; {cov.summary()}")
     return QatResult(out_path, cfg.target, before, after, ort_val, cov.int8_fraction, cov.float_layers,
                      fitres.history, time.perf_counter() - t0, side)
