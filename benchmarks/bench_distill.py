@@ -22,10 +22,10 @@ from typing import Dict, List, Optional
 
 import torch
 
-from edgekit.techniques.distill.distill import distill
+from edgekit.core.train import evaluate, fit
 from edgekit.data import load_data
 from edgekit.models import count_params, create_model
-from edgekit.core.train import evaluate, fit
+from edgekit.techniques.distill.distill import distill
 
 SETTINGS = {  # "full" uses 16×16 images to stay within ~5 min on 2 shared cores; "large" is the 32×32 variant
     "full": {"image_size": 16, "teacher_epochs": 5, "student_epochs": 5, "seeds": (0, 1, 2), "cache_epochs": 3},

@@ -15,8 +15,8 @@ through the exported ONNX model (ORT), on the test split.
 """
 from __future__ import annotations
 
-import logging
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -27,14 +27,14 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from edgekit._io import write_json_atomic
+from edgekit.backends import open_runner
 from edgekit.core.measure.latency import Case, paired_ratios, ratio_summary, run_interleaved
-from edgekit.techniques.prune.prune import prune
+from edgekit.core.train import evaluate, fit
 from edgekit.data import load_data
 from edgekit.export import export_onnx
-from edgekit._io import write_json_atomic
 from edgekit.models import create_model
-from edgekit.backends import open_runner
-from edgekit.core.train import evaluate, fit
+from edgekit.techniques.prune.prune import prune
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "prune.json"

@@ -40,10 +40,10 @@ PRUNE = {"macs_target": 0.5, "round_to": 16, "importance": "l1", "teacher": "ori
 def _train_reference(work: Path, key: str, width: float, train: dict, seed: int = 0):
     import torch
 
+    from edgekit.core.train import fit
     from edgekit.data import load_data
     from edgekit.export import export_onnx
     from edgekit.models import create_model
-    from edgekit.core.train import fit
 
     splits = load_data(DIGITS, seed)
     torch.manual_seed(seed)
@@ -77,8 +77,8 @@ def _paired_b1(fp32, int8, x1, threads: int, quick: bool) -> dict:
     Two per-round statistics: the block's fastest iteration (what ``benchmark`` uses: contention on a shared
     machine only adds time) and the block median (what a loaded machine delivers).
     """
-    from edgekit.core.measure.latency import Case, paired_ratios, run_interleaved
     from edgekit.backends import open_runner
+    from edgekit.core.measure.latency import Case, paired_ratios, run_interleaved
 
     a, b = open_runner(fp32, "ort-cpu", threads=threads), open_runner(int8, "ort-cpu", threads=threads)
     rounds, min_time = (4, 0.3) if quick else (20, 3.0)
@@ -96,9 +96,9 @@ def _paired_b1(fp32, int8, x1, threads: int, quick: bool) -> dict:
 def _digits_model(work: Path, key: str, width: float, train: dict, threads: int, ctx) -> dict:
     """Train, quantise (3 calibration methods, 2 targets), optionally prune, and time one digits ResNet."""
     from edgekit.bench import ModelSpec, benchmark
+    from edgekit.export import export_onnx
     from edgekit.techniques.prune.prune import prune
     from edgekit.techniques.quantize.ptq import quantize
-    from edgekit.export import export_onnx
 
     splits, model, fp32, train_s = _train_reference(work, key, width, train)
     calib = splits.train.x[:128]
@@ -141,10 +141,10 @@ def _digits_model(work: Path, key: str, width: float, train: dict, threads: int,
 def measure(ctx) -> dict:
     """Run every measurement; return plain numbers (also written to results/quantize.json)."""
     from edgekit.bench import ModelSpec, benchmark
-    from edgekit.techniques.quantize.ptq import quantize, quantize_dynamic_model
     from edgekit.data import load_data
     from edgekit.export import export_onnx
     from edgekit.models import create_model
+    from edgekit.techniques.quantize.ptq import quantize, quantize_dynamic_model
 
     work, threads = Path(ctx.work_dir), ctx.threads
     out: dict = {"threads": threads, "digits": {key: _digits_model(work, key, width, train, threads, ctx)

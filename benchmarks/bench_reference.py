@@ -84,8 +84,8 @@ def summary_table(merged) -> str:
 
 def run(ctx) -> str:
     """Benchmark the reference models and return the Markdown section (plots into ``ctx.img_dir``)."""
-    from edgekit.bench.plots import write_plots
     from edgekit._io import write_json_atomic
+    from edgekit.bench.plots import write_plots
 
     merged = merge(measure(ctx))
     plots = write_plots(merged, ctx.img_dir, prefix="reference_")

@@ -10,9 +10,9 @@ Markdown section (starting with a ``## `` heading; plots saved under ``ctx.img_d
 """
 from __future__ import annotations
 
-import logging
 import argparse
 import importlib
+import logging
 import os
 import re
 import sys

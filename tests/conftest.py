@@ -59,9 +59,9 @@ def digits_seq():
 @pytest.fixture(scope="session")
 def trained_resnet8(digits16, tmp_path_factory) -> TrainedModel:
     """ResNet-8 (width 1) trained 4 epochs on digits16 (~95%+ test accuracy, a few seconds)."""
+    from edgekit.core.train import evaluate, fit
     from edgekit.export import export_onnx
     from edgekit.models import create_model, save_checkpoint
-    from edgekit.core.train import evaluate, fit
 
     torch.manual_seed(0)
     model = create_model("resnet_cifar", depth=8, width=1.0, num_classes=10, in_channels=3)
@@ -75,9 +75,9 @@ def trained_resnet8(digits16, tmp_path_factory) -> TrainedModel:
 @pytest.fixture(scope="session")
 def trained_lstm(digits_seq, tmp_path_factory) -> TrainedModel:
     """LSTM (hidden 32) trained 6 epochs on digits sequences."""
+    from edgekit.core.train import evaluate, fit
     from edgekit.export import export_onnx
     from edgekit.models import create_model, save_checkpoint
-    from edgekit.core.train import evaluate, fit
 
     torch.manual_seed(0)
     model = create_model("rnn_classifier", input_size=8, hidden_size=32, num_classes=10)

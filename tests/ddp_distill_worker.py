@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -30,10 +29,10 @@ def main() -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    from edgekit.techniques.distill.distill import kd_loss_fn
+    from edgekit.core.train import evaluate, fit
     from edgekit.data import load_data
     from edgekit.models import create_model
-    from edgekit.core.train import evaluate, fit
+    from edgekit.techniques.distill.distill import kd_loss_fn
 
     s = load_data({"name": "digits", "channels": 3}, seed=0)  # 3×8×8
     torch.manual_seed(0)

@@ -151,8 +151,10 @@ def test_modelspec_picks_artifact_per_backend_and_skips_missing_kinds(tmp_path):
 
 
 def test_unavailable_backend_is_skipped_or_refused(two_models, monkeypatch):
-    from edgekit.backends import BACKENDS
-    from edgekit.backends import _builtin as _load_backends
+    from edgekit.backends import (
+        BACKENDS,
+        _builtin,  # noqa: F401  (fills the registry)
+    )
     from edgekit.backends.base import BackendSpec
 
     fake = BackendSpec("fake-npu", ("onnx",), lambda: (False, "package 'npu-runtime' is not installed"),

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import edgekit.techniques.distill.distill as distill_mod
-from edgekit.techniques.distill.distill import distill, kd_loss_fn
-from edgekit.techniques.distill._features import default_layer_pairs
+from edgekit.core.train import evaluate, fit
 from edgekit.errors import ConfigError
 from edgekit.models import create_model
-from edgekit.core.train import evaluate, fit
+from edgekit.techniques.distill._features import default_layer_pairs
+from edgekit.techniques.distill.distill import distill, kd_loss_fn
 
 
 def _student(depth=8, width=0.25, classes=10):

@@ -8,10 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgekit.techniques.distill.config import DistillConfig
-from edgekit.techniques.distill._losses import (HintAdapter, attention_map, attention_transfer_loss, hint_loss,
-                                        logit_kd_loss, soft_kd_loss)
 from edgekit.errors import ConfigError, ShapeError
+from edgekit.techniques.distill._losses import (
+    HintAdapter,
+    attention_map,
+    attention_transfer_loss,
+    hint_loss,
+    logit_kd_loss,
+    soft_kd_loss,
+)
+from edgekit.techniques.distill.config import DistillConfig
 
 
 def _softmax(z):

@@ -34,8 +34,8 @@ def test_stage_config_errors(override, match):
 
 @pytest.mark.slow
 def test_distill_stage_end_to_end(tmp_path, trained_resnet8):
-    from edgekit.pipeline.runner import run_recipe
     from edgekit.pipeline.recipe import validate_recipe
+    from edgekit.pipeline.runner import run_recipe
 
     raw = _recipe({"checkpoint": str(trained_resnet8.checkpoint)})
     raw["data"]["image_size"] = 16  # the data the fixture's teacher was trained on
@@ -59,8 +59,8 @@ def test_distill_stage_end_to_end(tmp_path, trained_resnet8):
 
 
 def test_distill_stage_rejects_unknown_teacher_variant(tmp_path):
-    from edgekit.pipeline.runner import run_recipe
     from edgekit.pipeline.recipe import validate_recipe
+    from edgekit.pipeline.runner import run_recipe
 
     with pytest.raises(ConfigError, match="nope"):
         run_recipe(validate_recipe(_recipe(teacher="nope")), runs_dir=tmp_path, name="r", report=False)

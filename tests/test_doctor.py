@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import edgekit.core.platform as platform_facts
+from edgekit.backends import BACKENDS, BackendSpec
+from edgekit.backends.tensorrt.build import tensorrt_status
 from edgekit.bench.doctor import doctor_report, format_report
 from edgekit.cli.doctor import add_commands
 from edgekit.errors import ConfigError
-from edgekit.backends.tensorrt.build import tensorrt_status
-from edgekit.backends import BACKENDS, BackendSpec
 
 ALL = {"torch", "torch-cuda", "ort-cpu", "ort-cuda", "tensorrt"}
 CPU_ONLY_TORCH = torch.version.cuda is None

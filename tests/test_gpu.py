@@ -7,15 +7,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_tensorrt import make_onnx
 
 import edgekit.backends.ort_cuda as ort_cuda
 import edgekit.backends.tensorrt.runner as trt_runner
 import edgekit.core.platform as platform_facts
-from edgekit.errors import BackendUnavailableError, ConfigError, ShapeError
-from edgekit.backends.tensorrt.build import EngineCompatibilityError, tensorrt_status
 from edgekit._io import read_sidecar, write_sidecar
 from edgekit.backends import open_runner, probe_backend
-from test_tensorrt import make_onnx
+from edgekit.backends.tensorrt.build import EngineCompatibilityError, tensorrt_status
+from edgekit.errors import BackendUnavailableError, ConfigError, ShapeError
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRT = tensorrt_status()[0] is not None

@@ -11,7 +11,6 @@ import pytest
 from edgekit.errors import RunDirectoryError
 from edgekit.pipeline import run_recipe
 from edgekit.pipeline.recipe import load_recipe
-
 from recipes import TINY
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgekit.techniques.prune.prune import prune
+from edgekit.core.train import evaluate
 from edgekit.errors import ConfigError, EdgekitError
 from edgekit.models import create_model, load_checkpoint, save_checkpoint
-from edgekit.core.train import evaluate
+from edgekit.techniques.prune.prune import prune
 
 NO_FT = {"epochs": 0}
 

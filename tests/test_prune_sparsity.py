@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from edgekit.core.train import evaluate
+from edgekit.errors import ConfigError
 from edgekit.techniques.prune.prune import prune
 from edgekit.techniques.prune.sensitivity import allocate_ratios, sensitivity
 from edgekit.techniques.sparsity.sparsity import check_2to4, is_2to4_sparse, sparsify_2to4, sparsify_unstructured
-from edgekit.errors import ConfigError
-from edgekit.core.train import evaluate
 
 
 def test_unstructured_reaches_requested_sparsity_and_removes_masks(trained_resnet8):

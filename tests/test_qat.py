@@ -20,10 +20,10 @@ def qat_cpu(trained_resnet8, tmp_path_factory):
 
 
 def test_qat_export_is_qdq_and_runs_int8_in_ort(qat_cpu, trained_resnet8):
-    from edgekit.techniques.quantize.coverage import int8_coverage
     from edgekit._io import read_sidecar
     from edgekit.backends import open_runner
     from edgekit.core.train import evaluate
+    from edgekit.techniques.quantize.coverage import int8_coverage
 
     ops = {n.op_type for n in onnx.load(str(qat_cpu.path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -77,8 +77,8 @@ def test_qat_tensorrt_export_is_symmetric(trained_resnet8, tmp_path):
 
 
 def test_qat_refuses_untraceable_models(trained_lstm, tmp_path):
-    from edgekit.techniques.quantize.qat import qat
     from edgekit.errors import ConfigError
+    from edgekit.techniques.quantize.qat import qat
 
     s = trained_lstm.splits
     with pytest.raises(ConfigError, match="dynamic quantisation"):
@@ -87,8 +87,8 @@ def test_qat_refuses_untraceable_models(trained_lstm, tmp_path):
 
 
 def test_qat_config_rejects_typos(trained_resnet8, tmp_path):
-    from edgekit.techniques.quantize.qat import qat
     from edgekit.errors import ConfigError
+    from edgekit.techniques.quantize.qat import qat
 
     s = trained_resnet8.splits
     with pytest.raises(ConfigError, match="epoch"):

@@ -106,8 +106,8 @@ def test_check_target_warns_on_mismatched_backend(quantised, trained_resnet8):
 
 @pytest.mark.parametrize("method,kw", [("entropy", {}), ("percentile", {"percentile": 99.9})])
 def test_other_calibration_methods(trained_resnet8, tmp_path, method, kw):
-    from edgekit.techniques.quantize.ptq import quantize
     from edgekit._io import read_sidecar
+    from edgekit.techniques.quantize.ptq import quantize
 
     s = trained_resnet8.splits
     res = quantize(trained_resnet8.onnx, s.train.x[:64], tmp_path / "q.onnx", method=method, val=s.val, **kw)

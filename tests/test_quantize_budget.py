@@ -37,8 +37,8 @@ def outlier_resnet(trained_resnet8, tmp_path_factory):
 
 
 def test_fallback_meets_a_tight_budget(outlier_resnet, trained_resnet8, tmp_path):
-    from edgekit.techniques.quantize.ptq import quantize
     from edgekit._io import read_sidecar
+    from edgekit.techniques.quantize.ptq import quantize
 
     s = trained_resnet8.splits
     res = quantize(outlier_resnet, s.train.x[:128], tmp_path / "q.onnx", val=s.val, max_accuracy_drop=0.5)
@@ -66,9 +66,9 @@ def test_fallback_that_cannot_meet_the_budget_raises_with_numbers(outlier_resnet
 
 
 def test_dynamic_lstm_keeps_accuracy_and_shrinks(trained_lstm, tmp_path):
-    from edgekit.techniques.quantize.ptq import quantize_dynamic_model
     from edgekit.backends import open_runner
     from edgekit.core.train import evaluate
+    from edgekit.techniques.quantize.ptq import quantize_dynamic_model
 
     s = trained_lstm.splits
     res = quantize_dynamic_model(trained_lstm.onnx, tmp_path / "lstm.int8.onnx", val=s.val)

@@ -3,7 +3,6 @@ import pytest
 
 from edgekit.errors import ConfigError, InputFileError
 from edgekit.pipeline.recipe import load_recipe, validate_recipe
-
 from recipes import TINY
 
 

@@ -12,8 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgekit.backends.tensorrt.build as trtx
-from edgekit.errors import BackendUnavailableError, ConfigError, InputFileError
 from edgekit._io import read_sidecar, sidecar_path, write_sidecar
+from edgekit.errors import BackendUnavailableError, ConfigError, InputFileError
 
 IDENTITY = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
 

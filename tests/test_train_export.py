@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
+from edgekit.backends import open_runner
+from edgekit.core.train import TrainConfig, evaluate, fit
 from edgekit.errors import ConfigError, ShapeError
 from edgekit.export import ExportError, export_onnx
 from edgekit.models import create_model
-from edgekit.backends import open_runner
-from edgekit.core.train import TrainConfig, evaluate, fit
 
 
 def test_trained_reference_is_accurate_and_onnx_agrees(trained_resnet8):

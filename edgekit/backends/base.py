@@ -76,6 +76,7 @@ class BackendSpec:
     open: Callable[..., Runner]
     device: str = "cpu"
     description: str = ""
+    priority: int = 100  # lower = the default for its artifact kind and device (see default_backend)
 
 
 BACKENDS: Registry[BackendSpec] = Registry("backend")
@@ -108,9 +109,24 @@ def artifact_kind(artifact: Any) -> str:
 
 def backend_spec(name: str) -> BackendSpec:
     """The registered backend ``name`` (built-ins registered on first use); unknown names raise ConfigError."""
-    from edgekit.backends import _builtin as _load_backends
+    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
 
     return BACKENDS.get(name)
+
+
+def default_backend(kind: str = "onnx", device: str = "cpu") -> str:
+    """Name of the default backend that runs ``kind`` artifacts on ``device`` (lowest ``priority``).
+
+    Example:
+        >>> default_backend("onnx", "cpu")
+        'ort-cpu'
+    """
+    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
+
+    specs = sorted((s.priority, n) for n, s in BACKENDS.items() if kind in s.artifact_kinds and s.device == device)
+    if not specs:
+        raise ConfigError(f"no registered backend runs {kind} artifacts on {device}; registered: {', '.join(BACKENDS)}")
+    return specs[0][1]
 
 
 def probe_backend(name: str) -> Tuple[bool, str]:
@@ -153,6 +169,6 @@ def open_runner(artifact: Any, backend: str = "ort-cpu", threads: Optional[int] 
 
 def available_backends() -> dict:
     """Map every registered backend to (available, reason)."""
-    from edgekit.backends import _builtin as _load_backends
+    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
 
     return {name: spec.probe() for name, spec in BACKENDS.items()}

@@ -5,8 +5,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgekit.errors import InputFileError, first_line
 from edgekit.backends.base import BackendSpec, Runner, register_backend
+from edgekit.errors import InputFileError, first_line
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
                "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
@@ -94,4 +94,4 @@ def _probe():
 
 
 register_backend(BackendSpec("ort-cpu", ("onnx",), _probe, _open, "cpu",
-                             "ONNX Runtime, CPU execution provider, ORT_ENABLE_ALL"))
+                             "ONNX Runtime, CPU execution provider, ORT_ENABLE_ALL", priority=0))

@@ -94,6 +94,6 @@ def _probe_cuda():
 
 
 register_backend(BackendSpec("torch", ("module", "checkpoint"), _probe_cpu, _open_cpu, "cpu",
-                             "PyTorch eager on CPU (fp32): the float baseline"))
+                             "PyTorch eager on CPU (fp32): the float baseline", priority=0))
 register_backend(BackendSpec("torch-cuda", ("module", "checkpoint"), _probe_cuda, _open_cuda, "cuda",
                              "PyTorch eager on CUDA (fp32, or fp16 with precision='fp16')"))

@@ -16,11 +16,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from edgekit.errors import BackendUnavailableError, ConfigError, EdgekitError, ShapeError, first_line
 from edgekit.bench.data import as_split, is_dataset_name, parse_batches
-from edgekit.core.measure.latency import ROUND_STATS, Case, paired_ratios, ratio_summary, run_interleaved, summarize, validate_settings
 from edgekit.bench.results import SCHEMA, BenchResult
 from edgekit.bench.specs import ModelSpec, as_specs, model_macs, pick_artifact, size_bytes
+from edgekit.core.measure.latency import (
+    ROUND_STATS,
+    Case,
+    paired_ratios,
+    ratio_summary,
+    run_interleaved,
+    summarize,
+    validate_settings,
+)
+from edgekit.errors import BackendUnavailableError, ConfigError, EdgekitError, ShapeError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +129,10 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive integer, got {threads!r}")
 
-    from edgekit.backends import BACKENDS
-    from edgekit.backends import _builtin as _load_backends
+    from edgekit.backends import (
+        BACKENDS,
+        _builtin,  # noqa: F401  (fills the registry)
+    )
     from edgekit.core.platform import GemmProbe, environment, load_average, measure_gpu_peak
 
     env = environment()

@@ -29,8 +29,8 @@ def backend_statuses() -> list:
         >>> [b["name"] for b in backend_statuses() if not b["available"]]
         ['torch-cuda', 'ort-cuda', 'tensorrt']
     """
+    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
     from edgekit.backends.base import BACKENDS
-    from edgekit.backends import _builtin as _load_backends
 
     order = {n: i for i, n in enumerate(("torch", "torch-cuda", "ort-cpu", "ort-cuda", "tensorrt"))}
     rows = []
@@ -72,8 +72,8 @@ def doctor_report() -> dict:
     Example:
         >>> doctor_report()["tensorrt"]["reason"]
     """
-    from edgekit.core.platform import environment
     from edgekit.backends.tensorrt.build import tensorrt_status
+    from edgekit.core.platform import environment
 
     trt_version, trt_reason = tensorrt_status()
     try:

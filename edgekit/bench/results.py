@@ -81,7 +81,7 @@ class BenchResult:
         return json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BenchResult":
+    def from_dict(cls, d: dict) -> BenchResult:
         """Rebuild a result from ``to_dict()`` output (e.g. a loaded bench.json)."""
         from edgekit.errors import InputFileError
 

@@ -21,8 +21,8 @@ import os
 import platform as _platform
 import sys
 import time
-from functools import lru_cache
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Optional, Tuple
 
 import numpy as np

@@ -13,9 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgekit._log import progress
 from edgekit.data.splits import Split
 from edgekit.errors import ConfigError, ShapeError, first_line
-from edgekit._log import progress
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 

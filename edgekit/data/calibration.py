@@ -6,9 +6,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from edgekit.errors import ConfigError, ShapeError
 from edgekit._io import atomic_path
 from edgekit.data.datasets import DataConfig, load_data, read_npz
+from edgekit.errors import ConfigError, ShapeError
 
 
 def load_calibration(path: str | Path, input_shape: Optional[Sequence[Optional[int]]] = None,

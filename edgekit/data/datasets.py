@@ -7,11 +7,11 @@ from typing import Callable, List, Literal, Optional, Tuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgekit.data.splits import Splits, make_splits
 from edgekit.errors import ConfigError, InputFileError, ShapeError
 from edgekit.registry import Registry
-from edgekit.data.splits import Splits, make_splits
 
-DATASETS: Registry[Callable[["DataConfig", int], Splits]] = Registry("dataset")
+DATASETS: Registry[Callable[[DataConfig, int], Splits]] = Registry("dataset")
 
 
 class DataConfig(BaseModel):

@@ -19,7 +19,7 @@ class Split:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def take(self, n: int) -> "Split":
+    def take(self, n: int) -> Split:
         """The first ``n`` samples."""
         return Split(self.x[:n], None if self.y is None else self.y[:n])
 

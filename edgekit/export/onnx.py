@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgekit.errors import EdgekitError, ShapeError, first_line
 from edgekit._io import atomic_path, write_sidecar
+from edgekit.errors import EdgekitError, ShapeError, first_line
 
 
 class ExportError(EdgekitError):

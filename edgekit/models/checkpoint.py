@@ -14,8 +14,8 @@ from typing import Any, Dict, Tuple
 import torch
 import torch.nn as nn
 
-from edgekit.errors import ConfigError, InputFileError, first_line
 from edgekit._io import atomic_path, require_file
+from edgekit.errors import ConfigError, InputFileError, first_line
 
 FORMAT = "edgekit-checkpoint/1"
 

@@ -8,14 +8,16 @@ from typing import Any, Optional
 import numpy as np
 import torch.nn as nn
 
-from edgekit.errors import ConfigError, ShapeError, first_line
 from edgekit._io import require_file
+from edgekit.errors import ConfigError, ShapeError, first_line
 
 
 def zoo_kwargs(name: str, kwargs: dict, splits: Any) -> dict:
     """Fill data-dependent arguments (num_classes, in_channels, input_size, image_size) the user left out."""
-    from edgekit.models import MODELS
-    from edgekit.models import _load_architectures  # noqa: F401
+    from edgekit.models import (
+        MODELS,
+        _load_architectures,  # noqa: F401
+    )
 
     params = inspect.signature(MODELS.get(name)).parameters
     out = dict(kwargs)

@@ -30,7 +30,7 @@ class ModelSource(BaseModel):
                                "registered with @edgekit.models.register_model (trusted code you name)")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "ModelSource":
+    def _exactly_one(self) -> ModelSource:
         given = [k for k in ("name", "checkpoint", "onnx") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(f"give exactly one of name, checkpoint, onnx (got {', '.join(given) or 'none'})")

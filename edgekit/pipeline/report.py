@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from edgekit.errors import BackendUnavailableError
 from edgekit._io import write_json_atomic, write_text_atomic
+from edgekit.errors import BackendUnavailableError
 from edgekit.pipeline.diagnostics import artifact_parity, step_diagnostics
 from edgekit.pipeline.stages import Variant
 

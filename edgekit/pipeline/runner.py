@@ -10,9 +10,9 @@ Layout of ``runs/<recipe>/<name>/``::
 """
 from __future__ import annotations
 
-import logging
 import hashlib
 import json
+import logging
 import platform
 import shutil
 import time
@@ -24,8 +24,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from edgekit.errors import ConfigError, RunDirectoryError
 from edgekit._io import read_json, sha256_file, write_json_atomic, write_text_atomic
+from edgekit.errors import ConfigError, RunDirectoryError
 from edgekit.pipeline.stages import STAGES, StageContext, StageOutput, Variant
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,6 @@ def _preflight(recipe: Any) -> None:
     """Cheap checks before any expensive work: files exist, backends named exist, stage inputs resolvable."""
     from edgekit._io import require_file
     from edgekit.backends import backend_spec
-
     from edgekit.pipeline.model_source import import_plugins
 
     import_plugins(recipe.model.imports)

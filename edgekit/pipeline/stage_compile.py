@@ -5,8 +5,8 @@ from typing import List, Literal
 
 from pydantic import Field, field_validator
 
-from edgekit.errors import BackendUnavailableError
 from edgekit.backends import probe_backend
+from edgekit.errors import BackendUnavailableError
 from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
 
 

@@ -18,13 +18,13 @@ from typing import Any, Dict, Literal, Optional
 import torch
 from pydantic import Field, field_validator
 
-from edgekit.techniques.distill.distill import distill
-from edgekit.techniques.distill.config import DistillConfig
+from edgekit.core.train import evaluate
 from edgekit.errors import ConfigError
 from edgekit.models import count_params, create_model
-from edgekit.core.train import evaluate
 from edgekit.pipeline.model_source import zoo_kwargs
 from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
+from edgekit.techniques.distill.config import DistillConfig
+from edgekit.techniques.distill.distill import distill
 
 
 class DistillStage(StageConfig, DistillConfig):

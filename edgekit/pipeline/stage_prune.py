@@ -21,11 +21,11 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from edgekit.techniques.prune.config import PruneConfig
+from edgekit.core.train import evaluate
 from edgekit.errors import ConfigError
 from edgekit.models import count_params
-from edgekit.core.train import evaluate
 from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
+from edgekit.techniques.prune.config import PruneConfig
 
 
 class PruneStage(StageConfig, PruneConfig):
@@ -38,7 +38,7 @@ class PruneStage(StageConfig, PruneConfig):
     sparsity: Optional[float] = Field(None, gt=0, lt=1, description="fraction of weights zeroed (method unstructured)")
 
     @model_validator(mode="after")
-    def _one_target(self) -> "PruneStage":  # replaces PruneConfig's check: only structured pruning needs a target
+    def _one_target(self) -> PruneStage:  # replaces PruneConfig's check: only structured pruning needs a target
         if self.method == "structured":
             PruneConfig._one_target(self)
             if self.sparsity is not None:

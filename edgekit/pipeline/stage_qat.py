@@ -16,9 +16,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from edgekit.techniques.quantize.qat import QatConfig, qat
 from edgekit.errors import ConfigError
 from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
+from edgekit.techniques.quantize.qat import QatConfig, qat
 
 
 class QatStage(StageConfig, QatConfig):

@@ -5,8 +5,8 @@ from typing import Literal
 
 import torch
 
-from edgekit.models import count_params
 from edgekit.core.train import TrainConfig, evaluate, fit
+from edgekit.models import count_params
 from edgekit.pipeline.model_source import build_module
 from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
 

@@ -54,7 +54,7 @@ class Variant:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Variant":
+    def from_dict(cls, d: dict) -> Variant:
         return cls(**d)
 
     def artifacts(self) -> Dict[str, str]:

@@ -55,8 +55,8 @@ def _emit(cls: type, indent: int, lines: List[str], skip=()) -> None:
 
 def render_template() -> str:
     """The commented YAML template covering the recipe and every registered stage."""
-    from edgekit.pipeline.stages import STAGES
     from edgekit.pipeline.recipe import recipe_model
+    from edgekit.pipeline.stages import STAGES
 
     recipe = recipe_model()
     lines = [HEADER]

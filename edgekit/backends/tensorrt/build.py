@@ -27,9 +27,9 @@ profile computation, cache key, sidecar validation) is plain Python, testable wi
 #   and NVIDIA/TensorRT samples/python/common_runtime.py
 from __future__ import annotations
 
-import logging
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -38,9 +38,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
+from edgekit._io import (
+    atomic_path,
+    read_sidecar,
+    require_file,
+    sha256_file,
+    sidecar_path,
+    write_bytes_atomic,
+    write_sidecar,
+)
 from edgekit.errors import BackendUnavailableError, ConfigError, EdgekitError, InputFileError, did_you_mean
-from edgekit._io import (atomic_path, read_sidecar, require_file, sha256_file, sidecar_path, write_bytes_atomic,
-                      write_sidecar)
 
 logger = logging.getLogger(__name__)
 

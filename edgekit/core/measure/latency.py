@@ -24,9 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from edgekit.errors import ConfigError
 from edgekit._log import progress
-
+from edgekit.errors import ConfigError
 
 ROUND_STATS = {"min": np.min, "p25": lambda a: np.percentile(a, 25), "median": np.median}
 

@@ -40,7 +40,7 @@ class TeacherCache:
     @classmethod
     @torch.no_grad()
     def build(cls, teacher: nn.Module, x: np.ndarray, batch_size: int = 256,
-              extras_fn: Optional[Callable[[], Dict[str, torch.Tensor]]] = None) -> "TeacherCache":
+              extras_fn: Optional[Callable[[], Dict[str, torch.Tensor]]] = None) -> TeacherCache:
         """Run ``teacher`` (eval mode) once over ``x``.
 
         Args:

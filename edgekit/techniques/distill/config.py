@@ -74,7 +74,7 @@ class DistillConfig(BaseModel):
         return TrainConfig(**self.train)
 
     @classmethod
-    def parse(cls, value: "DistillConfig | dict | None", where: str = "distill") -> "DistillConfig":
+    def parse(cls, value: DistillConfig | dict | None, where: str = "distill") -> DistillConfig:
         """Build a config from a dict (or pass one through); errors become :class:`ConfigError`.
 
         Example:

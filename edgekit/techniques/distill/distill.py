@@ -24,8 +24,8 @@ attention=None, hints=None, attention_p=2.0, cache_inputs=None, seed=0) -> KDLos
 """
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -34,14 +34,20 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from edgekit.core.train import FitResult, fit
 from edgekit.data.splits import Split
 from edgekit.errors import ConfigError, ShapeError, first_line
-from edgekit.core.train import FitResult, fit
-from edgekit.techniques.distill.config import DistillConfig, FeatureLossConfig
 from edgekit.techniques.distill._cache import TeacherCache
 from edgekit.techniques.distill._features import FeatureTap, arch_name, check_pairs, unwrap
-from edgekit.techniques.distill._losses import HintAdapter, attention_map, attention_transfer_loss, feature_channels, hint_loss, \
-    logit_kd_loss
+from edgekit.techniques.distill._losses import (
+    HintAdapter,
+    attention_map,
+    attention_transfer_loss,
+    feature_channels,
+    hint_loss,
+    logit_kd_loss,
+)
+from edgekit.techniques.distill.config import DistillConfig, FeatureLossConfig
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +163,7 @@ class KDLoss:
                 tap.remove()
         self.student_tap = self.teacher_tap = None
 
-    def __enter__(self) -> "KDLoss":
+    def __enter__(self) -> KDLoss:
         return self
 
     def __exit__(self, *exc) -> None:

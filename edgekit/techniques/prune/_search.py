@@ -14,8 +14,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch.nn as nn
 
-from edgekit.errors import ConfigError
 from edgekit._log import progress
+from edgekit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

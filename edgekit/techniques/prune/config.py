@@ -72,7 +72,7 @@ class PruneConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _one_target(self) -> "PruneConfig":
+    def _one_target(self) -> PruneConfig:
         given = [k for k in ("ratio", "macs_target", "speedup_target") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give one pruning target, not {' and '.join(given)}")

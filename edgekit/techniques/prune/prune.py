@@ -13,9 +13,9 @@ Example:
 """
 from __future__ import annotations
 
-import logging
 import contextlib
 import copy
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union

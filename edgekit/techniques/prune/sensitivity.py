@@ -18,10 +18,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch.nn as nn
 
-from edgekit.errors import ConfigError
 from edgekit._io import atomic_path, write_json_atomic, write_text_atomic
 from edgekit._log import progress
+from edgekit.errors import ConfigError
 from edgekit.techniques.prune import _graph as pg
+
+
 @dataclass
 class SensitivityResult:
     """``rows``: one per (group, ratio): group, layers, channels, ratio, kept, accuracy, macs_fraction."""

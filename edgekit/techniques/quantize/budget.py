@@ -21,8 +21,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgekit.errors import AccuracyBudgetError
 from edgekit._log import progress
+from edgekit.errors import AccuracyBudgetError
 
 logger = logging.getLogger(__name__)
 

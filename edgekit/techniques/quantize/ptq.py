@@ -23,9 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from edgekit.errors import ConfigError, EdgekitError, InputFileError, did_you_mean
 from edgekit._io import atomic_path, read_sidecar, require_file, write_sidecar
-from edgekit.techniques.quantize.config import CALIBRATION_METHODS, TARGETS, DynamicQuantizeConfig, QuantizeConfig, make_config
+from edgekit.errors import ConfigError, EdgekitError, InputFileError, did_you_mean
+from edgekit.techniques.quantize.config import (
+    CALIBRATION_METHODS,
+    TARGETS,
+    DynamicQuantizeConfig,
+    QuantizeConfig,
+    make_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -327,8 +333,8 @@ def quantize_dynamic_model(onnx_path: str | os.PathLike, out_path: str | os.Path
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from edgekit.core.train import evaluate
     from edgekit.backends import open_runner
+    from edgekit.core.train import evaluate
     from edgekit.techniques.quantize.coverage import int8_coverage
 
     t0 = time.perf_counter()

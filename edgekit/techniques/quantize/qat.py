@@ -16,8 +16,8 @@ Example:
 """
 from __future__ import annotations
 
-import logging
 import copy
+import logging
 import operator
 import shutil
 import tempfile
@@ -32,9 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgekit.errors import ConfigError
 from edgekit._io import atomic_path, write_sidecar
 from edgekit._log import progress
+from edgekit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -296,8 +296,8 @@ def qat(model: nn.Module, train, val, out_path: str | Path, *, config: QatConfig
     """
     from edgekit.backends import open_runner
     from edgekit.core.train import TrainConfig, evaluate, fit
-    from edgekit.techniques.quantize.coverage import int8_coverage
     from edgekit.techniques.quantize.config import TARGETS, make_config
+    from edgekit.techniques.quantize.coverage import int8_coverage
 
     t0 = time.perf_counter()
     cfg = config if isinstance(config, QatConfig) else make_config(QatConfig, **(config or {}))
