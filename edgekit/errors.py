@@ -1,11 +1,18 @@
-"""Errors a user can cause. The CLI prints them in one line and exits with code 2.
+"""Every edgekit error class. The CLI prints them in one line and exits with code 2 (traceback with ``--debug``).
 
-Every message says what was wrong, where (file, field, tensor, shape) and what is allowed.
+Errors a user can cause say what was wrong, where (file, field, tensor, shape) and what is allowed.
+Failures *inside* a library edgekit calls on already-checked input are :class:`LibraryError`: the message
+names the library, its first line and where, and says that it is not a problem with the user's input.
+
+Example:
+    >>> with calling("onnxruntime", where="model.onnx"):
+    ...     session = ort.InferenceSession("model.onnx")
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 
 class EdgekitError(Exception):
@@ -34,6 +41,80 @@ class AccuracyBudgetError(EdgekitError):
 
 class RunDirectoryError(EdgekitError):
     """A run directory exists, is not writable or is not resumable."""
+
+
+class ExportError(EdgekitError):
+    """Export failed, or the exported model disagrees with PyTorch beyond tolerance."""
+
+
+class QuantizationError(EdgekitError):
+    """ONNX Runtime's quantiser failed on a model that passed validation, or its result runs too little in int8."""
+
+
+class EngineBuildError(EdgekitError):
+    """TensorRT could not parse the ONNX model or build an engine from it."""
+
+
+class EngineCompatibilityError(InputFileError):
+    """A TensorRT engine was built for another TensorRT version or GPU, or is not an edgekit engine."""
+
+
+# import name (as passed to :func:`calling`) -> the name users know the library by
+LIBRARY_NAMES = {
+    "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT", "torch_pruning": "Torch-Pruning",
+    "onnx": "onnx", "torch.onnx": "PyTorch export", "torch": "PyTorch",
+}
+REPORT_HINT = "this is not a problem with your input; please report it with --debug output"
+
+
+class LibraryError(EdgekitError):
+    """A library edgekit calls (ONNX Runtime, OpenVINO, TensorRT, Torch-Pruning, onnx, PyTorch export) failed on
+    input edgekit had already checked: an internal error, not the user's.
+
+    Attributes:
+        library: the library's display name, e.g. "ONNX Runtime".
+        detail: the first line of the library's own message.
+        where: what edgekit was doing or on which file (may be empty).
+    """
+
+    def __init__(self, library: str, detail: str, where: str = ""):
+        self.library, self.detail, self.where = library, detail, where
+        at = f" ({where})" if where else ""
+        super().__init__(f"internal error: {library} failed{at}: {detail} — {REPORT_HINT}")
+
+
+def library_error(library: str, exc: BaseException, where: Any = "") -> LibraryError:
+    """A :class:`LibraryError` for exception ``exc`` raised inside ``library`` while working on ``where``.
+
+    ``library`` is an import name from :data:`LIBRARY_NAMES` (e.g. "onnxruntime") or a display name.
+
+    Example:
+        >>> str(library_error("onnxruntime", RuntimeError("[ONNXRuntimeError] : 1 : FAIL"), "model.onnx"))
+        'internal error: ONNX Runtime failed (model.onnx): RuntimeError: [ONNXRuntimeError] : 1 : FAIL — this is ...'
+    """
+    detail = first_line(exc, 300)
+    if detail != type(exc).__name__:
+        detail = f"{type(exc).__name__}: {detail}"
+    return LibraryError(LIBRARY_NAMES.get(library, library), detail, str(where) if where else "")
+
+
+@contextlib.contextmanager
+def calling(library: str, where: Any = "") -> Iterator[None]:
+    """Turn any non-edgekit exception raised in the block into a :class:`LibraryError` naming ``library``.
+
+    Edgekit errors, ``MemoryError`` (the machine, not a library bug), ``KeyboardInterrupt`` and ``SystemExit``
+    pass through unchanged. The original exception is chained, so ``--debug`` shows its traceback.
+
+    Example:
+        >>> with calling("onnxruntime", where=path):
+        ...     session = ort.InferenceSession(path)
+    """
+    try:
+        yield
+    except (EdgekitError, MemoryError):
+        raise
+    except Exception as e:
+        raise library_error(library, e, where) from e
 
 
 def first_line(e: BaseException, limit: Optional[int] = None) -> str:

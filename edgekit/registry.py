@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Generic, Iterator, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterator, TypeVar
 
 from edgekit.errors import ConfigError, did_you_mean
 
@@ -59,13 +59,30 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            valid = ", ".join(sorted(self._items))
-            raise ConfigError(
-                f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}; valid: {valid}"
-            ) from None
+            raise ConfigError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: object) -> str:
+        """``unknown <kind> 'x' (did you mean 'y'?); valid: a, b`` for a name that is not registered."""
+        return f"unknown {self.kind} '{name}'{did_you_mean(str(name), self._items)}; valid: {', '.join(self.names())}"
 
     def names(self) -> list[str]:
+        """The registered names, sorted."""
         return sorted(self._items)
+
+    def name_type(self) -> Any:
+        """The pydantic type of a config field that names an entry of this registry.
+
+        Validation looks the name up when a config is parsed (so entries registered by plugins count) and
+        rejects an unknown one with a "did you mean"; the JSON schema lists the names registered when the
+        schema is built.
+
+        Example:
+            >>> class DataConfig(BaseModel):
+            ...     name: DATASETS.name_type() = "digits"
+        """
+        from typing import Annotated
+
+        return Annotated[str, _RegisteredName(self)]
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
@@ -75,3 +92,25 @@ class Registry(Generic[T]):
 
     def items(self):
         return sorted(self._items.items())
+
+
+class _RegisteredName:
+    """pydantic ``Annotated`` marker: the string must be a registered name (see :meth:`Registry.name_type`)."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> Any:
+        out = handler(schema)
+        out["enum"] = self.registry.names()
+        return out
+
+    def _check(self, name: str) -> str:
+        if name not in self.registry:
+            raise ValueError(self.registry.unknown_message(name))
+        return name

@@ -1,12 +1,15 @@
-"""Training loop, evaluation through runners, ONNX export with parity."""
+"""Training loop, learning-rate schedules, evaluation through runners, ONNX export with parity."""
+import math
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from edgekit.backends import open_runner
-from edgekit.core.train import TrainConfig, evaluate, fit
-from edgekit.errors import ConfigError, ShapeError
-from edgekit.export import ExportError, export_onnx
+from edgekit.core.train import OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, fit, make_optimizer, make_scheduler
+from edgekit.errors import ConfigError, ExportError, ShapeError
+from edgekit.export import export_onnx
 from edgekit.models import create_model
 
 
@@ -46,6 +49,84 @@ def test_train_config_rejects_typos_and_bad_values():
         TrainConfig(lr=0)
 
 
+def test_fit_reports_a_misspelt_train_key_as_config_error_with_suggestion(digits16):
+    model = create_model("small_cnn", width=4, depth=2, in_channels=3)
+    with pytest.raises(ConfigError, match=r"train\.epochz: unknown field \(did you mean 'epochs'\?\)"):
+        fit(model, digits16.train, None, {"epochz": 1})
+    with pytest.raises(ConfigError, match=r"train\.optimizer: unknown optimizer 'adamm' \(did you mean 'adam'\?\)"):
+        fit(model, digits16.train, None, {"optimizer": "adamm"})
+    with pytest.raises(ConfigError, match=r"train\.schedule: unknown schedule 'cosin'.*valid: constant, cosine"):
+        fit(model, digits16.train, None, {"schedule": "cosin"})
+
+
+def _reference_lr_factor(step, total, warmup, schedule):
+    """The hand-written schedule fit() used before it moved to torch.optim.lr_scheduler (kept as the spec)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "step":
+        return 0.1 ** int(t * 3 - 1e-9)
+    if schedule == "onecycle":
+        return min(1.0, 2 * t + 0.1) if t < 0.5 else 0.5 * (1 + math.cos(math.pi * (2 * t - 1)))
+    return 1.0
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "constant", "onecycle"])
+@pytest.mark.parametrize("steps_per_epoch,epochs,warmup_epochs", [
+    (1, 1, 0), (7, 3, 0), (10, 10, 0), (1, 5, 1), (3, 4, 0.5), (10, 3, 1), (33, 9, 2.5), (4, 2, 3)])
+def test_schedule_gives_the_same_lr_per_step_as_before(schedule, steps_per_epoch, epochs, warmup_epochs):
+    cfg = {"schedule": schedule, "epochs": epochs, "warmup_epochs": warmup_epochs, "lr": 0.05}
+    opt = make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
+    sched = make_scheduler(opt, cfg, steps_per_epoch)
+    total, warmup = steps_per_epoch * epochs, int(warmup_epochs * steps_per_epoch)
+    got = []
+    for _ in range(total):
+        got.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = [0.05 * _reference_lr_factor(i, total, warmup, schedule) for i in range(total)]
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+def test_fit_steps_the_scheduler_once_per_batch(digits16):
+    made, seen = [], []
+
+    def sgd_spy(params, cfg):
+        made.append(OPTIMIZERS.get("sgd")(params, cfg))
+        return made[0]
+
+    def loss_fn(model, x, y):
+        seen.append(made[0].param_groups[0]["lr"])
+        logits = model(x)
+        return torch.nn.functional.cross_entropy(logits, y), logits
+
+    with OPTIMIZERS.temporary("sgd_spy", sgd_spy):
+        fit(create_model("small_cnn", width=4, depth=2, in_channels=3), digits16.train.take(100), None,
+            {"epochs": 2, "batch_size": 25, "lr": 0.1, "optimizer": "sgd_spy"}, loss_fn=loss_fn)
+    assert seen == pytest.approx([0.1 * _reference_lr_factor(i, 8, 0, "cosine") for i in range(8)], rel=1e-12)
+
+
+def test_a_registered_schedule_is_usable_by_name(digits16):
+    with SCHEDULES.temporary("halved", lambda opt, steps: torch.optim.lr_scheduler.ConstantLR(opt, 0.5, steps)):
+        assert TrainConfig(schedule="halved").schedule == "halved"
+        assert "halved" in TrainConfig.model_json_schema()["properties"]["schedule"]["enum"]
+        fit(create_model("small_cnn", width=4, depth=2, in_channels=3), digits16.train.take(50), None,
+            {"epochs": 1, "schedule": "halved"})
+    assert "halved" not in TrainConfig.model_json_schema()["properties"]["schedule"]["enum"]
+
+
+def test_fit_and_evaluate_take_any_object_with_x_and_y():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 4)).astype(np.float32)
+    arrays = SimpleNamespace(x=x, y=(x[:, 0] > 0).astype(np.int64))
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    result = fit(model, arrays, arrays, {"epochs": 20, "lr": 0.5, "batch_size": 16}, seed=0)
+    assert result.best_val_accuracy >= 90.0 and evaluate(model, arrays) == result.best_val_accuracy
+
+
 def test_fit_needs_labels(digits16):
     from edgekit.data import Split
 
@@ -68,7 +149,8 @@ class _Flaky(torch.nn.Module):
         self.lin = torch.nn.Linear(4, 3)
 
     def forward(self, x):
-        return self.lin(x) + (torch.rand(()) if not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export() else 5.0)
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        return self.lin(x) + (5.0 if exporting else torch.rand(()))
 
 
 def test_export_parity_failure_writes_nothing(tmp_path):

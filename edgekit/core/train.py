@@ -1,23 +1,48 @@
-"""One training loop shared by training, distillation, pruning fine-tune and QAT; evaluation via modules or runners."""
+"""One training loop shared by training, distillation, pruning fine-tune and QAT; evaluation via modules or runners.
+
+Optimisers and learning-rate schedules are ``torch.optim`` / ``torch.optim.lr_scheduler`` objects picked by name
+from :data:`OPTIMIZERS` and :data:`SCHEDULES` (register your own there); under ``torch.distributed`` each rank
+reads its shard through ``DistributedSampler``.
+"""
 from __future__ import annotations
 
 import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, List, Literal, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Protocol, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+from torch.optim import lr_scheduler
+from torch.utils.data import BatchSampler
+from torch.utils.data.distributed import DistributedSampler
 
 from edgekit._log import progress
-from edgekit.data.splits import Split
-from edgekit.errors import ConfigError, ShapeError, first_line
+from edgekit.errors import ConfigError, ShapeError, first_line, validated_config
+from edgekit.registry import Registry
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+
+class Arrays(Protocol):
+    """What :func:`fit`, :func:`evaluate` and :func:`predict` read: an :class:`edgekit.data.Split` or any object with
+    ``x`` (float32 [N, ...]) and ``y`` (int64 [N], or None when unlabelled)."""
+
+    @property
+    def x(self) -> np.ndarray: ...
+
+    @property
+    def y(self) -> Optional[np.ndarray]: ...
+
+
+# name -> make(params, config) -> torch optimiser
+OPTIMIZERS: Registry[Callable[[list, TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
+# name -> make(optimizer, steps) -> torch LR scheduler over the ``steps`` after warm-up, stepped once per batch
+SCHEDULES: Registry[Callable[[torch.optim.Optimizer, int], lr_scheduler.LRScheduler]] = Registry("schedule")
 
 
 class TrainConfig(BaseModel):
@@ -28,10 +53,10 @@ class TrainConfig(BaseModel):
     epochs: int = Field(5, ge=0, description="passes over the training split")
     batch_size: int = Field(64, gt=0, description="samples per optimisation step (per process under DDP)")
     lr: float = Field(0.05, gt=0, description="peak learning rate")
-    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="sgd (momentum, nesterov) | adam | adamw")
+    optimizer: OPTIMIZERS.name_type() = Field("sgd", description="sgd (momentum, nesterov) | adam | adamw")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(5e-4, ge=0, description="L2 / decoupled weight decay")
-    schedule: Literal["cosine", "step", "constant", "onecycle"] = Field("cosine", description="learning-rate schedule")
+    schedule: SCHEDULES.name_type() = Field("cosine", description="learning-rate schedule")
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up length in epochs")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
     augment: bool = Field(False, description="random ±2 pixel shifts for image inputs")
@@ -58,26 +83,76 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     return loss_fn
 
 
-def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.momentum > 0)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+@OPTIMIZERS.register("sgd")
+def _sgd(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.momentum > 0)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * t))
-    if schedule == "step":
-        return 0.1 ** int(t * 3 - 1e-9)  # ÷10 at 1/3 and 2/3
-    if schedule == "onecycle":
+@SCHEDULES.register("cosine")
+def _cosine(opt: torch.optim.Optimizer, steps: int) -> lr_scheduler.LRScheduler:
+    return lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+
+
+@SCHEDULES.register("step")
+def _step(opt: torch.optim.Optimizer, steps: int) -> lr_scheduler.LRScheduler:
+    """÷10 at the first step past one third and past two thirds of the run."""
+    return lr_scheduler.MultiStepLR(opt, milestones=[steps // 3 + 1, 2 * steps // 3 + 1], gamma=0.1)
+
+
+@SCHEDULES.register("constant")
+def _constant(opt: torch.optim.Optimizer, steps: int) -> lr_scheduler.LRScheduler:
+    return lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+@SCHEDULES.register("onecycle")
+def _onecycle(opt: torch.optim.Optimizer, steps: int) -> lr_scheduler.LRScheduler:
+    """Linear ramp from 0.1× to the peak over the first 45 %, hold to half-way, cosine to zero. torch's OneCycleLR
+    has another shape (cosine ramp from peak/25, ending at peak/1e4), so this one keeps edgekit's as a LambdaLR."""
+
+    def factor(step: int) -> float:
+        t = step / steps
         return min(1.0, 2 * t + 0.1) if t < 0.5 else 0.5 * (1 + math.cos(math.pi * (2 * t - 1)))
-    return 1.0
+
+    return lr_scheduler.LambdaLR(opt, factor)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], config: TrainConfig | dict | None = None) -> torch.optim.Optimizer:
+    """The ``torch.optim`` optimiser named by ``config.optimizer``, at the peak learning rate.
+
+    Example:
+        >>> opt = make_optimizer(model.parameters(), {"optimizer": "adamw", "lr": 1e-3})
+    """
+    cfg = validated_config(TrainConfig, config, "train")
+    return OPTIMIZERS.get(cfg.optimizer)(list(params), cfg)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, config: TrainConfig | dict | None,
+                   steps_per_epoch: int) -> lr_scheduler.LRScheduler:
+    """Linear warm-up over ``warmup_epochs`` (from 1/warm-up steps of the peak), then ``config.schedule``;
+    call ``.step()`` after every batch.
+
+    Example:
+        >>> sched = make_scheduler(opt, {"epochs": 10, "warmup_epochs": 1}, steps_per_epoch=50)
+    """
+    cfg = validated_config(TrainConfig, config, "train")
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    main = SCHEDULES.get(cfg.schedule)(opt, max(1, total - warmup))
+    if not warmup:
+        return main
+    warm = lr_scheduler.LinearLR(opt, start_factor=1 / warmup, end_factor=1.0, total_iters=max(1, warmup - 1))
+    return lr_scheduler.SequentialLR(opt, [warm, main], milestones=[warmup])
 
 
 def _shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
@@ -97,18 +172,63 @@ def _dist_info() -> Tuple[int, int]:
     return 0, 1
 
 
-def fit(model: nn.Module, train: Split, val: Optional[Split], config: TrainConfig | dict | None = None, *,
+@dataclass
+class _Epochs:
+    """The optimisation state :func:`fit` carries from batch to batch."""
+
+    net: nn.Module  # the model, DDP-wrapped under torch.distributed
+    loss_fn: LossFn
+    opt: torch.optim.Optimizer
+    cfg: TrainConfig
+    params: List[nn.Parameter]
+    extra: List[nn.Parameter]
+    world: int
+    gen: torch.Generator  # augmentation draws
+
+    def run(self, x_all: torch.Tensor, y_all: torch.Tensor, batches: BatchSampler,
+            sched: lr_scheduler.LRScheduler) -> dict:
+        """One pass over this rank's batches; returns the epoch's mean loss and accuracy (%)."""
+        self.net.train()
+        seen, correct, loss_sum = 0, 0, 0.0
+        for idx in batches:
+            x, y = x_all[idx], y_all[idx]
+            if self.cfg.augment:
+                x = _shift(x, self.gen)
+            loss, logits = self.loss_fn(self.net, x, y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self._sync_extra_grads()
+            if self.cfg.grad_clip:
+                nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            self.opt.step()
+            sched.step()
+            seen += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss.detach()) * len(y)
+        return {"train_loss": loss_sum / max(1, seen), "train_accuracy": 100.0 * correct / max(1, seen)}
+
+    def _sync_extra_grads(self) -> None:
+        """DDP averages the model's gradients only: average those of tensors outside it (adapters) by hand."""
+        if self.world > 1:
+            for p in self.extra:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= self.world
+
+
+def fit(model: nn.Module, train: Arrays, val: Optional[Arrays], config: TrainConfig | dict | None = None, *,
         seed: int = 0, loss_fn: Optional[LossFn] = None, extra_parameters: Iterable[nn.Parameter] = (),
         desc: str = "train") -> FitResult:
     """Train ``model`` in place on ``train``; evaluate on ``val`` after each epoch.
 
-    Under ``torch.distributed`` (e.g. ``torchrun``), the model is wrapped in DistributedDataParallel,
-    each rank trains on its shard of the same seeded permutation, and all ranks end with identical weights.
+    Under ``torch.distributed`` (e.g. ``torchrun``), the model is wrapped in DistributedDataParallel, each rank
+    trains on its ``DistributedSampler`` shard of the same seeded permutation (padded so every rank runs the same
+    number of batches) and all ranks end with identical weights.
 
     Args:
         model: the module to train (modified in place).
-        train / val: :class:`edgekit.data.Split` arrays; ``val`` may be None.
-        config: :class:`TrainConfig` or a dict of its fields.
+        train / val: :class:`edgekit.data.Split` or anything with ``.x`` / ``.y`` arrays; ``val`` may be None.
+        config: :class:`TrainConfig` or a dict of its fields (a misspelt key raises ConfigError).
         seed: drives shuffling, augmentation and initial RNG state.
         loss_fn: ``loss_fn(model, x, y) -> (loss, logits)``; default cross-entropy.
         extra_parameters: trainable tensors outside ``model`` (e.g. distillation adapters).
@@ -117,64 +237,35 @@ def fit(model: nn.Module, train: Split, val: Optional[Split], config: TrainConfi
         >>> result = fit(model, splits.train, splits.val, {"epochs": 5, "lr": 0.05}, seed=0)
         >>> result.best_val_accuracy
     """
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig(**(config or {}))
+    cfg = validated_config(TrainConfig, config, "train")
     if train.y is None:
         raise ConfigError("training needs labelled data; this dataset has no labels (synthetic/latency-only)")
     rank, world = _dist_info()
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed + 1)
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     extra = list(extra_parameters)
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model)
-    loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
     params = [p for p in model.parameters() if p.requires_grad] + extra
-    opt = _optimizer(params, cfg)
+    opt = make_optimizer(params, cfg)
+    loop = _Epochs(net, loss_fn or cross_entropy_loss(cfg.label_smoothing), opt, cfg, params, extra, world,
+                   torch.Generator().manual_seed(seed + 1))
+    sampler = DistributedSampler(range(len(train.x)), num_replicas=world, rank=rank, shuffle=True, seed=seed + 1)
+    batches = BatchSampler(sampler, cfg.batch_size, drop_last=False)
+    sched = make_scheduler(opt, cfg, max(1, len(batches)))
     x_all, y_all = torch.from_numpy(train.x), torch.from_numpy(train.y)
-    steps_per_epoch = max(1, math.ceil(len(train) / world / cfg.batch_size))
-    total = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    result, best_state, step, t0 = FitResult(), None, 0, time.perf_counter()
+    result, best_state, t0 = FitResult(), None, time.perf_counter()
     bar = progress(range(cfg.epochs), desc=desc, total=cfg.epochs, leave=False)
     for epoch in bar:
-        net.train()
-        perm = torch.randperm(len(train), generator=gen)
-        if world > 1:  # pad so every rank runs the same number of batches (else collectives hang)
-            perm = torch.cat([perm, perm[:(-len(perm)) % world]])[rank::world]
-        seen, correct, loss_sum = 0, 0, 0.0
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            x, y = x_all[idx], y_all[idx]
-            if cfg.augment:
-                x = _shift(x, gen)
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * _lr_factor(step, total, warmup, cfg.schedule)
-            loss, logits = loss_fn(net, x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1 and extra:
-                for p in extra:
-                    if p.grad is not None:
-                        torch.distributed.all_reduce(p.grad)
-                        p.grad /= world
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            step += 1
-            seen += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss.detach()) * len(y)
+        sampler.set_epoch(epoch)
+        row = {"epoch": epoch + 1, **loop.run(x_all, y_all, batches, sched)}
         if world > 1:  # BatchNorm running statistics are per process: make every rank use rank 0's
             for buf in model.buffers():
                 torch.distributed.broadcast(buf, src=0)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "train_accuracy": 100.0 * correct / max(1, seen),
-               "seconds": time.perf_counter() - t0}
+        row["seconds"] = time.perf_counter() - t0
         if val is not None and val.y is not None:
             row["val_accuracy"] = evaluate(model, val)
             if result.best_val_accuracy is None or row["val_accuracy"] > result.best_val_accuracy:
                 result.best_val_accuracy = row["val_accuracy"]
-                if cfg.keep_best:
-                    best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(model.state_dict()) if cfg.keep_best else None
         result.history.append(row)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row.get('val_accuracy', float('nan')):.1f}")
@@ -217,7 +308,7 @@ def predict(model_or_runner: Union[nn.Module, Any], x: np.ndarray, batch_size: i
     return np.concatenate(outs) if outs else np.empty((0,))
 
 
-def evaluate(model_or_runner: Union[nn.Module, Any], split: Split, batch_size: int = 256) -> float:
+def evaluate(model_or_runner: Union[nn.Module, Any], split: Arrays, batch_size: int = 256) -> float:
     """Top-1 accuracy in percent of a module or runner on a labelled split."""
     if split.y is None:
         raise ConfigError("accuracy needs labelled data; this split has no labels")

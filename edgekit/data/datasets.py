@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, List, Literal, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.data.splits import Splits, make_splits
-from edgekit.errors import ConfigError, InputFileError, ShapeError
+from edgekit.errors import ConfigError, InputFileError, ShapeError, validated_config
 from edgekit.registry import Registry
 
 DATASETS: Registry[Callable[[DataConfig, int], Splits]] = Registry("dataset")
@@ -19,8 +19,8 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Literal["digits", "digits_seq", "synthetic", "npz", "image_folder"] = Field(
-        "digits", description="digits | digits_seq | synthetic | npz | image_folder")
+    # checked against DATASETS when parsed, so a dataset a plugin registers works in a recipe
+    name: DATASETS.name_type() = Field("digits", description="digits | digits_seq | synthetic | npz | image_folder")
     path: Optional[str] = Field(None, description="npz file or image folder (for name npz / image_folder)")
     image_size: Optional[int] = Field(None, gt=0, description="resize square images to this size (digits: 8 native)")
     channels: int = Field(1, description="1 (grey) or 3 (grey replicated / RGB)")
@@ -39,8 +39,7 @@ def load_data(config: DataConfig | dict, seed: int = 0) -> Splits:
         >>> splits.train.x.shape[1:]
         (3, 32, 32)
     """
-    if isinstance(config, dict):
-        config = DataConfig(**config)
+    config = validated_config(DataConfig, config, "data")
     if config.channels not in (1, 3):
         raise ConfigError(f"data.channels must be 1 or 3, got {config.channels}")
     splits = DATASETS.get(config.name)(config, seed)
@@ -122,7 +121,8 @@ def read_npz(path: Optional[str], field: str = "path") -> Tuple[np.ndarray, Opti
     try:
         with np.load(p, allow_pickle=False) as f:
             if "x" not in f.files:
-                raise InputFileError(f"{p}: npz must contain an array named 'x' (found: {', '.join(f.files) or 'none'})")
+                found = ", ".join(f.files) or "none"
+                raise InputFileError(f"{p}: npz must contain an array named 'x' (found: {found})")
             x, y = f["x"], (f["y"] if "y" in f.files else None)
     except ValueError as e:
         raise InputFileError(f"{p}: not a readable npz of plain arrays ({e})") from None

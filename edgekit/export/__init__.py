@@ -1,4 +1,5 @@
 """Export to ONNX (with parity check); TensorRT engines live in ``edgekit.backends.tensorrt.build`` (lazy)."""
-from edgekit.export.onnx import ExportError, ExportResult, export_onnx
+from edgekit.errors import ExportError
+from edgekit.export.onnx import ExportResult, export_onnx
 
 __all__ = ["ExportError", "ExportResult", "export_onnx"]

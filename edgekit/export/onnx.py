@@ -13,11 +13,7 @@ import torch
 import torch.nn as nn
 
 from edgekit._io import atomic_path, write_sidecar
-from edgekit.errors import EdgekitError, ShapeError, first_line
-
-
-class ExportError(EdgekitError):
-    """Export failed, or the exported model disagrees with PyTorch beyond tolerance."""
+from edgekit.errors import ExportError, ShapeError, calling, first_line
 
 
 @dataclass
@@ -54,7 +50,9 @@ def export_onnx(model: nn.Module, sample: np.ndarray, path: str | Path, *, opset
         exporter: "torchscript" (fast, default) or "dynamo" (needed for fake-quant → Q/DQ export).
 
     Raises:
-        ExportError: export failed, the checker rejected the graph, or parity is outside tolerance.
+        ShapeError: ``sample`` is not a batch the model accepts.
+        ExportError: bad opset, the checker rejected the graph, or parity is outside tolerance.
+        LibraryError: the PyTorch exporter failed on a model that runs in PyTorch.
 
     Example:
         >>> result = export_onnx(model, splits.val.x[:32], "model.onnx")
@@ -64,6 +62,8 @@ def export_onnx(model: nn.Module, sample: np.ndarray, path: str | Path, *, opset
 
     if opset < 17:
         raise ExportError(f"opset must be >= 17, got {opset}")
+    if exporter not in ("torchscript", "dynamo"):
+        raise ExportError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     if sample.ndim < 2 or len(sample) == 0:
         raise ShapeError(f"export sample must be a non-empty batch [N, ...], got shape {list(sample.shape)}")
@@ -82,7 +82,7 @@ def export_onnx(model: nn.Module, sample: np.ndarray, path: str | Path, *, opset
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as e:
             raise ExportError(f"{path}: onnx.checker rejected the exported graph: {first_line(e, 300)}") from None
-        max_diff, agree, n = _parity(model, tmp, sample if parity_data is None else parity_data)
+        max_diff, agree, n = _parity(model, tmp, sample if parity_data is None else parity_data, path)
         if not (max_diff <= atol) or agree < min_top1_agreement:
             raise ExportError(
                 f"{path}: ONNX output disagrees with PyTorch (max |diff| {max_diff:.2e}, allowed {atol:.0e}; "
@@ -94,34 +94,34 @@ def export_onnx(model: nn.Module, sample: np.ndarray, path: str | Path, *, opset
 
 def _run_exporter(model: nn.Module, x: torch.Tensor, out: Path, opset: int, exporter: str) -> None:
     quiet = io.StringIO()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-            warnings.simplefilter("ignore")
-            if exporter == "dynamo":
-                torch.onnx.export(model, (x,), str(out), input_names=["input"], output_names=["logits"],
-                                  opset_version=max(opset, 18), dynamo=True, external_data=False,
-                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
-            else:
-                torch.onnx.export(model, (x,), str(out), input_names=["input"], output_names=["logits"],
-                                  opset_version=opset, dynamo=False,
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    except Exception as e:
-        msg = str(e).strip().splitlines()
-        raise ExportError(f"torch.onnx.export ({exporter}) failed for {type(model).__name__}: "
-                          f"{msg[0][:300] if msg else type(e).__name__}") from None
+    with calling("torch.onnx", where=f"{exporter} export of {type(model).__name__}"), warnings.catch_warnings(), \
+            contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            torch.onnx.export(model, (x,), str(out), input_names=["input"], output_names=["logits"],
+                              opset_version=max(opset, 18), dynamo=True, external_data=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+        else:
+            torch.onnx.export(model, (x,), str(out), input_names=["input"], output_names=["logits"],
+                              opset_version=opset, dynamo=False,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def _parity(model: nn.Module, onnx_path: Path, data: np.ndarray, batch: int = 64):
+def _parity(model: nn.Module, onnx_path: Path, data: np.ndarray, final_path: Path, batch: int = 64):
+    """Max |ONNX Runtime - PyTorch| and top-1 agreement (%) over ``data``; ``final_path`` names it in errors."""
     from edgekit.backends.ort import OrtRunner
 
-    runner = OrtRunner(str(onnx_path), ["CPUExecutionProvider"], threads=None)
+    where = f"parity check of {final_path}"
+    with calling("onnxruntime", where=where):
+        runner = OrtRunner(str(onnx_path), ["CPUExecutionProvider"], threads=None)
     data = np.ascontiguousarray(data, dtype=np.float32)
     max_diff, agree = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(data), batch):
             xb = data[i:i + batch]
             ref = model(torch.from_numpy(xb)).numpy()
-            got = runner(xb)
+            with calling("onnxruntime", where=where):
+                got = runner(xb)
             max_diff = max(max_diff, float(np.abs(ref - got).max()))
             agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
     return max_diff, 100.0 * agree / len(data), len(data)
