@@ -1,6 +1,7 @@
 """The `edgekit` command: run, bench, recipe validate, models, data make-calib, doctor, and per-technique commands.
 
-User errors print as one line (`edgekit: error: ...`) with exit code 2; `--debug` shows the traceback.
+Every :class:`edgekit.errors.EdgekitError` (user errors, and :class:`~edgekit.errors.LibraryError` for failures
+inside a library) prints as `edgekit: error: ...` with exit code 2 and no traceback; `--debug` adds the traceback.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import importlib
 import json
 import os
 import sys
+import traceback
 from typing import List, Optional
 
 from edgekit._log import configure_cli_logging
@@ -90,6 +92,8 @@ def _cmd_make_calib(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
+    from edgekit.data import DATASETS
+
     p = argparse.ArgumentParser(prog="edgekit", description="Make neural networks small and fast for edge devices, "
                                 "and prove it with measurements.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -123,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="data tools").add_subparsers(dest="data_cmd", metavar="ACTION")
     d.required = True
     mc = d.add_parser("make-calib", help="write a calibration npz drawn from a dataset's training split")
-    mc.add_argument("--dataset", default="digits", choices=["digits", "digits_seq"])
+    mc.add_argument("--dataset", default="digits", choices=DATASETS.names(),
+                    help="a registered dataset (default: digits)")
     mc.add_argument("--image-size", type=int)
     mc.add_argument("--channels", type=int, choices=[1, 3])
     mc.add_argument("--samples", type=int, default=128)
@@ -150,7 +155,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.func(args) or 0)
     except EdgekitError as e:
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f"edgekit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -189,10 +189,7 @@ def run_interleaved(cases: Sequence[Case], warmup: int = 10, iters: Optional[int
     if not cases:
         return Interleaved(times=[])
     timers = [make_block_timer(c) for c in cases]
-    estimates = []
-    for c, timer in zip(cases, timers):
-        w = timer(max(1, warmup)) if warmup else timer(1)
-        estimates.append(float(np.median(w)))
+    estimates = [float(np.median(timer(max(1, warmup)))) for timer in timers]  # warm-up doubles as the estimate
     per_round = [math.ceil(c.round_time_s * 1000.0 / max(e, 1e-6)) if c.round_time_s
                  else plan_iterations(e, rounds, iters, min_time) for c, e in zip(cases, estimates)]
     res = Interleaved(times=[[] for _ in cases], iters_per_round=per_round,

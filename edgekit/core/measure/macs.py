@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -225,6 +225,67 @@ def _from_dq(name: str, producers: Dict[str, Any]) -> bool:
     return p is not None and p.op_type == "DequantizeLinear"
 
 
+Shapes = Callable[[str], Optional[List[int]]]
+
+
+def _ins(node, shapes: Shapes, *idx: int) -> List[Optional[List[int]]]:
+    return [shapes(node.input[i]) if i < len(node.input) else None for i in idx]
+
+
+# op type -> macs(node, shapes) (None when the shapes are unknown); the operand positions differ per op
+_COUNTERS: Dict[str, Callable[[Any, Shapes], Optional[int]]] = {
+    "Conv": lambda n, s: _conv(s(n.output[0]), s(n.input[1])),
+    "FusedConv": lambda n, s: _conv(s(n.output[0]), s(n.input[1])),
+    "ConvInteger": lambda n, s: _conv(s(n.output[0]), s(n.input[1])),
+    "QLinearConv": lambda n, s: _conv(s(n.output[0]), s(n.input[3])),
+    "ConvTranspose": lambda n, s: _conv_transpose(*_ins(n, s, 0, 1)),
+    "MatMul": lambda n, s: _matmul(*_ins(n, s, 0, 1), s(n.output[0])),
+    "FusedMatMul": lambda n, s: _matmul(*_ins(n, s, 0, 1), s(n.output[0])),
+    "MatMulInteger": lambda n, s: _matmul(*_ins(n, s, 0, 1), s(n.output[0])),
+    "DynamicQuantizeMatMul": lambda n, s: _matmul(*_ins(n, s, 0, 1), s(n.output[0])),
+    "MatMulIntegerToFloat": lambda n, s: _matmul(*_ins(n, s, 0, 1), s(n.output[0])),
+    "QLinearMatMul": lambda n, s: _matmul(*_ins(n, s, 0, 3), s(n.output[0])),
+    "Gemm": lambda n, s: _gemm(n, *_ins(n, s, 0, 1)),
+    "QGemm": lambda n, s: _gemm(n, *_ins(n, s, 0, 3)),
+    "Einsum": lambda n, s: _einsum(n, [s(i) for i in n.input]),
+    "LSTM": lambda n, s: _recurrent(n, s(n.input[0]), 4),
+    "DynamicQuantizeLSTM": lambda n, s: _recurrent(n, s(n.input[0]), 4),
+    "GRU": lambda n, s: _recurrent(n, s(n.input[0]), 3),
+    "RNN": lambda n, s: _recurrent(n, s(n.input[0]), 1),
+    "Attention": lambda n, s: _attention(n, [s(i) for i in n.input[:3]]),
+}
+# float ops that run as int8 kernels when both operands come from DequantizeLinear (QDQ graphs)
+_QDQ_INT8_OPS = {"Conv", "FusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm"}
+
+
+def _inferred(path_or_model: Any, input_shape: Optional[Sequence[int]]) -> Tuple[Any, List[int], str]:
+    """The model with its first input fixed to ``[1, *input_shape]`` and shapes inferred; the fixed shape; its name."""
+    import onnx
+
+    model, where = _load(path_or_model)
+    fixed = _fix_input_shapes(model, input_shape, where)
+    del model.graph.value_info[:]  # drop stale symbolic shapes; inference recomputes them
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        raise ShapeError(f"{where}: shape inference failed for input shape {fixed}: {msg}") from None
+    return model, fixed, where
+
+
+def _node_macs(i: int, node, shapes: Shapes, producers: Dict[str, Any]) -> Optional[NodeMacs]:
+    """The MACs of one node, or None for an op that is not counted."""
+    op = node.op_type
+    count = _COUNTERS.get(op)
+    if count is None or (op == "Attention" and node.domain not in ("", "ai.onnx")):
+        return None
+    macs = count(node, shapes)
+    int8 = op in _INT8_OPS or (op in _QDQ_INT8_OPS and all(_from_dq(n, producers) for n in node.input[:2]))
+    return NodeMacs(node.name or f"{op}_{i}", op, int(macs or 0), int8, macs is not None)
+
+
 def count_macs_onnx(path_or_model: Any, input_shape: Optional[Sequence[int]] = None) -> MacReport:
     """Count MACs per sample of an ONNX model.
 
@@ -243,64 +304,14 @@ def count_macs_onnx(path_or_model: Any, input_shape: Optional[Sequence[int]] = N
         >>> count_macs_onnx("resnet18.onnx", (3, 224, 224)).total
         1814073344
     """
-    import onnx
-
-    model, where = _load(path_or_model)
-    fixed = _fix_input_shapes(model, input_shape, where)
-    del model.graph.value_info[:]  # drop stale symbolic shapes; inference recomputes them
-    for out in model.graph.output:
-        out.type.tensor_type.ClearField("shape")
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-        raise ShapeError(f"{where}: shape inference failed for input shape {fixed}: {msg}") from None
-    shapes = _shape_map(model)
+    model, fixed, _where = _inferred(path_or_model, input_shape)
+    shape_map = _shape_map(model)
     producers = {o: n for n in model.graph.node for o in n.output}
 
-    def s(name: str) -> Optional[List[int]]:
-        return shapes.get(name) if name else None
+    def shapes(name: str) -> Optional[List[int]]:
+        return shape_map.get(name) if name else None
 
-    per_node: List[NodeMacs] = []
-    for i, node in enumerate(model.graph.node):
-        op, ins = node.op_type, list(node.input)
-        macs, int8 = None, op in _INT8_OPS
-        if op in ("Conv", "FusedConv"):
-            macs = _conv(s(node.output[0]), s(ins[1]))
-            int8 = _from_dq(ins[0], producers) and _from_dq(ins[1], producers)
-        elif op == "QLinearConv":
-            macs = _conv(s(node.output[0]), s(ins[3]))
-        elif op == "ConvInteger":
-            macs = _conv(s(node.output[0]), s(ins[1]))
-        elif op == "ConvTranspose":
-            macs = _conv_transpose(s(ins[0]), s(ins[1]))
-            int8 = _from_dq(ins[0], producers) and _from_dq(ins[1], producers)
-        elif op in ("MatMul", "MatMulInteger", "FusedMatMul"):
-            macs = _matmul(s(ins[0]), s(ins[1]), s(node.output[0]))
-            if op != "MatMulInteger":
-                int8 = _from_dq(ins[0], producers) and _from_dq(ins[1], producers)
-        elif op == "QLinearMatMul":
-            macs = _matmul(s(ins[0]), s(ins[3]), s(node.output[0]))
-        elif op in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
-            macs = _matmul(s(ins[0]), s(ins[1]), s(node.output[0]))
-        elif op == "Gemm":
-            macs = _gemm(node, s(ins[0]), s(ins[1]))
-            int8 = _from_dq(ins[0], producers) and _from_dq(ins[1], producers)
-        elif op == "QGemm":
-            macs = _gemm(node, s(ins[0]), s(ins[3]))
-        elif op == "Einsum":
-            macs = _einsum(node, [s(n) for n in ins])
-        elif op in ("LSTM", "DynamicQuantizeLSTM"):
-            macs = _recurrent(node, s(ins[0]), 4)
-        elif op == "GRU":
-            macs = _recurrent(node, s(ins[0]), 3)
-        elif op == "RNN":
-            macs = _recurrent(node, s(ins[0]), 1)
-        elif op == "Attention" and node.domain in ("", "ai.onnx"):
-            macs = _attention(node, [s(n) for n in ins[:3]])
-        else:
-            continue
-        per_node.append(NodeMacs(node.name or f"{op}_{i}", op, int(macs or 0), bool(int8), macs is not None))
+    per_node = [m for i, node in enumerate(model.graph.node) if (m := _node_macs(i, node, shapes, producers))]
     total = sum(n.macs for n in per_node)
     int8_total = sum(n.macs for n in per_node if n.int8)
     return MacReport(total=total, int8=int8_total, per_node=per_node, input_shape=fixed[1:])
