@@ -2,7 +2,16 @@
 import numpy as np
 import pytest
 
-from edgekit.data import check_calibration, load_calibration, load_data, make_calibration, split_indices
+from edgekit.data import (
+    DATASETS,
+    DataConfig,
+    check_calibration,
+    load_calibration,
+    load_data,
+    make_calibration,
+    make_splits,
+    split_indices,
+)
 from edgekit.errors import ConfigError, InputFileError, ShapeError
 
 
@@ -50,7 +59,8 @@ def test_image_folder(tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()
         for i in range(5):
-            Image.fromarray(np.full((10, 10, 3), i * 20 + (cls == "dog") * 100, np.uint8)).save(tmp_path / cls / f"{i}.png")
+            pixels = np.full((10, 10, 3), i * 20 + (cls == "dog") * 100, np.uint8)
+            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.png")
     s = load_data({"name": "image_folder", "path": str(tmp_path), "image_size": 8, "channels": 3,
                    "split": [0.6, 0.2, 0.2]}, seed=0)
     assert s.input_shape == (3, 8, 8) and s.num_classes == 2
@@ -80,3 +90,39 @@ def test_shipped_calibration_set_fits_the_demo_recipe():
     path = Path(__file__).resolve().parents[1] / "calib_data" / "digits32_rgb.npz"
     x = load_calibration(path, (3, 32, 32))
     assert x.dtype == np.float32 and len(x) >= 64
+
+
+def _ramp(config, seed):
+    """A plugin dataset: 30 samples of 2 features whose label is the sign of the first."""
+    x = np.linspace(-1, 1, 60, dtype=np.float32).reshape(30, 2)
+    return make_splits(x, (x[:, 0] > 0).astype(np.int64), config.split, seed, "ramp", 2)
+
+
+def test_a_registered_dataset_works_in_load_data_the_recipe_and_its_schema():
+    from edgekit.pipeline.recipe import recipe_json_schema, validate_recipe
+
+    with DATASETS.temporary("ramp", _ramp):
+        s = load_data({"name": "ramp", "split": [0.6, 0.2, 0.2]}, seed=0)
+        assert s.name == "ramp" and s.input_shape == (2,) and len(s.train) == 18
+        recipe = validate_recipe({"model": {"name": "resnet_cifar"}, "data": {"name": "ramp"}})
+        assert recipe.data.name == "ramp"
+        assert "ramp" in recipe_json_schema()["$defs"]["DataConfig"]["properties"]["name"]["enum"]
+    assert "ramp" not in DataConfig.model_json_schema()["properties"]["name"]["enum"]
+    with pytest.raises(ConfigError, match=r"data\.name: unknown dataset 'ramp'; valid: digits, digits_seq"):
+        load_data({"name": "ramp"})
+
+
+def test_data_config_enum_is_the_registry_and_typos_get_a_suggestion():
+    assert DataConfig.model_json_schema()["properties"]["name"]["enum"] == DATASETS.names()
+    with pytest.raises(ConfigError, match=r"data\.name: unknown dataset 'digts' \(did you mean 'digits'\?\)"):
+        load_data({"name": "digts"})
+    with pytest.raises(ConfigError, match=r"data\.imge_size: unknown field \(did you mean 'image_size'\?\)"):
+        load_data({"name": "digits", "imge_size": 8})
+
+
+def test_make_calib_dataset_choices_come_from_the_registry():
+    from edgekit.cli.main import build_parser
+
+    with DATASETS.temporary("ramp", _ramp):
+        args = build_parser().parse_args(["data", "make-calib", "--dataset", "ramp", "--out", "c.npz"])
+    assert args.dataset == "ramp"

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from _helpers.models import ExportFlaky
 
 from edgekit.backends import open_runner
 from edgekit.core.train import OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, fit, make_optimizer, make_scheduler
@@ -141,21 +142,9 @@ def test_export_wrong_sample_shape_is_clear(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-class _Flaky(torch.nn.Module):
-    """Differs between PyTorch and ONNX: a python-side random perturbation the exporter freezes."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(4, 3)
-
-    def forward(self, x):
-        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        return self.lin(x) + (5.0 if exporting else torch.rand(()))
-
-
 def test_export_parity_failure_writes_nothing(tmp_path):
     with pytest.raises(ExportError, match="disagrees with PyTorch.*nothing was written"):
-        export_onnx(_Flaky(), np.ones((4, 4), np.float32), tmp_path / "m.onnx")
+        export_onnx(ExportFlaky(), np.ones((4, 4), np.float32), tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from edgekit._io import atomic_path, write_sidecar
-from edgekit.errors import ExportError, ShapeError, calling, first_line
+from edgekit.errors import ExportError, LibraryError, ShapeError, calling, first_line
 
 
 @dataclass
@@ -51,8 +51,9 @@ def export_onnx(model: nn.Module, sample: np.ndarray, path: str | Path, *, opset
 
     Raises:
         ShapeError: ``sample`` is not a batch the model accepts.
-        ExportError: bad opset, the checker rejected the graph, or parity is outside tolerance.
-        LibraryError: the PyTorch exporter failed on a model that runs in PyTorch.
+        ExportError: bad opset, an operator ONNX cannot express, the checker rejected the graph, or parity is
+            outside tolerance.
+        LibraryError: the PyTorch exporter failed otherwise on a model that runs in PyTorch.
 
     Example:
         >>> result = export_onnx(model, splits.val.x[:32], "model.onnx")
@@ -93,18 +94,26 @@ def export_onnx(model: nn.Module, sample: np.ndarray, path: str | Path, *, opset
 
 
 def _run_exporter(model: nn.Module, x: torch.Tensor, out: Path, opset: int, exporter: str) -> None:
+    """Run torch.onnx.export quietly. An operator ONNX cannot express is the model's (ExportError); any other
+    failure inside the exporter is PyTorch's (LibraryError)."""
     quiet = io.StringIO()
-    with calling("torch.onnx", where=f"{exporter} export of {type(model).__name__}"), warnings.catch_warnings(), \
-            contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        warnings.simplefilter("ignore")
-        if exporter == "dynamo":
-            torch.onnx.export(model, (x,), str(out), input_names=["input"], output_names=["logits"],
-                              opset_version=max(opset, 18), dynamo=True, external_data=False,
-                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
-        else:
-            torch.onnx.export(model, (x,), str(out), input_names=["input"], output_names=["logits"],
-                              opset_version=opset, dynamo=False,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    try:
+        with calling("torch.onnx", where=f"{exporter} export of {type(model).__name__}"), \
+                warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                torch.onnx.export(model, (x,), str(out), input_names=["input"], output_names=["logits"],
+                                  opset_version=max(opset, 18), dynamo=True, external_data=False,
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+            else:
+                torch.onnx.export(model, (x,), str(out), input_names=["input"], output_names=["logits"],
+                                  opset_version=opset, dynamo=False,
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    except LibraryError as e:
+        if isinstance(e.__cause__, torch.onnx.errors.UnsupportedOperatorError):
+            raise ExportError(f"{type(model).__name__} cannot be exported to ONNX: {first_line(e.__cause__, 300)}; "
+                              "replace that operation or register a custom symbolic for it") from e.__cause__
+        raise
 
 
 def _parity(model: nn.Module, onnx_path: Path, data: np.ndarray, final_path: Path, batch: int = 64):
