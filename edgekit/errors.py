@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 
 class EdgekitError(Exception):
-    """Base class for every error caused by user input or environment."""
+    """Base class of every edgekit error: user input, the environment, or a library failing (:class:`LibraryError`)."""
 
 
 class ConfigError(EdgekitError):

@@ -1,13 +1,14 @@
 """Built-in datasets (digits, synthetic) and user data (npz files, image folders), one registry."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgekit.data.splits import Splits, make_splits
+from edgekit.data.splits import Split, Splits, make_splits
 from edgekit.errors import ConfigError, InputFileError, ShapeError, validated_config
 from edgekit.registry import Registry
 
@@ -47,10 +48,7 @@ def load_data(config: DataConfig | dict, seed: int = 0) -> Splits:
 
 
 def _normalize(s: Splits) -> Splits:
-    from dataclasses import replace
-
-    from edgekit.data.splits import Split
-
+    """Scale every split by the training split's mean and standard deviation."""
     mean, std = float(s.train.x.mean()), float(s.train.x.std()) or 1.0
     f = lambda sp: Split(((sp.x - mean) / std).astype(np.float32), sp.y)  # noqa: E731
     return replace(s, train=f(s.train), val=f(s.val), test=f(s.test))
@@ -98,10 +96,7 @@ def _synthetic(config: DataConfig, seed: int) -> Splits:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((config.samples, *config.shape), dtype=np.float32)
     y = rng.integers(0, config.num_classes, config.samples).astype(np.int64)
-    s = make_splits(x, y, config.split, seed, "synthetic", config.num_classes)
-    from dataclasses import replace
-
-    return replace(s, labelled=False)
+    return replace(make_splits(x, y, config.split, seed, "synthetic", config.num_classes), labelled=False)
 
 
 @DATASETS.register("npz")
