@@ -183,14 +183,16 @@ class _Epochs:
     params: List[nn.Parameter]
     extra: List[nn.Parameter]
     world: int
-    gen: torch.Generator  # augmentation draws
+    gen: torch.Generator  # the epoch permutations and augmentation draws, one seeded stream
 
     def run(self, x_all: torch.Tensor, y_all: torch.Tensor, batches: BatchSampler,
             sched: lr_scheduler.LRScheduler) -> dict:
-        """One pass over this rank's batches; returns the epoch's mean loss and accuracy (%)."""
+        """One pass over this rank's batches of a fresh permutation; returns the mean loss and accuracy (%)."""
         self.net.train()
+        perm = torch.randperm(len(x_all), generator=self.gen)
         seen, correct, loss_sum = 0, 0, 0.0
-        for idx in batches:
+        for positions in batches:
+            idx = perm[positions]
             x, y = x_all[idx], y_all[idx]
             if self.cfg.augment:
                 x = _shift(x, self.gen)
@@ -223,7 +225,7 @@ def fit(model: nn.Module, train: Arrays, val: Optional[Arrays], config: TrainCon
 
     Under ``torch.distributed`` (e.g. ``torchrun``), the model is wrapped in DistributedDataParallel, each rank
     trains on its ``DistributedSampler`` shard of the same seeded permutation (padded so every rank runs the same
-    number of batches) and all ranks end with identical weights.
+    number of batches), and all ranks end with identical weights.
 
     Args:
         model: the module to train (modified in place).
@@ -248,14 +250,15 @@ def fit(model: nn.Module, train: Arrays, val: Optional[Arrays], config: TrainCon
     opt = make_optimizer(params, cfg)
     loop = _Epochs(net, loss_fn or cross_entropy_loss(cfg.label_smoothing), opt, cfg, params, extra, world,
                    torch.Generator().manual_seed(seed + 1))
-    sampler = DistributedSampler(range(len(train.x)), num_replicas=world, rank=rank, shuffle=True, seed=seed + 1)
-    batches = BatchSampler(sampler, cfg.batch_size, drop_last=False)
+    # DistributedSampler shards and pads positions in the epoch's permutation (every rank runs the same number of
+    # batches, else collectives hang); the permutation itself comes from the seeded stream, as without DDP
+    shard = DistributedSampler(range(len(train.x)), num_replicas=world, rank=rank, shuffle=False)
+    batches = BatchSampler(shard, cfg.batch_size, drop_last=False)
     sched = make_scheduler(opt, cfg, max(1, len(batches)))
     x_all, y_all = torch.from_numpy(train.x), torch.from_numpy(train.y)
     result, best_state, t0 = FitResult(), None, time.perf_counter()
     bar = progress(range(cfg.epochs), desc=desc, total=cfg.epochs, leave=False)
     for epoch in bar:
-        sampler.set_epoch(epoch)
         row = {"epoch": epoch + 1, **loop.run(x_all, y_all, batches, sched)}
         if world > 1:  # BatchNorm running statistics are per process: make every rank use rank 0's
             for buf in model.buffers():
