@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgekit.backends.tensorrt.build as trtx
+import edgekit.core.onnx_graph as onnx_graph
 from edgekit._io import read_sidecar, sidecar_path, write_sidecar
 from edgekit.errors import BackendUnavailableError, ConfigError, InputFileError
 
@@ -68,15 +69,15 @@ def test_precision_flags_rejects_unknown_with_suggestion():
 
 
 def test_qdq_detection(tmp_path):
-    assert trtx.has_qdq(make_onnx(tmp_path / "q.onnx", qdq=True))
-    assert not trtx.has_qdq(make_onnx(tmp_path / "f.onnx"))
+    assert onnx_graph.has_qdq(make_onnx(tmp_path / "q.onnx", qdq=True))
+    assert not onnx_graph.has_qdq(make_onnx(tmp_path / "f.onnx"))
 
 
 def test_corrupt_onnx_is_an_input_file_error(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf at all \x00\xff")
     with pytest.raises(InputFileError, match="bad.onnx"):
-        trtx.has_qdq(bad)
+        onnx_graph.has_qdq(bad)
 
 
 def test_onnx_inputs_skip_initializers_and_mark_dynamic_dims(tmp_path):
@@ -84,7 +85,7 @@ def test_onnx_inputs_skip_initializers_and_mark_dynamic_dims(tmp_path):
     model = onnx.load(str(path))
     model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 3, 1, 1]))
     onnx.save(model, str(path))
-    assert trtx.onnx_inputs(path) == [("x", [None, 3, None, 4])]
+    assert onnx_graph.graph_inputs(path) == [onnx_graph.GraphInput("x", [None, 3, None, 4], TensorProto.FLOAT)]
 
 
 # ----------------------------------------------------------------------------- profiles

@@ -67,18 +67,13 @@ class OrtRunner(Runner):
 
 
 def _precision_of(path: str) -> str:
-    """'int8' when the graph holds QuantizeLinear/QLinear/Integer ops, else 'fp32'."""
-    import onnx
+    """'int8' when the graph holds quantised ops (QDQ, integer kernels), else 'fp32'; 'unknown' when unreadable."""
+    from edgekit.core.onnx_graph import onnx_precision
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
+        return onnx_precision(path)
+    except InputFileError:
         return "unknown"
-    ops = {n.op_type for n in model.graph.node}
-    if ops & {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
-              "ConvInteger", "DynamicQuantizeLSTM"}:
-        return "int8"
-    return "fp32"
 
 
 def _open(artifact: Any, threads: Optional[int] = None, optimized_model_path: Optional[str] = None, **_: Any) -> OrtRunner:

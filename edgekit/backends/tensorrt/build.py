@@ -47,6 +47,7 @@ from edgekit._io import (
     write_bytes_atomic,
     write_sidecar,
 )
+from edgekit.core.onnx_graph import graph_inputs, has_qdq
 from edgekit.errors import BackendUnavailableError, ConfigError, EdgekitError, InputFileError, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -97,46 +98,6 @@ def precision_flags(precision: str, sparse_weights: bool = False) -> BuilderFlag
     return BuilderFlags(flags.set + (("SPARSE_WEIGHTS",) if sparse_weights else ()), flags.clear)
 
 
-def _load_onnx(onnx_path: Union[str, Path]):
-    import onnx
-
-    try:
-        return onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as e:
-        raise InputFileError(f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-
-
-def has_qdq(onnx_path: Union[str, Path]) -> bool:
-    """True when the ONNX graph (or one of its local functions) holds QuantizeLinear/DequantizeLinear.
-
-    Example:
-        >>> has_qdq("model_int8_trt.onnx")
-        True
-    """
-    model = _load_onnx(onnx_path)
-    nodes = list(model.graph.node) + [n for f in model.functions for n in f.node]
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in nodes)
-
-
-def onnx_inputs(onnx_path: Union[str, Path]) -> list:
-    """``[(name, [dim or None, ...]), ...]`` for the graph inputs that are not initializers.
-
-    Example:
-        >>> onnx_inputs("model.onnx")
-        [('input', [None, 3, 32, 32])]
-    """
-    graph = _load_onnx(onnx_path).graph
-    inits = {i.name for i in graph.initializer}
-    out = []
-    for inp in graph.input:
-        if inp.name in inits:
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                for d in inp.type.tensor_type.shape.dim]
-        out.append((inp.name, dims))
-    return out
-
-
 def _check_triple(where: str, mins: Sequence[int], opts: Sequence[int], maxs: Sequence[int]) -> None:
     for a, b, c in zip(mins, opts, maxs):
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (a, b, c)) or not a <= b <= c:
@@ -181,7 +142,7 @@ def compute_profile(inputs: Sequence[Tuple[str, Sequence[Optional[int]]]],
     """Min/opt/max shapes per input, from a batch range or an explicit per-input profile.
 
     Args:
-        inputs: ``[(name, dims)]`` with None for dynamic dims (see ``onnx_inputs``).
+        inputs: ``[(name, dims)]`` with None for dynamic dims (see ``edgekit.core.onnx_graph.graph_inputs``).
         batch_range: ``(min, opt, max)`` batch sizes applied to dim 0 of every input, a single int,
             ``{"min":, "opt":, "max":}``, or an explicit profile ``{input: {"min": shape, "opt": shape,
             "max": shape}}`` (needed when dims other than the batch are dynamic). None = the input's static
@@ -453,7 +414,7 @@ def build_engine(onnx_path: Union[str, Path], out_path: Union[str, Path, None] =
         raise ConfigError(f"workspace_mb must be a positive integer (MiB), got {workspace_mb!r}")
     if precision == "int8" and not has_qdq(onnx_path):
         raise ConfigError(f"{onnx_path}: {INT8_NEEDS_QDQ}")
-    profile = compute_profile(onnx_inputs(onnx_path), batch_range)
+    profile = compute_profile([(i.name, i.dims) for i in graph_inputs(onnx_path)], batch_range)
     identity = current_identity()
     onnx_sha = sha256_file(onnx_path)
     key = engine_cache_key(onnx_sha, identity["tensorrt_version"], identity["gpu_name"],
@@ -525,5 +486,5 @@ def load_engine(path: Union[str, Path]) -> LoadedEngine:
 
 __all__ = ["BuilderFlags", "EngineBuildError", "EngineCompatibilityError", "EngineResult", "LoadedEngine",
            "build_engine", "compute_profile", "current_identity", "default_cache_dir", "describe_parser_errors",
-           "engine_cache_key", "has_qdq", "load_engine", "onnx_inputs", "precision_flags", "tensorrt_status",
+           "engine_cache_key", "load_engine", "precision_flags", "tensorrt_status",
            "timing_cache_name", "validate_sidecar"]

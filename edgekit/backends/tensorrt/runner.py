@@ -160,7 +160,8 @@ def _open_tensorrt(artifact: Any, threads: Optional[int] = None, precision: Opti
             unused = ["precision"] * (precision is not None) + sorted(options)
             raise ConfigError(f"options {unused} only apply when building from ONNX; {artifact} is already an engine")
         return TensorRTRunner(str(artifact))
-    from edgekit.backends.tensorrt.build import build_engine, has_qdq
+    from edgekit.backends.tensorrt.build import build_engine
+    from edgekit.core.onnx_graph import has_qdq
 
     allowed = {"out_path", "sparse_weights", "batch_range", "workspace_mb", "timing_cache", "cache_dir"}
     unknown = sorted(set(options) - allowed)
