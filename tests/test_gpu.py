@@ -14,7 +14,8 @@ import edgekit.backends.tensorrt.runner as trt_runner
 import edgekit.core.platform as platform_facts
 from edgekit._io import read_sidecar, write_sidecar
 from edgekit.backends import open_runner, probe_backend
-from edgekit.backends.tensorrt.build import EngineCompatibilityError, tensorrt_status
+from edgekit.backends.tensorrt.build import tensorrt_status
+from edgekit.backends.tensorrt.cache import EngineCompatibilityError
 from edgekit.errors import BackendUnavailableError, ConfigError, ShapeError
 
 HAS_CUDA = torch.cuda.is_available()

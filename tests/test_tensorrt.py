@@ -12,6 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgekit.backends.tensorrt.build as trtx
+import edgekit.backends.tensorrt.cache as trt_cache
+import edgekit.backends.tensorrt.profile as trt_profile
 import edgekit.core.onnx_graph as onnx_graph
 from edgekit._io import read_sidecar, sidecar_path, write_sidecar
 from edgekit.errors import BackendUnavailableError, ConfigError, InputFileError
@@ -55,14 +57,14 @@ def make_onnx(path: Path, *, qdq: bool = False, batch=None, extra_dynamic: bool 
     ("int8", True, ("INT8", "FP16", "SPARSE_WEIGHTS"), ()),
 ])
 def test_precision_flags(precision, sparse, want_set, want_clear):
-    flags = trtx.precision_flags(precision, sparse)
+    flags = trt_profile.precision_flags(precision, sparse)
     assert flags.set == want_set
     assert flags.clear == want_clear
 
 
 def test_precision_flags_rejects_unknown_with_suggestion():
     with pytest.raises(ConfigError, match=r"'fp61'.*did you mean 'fp16'.*allowed: fp32, fp16, int8"):
-        trtx.precision_flags("fp61")
+        trt_profile.precision_flags("fp61")
 
 
 # ----------------------------------------------------------------------------- ONNX inspection
@@ -95,51 +97,51 @@ DYN = [("x", [None, 3, 32, 32])]
 
 
 @pytest.mark.parametrize("batch_range,triple", [
-    (None, trtx.DEFAULT_BATCH_RANGE), ((1, 8, 32), (1, 8, 32)), ([2, 2, 4], (2, 2, 4)), (4, (4, 4, 4)),
+    (None, trt_profile.DEFAULT_BATCH_RANGE), ((1, 8, 32), (1, 8, 32)), ([2, 2, 4], (2, 2, 4)), (4, (4, 4, 4)),
     ({"min": 1, "opt": 4, "max": 16}, (1, 4, 16)),
 ])
 def test_profile_from_batch_range(batch_range, triple):
-    prof = trtx.compute_profile(DYN, batch_range)
+    prof = trt_profile.compute_profile(DYN, batch_range)
     assert prof == {"x": {k: [b, 3, 32, 32] for k, b in zip(("min", "opt", "max"), triple)}}
 
 
 @pytest.mark.parametrize("bad", [(8, 4, 32), (0, 1, 2), (1, 2), (1, 2.5, 4), (True, 1, 2)])
 def test_profile_rejects_bad_batch_ranges(bad):
     with pytest.raises(ConfigError, match="batch_range"):
-        trtx.compute_profile(DYN, bad)
+        trt_profile.compute_profile(DYN, bad)
 
 
 def test_static_batch_uses_its_shape_and_rejects_a_conflicting_range():
     static = [("x", [1, 3, 8, 8])]
-    assert trtx.compute_profile(static)["x"]["max"] == [1, 3, 8, 8]
-    assert trtx.compute_profile(static, (1, 1, 1))["x"]["min"] == [1, 3, 8, 8]
+    assert trt_profile.compute_profile(static)["x"]["max"] == [1, 3, 8, 8]
+    assert trt_profile.compute_profile(static, (1, 1, 1))["x"]["min"] == [1, 3, 8, 8]
     with pytest.raises(ConfigError, match="fixed batch of 1.*dynamic batch axis"):
-        trtx.compute_profile(static, (1, 8, 32))
+        trt_profile.compute_profile(static, (1, 8, 32))
 
 
 def test_dynamic_non_batch_dims_need_an_explicit_profile():
     inputs = [("x", [None, 3, None, 32])]
     with pytest.raises(ConfigError, match=r"dynamic dims \[2\].*explicit profile"):
-        trtx.compute_profile(inputs, (1, 1, 8))
-    prof = trtx.compute_profile(inputs, {"x": {"min": [1, 3, 16, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 64, 32]}})
+        trt_profile.compute_profile(inputs, (1, 1, 8))
+    prof = trt_profile.compute_profile(inputs, {"x": {"min": [1, 3, 16, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 64, 32]}})
     assert prof["x"]["opt"] == [4, 3, 32, 32]
-    assert trtx.compute_profile(inputs, {"x": ([1, 3, 16, 32], [1, 3, 16, 32], [2, 3, 16, 32])})["x"]["max"][0] == 2
+    assert trt_profile.compute_profile(inputs, {"x": ([1, 3, 16, 32], [1, 3, 16, 32], [2, 3, 16, 32])})["x"]["max"][0] == 2
 
 
 def test_explicit_profile_is_validated():
     inputs = [("input", [None, 3, 32, 32])]
     with pytest.raises(ConfigError, match="'inptu'.*did you mean 'input'"):
-        trtx.compute_profile(inputs, {"inptu": {"min": [1, 3, 32, 32], "opt": [1, 3, 32, 32], "max": [1, 3, 32, 32]}})
+        trt_profile.compute_profile(inputs, {"inptu": {"min": [1, 3, 32, 32], "opt": [1, 3, 32, 32], "max": [1, 3, 32, 32]}})
     with pytest.raises(ConfigError, match="dim 1 is fixed at 3"):
-        trtx.compute_profile(inputs, {"input": {"min": [1, 1, 32, 32], "opt": [1, 1, 32, 32], "max": [1, 1, 32, 32]}})
+        trt_profile.compute_profile(inputs, {"input": {"min": [1, 1, 32, 32], "opt": [1, 1, 32, 32], "max": [1, 1, 32, 32]}})
     with pytest.raises(ConfigError, match="rank 4"):
-        trtx.compute_profile(inputs, {"input": {"min": [1, 3], "opt": [1, 3], "max": [1, 3]}})
+        trt_profile.compute_profile(inputs, {"input": {"min": [1, 3], "opt": [1, 3], "max": [1, 3]}})
     with pytest.raises(ConfigError, match="min <= opt <= max"):
-        trtx.compute_profile(inputs, {"input": {"min": [4, 3, 32, 32], "opt": [1, 3, 32, 32], "max": [8, 3, 32, 32]}})
+        trt_profile.compute_profile(inputs, {"input": {"min": [4, 3, 32, 32], "opt": [1, 3, 32, 32], "max": [8, 3, 32, 32]}})
 
 
 def test_profile_covers_every_input_sorted_by_name():
-    prof = trtx.compute_profile([("z", [None, 4]), ("a", [None, 2])], (1, 2, 3))
+    prof = trt_profile.compute_profile([("z", [None, 4]), ("a", [None, 2])], (1, 2, 3))
     assert list(prof) == ["a", "z"]
     assert prof["z"] == {"min": [1, 4], "opt": [2, 4], "max": [3, 4]}
 
@@ -152,9 +154,9 @@ BASE_KEY = dict(onnx_sha256="ab" * 32, tensorrt_version="10.3.0", gpu_name="NVID
 
 
 def test_cache_key_is_deterministic_and_order_insensitive():
-    k1 = trtx.engine_cache_key(**BASE_KEY)
+    k1 = trt_cache.engine_cache_key(**BASE_KEY)
     reordered = dict(BASE_KEY, profile={"x": {"max": [32, 3], "min": [1, 3], "opt": [8, 3]}})
-    assert k1 == trtx.engine_cache_key(**reordered)
+    assert k1 == trt_cache.engine_cache_key(**reordered)
     assert len(k1) == 64 and int(k1, 16) >= 0
 
 
@@ -164,15 +166,15 @@ def test_cache_key_is_deterministic_and_order_insensitive():
     ("profile", {"x": {"min": [1, 3], "opt": [4, 3], "max": [32, 3]}}),
 ])
 def test_cache_key_changes_with_every_field(field, value):
-    assert trtx.engine_cache_key(**BASE_KEY) != trtx.engine_cache_key(**dict(BASE_KEY, **{field: value}))
+    assert trt_cache.engine_cache_key(**BASE_KEY) != trt_cache.engine_cache_key(**dict(BASE_KEY, **{field: value}))
 
 
 def good_sidecar(**over):
-    return {"format": trtx.ENGINE_FORMAT, "onnx": "m.onnx", **IDENTITY, **over}
+    return {"format": trt_cache.ENGINE_FORMAT, "onnx": "m.onnx", **IDENTITY, **over}
 
 
 def test_sidecar_matching_this_machine_passes():
-    assert trtx.validate_sidecar(good_sidecar(), IDENTITY, "m.engine") is None  # no exception
+    assert trt_cache.validate_sidecar(good_sidecar(), IDENTITY, "m.engine") is None  # no exception
 
 
 @pytest.mark.parametrize("over,pattern", [
@@ -182,8 +184,8 @@ def test_sidecar_matching_this_machine_passes():
     ({"format": "something-else"}, "sidecar format"),
 ])
 def test_sidecar_mismatch_is_refused(over, pattern):
-    with pytest.raises(trtx.EngineCompatibilityError, match=pattern):
-        trtx.validate_sidecar(good_sidecar(**over), IDENTITY, "m.engine")
+    with pytest.raises(trt_cache.EngineCompatibilityError, match=pattern):
+        trt_cache.validate_sidecar(good_sidecar(**over), IDENTITY, "m.engine")
 
 
 def test_parser_errors_name_the_nodes():
@@ -196,9 +198,9 @@ def test_parser_errors_name_the_nodes():
 
 
 def test_timing_cache_name_is_per_version_and_gpu():
-    a = trtx.timing_cache_name(IDENTITY)
+    a = trt_cache.timing_cache_name(IDENTITY)
     assert a == "timing-trt10.3.0-nvidia-l4-sm89.cache"
-    assert a != trtx.timing_cache_name(dict(IDENTITY, tensorrt_version="10.4.0"))
+    assert a != trt_cache.timing_cache_name(dict(IDENTITY, tensorrt_version="10.4.0"))
 
 
 # ----------------------------------------------------------------------------- without TensorRT
@@ -274,7 +276,7 @@ def test_second_build_with_same_key_reuses_the_engine(tmp_path, fake_trt):
     assert side["cache_key"] == first.key and side["precision"] == "fp16" and side["tensorrt_version"] == "10.3.0"
     assert side["profile"] == {"x": {"min": [1, 3, 4, 4], "opt": [4, 3, 4, 4], "max": [8, 3, 4, 4]}}
     assert side["builder_flags"] == ["FP16"] and side["target"] == "tensorrt"
-    assert fake_trt[0]["timing_cache"] == cache / trtx.timing_cache_name(IDENTITY)
+    assert fake_trt[0]["timing_cache"] == cache / trt_cache.timing_cache_name(IDENTITY)
 
     second = trtx.build_engine(onnx_path, precision="fp16", batch_range=(1, 4, 8), cache_dir=cache)
     assert second.cached and second.key == first.key and len(fake_trt) == 1
@@ -315,14 +317,14 @@ def test_load_engine_refuses_other_tensorrt_or_gpu(tmp_path, fake_trt):
     built = trtx.build_engine(make_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", cache_dir=tmp_path / "cache")
     side = read_sidecar(built.path)
     write_sidecar(built.path, dict(side, tensorrt_version="10.0.1"))
-    with pytest.raises(trtx.EngineCompatibilityError, match=r"TensorRT 10\.0\.1 but this machine has TensorRT 10\.3\.0"):
+    with pytest.raises(trt_cache.EngineCompatibilityError, match=r"TensorRT 10\.0\.1 but this machine has TensorRT 10\.3\.0"):
         trtx.load_engine(built.path)
     write_sidecar(built.path, dict(side, gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0"))
-    with pytest.raises(trtx.EngineCompatibilityError, match="built for NVIDIA H100"):
+    with pytest.raises(trt_cache.EngineCompatibilityError, match="built for NVIDIA H100"):
         trtx.load_engine(built.path)
     write_sidecar(built.path, side)
     built.path.write_bytes(b"other bytes")
-    with pytest.raises(trtx.EngineCompatibilityError, match="does not match its sidecar"):
+    with pytest.raises(trt_cache.EngineCompatibilityError, match="does not match its sidecar"):
         trtx.load_engine(built.path)
     assert json.loads(sidecar_path(built.path).read_text())["cache_key"] == built.key
 
@@ -411,7 +413,7 @@ def test_build_uses_the_tensorrt10_api(tmp_path, monkeypatch):
     tc = tmp_path / "t.cache"
     tc.write_bytes(b"old")
     profile = {"x": {"min": [1, 3, 4, 4], "opt": [2, 3, 4, 4], "max": [8, 3, 4, 4]}}
-    blob = trtx._build_serialized(onnx_path, trtx.precision_flags("int8", True), profile, 64, tc)
+    blob = trtx._build_serialized(onnx_path, trt_profile.precision_flags("int8", True), profile, 64, tc)
     assert blob == b"PLAN" and tc.read_bytes() == b"cache:old"
     names = [c[0] for c in fake.calls]
     assert ("create_network", 0) in fake.calls and ("parse_from_file", str(onnx_path)) in fake.calls
@@ -420,10 +422,10 @@ def test_build_uses_the_tensorrt10_api(tmp_path, monkeypatch):
     assert ("add_optimization_profile", {"x": ([1, 3, 4, 4], [2, 3, 4, 4], [8, 3, 4, 4])}) in fake.calls
     assert ("create_timing_cache", b"old") in fake.calls and ("set_timing_cache", False) in fake.calls
     assert names.index("set_timing_cache") < names.index("build_serialized_network")
-    trtx._build_serialized(onnx_path, trtx.precision_flags("fp32"), profile, 64, None)
+    trtx._build_serialized(onnx_path, trt_profile.precision_flags("fp32"), profile, 64, None)
     assert ("clear_flag", "TF32") in fake.calls
     tc.write_bytes(b"stale")  # rejected by set_timing_cache (other TensorRT/GPU): start empty, then save
-    trtx._build_serialized(onnx_path, trtx.precision_flags("fp16"), profile, 64, tc)
+    trtx._build_serialized(onnx_path, trt_profile.precision_flags("fp16"), profile, 64, tc)
     creates = [c for c in fake.calls if c[0] == "create_timing_cache"]
     assert creates[-2:] == [("create_timing_cache", b"stale"), ("create_timing_cache", b"")]
     assert tc.read_bytes() == b"cache:"
@@ -432,4 +434,4 @@ def test_build_uses_the_tensorrt10_api(tmp_path, monkeypatch):
 def test_parser_errors_surface_node_names(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", _Recorder(parse_ok=False))
     with pytest.raises(trtx.EngineBuildError, match=r"node 7 '/stem/Conv' \(Conv\): Assertion failed: weights"):
-        trtx._build_serialized(make_onnx(tmp_path / "m.onnx"), trtx.precision_flags("fp16"), {}, 64, None)
+        trtx._build_serialized(make_onnx(tmp_path / "m.onnx"), trt_profile.precision_flags("fp16"), {}, 64, None)
