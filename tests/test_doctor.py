@@ -9,14 +9,14 @@ import torch
 
 import edgekit.core.platform as platform_facts
 from edgekit.backends import BACKENDS, BackendSpec
-from edgekit.backends.tensorrt.build import tensorrt_status
+from edgekit.core.platform import runtime_status
 from edgekit.bench.doctor import doctor_report, format_report
 from edgekit.cli.doctor import add_commands
 from edgekit.errors import ConfigError
 
 ALL = {"torch", "torch-cuda", "ort-cpu", "ort-cuda", "tensorrt"}
 CPU_ONLY_TORCH = torch.version.cuda is None
-NO_TENSORRT = tensorrt_status()[0] is None
+NO_TENSORRT = runtime_status("tensorrt")[0] is None
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_tensorrt_unavailable_says_why(report):
     assert not row["available"]
     assert "tensorrt" in row["reason"].lower()
     assert any(w in row["reason"] for w in ("not installed", "cannot", "stub", "needs", "but"))
-    assert report["tensorrt"]["version"] is None and report["tensorrt"]["reason"] == row["reason"]
+    assert report["runtimes"]["tensorrt"]["version"] is None and report["runtimes"]["tensorrt"]["reason"] == row["reason"]
 
 
 @pytest.mark.skipif(not CPU_ONLY_TORCH, reason="PyTorch here is a CUDA build")
@@ -140,3 +140,14 @@ def test_cli_require_unknown_backend():
     args = parser().parse_args(["doctor", "--require", "tensorrtt"])
     with pytest.raises(ConfigError, match="did you mean 'tensorrt'"):
         args.func(args)
+
+
+def test_platform_facts_need_no_backend():
+    """core.platform is the leaf that backends ask; gathering every fact must not import a backend."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgekit.core.platform as p; p.environment(); p.gpu_facts(); p.runtime_versions(); "
+            "bad = [m for m in sys.modules if m.startswith(('edgekit.backends', 'edgekit.bench'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -14,16 +14,16 @@ import edgekit.backends.tensorrt.runner as trt_runner
 import edgekit.core.platform as platform_facts
 from edgekit._io import read_sidecar, write_sidecar
 from edgekit.backends import open_runner, probe_backend
-from edgekit.backends.tensorrt.build import tensorrt_status
+from edgekit.core.platform import runtime_status
 from edgekit.backends.tensorrt.cache import EngineCompatibilityError
 from edgekit.errors import BackendUnavailableError, ConfigError, ShapeError
 
 HAS_CUDA = torch.cuda.is_available()
-HAS_TRT = tensorrt_status()[0] is not None
+HAS_TRT = runtime_status("tensorrt")[0] is not None
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU with PyTorch CUDA: "
                                 + (platform_facts.cuda_unavailable_reason() or "CUDA unavailable"))
 needs_trt = pytest.mark.skipif(not (HAS_CUDA and HAS_TRT), reason="needs TensorRT and a CUDA GPU: "
-                               + (tensorrt_status()[1] or platform_facts.cuda_unavailable_reason() or "unavailable"))
+                               + (runtime_status("tensorrt")[1] or platform_facts.cuda_unavailable_reason() or "unavailable"))
 
 
 # ----------------------------------------------------------------------------- runs everywhere

@@ -15,6 +15,7 @@ import edgekit.backends.tensorrt.build as trtx
 import edgekit.backends.tensorrt.cache as trt_cache
 import edgekit.backends.tensorrt.profile as trt_profile
 import edgekit.core.onnx_graph as onnx_graph
+from edgekit.core.platform import runtime_status
 from edgekit._io import read_sidecar, sidecar_path, write_sidecar
 from edgekit.errors import BackendUnavailableError, ConfigError, InputFileError
 
@@ -207,7 +208,7 @@ def test_timing_cache_name_is_per_version_and_gpu():
 
 
 def test_tensorrt_status_explains_missing_or_stub_packages(tmp_path, monkeypatch):
-    version, reason = trtx.tensorrt_status()
+    version, reason = runtime_status("tensorrt")
     if version is None:
         assert "tensorrt" in reason.lower()
     stub = tmp_path / "stub" / "tensorrt"
@@ -215,12 +216,12 @@ def test_tensorrt_status_explains_missing_or_stub_packages(tmp_path, monkeypatch
     (stub / "__init__.py").write_text("raise RuntimeError('TensorRT libraries were not found: install tensorrt-cu12-libs')\n")
     monkeypatch.syspath_prepend(str(tmp_path / "stub"))
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
-    version, reason = trtx.tensorrt_status()
+    version, reason = runtime_status("tensorrt")
     assert version is None and "cannot load TensorRT's libraries (RuntimeError: TensorRT libraries were not found" in reason
     (stub / "__init__.py").write_text("__version__ = '10.0.0'\n")
     sys.modules.pop("tensorrt", None)
     try:
-        version, reason = trtx.tensorrt_status()
+        version, reason = runtime_status("tensorrt")
     finally:
         sys.modules.pop("tensorrt", None)  # never leave the stub behind for later tests
     assert version is None and "stub" in reason
@@ -241,7 +242,7 @@ def test_build_validates_before_touching_tensorrt(tmp_path):
 
 
 def test_build_without_tensorrt_says_why(tmp_path):
-    if trtx.tensorrt_status()[0] is not None:
+    if runtime_status("tensorrt")[0] is not None:
         pytest.skip("TensorRT is installed here; covered by tests/test_gpu.py")
     with pytest.raises(BackendUnavailableError, match="TensorRT is unavailable: .*tensorrt"):
         trtx.build_engine(make_onnx(tmp_path / "f.onnx"), cache_dir=tmp_path / "c")

@@ -133,7 +133,8 @@ def benchmark(models: Any, backends: Sequence[str] = ("ort-cpu",), batches: Any 
         BACKENDS,
         _builtin,  # noqa: F401  (fills the registry)
     )
-    from edgekit.core.platform import GemmProbe, environment, load_average, measure_gpu_peak
+    from edgekit.bench.peak import GemmProbe, measure_gpu_peak
+    from edgekit.core.platform import environment, load_average
 
     env = environment()
     threads = threads or env["cores_usable"]
@@ -294,7 +295,7 @@ def _target_warning(artifact: Any, kind: str, backend: str) -> Optional[str]:
 def _peak_summary(peak_rounds: Dict[str, List[float]], threads: int) -> Optional[dict]:
     if not peak_rounds:
         return None
-    from edgekit.core.platform import PEAK_SIZES
+    from edgekit.bench.peak import PEAK_SIZES
 
     out = {"sizes": dict(PEAK_SIZES), "threads": threads,
            "method": f"ONNX Runtime MatMul (fp32, {PEAK_SIZES['fp32']}^3) / MatMulInteger (u8 x s8, "

@@ -41,49 +41,29 @@ def backend_statuses() -> list:
     return rows
 
 
-def gpu_facts() -> dict:
-    """PyTorch's CUDA build and devices, the NVIDIA driver seen through libcuda, and why CUDA is unusable.
-
-    Example:
-        >>> gpu_facts()["devices"]
-        [{'index': 0, 'name': 'NVIDIA L4', 'compute_capability': '8.9', 'memory_gb': 22.0}]
-    """
-    import torch
-
-    from edgekit.core.platform import cuda_driver_info, cuda_unavailable_reason
-
-    devices = []
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(i)
-            devices.append({"index": i, "name": props.name, "compute_capability": f"{props.major}.{props.minor}",
-                            "memory_gb": round(props.total_memory / 2**30, 1)})
-    return {"torch_cuda_build": torch.version.cuda, "cuda_available": bool(devices), "devices": devices,
-            "driver": dict(cuda_driver_info()), "unavailable_reason": cuda_unavailable_reason()}
-
-
 def doctor_report() -> dict:
     """Everything ``edgekit doctor`` shows, as a JSON-serialisable dict.
 
     Returns:
-        ``{"backends": [...], "gpu": {...}, "tensorrt": {"version", "reason"},
-        "onnxruntime": {"version", "providers"}, "environment": bench.hardware.environment()}``.
+        ``{"backends": [...], "gpu": core.platform.gpu_facts(), "runtimes": {module: {"version", "reason"}},
+        "onnxruntime": {"version", "providers"}, "environment": core.platform.environment()}``.
 
     Example:
-        >>> doctor_report()["tensorrt"]["reason"]
+        >>> doctor_report()["runtimes"]
     """
-    from edgekit.backends.tensorrt.build import tensorrt_status
-    from edgekit.core.platform import environment
+    from edgekit.core.platform import RUNTIMES, environment, gpu_facts, runtime_status
 
-    trt_version, trt_reason = tensorrt_status()
+    runtimes = {}
+    for name in RUNTIMES:
+        version, reason = runtime_status(name)
+        runtimes[name] = {"version": version, "reason": reason}
     try:
         import onnxruntime as ort
 
         ort_facts = {"version": ort.__version__, "providers": list(ort.get_available_providers())}
     except Exception as e:
         ort_facts = {"version": None, "providers": [], "reason": f"{type(e).__name__}: {e}"}
-    return {"backends": backend_statuses(), "gpu": gpu_facts(),
-            "tensorrt": {"version": trt_version, "reason": trt_reason}, "onnxruntime": ort_facts,
+    return {"backends": backend_statuses(), "gpu": gpu_facts(), "runtimes": runtimes, "onnxruntime": ort_facts,
             "environment": environment()}
 
 
@@ -113,8 +93,8 @@ def format_report(report: dict) -> str:
                   f"{d['memory_gb']} GB)" for d in gpu["devices"]]
     else:
         lines.append(f"  no usable CUDA device: {gpu['unavailable_reason']}")
-    trt = report["tensorrt"]
-    lines.append(f"  TensorRT:           {trt['version'] or 'unavailable: ' + trt['reason']}")
+    lines += ["", "Runtimes"]
+    lines += [f"  {name:<12}{rt['version'] or 'unavailable: ' + rt['reason']}" for name, rt in report["runtimes"].items()]
     lines += ["", "CPU",
               f"  model:  {env.get('cpu_model')}",
               f"  cores:  {env.get('cores_logical')} logical, {env.get('cores_physical')} physical, "

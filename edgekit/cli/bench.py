@@ -91,21 +91,3 @@ def handler(args: argparse.Namespace) -> int:
         print(f"\nwrote {args.out}/bench.json, bench.csv, bench.md" + ("" if args.no_plots else " and plots"))
     sys.stdout.flush()
     return 0
-
-
-def main(argv=None) -> int:
-    """Stand-alone entry (``python -m edgekit.cli.bench ...``) until the main CLI wires ``bench``."""
-    from edgekit.errors import EdgekitError
-
-    parser = argparse.ArgumentParser(prog="edgekit")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except EdgekitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

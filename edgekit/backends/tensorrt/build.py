@@ -74,30 +74,10 @@ def describe_parser_errors(onnx_path: Union[str, Path], errors: Sequence[Mapping
     return f"{onnx_path}: TensorRT's ONNX parser failed with {len(errors)} error(s):\n" + "\n".join(lines)
 
 
-def tensorrt_status() -> Tuple[Optional[str], str]:
-    """``(version, "")`` when TensorRT imports and has its libraries, else ``(None, reason)``.
-
-    Example:
-        >>> tensorrt_status()
-        (None, "Python package 'tensorrt' is not installed (...)")
-    """
-    try:
-        import tensorrt as trt
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] != "tensorrt":
-            return None, f"the 'tensorrt' package is installed but cannot import its dependency '{e.name}'"
-        return None, "Python package 'tensorrt' is not installed (pip install tensorrt; needs an NVIDIA GPU and driver)"
-    except (Exception, SystemExit) as e:  # stub wheels without libraries raise at import; broken installs anything
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        return None, (f"the 'tensorrt' package is installed but cannot load TensorRT's libraries "
-                      f"({type(e).__name__}: {first})")
-    if not hasattr(trt, "Builder") or not hasattr(trt, "Runtime"):
-        return None, "the 'tensorrt' package has no Builder/Runtime: a stub package without TensorRT libraries"
-    return str(getattr(trt, "__version__", "unknown")), ""
-
-
 def _import_tensorrt():
-    version, reason = tensorrt_status()
+    from edgekit.core.platform import runtime_status
+
+    version, reason = runtime_status("tensorrt")
     if version is None:
         raise BackendUnavailableError(f"TensorRT is unavailable: {reason}")
     import tensorrt as trt
@@ -274,4 +254,4 @@ def load_engine(path: Union[str, Path]) -> LoadedEngine:
 
 
 __all__ = ["EngineBuildError", "LoadedEngine", "build_engine", "current_identity", "describe_parser_errors",
-           "load_engine", "tensorrt_status"]
+           "load_engine"]

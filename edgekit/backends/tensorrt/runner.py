@@ -142,12 +142,11 @@ def io_tensors(engine: Any) -> list:
 
 
 def _probe_tensorrt() -> Tuple[bool, str]:
-    from edgekit.backends.tensorrt.build import tensorrt_status
+    from edgekit.core.platform import cuda_unavailable_reason, runtime_status
 
-    version, reason = tensorrt_status()
+    version, reason = runtime_status("tensorrt")
     if version is None:
         return False, reason
-    from edgekit.core.platform import cuda_unavailable_reason
 
     why = cuda_unavailable_reason()
     return (False, f"TensorRT {version} is installed but {why}") if why else (True, "")
