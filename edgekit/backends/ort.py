@@ -76,7 +76,8 @@ def _precision_of(path: str) -> str:
         return "unknown"
 
 
-def _open(artifact: Any, threads: Optional[int] = None, optimized_model_path: Optional[str] = None, **_: Any) -> OrtRunner:
+def _open(artifact: Any, threads: Optional[int] = None, optimized_model_path: Optional[str] = None,
+          **_: Any) -> OrtRunner:
     return OrtRunner(str(artifact), ["CPUExecutionProvider"], threads, optimized_model_path)
 
 
@@ -88,5 +89,14 @@ def _probe():
     return True, ""
 
 
-register_backend(BackendSpec("ort-cpu", ("onnx",), _probe, _open, "cpu",
-                             "ONNX Runtime, CPU execution provider, ORT_ENABLE_ALL", priority=0))
+def _describe() -> dict:
+    import onnxruntime as ort
+
+    return {"version": ort.__version__, "devices": ["cpu"], "providers": list(ort.get_available_providers())}
+
+
+register_backend(BackendSpec(
+    "ort-cpu", ("onnx",), _probe, _open, "cpu", "ONNX Runtime, CPU execution provider, ORT_ENABLE_ALL", priority=0,
+    suffixes={"onnx": (".onnx",)}, precisions=("fp32", "int8"), quant_target="cpu",
+    channel_alignment=8,  # prune's default so far; on AVX-512, 16 measured faster (docs/BENCHMARKS.md)
+    title="ONNX Runtime CPU", describe=_describe))

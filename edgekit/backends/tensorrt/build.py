@@ -33,7 +33,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from edgekit._io import read_sidecar, require_file, sha256_file, sidecar_path, write_bytes_atomic, write_sidecar
 from edgekit.backends.tensorrt.cache import (
