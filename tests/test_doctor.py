@@ -70,8 +70,20 @@ def test_environment_facts_are_reported(report):
     for key in ("cpu_model", "isa_flags", "cores_logical", "memory_gb", "gpu", "gpu_compute_capability", "versions"):
         assert key in env
     assert isinstance(env["isa_flags"], list) and env["versions"]["torch"] == torch.__version__
-    assert report["onnxruntime"]["providers"] and "CPUExecutionProvider" in report["onnxruntime"]["providers"]
+    assert "CPUExecutionProvider" in statuses(report)["ort-cpu"]["details"]["providers"]
     json.dumps(report)  # serialisable for --json
+
+
+def test_available_backends_describe_themselves(report):
+    import onnxruntime
+
+    rows = statuses(report)
+    assert rows["ort-cpu"]["details"]["version"] == onnxruntime.__version__
+    assert rows["torch"]["details"] == {"version": torch.__version__, "devices": ["cpu"],
+                                        "threads": torch.get_num_threads()}
+    assert all(r["details"] == {} for r in rows.values() if not r["available"])
+    text = format_report(report)
+    assert f"version {onnxruntime.__version__}; devices: cpu; providers:" in text
 
 
 def test_text_report_shows_every_backend_and_reason(report):
@@ -82,14 +94,18 @@ def test_text_report_shows_every_backend_and_reason(report):
     assert "ISA:" in text and report["environment"]["cpu_model"] in text
 
 
-def test_a_crashing_probe_is_reported_not_raised():
+def test_a_crashing_probe_or_describe_is_reported_not_raised():
     def boom():
         raise RuntimeError("driver exploded\nsecond line")
 
     spec = BackendSpec("broken-test", ("onnx",), boom, lambda *a, **k: None, "cuda", "test")
-    with BACKENDS.temporary("broken-test", spec):
-        row = {b["name"]: b for b in doctor_report()["backends"]}["broken-test"]
-    assert not row["available"] and row["reason"] == "probe failed: RuntimeError: driver exploded"
+    half = BackendSpec("half-test", ("onnx",), lambda: (True, ""), lambda *a, **k: None, "cpu", "test", describe=boom)
+    with BACKENDS.temporary("broken-test", spec), BACKENDS.temporary("half-test", half):
+        rows = {b["name"]: b for b in doctor_report()["backends"]}
+    assert not rows["broken-test"]["available"]
+    assert rows["broken-test"]["reason"] == "probe failed: RuntimeError: driver exploded"
+    assert rows["half-test"]["available"]
+    assert rows["half-test"]["details"] == {"error": "describe failed: RuntimeError: driver exploded"}
 
 
 def test_driver_runtime_mismatch_is_explained(monkeypatch):

@@ -8,6 +8,7 @@ from edgekit.backends.base import (
     available_backends,
     backend_spec,
     default_backend,
+    load_backends,
     open_runner,
     probe_backend,
     register_backend,
@@ -15,4 +16,5 @@ from edgekit.backends.base import (
 )
 
 __all__ = ["BACKENDS", "BackendSpec", "Runner", "artifact_kind", "artifact_kinds", "available_backends",
-           "backend_spec", "default_backend", "open_runner", "probe_backend", "register_backend", "target_warning"]
+           "backend_spec", "default_backend", "load_backends", "open_runner", "probe_backend", "register_backend",
+           "target_warning"]

@@ -138,6 +138,11 @@ def register_backend(spec: BackendSpec) -> BackendSpec:
     return spec
 
 
+def load_backends() -> None:
+    """Import every backend module of ``edgekit.backends`` (each registers itself in ``BACKENDS``); idempotent."""
+    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
+
+
 def _suffix_table() -> Dict[str, str]:
     """``{suffix: artifact kind}`` over every registered backend."""
     return {sfx: kind for _, spec in BACKENDS.items() for kind, sfxs in spec.suffixes.items() for sfx in sfxs}
@@ -150,8 +155,7 @@ def artifact_kinds() -> Tuple[str, ...]:
         >>> artifact_kinds()
         ('module', 'checkpoint', 'onnx', 'engine', ...)
     """
-    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
-
+    load_backends()
     kinds: Dict[str, None] = {"module": None}
     for _, spec in sorted(BACKENDS.items(), key=lambda kv: (kv[1].priority, kv[0])):
         kinds.update(dict.fromkeys(spec.artifact_kinds))
@@ -169,8 +173,7 @@ def artifact_kind(artifact: Any) -> str:
 
     if isinstance(artifact, nn.Module):
         return "module"
-    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
-
+    load_backends()
     suffix = Path(os.fspath(artifact)).suffix.lower()
     table = _suffix_table()
     if suffix in table:
@@ -184,8 +187,7 @@ def artifact_kind(artifact: Any) -> str:
 
 def backend_spec(name: str) -> BackendSpec:
     """The registered backend ``name`` (built-ins registered on first use); unknown names raise ConfigError."""
-    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
-
+    load_backends()
     return BACKENDS.get(name)
 
 
@@ -196,8 +198,7 @@ def default_backend(kind: str = "onnx", device: str = "cpu") -> str:
         >>> default_backend("onnx", "cpu")
         'ort-cpu'
     """
-    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
-
+    load_backends()
     specs = sorted((s.priority, n) for n, s in BACKENDS.items() if kind in s.artifact_kinds and s.device == device)
     if not specs:
         raise ConfigError(f"no registered backend runs {kind} artifacts on {device}; registered: {', '.join(BACKENDS)}")
@@ -277,6 +278,5 @@ def target_warning(artifact_or_sidecar: Union[str, os.PathLike, Mapping, None], 
 
 def available_backends() -> dict:
     """Map every registered backend to (available, reason)."""
-    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
-
+    load_backends()
     return {name: spec.probe() for name, spec in BACKENDS.items()}
