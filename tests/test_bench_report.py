@@ -123,3 +123,24 @@ def test_run_all_concatenates_sections_and_only_replaces_one(run_all, tmp_path, 
     doc3 = out.read_text()
     assert "first" in doc3 and "third version" in doc3
     assert run_all.main(["--skip", "sec_a", "--out", str(out)]) == 0 and "first" in out.read_text()
+
+
+def _row(model, backend, batch, rounds, artifact="m.onnx"):
+    return {"model": model, "backend": backend, "batch": batch, "artifact": artifact, "speedup_rounds": rounds}
+
+
+def test_backend_pairs_are_per_round_ratios_on_the_same_file():
+    from edgekit.bench.pairs import backend_pairs, format_ratio
+
+    rows = [_row("ref", "torch", 1, [1.0, 1.0, 1.0], "ref.pt"), _row("ref", "ort-cpu", 1, [2.0, 2.5, 3.0], "ref.onnx"),
+            _row("ref", "fake", 1, [4.0, 2.5, 6.0], "ref.onnx"), _row("q", "ort-cpu", 1, [10.0, 8.0, 9.0], "q.onnx"),
+            _row("q", "fake", 1, [5.0, 8.0, 9.0], "q.xml"),  # another file: not a pair
+            _row("ref", "ort-cpu", 8, [2.0, 2.0], "ref.onnx"), _row("ref", "fake", 8, [3.0, 1.0], "ref.onnx")]
+    pairs = backend_pairs(rows)
+    assert [(p["model"], p["batch"], p["backend"], p["reference"]) for p in pairs] == [
+        ("ref", 1, "fake", "ort-cpu"), ("ref", 8, "fake", "ort-cpu")]
+    assert pairs[0]["ratio_rounds"] == [2.0, 1.0, 2.0] and pairs[0]["ratio"] == 2.0
+    assert (pairs[1]["ratio"], pairs[1]["ratio_min"], pairs[1]["ratio_max"]) == (1.0, 0.5, 1.5)
+    assert format_ratio(pairs[1]) == "1.00× (0.50–1.50)"
+    assert [p["backend"] for p in backend_pairs(rows, reference="fake")] == ["ort-cpu", "ort-cpu"]
+    assert backend_pairs([_row("a", "fake", 1, [1.0])]) == []

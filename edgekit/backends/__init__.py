@@ -7,6 +7,7 @@ from edgekit.backends.base import (
     artifact_kinds,
     available_backends,
     backend_spec,
+    compiling_backends,
     default_backend,
     load_backends,
     open_runner,
@@ -16,5 +17,5 @@ from edgekit.backends.base import (
 )
 
 __all__ = ["BACKENDS", "BackendSpec", "Runner", "artifact_kind", "artifact_kinds", "available_backends",
-           "backend_spec", "default_backend", "load_backends", "open_runner", "probe_backend", "register_backend",
-           "target_warning"]
+           "backend_spec", "compiling_backends", "default_backend", "load_backends", "open_runner", "probe_backend",
+           "register_backend", "target_warning"]

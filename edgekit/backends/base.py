@@ -205,6 +205,17 @@ def default_backend(kind: str = "onnx", device: str = "cpu") -> str:
     return specs[0][1]
 
 
+def compiling_backends() -> list:
+    """Names of the backends with a ``compile`` hook, lowest ``priority`` first (the first is the default).
+
+    Example:
+        >>> compiling_backends()
+        ['tensorrt', 'openvino']
+    """
+    load_backends()
+    return [n for n, s in sorted(BACKENDS.items(), key=lambda kv: (kv[1].priority, kv[0])) if s.compile is not None]
+
+
 def probe_backend(name: str) -> Tuple[bool, str]:
     """Return (available, reason) for a backend name."""
     return backend_spec(name).probe()

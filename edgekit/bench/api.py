@@ -5,7 +5,7 @@ cases interleaved in rounds with the GEMM peak) and ``rows`` (one row per model 
 
 Example:
     >>> from edgekit.bench import benchmark
-    >>> res = benchmark(["fp32.onnx", "int8.onnx"], backends=("ort-cpu",), batches=(1, 8), threads=2)
+    >>> res = benchmark(["fp32.onnx", "int8.onnx"], backends="torch,ort-cpu", batches=(1, 8), threads=2)
     >>> print(res.to_markdown()); res.write("bench_out")
 """
 from __future__ import annotations

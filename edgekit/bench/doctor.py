@@ -38,8 +38,7 @@ def backend_statuses() -> list:
     Order: CPU backends first, then by priority and name.
 
     Example:
-        >>> [b["name"] for b in backend_statuses() if not b["available"]]
-        ['ort-cuda', 'tensorrt', 'torch-cuda']
+        >>> [b["name"] for b in backend_statuses() if not b["available"]]   # the GPU ones on a CPU-only machine
     """
     from edgekit.backends import BACKENDS, load_backends
 

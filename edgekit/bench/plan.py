@@ -4,8 +4,8 @@ Everything that can fail on a user's input fails here, before any timing: unknow
 artifacts no backend takes, input shapes the model refuses.
 
 Example:
-    >>> p = make_plan(["a.onnx", "b.onnx"], ["ort-cpu"], threads=2, data=None, input_shape=None, max_batch=8)
-    >>> p.keys      # [("a", "ort-cpu"), ("b", "ort-cpu")]
+    >>> p = make_plan(["a.onnx", "b.onnx"], [default_backend()], threads=2, data=None, input_shape=None, max_batch=8)
+    >>> p.keys      # [(model, backend), ...]: [("a", ...), ("b", ...)]
     >>> p.close()
 """
 from __future__ import annotations

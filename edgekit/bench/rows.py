@@ -4,7 +4,7 @@ Every derived number uses the same per-round latency: GOP/s and % peak (the peak
 speedups (per-round ratios against the baseline), so they agree with each other.
 
 Example:
-    >>> rows = batch_rows(plan, timing, base_key=("a", "ort-cpu"), macs=plan.macs(), accuracy={}, peak_gpu=None)
+    >>> rows = batch_rows(plan, timing, base_key=plan.keys[0], macs=plan.macs(), accuracy={}, peak_gpu=None)
     >>> rows[1]["speedup"], rows[1]["efficiency"]
 """
 from __future__ import annotations

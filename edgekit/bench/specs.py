@@ -50,7 +50,7 @@ def as_specs(models: Any) -> List[ModelSpec]:
     """Normalise paths / modules / ModelSpecs / pipeline variants to a list of unique-named ModelSpecs."""
     import torch.nn as nn
 
-    from edgekit.backends.base import artifact_kind
+    from edgekit.backends import artifact_kind
 
     items = [models] if isinstance(models, (str, os.PathLike, nn.Module, ModelSpec)) else list(models)
     if not items:
@@ -64,7 +64,7 @@ def as_specs(models: Any) -> List[ModelSpec]:
         elif isinstance(it, (str, os.PathLike)):
             specs.append(ModelSpec(Path(it).stem, {artifact_kind(it): os.fspath(it)}))
         elif hasattr(it, "name") and any(getattr(it, k, None) for k in VARIANT_FIELDS):
-            arts = {artifact_kind(p): p for p in (getattr(it, k, None) for k in VARIANT_FIELDS) if p}
+            arts = variant_artifacts(it)
             shape = (getattr(it, "meta", None) or {}).get("input_shape")
             specs.append(ModelSpec(str(it.name), arts, tuple(shape) if shape else None))
         else:
@@ -75,6 +75,18 @@ def as_specs(models: Any) -> List[ModelSpec]:
         if seen[s.name] > 1:
             s.name = f"{s.name}#{seen[s.name]}"
     return specs
+
+
+def variant_artifacts(variant: Any) -> Dict[str, str]:
+    """``{artifact kind: path}`` of a pipeline variant's artifact fields, each classified by its suffix.
+
+    Example:
+        >>> variant_artifacts(Variant("m", checkpoint="m.pt", onnx="m.onnx"))
+        {'checkpoint': 'm.pt', 'onnx': 'm.onnx'}
+    """
+    from edgekit.backends import artifact_kind
+
+    return {artifact_kind(p): p for p in (getattr(variant, k, None) for k in VARIANT_FIELDS) if p}
 
 
 def size_bytes(artifact: Any, kind: str) -> int:
