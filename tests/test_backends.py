@@ -66,6 +66,20 @@ def test_artifact_kind_comes_from_the_declared_suffixes(registered):
     assert artifact_kind("model.blob") == "npu-blob" and "npu-blob" in artifact_kinds()
 
 
+def test_companion_files_belong_to_their_artifact(tmp_path, registered):
+    from edgekit.backends import artifact_files
+    from edgekit.bench.specs import size_bytes
+
+    registered(_npu(companions={"npu-blob": (".weights", ".cfg")}))
+    blob = tmp_path / "m.blob"
+    blob.write_bytes(b"x" * 10)
+    (tmp_path / "m.weights").write_bytes(b"w" * 100)
+    assert artifact_files(blob) == [blob, tmp_path / "m.weights"]  # .cfg declared but absent
+    assert size_bytes(blob, "npu-blob") == 110
+    with pytest.raises(ConfigError, match="declares suffixes for"):
+        register_backend(_npu("other-npu", companions={"engine": (".x",)}))
+
+
 @pytest.mark.parametrize("spec, match", [
     (_npu(suffixes={"engine": (".eng",)}), r"declares suffixes for \['engine'\] but runs only npu-blob, onnx"),
     (_npu(suffixes={"npu-blob": (".onnx",)}), r"reads \.onnx files as npu-blob but another backend reads them as onnx"),

@@ -3,6 +3,7 @@ from edgekit.backends.base import (
     BACKENDS,
     BackendSpec,
     Runner,
+    artifact_files,
     artifact_kind,
     artifact_kinds,
     available_backends,
@@ -16,6 +17,6 @@ from edgekit.backends.base import (
     target_warning,
 )
 
-__all__ = ["BACKENDS", "BackendSpec", "Runner", "artifact_kind", "artifact_kinds", "available_backends",
-           "backend_spec", "compiling_backends", "default_backend", "load_backends", "open_runner", "probe_backend",
-           "register_backend", "target_warning"]
+__all__ = ["BACKENDS", "BackendSpec", "Runner", "artifact_files", "artifact_kind", "artifact_kinds",
+           "available_backends", "backend_spec", "compiling_backends", "default_backend", "load_backends",
+           "open_runner", "probe_backend", "register_backend", "target_warning"]

@@ -94,6 +94,8 @@ class BackendSpec:
     description: str = ""
     priority: int = 100  # lower = the default for its artifact kind and device (see default_backend)
     suffixes: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)  # artifact kind -> file suffixes it reads
+    companions: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)  # kind -> suffixes of files that belong
+    # to an artifact of that kind (same stem beside it, e.g. weights); counted in its size
     precisions: Tuple[str, ...] = ("fp32",)  # precisions it runs
     quant_target: Optional[str] = None  # the quantisation target (edgekit.techniques.quantize TARGETS) it wants
     channel_alignment: int = 1  # channel multiple its fast kernels want (the default for pruning's round_to)
@@ -119,7 +121,7 @@ def register_backend(spec: BackendSpec) -> BackendSpec:
         ConfigError: a suffix for a kind the backend does not run, a suffix another backend reads as another
             kind, or a channel alignment below 1.
     """
-    undeclared = sorted(set(spec.suffixes) - set(spec.artifact_kinds))
+    undeclared = sorted((set(spec.suffixes) | set(spec.companions)) - set(spec.artifact_kinds))
     if undeclared:
         raise ConfigError(f"backend '{spec.name}' declares suffixes for {undeclared} but runs only "
                           f"{', '.join(spec.artifact_kinds)}")
@@ -146,6 +148,19 @@ def load_backends() -> None:
 def _suffix_table() -> Dict[str, str]:
     """``{suffix: artifact kind}`` over every registered backend."""
     return {sfx: kind for _, spec in BACKENDS.items() for kind, sfxs in spec.suffixes.items() for sfx in sfxs}
+
+
+def artifact_files(artifact: Union[str, os.PathLike]) -> list:
+    """The artifact's file and the companion files its kind declares that exist beside it (e.g. IR weights).
+
+    Example:
+        >>> artifact_files("model.onnx")
+        [PosixPath('model.onnx')]
+    """
+    path = Path(os.fspath(artifact))
+    kind = artifact_kind(path)
+    suffixes = dict.fromkeys(sfx for _, spec in BACKENDS.items() for sfx in spec.companions.get(kind, ()))
+    return [path] + [path.with_suffix(sfx) for sfx in suffixes if path.with_suffix(sfx).is_file()]
 
 
 def artifact_kinds() -> Tuple[str, ...]:

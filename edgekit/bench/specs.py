@@ -90,11 +90,14 @@ def variant_artifacts(variant: Any) -> Dict[str, str]:
 
 
 def size_bytes(artifact: Any, kind: str) -> int:
-    """Bytes on disk (ONNX external-data files included); in-memory tensor bytes for a module."""
+    """Bytes on disk (with the companion files its kind declares, e.g. weights, and ONNX external-data files);
+    in-memory tensor bytes for a module."""
     if kind == "module":
         return int(sum(t.numel() * t.element_size() for t in artifact.state_dict().values()))
+    from edgekit.backends import artifact_files
+
     path = Path(artifact)
-    total = path.stat().st_size
+    total = sum(p.stat().st_size for p in artifact_files(path))
     if kind == "onnx":
         try:
             import onnx
