@@ -34,7 +34,11 @@ def test_load_warning_only_when_oversubscribed():
     env = {"cores_usable": 2, "threading_env": {}}
     busy = BenchResult(rows=[], environment=env, config={"load_avg_1m": [1.0, 3.5]})
     assert "load average 3.5 on 2 usable cores" in busy.load_warning()
-    assert "OMP_WAIT_POLICY=PASSIVE" in busy.load_warning()
+    assert "KMP_BLOCKTIME=0" in busy.load_warning() and "OMP_WAIT_POLICY=PASSIVE" in busy.load_warning()
+    spinning_stopped = BenchResult(rows=[], environment={**env, "threading_env": {"KMP_BLOCKTIME": "0"}},
+                                   config={"load_avg_1m": [1.0, 3.5]})
+    quiet_hint = spinning_stopped.load_warning()
+    assert "load average 3.5" in quiet_hint and "KMP_BLOCKTIME" not in quiet_hint
     assert BenchResult(rows=[], environment=env, config={"load_avg_1m": [0.4, 1.2]}).load_warning() is None
     assert BenchResult(rows=[], environment=env, config={"load_avg_1m": [None, None]}).load_warning() is None
 
@@ -144,3 +148,16 @@ def test_backend_pairs_are_per_round_ratios_on_the_same_file():
     assert format_ratio(pairs[1]) == "1.00× (0.50–1.50)"
     assert [p["backend"] for p in backend_pairs(rows, reference="fake")] == ["ort-cpu", "ort-cpu"]
     assert backend_pairs([_row("a", "fake", 1, [1.0])]) == []
+
+
+def test_bench_backends_renders_one_section_per_backend_pair(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    bench_backends = importlib.import_module("bench_backends")
+    pair = {"model": "demo-int8", "backend": "openvino", "batch": 1, "ratio": 1.2, "ratio_min": 1.1, "ratio_max": 1.3}
+    r = {"reference": "ort-cpu", "backends": ["ort-cpu", "openvino"], "threads": 2, "files": {"demo-int8": "d.onnx"},
+         "pairs": [pair], "environment_line": "AMD EPYC; 2 threads.", "load_warning": None, "load_avg_1m": [0.5, 0.7],
+         "timing": {"warmup": 1, "min_time": 0.1, "rounds": 3, "round_stat": "min"}, "table": "| t |"}
+    md = bench_backends.render(r)
+    assert md.startswith("## Backends: OpenVINO CPU vs ONNX Runtime CPU on the same files")
+    assert "| demo-int8 (`d.onnx`) | 1.20× (1.10–1.30) | – |" in md and "[0.5, 0.7]" in md
+    sys.modules.pop("bench_backends", None)

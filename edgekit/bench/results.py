@@ -144,9 +144,11 @@ class BenchResult:
         cores = self.environment.get("cores_usable") or self.environment.get("cores_logical")
         if not loads or not cores or max(loads) <= cores:
             return None
-        omp = self.environment.get("threading_env", {}).get("OMP_WAIT_POLICY")
-        hint = "" if omp else (" Multi-threaded PyTorch (GNU OpenMP spin-waiting) degrades worst; "
-                               "OMP_WAIT_POLICY=PASSIVE limits the damage.")
+        tenv = self.environment.get("threading_env", {})
+        hint = "" if {"OMP_WAIT_POLICY", "KMP_BLOCKTIME"} & set(tenv) else (
+            " Multi-threaded PyTorch degrades worst while OpenMP workers spin: KMP_BLOCKTIME=0 (Intel OpenMP, as "
+            "the edgekit CLI sets it) or OMP_WAIT_POLICY=PASSIVE (GNU OpenMP; ~2× slower eager PyTorch on a quiet "
+            "machine) limits the damage.")
         return (f"Warning: load average {max(loads):.1f} on {cores} usable cores during this run: other processes "
                 "competed for the CPU, so absolute latencies are inflated and multi-threaded runs suffer most "
                 f"(fewer --threads, more --rounds help); paired ratios are more robust than raw times.{hint}")
