@@ -58,7 +58,8 @@ def test_every_builtin_declares_its_capabilities():
 
 
 def test_artifact_kind_comes_from_the_declared_suffixes(registered):
-    assert (artifact_kind("m.onnx"), artifact_kind("M.PLAN"), artifact_kind("c.pth")) == ("onnx", "engine", "checkpoint")
+    kinds = (artifact_kind("m.onnx"), artifact_kind("M.PLAN"), artifact_kind("c.pth"))
+    assert kinds == ("onnx", "engine", "checkpoint")
     assert artifact_kind(torch.nn.Linear(2, 2)) == "module"
     with pytest.raises(ConfigError, match=r"suffix '\.blob'; allowed: .*\.onnx \(onnx\)"):
         artifact_kind("model.blob")

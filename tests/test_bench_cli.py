@@ -132,7 +132,8 @@ def test_backend_probe_in_a_fresh_interpreter():
     "unknown backend 'ort-cpu'; valid: " when nothing had opened a runner yet)."""
     code = ("from edgekit.backends import probe_backend; from edgekit.techniques.prune.prune import as_prune_config; "
             "assert probe_backend('ort-cpu') == (True, ''); "
-            "import torch; from edgekit.techniques.prune.prune import _validate; from edgekit.models import create_model; "
+            "import torch; from edgekit.techniques.prune.prune import _validate; "
+            "from edgekit.models import create_model; "
             "m = create_model('resnet_cifar', depth=8, width=0.25, num_classes=10, in_channels=3); "
             "_validate(m, as_prune_config({'speedup_target': 1.5, 'finetune': {'epochs': 0}}), None)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

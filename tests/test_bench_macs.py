@@ -66,7 +66,8 @@ def test_conv_transpose_and_recurrent():
 
 
 def test_qdq_and_integer_ops_are_flagged_int8():
-    s, zp = numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "zp")
+    s = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    zp = numpy_helper.from_array(np.array(0, np.uint8), "zp")
     wq = numpy_helper.from_array(np.ones((8, 3, 3, 3), np.int8), "wq")
     wzp = numpy_helper.from_array(np.array(0, np.int8), "wzp")
     nodes = [

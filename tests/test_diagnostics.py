@@ -36,7 +36,8 @@ def test_qdq_for_another_target_and_low_coverage_and_float_layers(tmp_path):
     rows = rows_for("a", "ort-cpu", {1: 1.0}, 1.0, True) + rows_for("b", "ort-cpu", {1: 1.4}, 0.7)
     (f,) = step_diagnostics(v, rows)
     text = " ".join(f["causes"])
-    assert "made for target 'tensorrt' runs on ort-cpu, which wants target 'cpu'" in text and "55% of MACs run in int8" in text and "conv1" in text
+    assert "made for target 'tensorrt' runs on ort-cpu, which wants target 'cpu'" in text
+    assert "55% of MACs run in int8" in text and "conv1" in text
 
 
 def test_misaligned_channels_are_named(tmp_path):

@@ -9,9 +9,9 @@ import torch
 
 import edgekit.core.platform as platform_facts
 from edgekit.backends import BACKENDS, BackendSpec
-from edgekit.core.platform import runtime_status
 from edgekit.bench.doctor import doctor_report, format_report
 from edgekit.cli.doctor import add_commands
+from edgekit.core.platform import runtime_status
 from edgekit.errors import ConfigError
 
 ALL = {"torch", "torch-cuda", "ort-cpu", "ort-cuda", "tensorrt"}
@@ -48,7 +48,8 @@ def test_tensorrt_unavailable_says_why(report):
     assert not row["available"]
     assert "tensorrt" in row["reason"].lower()
     assert any(w in row["reason"] for w in ("not installed", "cannot", "stub", "needs", "but"))
-    assert report["runtimes"]["tensorrt"]["version"] is None and report["runtimes"]["tensorrt"]["reason"] == row["reason"]
+    runtime = report["runtimes"]["tensorrt"]
+    assert runtime["version"] is None and runtime["reason"] == row["reason"]
 
 
 @pytest.mark.skipif(not CPU_ONLY_TORCH, reason="PyTorch here is a CUDA build")
@@ -89,7 +90,7 @@ def test_available_backends_describe_themselves(report):
 def test_text_report_shows_every_backend_and_reason(report):
     text = format_report(report)
     for row in report["backends"]:
-        line = next(l for l in text.splitlines() if l.strip().startswith(row["name"] + " "))
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(row["name"] + " "))
         assert ("unavailable" in line and row["reason"] in line) if not row["available"] else "available" in line
     assert "ISA:" in text and report["environment"]["cpu_model"] in text
 

@@ -15,8 +15,8 @@ import edgekit.backends.tensorrt.build as trtx
 import edgekit.backends.tensorrt.cache as trt_cache
 import edgekit.backends.tensorrt.profile as trt_profile
 import edgekit.core.onnx_graph as onnx_graph
-from edgekit.core.platform import runtime_status
 from edgekit._io import read_sidecar, sidecar_path, write_sidecar
+from edgekit.core.platform import runtime_status
 from edgekit.errors import BackendUnavailableError, ConfigError, InputFileError
 
 IDENTITY = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
@@ -38,7 +38,8 @@ def make_onnx(path: Path, *, qdq: bool = False, batch=None, extra_dynamic: bool 
         inits.append(numpy_helper.from_array(w, "w"))
     nodes += [helper.make_node("Conv", [conv_in, w_name], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
     h = "H" if extra_dynamic else 4
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch or "N", 3, h, 4])],
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch or "N", 3, h, 4])
+    graph = helper.make_graph(nodes, "tiny", [x_info],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch or "N", 2, h, 4])],
                               initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -124,21 +125,26 @@ def test_dynamic_non_batch_dims_need_an_explicit_profile():
     inputs = [("x", [None, 3, None, 32])]
     with pytest.raises(ConfigError, match=r"dynamic dims \[2\].*explicit profile"):
         trt_profile.compute_profile(inputs, (1, 1, 8))
-    prof = trt_profile.compute_profile(inputs, {"x": {"min": [1, 3, 16, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 64, 32]}})
+    prof = trt_profile.compute_profile(inputs, {"x": {"min": [1, 3, 16, 32], "opt": [4, 3, 32, 32],
+                                                      "max": [8, 3, 64, 32]}})
     assert prof["x"]["opt"] == [4, 3, 32, 32]
-    assert trt_profile.compute_profile(inputs, {"x": ([1, 3, 16, 32], [1, 3, 16, 32], [2, 3, 16, 32])})["x"]["max"][0] == 2
+    as_tuple = trt_profile.compute_profile(inputs, {"x": ([1, 3, 16, 32], [1, 3, 16, 32], [2, 3, 16, 32])})
+    assert as_tuple["x"]["max"][0] == 2
 
 
 def test_explicit_profile_is_validated():
     inputs = [("input", [None, 3, 32, 32])]
     with pytest.raises(ConfigError, match="'inptu'.*did you mean 'input'"):
-        trt_profile.compute_profile(inputs, {"inptu": {"min": [1, 3, 32, 32], "opt": [1, 3, 32, 32], "max": [1, 3, 32, 32]}})
+        trt_profile.compute_profile(inputs, {"inptu": {"min": [1, 3, 32, 32], "opt": [1, 3, 32, 32],
+                                                       "max": [1, 3, 32, 32]}})
     with pytest.raises(ConfigError, match="dim 1 is fixed at 3"):
-        trt_profile.compute_profile(inputs, {"input": {"min": [1, 1, 32, 32], "opt": [1, 1, 32, 32], "max": [1, 1, 32, 32]}})
+        trt_profile.compute_profile(inputs, {"input": {"min": [1, 1, 32, 32], "opt": [1, 1, 32, 32],
+                                                       "max": [1, 1, 32, 32]}})
     with pytest.raises(ConfigError, match="rank 4"):
         trt_profile.compute_profile(inputs, {"input": {"min": [1, 3], "opt": [1, 3], "max": [1, 3]}})
     with pytest.raises(ConfigError, match="min <= opt <= max"):
-        trt_profile.compute_profile(inputs, {"input": {"min": [4, 3, 32, 32], "opt": [1, 3, 32, 32], "max": [8, 3, 32, 32]}})
+        trt_profile.compute_profile(inputs, {"input": {"min": [4, 3, 32, 32], "opt": [1, 3, 32, 32],
+                                                       "max": [8, 3, 32, 32]}})
 
 
 def test_profile_covers_every_input_sorted_by_name():
@@ -180,7 +186,8 @@ def test_sidecar_matching_this_machine_passes():
 
 @pytest.mark.parametrize("over,pattern", [
     ({"tensorrt_version": "8.6.1"}, r"built with TensorRT 8\.6\.1 but this machine has TensorRT 10\.3\.0.*rebuild"),
-    ({"gpu_name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"}, r"built for NVIDIA A100.*8\.0.*NVIDIA L4.*8\.9"),
+    ({"gpu_name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"},
+     r"built for NVIDIA A100.*8\.0.*NVIDIA L4.*8\.9"),
     ({"compute_capability": "8.6"}, r"compute capability 8\.6.*compute capability 8\.9"),
     ({"format": "something-else"}, "sidecar format"),
 ])
@@ -213,11 +220,13 @@ def test_tensorrt_status_explains_missing_or_stub_packages(tmp_path, monkeypatch
         assert "tensorrt" in reason.lower()
     stub = tmp_path / "stub" / "tensorrt"
     stub.mkdir(parents=True)
-    (stub / "__init__.py").write_text("raise RuntimeError('TensorRT libraries were not found: install tensorrt-cu12-libs')\n")
+    (stub / "__init__.py").write_text("raise RuntimeError('TensorRT libraries were not found: "
+                                      "install tensorrt-cu12-libs')\n")
     monkeypatch.syspath_prepend(str(tmp_path / "stub"))
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
     version, reason = runtime_status("tensorrt")
-    assert version is None and "cannot load TensorRT's libraries (RuntimeError: TensorRT libraries were not found" in reason
+    assert version is None
+    assert "cannot load TensorRT's libraries (RuntimeError: TensorRT libraries were not found" in reason
     (stub / "__init__.py").write_text("__version__ = '10.0.0'\n")
     sys.modules.pop("tensorrt", None)
     try:
@@ -229,7 +238,8 @@ def test_tensorrt_status_explains_missing_or_stub_packages(tmp_path, monkeypatch
 
 def test_build_validates_before_touching_tensorrt(tmp_path):
     fp = make_onnx(tmp_path / "f.onnx")
-    with pytest.raises(ConfigError, match="int8 engines are built from Q/DQ ONNX; quantise with target: tensorrt first"):
+    with pytest.raises(ConfigError,
+                       match="int8 engines are built from Q/DQ ONNX; quantise with target: tensorrt first"):
         trtx.build_engine(fp, precision="int8", cache_dir=tmp_path / "c")
     with pytest.raises(ConfigError, match="allowed: fp32, fp16, int8"):
         trtx.build_engine(fp, precision="bf16", cache_dir=tmp_path / "c")
@@ -318,7 +328,8 @@ def test_load_engine_refuses_other_tensorrt_or_gpu(tmp_path, fake_trt):
     built = trtx.build_engine(make_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", cache_dir=tmp_path / "cache")
     side = read_sidecar(built.path)
     write_sidecar(built.path, dict(side, tensorrt_version="10.0.1"))
-    with pytest.raises(trt_cache.EngineCompatibilityError, match=r"TensorRT 10\.0\.1 but this machine has TensorRT 10\.3\.0"):
+    with pytest.raises(trt_cache.EngineCompatibilityError,
+                       match=r"TensorRT 10\.0\.1 but this machine has TensorRT 10\.3\.0"):
         trtx.load_engine(built.path)
     write_sidecar(built.path, dict(side, gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0"))
     with pytest.raises(trt_cache.EngineCompatibilityError, match="built for NVIDIA H100"):
@@ -334,7 +345,8 @@ def test_load_engine_refuses_other_tensorrt_or_gpu(tmp_path, fake_trt):
 
 
 def test_import_edgekit_does_not_load_tensorrt():
-    code = ("import edgekit, edgekit.backends.tensorrt.build, edgekit.backends.tensorrt.runner, edgekit.backends.ort_cuda, edgekit.bench.doctor, "
+    code = ("import edgekit, edgekit.backends.tensorrt.build, edgekit.backends.tensorrt.runner, "
+            "edgekit.backends.ort_cuda, edgekit.bench.doctor, "
             "edgekit.cli.doctor; import sys; assert 'tensorrt' not in sys.modules, 'tensorrt imported'; "
             "assert 'pycuda' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -373,7 +385,9 @@ class _Recorder:
             def clear_flag(self, f): rec.calls.append(("clear_flag", f))
             def set_memory_pool_limit(self, pool, size): rec.calls.append(("set_memory_pool_limit", pool, size))
             def add_optimization_profile(self, p): rec.calls.append(("add_optimization_profile", p.shapes))
-            def create_timing_cache(self, blob): rec.calls.append(("create_timing_cache", bytes(blob))); return Cache(bytes(blob))
+            def create_timing_cache(self, blob):
+                rec.calls.append(("create_timing_cache", bytes(blob)))
+                return Cache(bytes(blob))
             def set_timing_cache(self, cache, ignore_mismatch):
                 rec.calls.append(("set_timing_cache", ignore_mismatch))
                 self.cache = cache
@@ -386,10 +400,14 @@ class _Recorder:
 
         class Builder:
             def __init__(self, logger): rec.calls.append(("Builder",))
-            def create_network(self, flags): rec.calls.append(("create_network", flags)); return "network"
+            def create_network(self, flags):
+                rec.calls.append(("create_network", flags))
+                return "network"
             def create_builder_config(self): return Config()
             def create_optimization_profile(self): return Profile()
-            def build_serialized_network(self, network, config): rec.calls.append(("build_serialized_network", network)); return memoryview(b"PLAN")
+            def build_serialized_network(self, network, config):
+                rec.calls.append(("build_serialized_network", network))
+                return memoryview(b"PLAN")
 
         class Err:
             def node(self): return 7
@@ -401,7 +419,9 @@ class _Recorder:
             num_errors = 1
 
             def __init__(self, network, logger): rec.calls.append(("OnnxParser", network))
-            def parse_from_file(self, path): rec.calls.append(("parse_from_file", path)); return rec.parse_ok
+            def parse_from_file(self, path):
+                rec.calls.append(("parse_from_file", path))
+                return rec.parse_ok
             def get_error(self, i): return Err()
 
         self.Logger, self.Builder, self.OnnxParser, self.Runtime = Logger, Builder, OnnxParser, object
