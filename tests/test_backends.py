@@ -154,3 +154,14 @@ def test_torch_runner_sets_threads_per_call_and_leaves_the_process_alone():
         np.testing.assert_array_equal(runner(np.ones((2, 3), np.float32)), 2 * np.ones((2, 3), np.float32))
         assert seen == [want] and torch.get_num_threads() == before and runner.info["threads"] == want
     assert torch.get_num_threads() == before
+
+
+def test_registering_every_backend_imports_no_runtime():
+    """Backend modules import their runtimes (TensorRT, OpenVINO, CUDA) only when a runner is opened or probed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgekit; from edgekit.backends import load_backends, artifact_kinds; load_backends(); "
+            "artifact_kinds(); bad = [m for m in ('tensorrt', 'openvino', 'pycuda') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

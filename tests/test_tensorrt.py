@@ -84,7 +84,7 @@ def test_corrupt_onnx_is_an_input_file_error(tmp_path):
         onnx_graph.has_qdq(bad)
 
 
-def test_onnx_inputs_skip_initializers_and_mark_dynamic_dims(tmp_path):
+def test_graph_inputs_skip_initializers_and_mark_dynamic_dims(tmp_path):
     path = make_onnx(tmp_path / "m.onnx", extra_dynamic=True)
     model = onnx.load(str(path))
     model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 3, 1, 1]))
@@ -214,7 +214,7 @@ def test_timing_cache_name_is_per_version_and_gpu():
 # ----------------------------------------------------------------------------- without TensorRT
 
 
-def test_tensorrt_status_explains_missing_or_stub_packages(tmp_path, monkeypatch):
+def test_runtime_status_explains_missing_or_stub_packages(tmp_path, monkeypatch):
     version, reason = runtime_status("tensorrt")
     if version is None:
         assert "tensorrt" in reason.lower()
