@@ -64,8 +64,8 @@ def test_only_options_the_recipe_set_reach_the_hook(fake_backend, ctx):
     assert CompileStage(backend="fake-ir", sparse_weights=True).backend_options() == {"sparse_weights": True}
     with pytest.raises(ConfigError, match=r"fake compile takes no options \['sparse_weights'\]"):
         run_compile(ctx, CompileStage(backend="fake-ir", sparse_weights=True))
-    with pytest.raises(ConfigError, match="backend 'fake-ir' compiles fp32, fp16, not precision 'int8'"):
-        run_compile(ctx, CompileStage(backend="fake-ir", precision="int8"))
+    with pytest.raises(ValidationError, match="backend 'fake-ir' compiles precisions fp32, fp16, not 'int8'"):
+        CompileStage(backend="fake-ir", precision="int8")
 
 
 def test_backend_field_is_checked_against_the_registry(fake_backend):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from edgekit.backends import backend_spec, compiling_backends
 from edgekit.errors import BackendUnavailableError, ConfigError
@@ -52,6 +52,14 @@ class CompileStage(StageConfig):
                              f"{', '.join(compiling_backends())}")
         return v
 
+    @model_validator(mode="after")
+    def _precision_of_backend(self) -> CompileStage:
+        spec = backend_spec(self.backend_name())
+        if self.precision is not None and self.precision not in spec.precisions:
+            raise ValueError(f"backend '{spec.name}' compiles precisions {', '.join(spec.precisions)}, "
+                             f"not '{self.precision}'")
+        return self
+
     def backend_name(self) -> str:
         """``backend``, or the default compiling backend."""
         return self.backend or compiling_backends()[0]
@@ -78,9 +86,6 @@ def run_compile(ctx: StageContext, cfg: CompileStage) -> StageOutput:
         raise ConfigError(f"compile: variant '{parent.name}' has no ONNX artifact to compile (it has "
                           f"{', '.join(parent.artifacts()) or 'nothing'}); add an export stage first")
     options = cfg.backend_options()
-    if options.get("precision") is not None and options["precision"] not in spec.precisions:
-        raise ConfigError(f"compile: backend '{backend}' compiles {', '.join(spec.precisions)}, "
-                          f"not precision '{options['precision']}'")
     path = spec.compile(parent.onnx, ctx.stage_dir, **{k: v for k, v in options.items() if v is not None})
     side = read_sidecar(path)
     precision = side.get("precision") or options.get("precision") or "unknown"
