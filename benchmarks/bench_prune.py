@@ -199,8 +199,9 @@ def to_markdown(res: dict) -> str:
         lines += ["", f"**{title} at 224×224** (random weights, latency only, no fine-tune):", "",
                   "| variant | MACs removed | MACs (M) | params (M) | batch 1 | batch 8 |", "|---|---|---|---|---|---|"]
         for k, r in v.items():
+            base = k == "unpruned"
             lines.append(f"| {k} | {r['macs_removed']:.0%} | {r['macs'] / 1e6:.0f} | {r['params'] / 1e6:.2f} | "
-                         f"{_fmt_lat(r['latency'], 1, k == 'unpruned')} | {_fmt_lat(r['latency'], 8, k == 'unpruned')} |")
+                         f"{_fmt_lat(r['latency'], 1, base)} | {_fmt_lat(r['latency'], 8, base)} |")
     lines += ["", "Caveat: this 2-core machine is shared; ORT's two-thread runs of models with many small ops "
                   "(MobileNetV2) slow down disproportionately when another process takes a core (the unpruned "
                   "MobileNetV2 ran 2.6 ms of kernel time per image in an ORT profile but 11 ms wall here), while the "

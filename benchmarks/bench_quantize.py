@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("KMP_BLOCKTIME", "0")  # as run_all.py and the edgekit CLI
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
@@ -102,8 +102,8 @@ def _digits_model(work: Path, key: str, width: float, train: dict, threads: int,
 
     splits, model, fp32, train_s = _train_reference(work, key, width, train)
     calib = splits.train.x[:128]
-    out: dict = {"width": width, "train": train, "train_seconds": round(train_s, 1), "fp32_test": _acc(fp32, splits.test, threads),
-                 "methods": {}}
+    out: dict = {"width": width, "train": train, "train_seconds": round(train_s, 1),
+                 "fp32_test": _acc(fp32, splits.test, threads), "methods": {}}
     artifacts = {"fp32": fp32}
     for method, kw in METHODS:
         res = quantize(fp32, calib, work / f"digits_{key}_int8_cpu_{method}.onnx", target="cpu", method=method, **kw)
@@ -205,24 +205,25 @@ def _render_digits(key: str, d: dict) -> list:
              "| artifact | calibration | test accuracy | Δ vs fp32 | int8 MACs (ORT CPU) |", "|---|---|---|---|---|",
              f"| fp32 | – | {d['fp32_test']:.2f}% | – | 0% |"]
     for method, v in d["methods"].items():
-        lines.append(f"| int8 `target: cpu` | {method} | {v['int8_test']:.2f}% | {v['int8_test'] - d['fp32_test']:+.2f} | "
-                     f"{v['int8_mac_fraction']:.1%} |")
+        lines.append(f"| int8 `target: cpu` | {method} | {v['int8_test']:.2f}% | "
+                     f"{v['int8_test'] - d['fp32_test']:+.2f} | {v['int8_mac_fraction']:.1%} |")
     t = d["tensorrt"]
-    lines.append(f"| int8 `target: tensorrt` | minmax | {t['int8_test']:.2f}% | {t['int8_test'] - d['fp32_test']:+.2f} | "
-                 f"{t['int8_mac_fraction']:.1%} ({t['runtime_float_layers']} layers float on ORT CPU) |")
+    lines.append(f"| int8 `target: tensorrt` | minmax | {t['int8_test']:.2f}% | {t['int8_test'] - d['fp32_test']:+.2f} "
+                 f"| {t['int8_mac_fraction']:.1%} ({t['runtime_float_layers']} layers float on ORT CPU) |")
     p = d.get("pruned")
     if p:
-        lines += [f"| pruned fp32 (−{1 - p['macs_fraction']:.0%} MACs, ×16, KD fine-tune) | – | {p['fp32_test']:.2f}% | "
-                  f"{p['fp32_test'] - d['fp32_test']:+.2f} | 0% |",
-                  f"| pruned int8 `target: cpu` | minmax | {p['int8_test']:.2f}% | {p['int8_test'] - d['fp32_test']:+.2f} "
-                  f"({p['int8_test'] - p['fp32_test']:+.2f} vs pruned fp32) | {p['int8_mac_fraction']:.1%} |"]
+        lines += [f"| pruned fp32 (−{1 - p['macs_fraction']:.0%} MACs, ×16, KD fine-tune) | – | "
+                  f"{p['fp32_test']:.2f}% | {p['fp32_test'] - d['fp32_test']:+.2f} | 0% |",
+                  f"| pruned int8 `target: cpu` | minmax | {p['int8_test']:.2f}% | "
+                  f"{p['int8_test'] - d['fp32_test']:+.2f} ({p['int8_test'] - p['fp32_test']:+.2f} vs pruned fp32) | "
+                  f"{p['int8_mac_fraction']:.1%} |"]
     lat = d["latency"]
-    lines += ["", "| artifact on ORT CPU | batch 1 p50 | speed-up vs ORT fp32 | efficiency | batch 8 p50 | speed-up vs ORT fp32 "
-              "| efficiency |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| artifact on ORT CPU | batch 1 p50 | speed-up vs ORT fp32 | efficiency | batch 8 p50 | "
+              "speed-up vs ORT fp32 | efficiency |", "|---|---|---|---|---|---|---|"]
     for m in [k[:-3] for k in lat if k.endswith("@b1")]:
         b1, b8 = lat[f"{m}@b1"], lat[f"{m}@b8"]
-        lines.append(f"| {m} | {b1[0]:.3f} ms | {_fmt_speed(b1)} | {_fmt_eff(b1)} | {b8[0]:.3f} ms | {_fmt_speed(b8)} | "
-                     f"{_fmt_eff(b8)} |")
+        lines.append(f"| {m} | {b1[0]:.3f} ms | {_fmt_speed(b1)} | {_fmt_eff(b1)} | {b8[0]:.3f} ms | "
+                     f"{_fmt_speed(b8)} | {_fmt_eff(b8)} |")
     lines += ["", f"Load average (1 min) at start and end of the table's timing: {d.get('load_avg_1m')}. Efficiency: "
               "achieved GOP/s over the GEMM peak of the same precision measured in the same rounds.", ""]
     return lines
@@ -231,8 +232,8 @@ def _render_digits(key: str, d: dict) -> list:
 def _render_batch1(r: dict) -> list:
     rounds = sorted({c["rounds"] for d in r["digits"].values() for cells in d["batch1"].values() for c in cells})
     lines = ["### Batch 1, fp32 vs int8 only, 1 and 2 threads", "",
-             f"Two artifacts per pair, interleaved in {'/'.join(map(str, rounds))} rounds; per-round latency is the block's fastest iteration "
-             "(as in every table here) or its median (what a loaded machine delivers).", "",
+             f"Two artifacts per pair, interleaved in {'/'.join(map(str, rounds))} rounds; per-round latency is the "
+             "block's fastest iteration (as in every table here) or its median (what a loaded machine delivers).", "",
              "| model | pair | threads | fp32 p50 | int8 p50 | speed-up (fastest-of-block) | speed-up (block median) |",
              "|---|---|---|---|---|---|---|"]
     for key, d in r["digits"].items():
@@ -253,10 +254,12 @@ def _acceptance(r: dict) -> list:
     spd = cell["min"]["speedup"]
     acc_ok, spd_ok = drop <= ACCEPTANCE["accuracy_drop"], spd >= ACCEPTANCE["speedup"]
     small = r["digits"].get("resnet18-w0.5")
-    lines = [f"**Acceptance** (digits {_title(key)}, `target: cpu`, MinMax, {thr} threads): test accuracy Δ {0.0 - drop:+.2f} "
-             f"points ({'meets' if acc_ok else 'does NOT meet'}: at most {ACCEPTANCE['accuracy_drop']} lost); ORT CPU batch-1 speed-up "
+    lines = [f"**Acceptance** (digits {_title(key)}, `target: cpu`, MinMax, {thr} threads): test accuracy Δ "
+             f"{0.0 - drop:+.2f} points ({'meets' if acc_ok else 'does NOT meet'}: at most "
+             f"{ACCEPTANCE['accuracy_drop']} lost); ORT CPU batch-1 speed-up "
              f"over ORT fp32 of the same model {spd:.2f}× (paired median of {cell['rounds']} rounds, min–max "
-             f"{cell['min']['min']:.2f}–{cell['min']['max']:.2f}×; block-median statistic {cell['median']['speedup']:.2f}×) — "
+             f"{cell['min']['min']:.2f}–{cell['min']['max']:.2f}×; block-median statistic "
+             f"{cell['median']['speedup']:.2f}×) — "
              f"{'meets' if spd_ok else 'does NOT meet'} ≥ {ACCEPTANCE['speedup']}×."]
     if small:
         s1 = {c["threads"]: c["min"]["speedup"] for c in small["batch1"]["fp32 → int8"]}
@@ -284,10 +287,10 @@ def render(r: dict) -> str:
     l1, l8 = lm["latency"]["lstm-int8@b1"], lm["latency"]["lstm-int8@b8"]
     lines += ["### LSTM (hidden 128, digits as 8×8 sequences), dynamic int8", "",
               "| artifact | test accuracy | file size | batch 1 p50 | batch 8 p50 |", "|---|---|---|---|---|",
-              f"| fp32 | {lm['fp32_test']:.2f}% | {lm['fp32_bytes'] / 1024:.0f} KiB | {lm['latency']['lstm-fp32@b1'][0]:.3f} ms | "
-              f"{lm['latency']['lstm-fp32@b8'][0]:.3f} ms |",
-              f"| int8 dynamic | {lm['int8_test']:.2f}% | {lm['int8_bytes'] / 1024:.0f} KiB | {l1[0]:.3f} ms ({_fmt_speed(l1)}) | "
-              f"{l8[0]:.3f} ms ({_fmt_speed(l8)}) |", ""]
+              f"| fp32 | {lm['fp32_test']:.2f}% | {lm['fp32_bytes'] / 1024:.0f} KiB | "
+              f"{lm['latency']['lstm-fp32@b1'][0]:.3f} ms | {lm['latency']['lstm-fp32@b8'][0]:.3f} ms |",
+              f"| int8 dynamic | {lm['int8_test']:.2f}% | {lm['int8_bytes'] / 1024:.0f} KiB | {l1[0]:.3f} ms "
+              f"({_fmt_speed(l1)}) | {l8[0]:.3f} ms ({_fmt_speed(l8)}) |", ""]
     lines += ["### 224×224 reference nets (random weights, 32 synthetic calibration samples), batch 1", "",
               "| model | fp32 p50 | int8 p50 | ratio of pooled p50s | paired speed-up (min–max) | int8 MACs |",
               "|---|---|---|---|---|---|"]
@@ -317,7 +320,9 @@ class _Ctx:
         self.img_dir = self.docs_dir = Path(__file__).resolve().parent.parent / "docs"
 
     def timing(self) -> dict:
-        return {"warmup": 3, "min_time": 0.3, "rounds": 4} if self.quick else {"warmup": 10, "min_time": 3.0, "rounds": 12}
+        if self.quick:
+            return {"warmup": 3, "min_time": 0.3, "rounds": 4}
+        return {"warmup": 10, "min_time": 3.0, "rounds": 12}
 
 
 def section(quick: bool = False, threads: int = 2) -> str:

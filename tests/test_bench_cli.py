@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.cli import bench as commands
 from edgekit.core.platform import environment
+from edgekit.errors import EdgekitError
 
 ENV_KEYS = {"cpu_model", "isa_flags", "cores_logical", "cores_physical", "memory_gb", "gpu", "gpu_compute_capability",
             "versions", "platform"}
@@ -34,11 +35,19 @@ def _mlp(path, hidden):
     return str(path)
 
 
+def bench_command(*argv: str) -> int:
+    """Parse ``edgekit bench ARGV`` with the command's own parser and run its handler in this process."""
+    parser = argparse.ArgumentParser(prog="edgekit")
+    commands.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *argv])
+    return args.func(args)
+
+
 def test_cli_two_onnx_files_prints_ratio_table_and_writes_outputs(tmp_path, capsys):
     a, b = _mlp(tmp_path / "wide.onnx", 512), _mlp(tmp_path / "narrow.onnx", 8)
     out = tmp_path / "out"
-    code = commands.main(["bench", a, b, "--batch", "1,4", "--threads", "1", "--warmup", "1", "--iters", "9",
-                          "--rounds", "3", "--out", str(out), "--no-plots"])
+    code = bench_command(a, b, "--batch", "1,4", "--threads", "1", "--warmup", "1", "--iters", "9",
+                         "--rounds", "3", "--out", str(out), "--no-plots")
     text = capsys.readouterr().out
     assert code == 0
     lines = [line for line in text.splitlines() if line.startswith("| ")]
@@ -67,26 +76,27 @@ def test_cli_parser_contract():
     (["--data", "nothere.npz"], "data file not found"),
     (["--input-shape", "3,-2"], "--input-shape must be positive integers"),
 ])
-def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, match):
+def test_cli_bad_input_is_a_one_line_edgekit_error(tmp_path, argv, match):
     model = _mlp(tmp_path / "m.onnx", 4)
-    code = commands.main(["bench", model, "--iters", "2", "--rounds", "1", *argv])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and match in err[0]
+    with pytest.raises(EdgekitError) as e:
+        bench_command(model, "--iters", "2", "--rounds", "1", *argv)
+    assert match in str(e.value) and "\n" not in str(e.value)
 
 
 def test_cli_process_missing_model_file(tmp_path):
+    """Through the `edgekit` command: one error line, exit status 2, no traceback."""
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-m", "edgekit.cli.bench", "bench", str(tmp_path / "gone.onnx")],
+    proc = subprocess.run([sys.executable, "-m", "edgekit.cli", "bench", str(tmp_path / "gone.onnx")],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"error: model file not found: {tmp_path / 'gone.onnx'}"]
+    assert proc.stderr.strip().splitlines() == [f"edgekit: error: model file not found: {tmp_path / 'gone.onnx'}"]
 
 
 def test_environment_keys_and_types():
     env = environment()
     assert ENV_KEYS <= set(env)
     assert isinstance(env["isa_flags"], list) and env["cores_logical"] >= env["cores_usable"] >= 1
-    assert {"python", "numpy", "torch", "onnx", "onnxruntime", "tensorrt"} <= set(env["versions"])
+    assert {"python", "numpy", "torch", "onnx", "onnxruntime", "tensorrt", "openvino"} <= set(env["versions"])
     assert env["versions"]["onnxruntime"] and env["cpu_model"]
     assert (env["gpu"] is None) == (env["gpu_compute_capability"] is None)
 
@@ -102,8 +112,8 @@ def test_lean_import():
 @pytest.mark.slow
 def test_cli_data_digits_accuracy_matches_training_evaluation(trained_resnet8, tmp_path, capsys):
     """`--data digits` loads the test split shaped like the model's input; both runners agree with train.evaluate."""
-    code = commands.main(["bench", str(trained_resnet8.checkpoint), "--backend", "torch", "--data", "digits",
-                          "--iters", "4", "--rounds", "2", "--warmup", "1", "--threads", "2", "--out", str(tmp_path)])
+    code = bench_command(str(trained_resnet8.checkpoint), "--backend", "torch", "--data", "digits",
+                         "--iters", "4", "--rounds", "2", "--warmup", "1", "--threads", "2", "--out", str(tmp_path))
     assert code == 0
     doc = json.loads((tmp_path / "bench.json").read_text())
     assert doc["rows"][0]["accuracy"] == pytest.approx(trained_resnet8.test_accuracy, abs=1e-6)
@@ -122,7 +132,8 @@ def test_backend_probe_in_a_fresh_interpreter():
     "unknown backend 'ort-cpu'; valid: " when nothing had opened a runner yet)."""
     code = ("from edgekit.backends import probe_backend; from edgekit.techniques.prune.prune import as_prune_config; "
             "assert probe_backend('ort-cpu') == (True, ''); "
-            "import torch; from edgekit.techniques.prune.prune import _validate; from edgekit.models import create_model; "
+            "import torch; from edgekit.techniques.prune.prune import _validate; "
+            "from edgekit.models import create_model; "
             "m = create_model('resnet_cifar', depth=8, width=0.25, num_classes=10, in_channels=3); "
             "_validate(m, as_prune_config({'speedup_target': 1.5, 'finetune': {'epochs': 0}}), None)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

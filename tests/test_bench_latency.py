@@ -206,7 +206,7 @@ def test_ort_sessions_stop_spinning_when_run_returns(trained_resnet8):
     """Interleaved benchmarks alternate between many ORT sessions: an idle session's workers must not keep
     spinning after run() returns, or they take a core from the next session's block (measured: 2× slower)."""
     from edgekit.backends import open_runner
-    from edgekit.core.platform import GemmProbe
+    from edgekit.bench.peak import GemmProbe
 
     sessions = [open_runner(trained_resnet8.onnx, "ort-cpu", threads=2).session, GemmProbe("fp32", 64, 2).session]
     for s in sessions:

@@ -34,7 +34,11 @@ def test_load_warning_only_when_oversubscribed():
     env = {"cores_usable": 2, "threading_env": {}}
     busy = BenchResult(rows=[], environment=env, config={"load_avg_1m": [1.0, 3.5]})
     assert "load average 3.5 on 2 usable cores" in busy.load_warning()
-    assert "OMP_WAIT_POLICY=PASSIVE" in busy.load_warning()
+    assert "KMP_BLOCKTIME=0" in busy.load_warning() and "OMP_WAIT_POLICY=PASSIVE" in busy.load_warning()
+    spinning_stopped = BenchResult(rows=[], environment={**env, "threading_env": {"KMP_BLOCKTIME": "0"}},
+                                   config={"load_avg_1m": [1.0, 3.5]})
+    quiet_hint = spinning_stopped.load_warning()
+    assert "load average 3.5" in quiet_hint and "KMP_BLOCKTIME" not in quiet_hint
     assert BenchResult(rows=[], environment=env, config={"load_avg_1m": [0.4, 1.2]}).load_warning() is None
     assert BenchResult(rows=[], environment=env, config={"load_avg_1m": [None, None]}).load_warning() is None
 
@@ -123,3 +127,37 @@ def test_run_all_concatenates_sections_and_only_replaces_one(run_all, tmp_path, 
     doc3 = out.read_text()
     assert "first" in doc3 and "third version" in doc3
     assert run_all.main(["--skip", "sec_a", "--out", str(out)]) == 0 and "first" in out.read_text()
+
+
+def _row(model, backend, batch, rounds, artifact="m.onnx"):
+    return {"model": model, "backend": backend, "batch": batch, "artifact": artifact, "speedup_rounds": rounds}
+
+
+def test_backend_pairs_are_per_round_ratios_on_the_same_file():
+    from edgekit.bench.pairs import backend_pairs, format_ratio
+
+    rows = [_row("ref", "torch", 1, [1.0, 1.0, 1.0], "ref.pt"), _row("ref", "ort-cpu", 1, [2.0, 2.5, 3.0], "ref.onnx"),
+            _row("ref", "fake", 1, [4.0, 2.5, 6.0], "ref.onnx"), _row("q", "ort-cpu", 1, [10.0, 8.0, 9.0], "q.onnx"),
+            _row("q", "fake", 1, [5.0, 8.0, 9.0], "q.xml"),  # another file: not a pair
+            _row("ref", "ort-cpu", 8, [2.0, 2.0], "ref.onnx"), _row("ref", "fake", 8, [3.0, 1.0], "ref.onnx")]
+    pairs = backend_pairs(rows)
+    assert [(p["model"], p["batch"], p["backend"], p["reference"]) for p in pairs] == [
+        ("ref", 1, "fake", "ort-cpu"), ("ref", 8, "fake", "ort-cpu")]
+    assert pairs[0]["ratio_rounds"] == [2.0, 1.0, 2.0] and pairs[0]["ratio"] == 2.0
+    assert (pairs[1]["ratio"], pairs[1]["ratio_min"], pairs[1]["ratio_max"]) == (1.0, 0.5, 1.5)
+    assert format_ratio(pairs[1]) == "1.00× (0.50–1.50)"
+    assert [p["backend"] for p in backend_pairs(rows, reference="fake")] == ["ort-cpu", "ort-cpu"]
+    assert backend_pairs([_row("a", "fake", 1, [1.0])]) == []
+
+
+def test_bench_backends_renders_one_section_per_backend_pair(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    bench_backends = importlib.import_module("bench_backends")
+    pair = {"model": "demo-int8", "backend": "openvino", "batch": 1, "ratio": 1.2, "ratio_min": 1.1, "ratio_max": 1.3}
+    r = {"reference": "ort-cpu", "backends": ["ort-cpu", "openvino"], "threads": 2, "files": {"demo-int8": "d.onnx"},
+         "pairs": [pair], "environment_line": "AMD EPYC; 2 threads.", "load_warning": None, "load_avg_1m": [0.5, 0.7],
+         "timing": {"warmup": 1, "min_time": 0.1, "rounds": 3, "round_stat": "min"}, "table": "| t |"}
+    md = bench_backends.render(r)
+    assert md.startswith("## Backends: OpenVINO CPU vs ONNX Runtime CPU on the same files")
+    assert "| demo-int8 (`d.onnx`) | 1.20× (1.10–1.30) | – |" in md and "[0.5, 0.7]" in md
+    sys.modules.pop("bench_backends", None)

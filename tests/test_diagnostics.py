@@ -36,7 +36,8 @@ def test_qdq_for_another_target_and_low_coverage_and_float_layers(tmp_path):
     rows = rows_for("a", "ort-cpu", {1: 1.0}, 1.0, True) + rows_for("b", "ort-cpu", {1: 1.4}, 0.7)
     (f,) = step_diagnostics(v, rows)
     text = " ".join(f["causes"])
-    assert "made for TensorRT" in text and "55% of MACs run in int8" in text and "conv1" in text
+    assert "made for target 'tensorrt' runs on ort-cpu, which wants target 'cpu'" in text
+    assert "55% of MACs run in int8" in text and "conv1" in text
 
 
 def test_misaligned_channels_are_named(tmp_path):
@@ -56,3 +57,26 @@ def test_final_variant_skips_artifacts_made_for_another_target(tmp_path):
     chosen = [Variant("ref"), Variant("int8-cpu", onnx=str(cpu)), Variant("int8-trt", onnx=str(trt))]
     assert final_variant(chosen, "ort-cpu").name == "int8-cpu"
     assert final_variant(chosen, "tensorrt").name == "int8-trt"
+
+
+def test_report_section_compares_backends_on_the_same_file():
+    from edgekit.bench.pairs import backend_pairs
+    from edgekit.pipeline.report import _pairs_section
+
+    rows = [{"model": m, "backend": b, "batch": n, "artifact": f"/run/{m}.onnx", "speedup_rounds": r}
+            for m, b, n, r in (("ref", "ort-cpu", 1, [2.0, 2.0]), ("ref", "other", 1, [3.0, 2.0]),
+                               ("ref", "ort-cpu", 8, [1.0, 1.0]), ("ref", "other", 8, [2.0, 1.5]))]
+    lines = _pairs_section([Variant("ref")], backend_pairs(rows))
+    assert lines[0] == "## Backends on the same file (vs ort-cpu)"
+    assert "| ref | other | ref.onnx | 1.25× (1.00–1.50) | 1.75× (1.50–2.00) |" in lines
+    assert _pairs_section([Variant("ref")], []) == []
+
+
+def test_float_baseline_comes_from_the_backend_specs(tmp_path):
+    from edgekit.pipeline.report import _baseline_meaning, float_baseline_backend
+
+    ref = Variant("ref", checkpoint=str(tmp_path / "r.pt"), onnx=str(tmp_path / "r.onnx"))
+    assert float_baseline_backend(["ort-cpu", "torch"], ref) == "torch"
+    assert float_baseline_backend(["ort-cpu", "torch"], Variant("ref", onnx="r.onnx")) == "ort-cpu"
+    assert _baseline_meaning("ref", "torch") == "PyTorch eager fp32 of the reference model"
+    assert _baseline_meaning("ref", "ort-cpu") == "ref on ort-cpu: the recipe has no float-baseline target (torch)"

@@ -9,14 +9,14 @@ import torch
 
 import edgekit.core.platform as platform_facts
 from edgekit.backends import BACKENDS, BackendSpec
-from edgekit.backends.tensorrt.build import tensorrt_status
 from edgekit.bench.doctor import doctor_report, format_report
 from edgekit.cli.doctor import add_commands
+from edgekit.core.platform import runtime_status
 from edgekit.errors import ConfigError
 
 ALL = {"torch", "torch-cuda", "ort-cpu", "ort-cuda", "tensorrt"}
 CPU_ONLY_TORCH = torch.version.cuda is None
-NO_TENSORRT = tensorrt_status()[0] is None
+NO_TENSORRT = runtime_status("tensorrt")[0] is None
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,8 @@ def test_tensorrt_unavailable_says_why(report):
     assert not row["available"]
     assert "tensorrt" in row["reason"].lower()
     assert any(w in row["reason"] for w in ("not installed", "cannot", "stub", "needs", "but"))
-    assert report["tensorrt"]["version"] is None and report["tensorrt"]["reason"] == row["reason"]
+    runtime = report["runtimes"]["tensorrt"]
+    assert runtime["version"] is None and runtime["reason"] == row["reason"]
 
 
 @pytest.mark.skipif(not CPU_ONLY_TORCH, reason="PyTorch here is a CUDA build")
@@ -70,26 +71,42 @@ def test_environment_facts_are_reported(report):
     for key in ("cpu_model", "isa_flags", "cores_logical", "memory_gb", "gpu", "gpu_compute_capability", "versions"):
         assert key in env
     assert isinstance(env["isa_flags"], list) and env["versions"]["torch"] == torch.__version__
-    assert report["onnxruntime"]["providers"] and "CPUExecutionProvider" in report["onnxruntime"]["providers"]
+    assert "CPUExecutionProvider" in statuses(report)["ort-cpu"]["details"]["providers"]
     json.dumps(report)  # serialisable for --json
+
+
+def test_available_backends_describe_themselves(report):
+    import onnxruntime
+
+    rows = statuses(report)
+    assert rows["ort-cpu"]["details"]["version"] == onnxruntime.__version__
+    assert rows["torch"]["details"] == {"version": torch.__version__, "devices": ["cpu"],
+                                        "threads": torch.get_num_threads()}
+    assert all(r["details"] == {} for r in rows.values() if not r["available"])
+    text = format_report(report)
+    assert f"version {onnxruntime.__version__}; devices: cpu; providers:" in text
 
 
 def test_text_report_shows_every_backend_and_reason(report):
     text = format_report(report)
     for row in report["backends"]:
-        line = next(l for l in text.splitlines() if l.strip().startswith(row["name"] + " "))
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(row["name"] + " "))
         assert ("unavailable" in line and row["reason"] in line) if not row["available"] else "available" in line
     assert "ISA:" in text and report["environment"]["cpu_model"] in text
 
 
-def test_a_crashing_probe_is_reported_not_raised():
+def test_a_crashing_probe_or_describe_is_reported_not_raised():
     def boom():
         raise RuntimeError("driver exploded\nsecond line")
 
     spec = BackendSpec("broken-test", ("onnx",), boom, lambda *a, **k: None, "cuda", "test")
-    with BACKENDS.temporary("broken-test", spec):
-        row = {b["name"]: b for b in doctor_report()["backends"]}["broken-test"]
-    assert not row["available"] and row["reason"] == "probe failed: RuntimeError: driver exploded"
+    half = BackendSpec("half-test", ("onnx",), lambda: (True, ""), lambda *a, **k: None, "cpu", "test", describe=boom)
+    with BACKENDS.temporary("broken-test", spec), BACKENDS.temporary("half-test", half):
+        rows = {b["name"]: b for b in doctor_report()["backends"]}
+    assert not rows["broken-test"]["available"]
+    assert rows["broken-test"]["reason"] == "probe failed: RuntimeError: driver exploded"
+    assert rows["half-test"]["available"]
+    assert rows["half-test"]["details"] == {"error": "describe failed: RuntimeError: driver exploded"}
 
 
 def test_driver_runtime_mismatch_is_explained(monkeypatch):
@@ -140,3 +157,14 @@ def test_cli_require_unknown_backend():
     args = parser().parse_args(["doctor", "--require", "tensorrtt"])
     with pytest.raises(ConfigError, match="did you mean 'tensorrt'"):
         args.func(args)
+
+
+def test_platform_facts_need_no_backend():
+    """core.platform is the leaf that backends ask; gathering every fact must not import a backend."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgekit.core.platform as p; p.environment(); p.gpu_facts(); p.runtime_versions(); "
+            "bad = [m for m in sys.modules if m.startswith(('edgekit.backends', 'edgekit.bench'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

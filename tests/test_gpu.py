@@ -14,22 +14,25 @@ import edgekit.backends.tensorrt.runner as trt_runner
 import edgekit.core.platform as platform_facts
 from edgekit._io import read_sidecar, write_sidecar
 from edgekit.backends import open_runner, probe_backend
-from edgekit.backends.tensorrt.build import EngineCompatibilityError, tensorrt_status
+from edgekit.backends.tensorrt.cache import EngineCompatibilityError
+from edgekit.core.platform import runtime_status
 from edgekit.errors import BackendUnavailableError, ConfigError, ShapeError
 
 HAS_CUDA = torch.cuda.is_available()
-HAS_TRT = tensorrt_status()[0] is not None
+HAS_TRT = runtime_status("tensorrt")[0] is not None
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU with PyTorch CUDA: "
                                 + (platform_facts.cuda_unavailable_reason() or "CUDA unavailable"))
 needs_trt = pytest.mark.skipif(not (HAS_CUDA and HAS_TRT), reason="needs TensorRT and a CUDA GPU: "
-                               + (tensorrt_status()[1] or platform_facts.cuda_unavailable_reason() or "unavailable"))
+                               + (runtime_status("tensorrt")[1] or platform_facts.cuda_unavailable_reason()
+                                  or "unavailable"))
 
 
 # ----------------------------------------------------------------------------- runs everywhere
 
 
 def test_trt_dtypes_map_to_real_torch_dtypes():
-    assert trt_runner.torch_dtype_name("HALF") == "float16" and trt_runner.torch_dtype_name("DataType.FLOAT") == "float32"
+    assert trt_runner.torch_dtype_name("HALF") == "float16"
+    assert trt_runner.torch_dtype_name("DataType.FLOAT") == "float32"
     for trt_name, torch_name in trt_runner.TRT_TO_TORCH_DTYPE.items():
         assert isinstance(getattr(torch, torch_name), torch.dtype), trt_name
     with pytest.raises(ConfigError, match="INT4 has no PyTorch equivalent"):
@@ -41,7 +44,8 @@ def test_io_tensors_are_read_by_name():
     tensors = {"input": ("INPUT", "FLOAT", (-1, 3, 32, 32)), "logits": ("OUTPUT", "HALF", (-1, 10))}
     names = list(tensors)
     engine = SimpleNamespace(num_io_tensors=2, get_tensor_name=lambda i: names[i],
-                             get_tensor_mode=lambda n: enum(tensors[n][0]), get_tensor_dtype=lambda n: enum(tensors[n][1]),
+                             get_tensor_mode=lambda n: enum(tensors[n][0]),
+                             get_tensor_dtype=lambda n: enum(tensors[n][1]),
                              get_tensor_shape=lambda n: tensors[n][2])
     assert trt_runner.io_tensors(engine) == [
         {"name": "input", "mode": "INPUT", "dtype": "FLOAT", "shape": [-1, 3, 32, 32]},

@@ -12,7 +12,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgekit.backends.tensorrt.build as trtx
+import edgekit.backends.tensorrt.cache as trt_cache
+import edgekit.backends.tensorrt.profile as trt_profile
+import edgekit.core.onnx_graph as onnx_graph
 from edgekit._io import read_sidecar, sidecar_path, write_sidecar
+from edgekit.core.platform import runtime_status
 from edgekit.errors import BackendUnavailableError, ConfigError, InputFileError
 
 IDENTITY = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
@@ -34,7 +38,8 @@ def make_onnx(path: Path, *, qdq: bool = False, batch=None, extra_dynamic: bool 
         inits.append(numpy_helper.from_array(w, "w"))
     nodes += [helper.make_node("Conv", [conv_in, w_name], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
     h = "H" if extra_dynamic else 4
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch or "N", 3, h, 4])],
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch or "N", 3, h, 4])
+    graph = helper.make_graph(nodes, "tiny", [x_info],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch or "N", 2, h, 4])],
                               initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -54,37 +59,37 @@ def make_onnx(path: Path, *, qdq: bool = False, batch=None, extra_dynamic: bool 
     ("int8", True, ("INT8", "FP16", "SPARSE_WEIGHTS"), ()),
 ])
 def test_precision_flags(precision, sparse, want_set, want_clear):
-    flags = trtx.precision_flags(precision, sparse)
+    flags = trt_profile.precision_flags(precision, sparse)
     assert flags.set == want_set
     assert flags.clear == want_clear
 
 
 def test_precision_flags_rejects_unknown_with_suggestion():
     with pytest.raises(ConfigError, match=r"'fp61'.*did you mean 'fp16'.*allowed: fp32, fp16, int8"):
-        trtx.precision_flags("fp61")
+        trt_profile.precision_flags("fp61")
 
 
 # ----------------------------------------------------------------------------- ONNX inspection
 
 
 def test_qdq_detection(tmp_path):
-    assert trtx.has_qdq(make_onnx(tmp_path / "q.onnx", qdq=True))
-    assert not trtx.has_qdq(make_onnx(tmp_path / "f.onnx"))
+    assert onnx_graph.has_qdq(make_onnx(tmp_path / "q.onnx", qdq=True))
+    assert not onnx_graph.has_qdq(make_onnx(tmp_path / "f.onnx"))
 
 
 def test_corrupt_onnx_is_an_input_file_error(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf at all \x00\xff")
     with pytest.raises(InputFileError, match="bad.onnx"):
-        trtx.has_qdq(bad)
+        onnx_graph.has_qdq(bad)
 
 
-def test_onnx_inputs_skip_initializers_and_mark_dynamic_dims(tmp_path):
+def test_graph_inputs_skip_initializers_and_mark_dynamic_dims(tmp_path):
     path = make_onnx(tmp_path / "m.onnx", extra_dynamic=True)
     model = onnx.load(str(path))
     model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 3, 1, 1]))
     onnx.save(model, str(path))
-    assert trtx.onnx_inputs(path) == [("x", [None, 3, None, 4])]
+    assert onnx_graph.graph_inputs(path) == [onnx_graph.GraphInput("x", [None, 3, None, 4], TensorProto.FLOAT)]
 
 
 # ----------------------------------------------------------------------------- profiles
@@ -94,51 +99,56 @@ DYN = [("x", [None, 3, 32, 32])]
 
 
 @pytest.mark.parametrize("batch_range,triple", [
-    (None, trtx.DEFAULT_BATCH_RANGE), ((1, 8, 32), (1, 8, 32)), ([2, 2, 4], (2, 2, 4)), (4, (4, 4, 4)),
+    (None, trt_profile.DEFAULT_BATCH_RANGE), ((1, 8, 32), (1, 8, 32)), ([2, 2, 4], (2, 2, 4)), (4, (4, 4, 4)),
     ({"min": 1, "opt": 4, "max": 16}, (1, 4, 16)),
 ])
 def test_profile_from_batch_range(batch_range, triple):
-    prof = trtx.compute_profile(DYN, batch_range)
+    prof = trt_profile.compute_profile(DYN, batch_range)
     assert prof == {"x": {k: [b, 3, 32, 32] for k, b in zip(("min", "opt", "max"), triple)}}
 
 
 @pytest.mark.parametrize("bad", [(8, 4, 32), (0, 1, 2), (1, 2), (1, 2.5, 4), (True, 1, 2)])
 def test_profile_rejects_bad_batch_ranges(bad):
     with pytest.raises(ConfigError, match="batch_range"):
-        trtx.compute_profile(DYN, bad)
+        trt_profile.compute_profile(DYN, bad)
 
 
 def test_static_batch_uses_its_shape_and_rejects_a_conflicting_range():
     static = [("x", [1, 3, 8, 8])]
-    assert trtx.compute_profile(static)["x"]["max"] == [1, 3, 8, 8]
-    assert trtx.compute_profile(static, (1, 1, 1))["x"]["min"] == [1, 3, 8, 8]
+    assert trt_profile.compute_profile(static)["x"]["max"] == [1, 3, 8, 8]
+    assert trt_profile.compute_profile(static, (1, 1, 1))["x"]["min"] == [1, 3, 8, 8]
     with pytest.raises(ConfigError, match="fixed batch of 1.*dynamic batch axis"):
-        trtx.compute_profile(static, (1, 8, 32))
+        trt_profile.compute_profile(static, (1, 8, 32))
 
 
 def test_dynamic_non_batch_dims_need_an_explicit_profile():
     inputs = [("x", [None, 3, None, 32])]
     with pytest.raises(ConfigError, match=r"dynamic dims \[2\].*explicit profile"):
-        trtx.compute_profile(inputs, (1, 1, 8))
-    prof = trtx.compute_profile(inputs, {"x": {"min": [1, 3, 16, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 64, 32]}})
+        trt_profile.compute_profile(inputs, (1, 1, 8))
+    prof = trt_profile.compute_profile(inputs, {"x": {"min": [1, 3, 16, 32], "opt": [4, 3, 32, 32],
+                                                      "max": [8, 3, 64, 32]}})
     assert prof["x"]["opt"] == [4, 3, 32, 32]
-    assert trtx.compute_profile(inputs, {"x": ([1, 3, 16, 32], [1, 3, 16, 32], [2, 3, 16, 32])})["x"]["max"][0] == 2
+    as_tuple = trt_profile.compute_profile(inputs, {"x": ([1, 3, 16, 32], [1, 3, 16, 32], [2, 3, 16, 32])})
+    assert as_tuple["x"]["max"][0] == 2
 
 
 def test_explicit_profile_is_validated():
     inputs = [("input", [None, 3, 32, 32])]
     with pytest.raises(ConfigError, match="'inptu'.*did you mean 'input'"):
-        trtx.compute_profile(inputs, {"inptu": {"min": [1, 3, 32, 32], "opt": [1, 3, 32, 32], "max": [1, 3, 32, 32]}})
+        trt_profile.compute_profile(inputs, {"inptu": {"min": [1, 3, 32, 32], "opt": [1, 3, 32, 32],
+                                                       "max": [1, 3, 32, 32]}})
     with pytest.raises(ConfigError, match="dim 1 is fixed at 3"):
-        trtx.compute_profile(inputs, {"input": {"min": [1, 1, 32, 32], "opt": [1, 1, 32, 32], "max": [1, 1, 32, 32]}})
+        trt_profile.compute_profile(inputs, {"input": {"min": [1, 1, 32, 32], "opt": [1, 1, 32, 32],
+                                                       "max": [1, 1, 32, 32]}})
     with pytest.raises(ConfigError, match="rank 4"):
-        trtx.compute_profile(inputs, {"input": {"min": [1, 3], "opt": [1, 3], "max": [1, 3]}})
+        trt_profile.compute_profile(inputs, {"input": {"min": [1, 3], "opt": [1, 3], "max": [1, 3]}})
     with pytest.raises(ConfigError, match="min <= opt <= max"):
-        trtx.compute_profile(inputs, {"input": {"min": [4, 3, 32, 32], "opt": [1, 3, 32, 32], "max": [8, 3, 32, 32]}})
+        trt_profile.compute_profile(inputs, {"input": {"min": [4, 3, 32, 32], "opt": [1, 3, 32, 32],
+                                                       "max": [8, 3, 32, 32]}})
 
 
 def test_profile_covers_every_input_sorted_by_name():
-    prof = trtx.compute_profile([("z", [None, 4]), ("a", [None, 2])], (1, 2, 3))
+    prof = trt_profile.compute_profile([("z", [None, 4]), ("a", [None, 2])], (1, 2, 3))
     assert list(prof) == ["a", "z"]
     assert prof["z"] == {"min": [1, 4], "opt": [2, 4], "max": [3, 4]}
 
@@ -151,9 +161,9 @@ BASE_KEY = dict(onnx_sha256="ab" * 32, tensorrt_version="10.3.0", gpu_name="NVID
 
 
 def test_cache_key_is_deterministic_and_order_insensitive():
-    k1 = trtx.engine_cache_key(**BASE_KEY)
+    k1 = trt_cache.engine_cache_key(**BASE_KEY)
     reordered = dict(BASE_KEY, profile={"x": {"max": [32, 3], "min": [1, 3], "opt": [8, 3]}})
-    assert k1 == trtx.engine_cache_key(**reordered)
+    assert k1 == trt_cache.engine_cache_key(**reordered)
     assert len(k1) == 64 and int(k1, 16) >= 0
 
 
@@ -163,26 +173,27 @@ def test_cache_key_is_deterministic_and_order_insensitive():
     ("profile", {"x": {"min": [1, 3], "opt": [4, 3], "max": [32, 3]}}),
 ])
 def test_cache_key_changes_with_every_field(field, value):
-    assert trtx.engine_cache_key(**BASE_KEY) != trtx.engine_cache_key(**dict(BASE_KEY, **{field: value}))
+    assert trt_cache.engine_cache_key(**BASE_KEY) != trt_cache.engine_cache_key(**dict(BASE_KEY, **{field: value}))
 
 
 def good_sidecar(**over):
-    return {"format": trtx.ENGINE_FORMAT, "onnx": "m.onnx", **IDENTITY, **over}
+    return {"format": trt_cache.ENGINE_FORMAT, "onnx": "m.onnx", **IDENTITY, **over}
 
 
 def test_sidecar_matching_this_machine_passes():
-    assert trtx.validate_sidecar(good_sidecar(), IDENTITY, "m.engine") is None  # no exception
+    assert trt_cache.validate_sidecar(good_sidecar(), IDENTITY, "m.engine") is None  # no exception
 
 
 @pytest.mark.parametrize("over,pattern", [
     ({"tensorrt_version": "8.6.1"}, r"built with TensorRT 8\.6\.1 but this machine has TensorRT 10\.3\.0.*rebuild"),
-    ({"gpu_name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"}, r"built for NVIDIA A100.*8\.0.*NVIDIA L4.*8\.9"),
+    ({"gpu_name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"},
+     r"built for NVIDIA A100.*8\.0.*NVIDIA L4.*8\.9"),
     ({"compute_capability": "8.6"}, r"compute capability 8\.6.*compute capability 8\.9"),
     ({"format": "something-else"}, "sidecar format"),
 ])
 def test_sidecar_mismatch_is_refused(over, pattern):
-    with pytest.raises(trtx.EngineCompatibilityError, match=pattern):
-        trtx.validate_sidecar(good_sidecar(**over), IDENTITY, "m.engine")
+    with pytest.raises(trt_cache.EngineCompatibilityError, match=pattern):
+        trt_cache.validate_sidecar(good_sidecar(**over), IDENTITY, "m.engine")
 
 
 def test_parser_errors_name_the_nodes():
@@ -195,29 +206,31 @@ def test_parser_errors_name_the_nodes():
 
 
 def test_timing_cache_name_is_per_version_and_gpu():
-    a = trtx.timing_cache_name(IDENTITY)
+    a = trt_cache.timing_cache_name(IDENTITY)
     assert a == "timing-trt10.3.0-nvidia-l4-sm89.cache"
-    assert a != trtx.timing_cache_name(dict(IDENTITY, tensorrt_version="10.4.0"))
+    assert a != trt_cache.timing_cache_name(dict(IDENTITY, tensorrt_version="10.4.0"))
 
 
 # ----------------------------------------------------------------------------- without TensorRT
 
 
-def test_tensorrt_status_explains_missing_or_stub_packages(tmp_path, monkeypatch):
-    version, reason = trtx.tensorrt_status()
+def test_runtime_status_explains_missing_or_stub_packages(tmp_path, monkeypatch):
+    version, reason = runtime_status("tensorrt")
     if version is None:
         assert "tensorrt" in reason.lower()
     stub = tmp_path / "stub" / "tensorrt"
     stub.mkdir(parents=True)
-    (stub / "__init__.py").write_text("raise RuntimeError('TensorRT libraries were not found: install tensorrt-cu12-libs')\n")
+    (stub / "__init__.py").write_text("raise RuntimeError('TensorRT libraries were not found: "
+                                      "install tensorrt-cu12-libs')\n")
     monkeypatch.syspath_prepend(str(tmp_path / "stub"))
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
-    version, reason = trtx.tensorrt_status()
-    assert version is None and "cannot load TensorRT's libraries (RuntimeError: TensorRT libraries were not found" in reason
+    version, reason = runtime_status("tensorrt")
+    assert version is None
+    assert "cannot load TensorRT's libraries (RuntimeError: TensorRT libraries were not found" in reason
     (stub / "__init__.py").write_text("__version__ = '10.0.0'\n")
     sys.modules.pop("tensorrt", None)
     try:
-        version, reason = trtx.tensorrt_status()
+        version, reason = runtime_status("tensorrt")
     finally:
         sys.modules.pop("tensorrt", None)  # never leave the stub behind for later tests
     assert version is None and "stub" in reason
@@ -225,7 +238,8 @@ def test_tensorrt_status_explains_missing_or_stub_packages(tmp_path, monkeypatch
 
 def test_build_validates_before_touching_tensorrt(tmp_path):
     fp = make_onnx(tmp_path / "f.onnx")
-    with pytest.raises(ConfigError, match="int8 engines are built from Q/DQ ONNX; quantise with target: tensorrt first"):
+    with pytest.raises(ConfigError,
+                       match="int8 engines are built from Q/DQ ONNX; quantise with target: tensorrt first"):
         trtx.build_engine(fp, precision="int8", cache_dir=tmp_path / "c")
     with pytest.raises(ConfigError, match="allowed: fp32, fp16, int8"):
         trtx.build_engine(fp, precision="bf16", cache_dir=tmp_path / "c")
@@ -238,7 +252,7 @@ def test_build_validates_before_touching_tensorrt(tmp_path):
 
 
 def test_build_without_tensorrt_says_why(tmp_path):
-    if trtx.tensorrt_status()[0] is not None:
+    if runtime_status("tensorrt")[0] is not None:
         pytest.skip("TensorRT is installed here; covered by tests/test_gpu.py")
     with pytest.raises(BackendUnavailableError, match="TensorRT is unavailable: .*tensorrt"):
         trtx.build_engine(make_onnx(tmp_path / "f.onnx"), cache_dir=tmp_path / "c")
@@ -273,7 +287,7 @@ def test_second_build_with_same_key_reuses_the_engine(tmp_path, fake_trt):
     assert side["cache_key"] == first.key and side["precision"] == "fp16" and side["tensorrt_version"] == "10.3.0"
     assert side["profile"] == {"x": {"min": [1, 3, 4, 4], "opt": [4, 3, 4, 4], "max": [8, 3, 4, 4]}}
     assert side["builder_flags"] == ["FP16"] and side["target"] == "tensorrt"
-    assert fake_trt[0]["timing_cache"] == cache / trtx.timing_cache_name(IDENTITY)
+    assert fake_trt[0]["timing_cache"] == cache / trt_cache.timing_cache_name(IDENTITY)
 
     second = trtx.build_engine(onnx_path, precision="fp16", batch_range=(1, 4, 8), cache_dir=cache)
     assert second.cached and second.key == first.key and len(fake_trt) == 1
@@ -314,14 +328,15 @@ def test_load_engine_refuses_other_tensorrt_or_gpu(tmp_path, fake_trt):
     built = trtx.build_engine(make_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", cache_dir=tmp_path / "cache")
     side = read_sidecar(built.path)
     write_sidecar(built.path, dict(side, tensorrt_version="10.0.1"))
-    with pytest.raises(trtx.EngineCompatibilityError, match=r"TensorRT 10\.0\.1 but this machine has TensorRT 10\.3\.0"):
+    with pytest.raises(trt_cache.EngineCompatibilityError,
+                       match=r"TensorRT 10\.0\.1 but this machine has TensorRT 10\.3\.0"):
         trtx.load_engine(built.path)
     write_sidecar(built.path, dict(side, gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0"))
-    with pytest.raises(trtx.EngineCompatibilityError, match="built for NVIDIA H100"):
+    with pytest.raises(trt_cache.EngineCompatibilityError, match="built for NVIDIA H100"):
         trtx.load_engine(built.path)
     write_sidecar(built.path, side)
     built.path.write_bytes(b"other bytes")
-    with pytest.raises(trtx.EngineCompatibilityError, match="does not match its sidecar"):
+    with pytest.raises(trt_cache.EngineCompatibilityError, match="does not match its sidecar"):
         trtx.load_engine(built.path)
     assert json.loads(sidecar_path(built.path).read_text())["cache_key"] == built.key
 
@@ -330,7 +345,8 @@ def test_load_engine_refuses_other_tensorrt_or_gpu(tmp_path, fake_trt):
 
 
 def test_import_edgekit_does_not_load_tensorrt():
-    code = ("import edgekit, edgekit.backends.tensorrt.build, edgekit.backends.tensorrt.runner, edgekit.backends.ort_cuda, edgekit.bench.doctor, "
+    code = ("import edgekit, edgekit.backends.tensorrt.build, edgekit.backends.tensorrt.runner, "
+            "edgekit.backends.ort_cuda, edgekit.bench.doctor, "
             "edgekit.cli.doctor; import sys; assert 'tensorrt' not in sys.modules, 'tensorrt imported'; "
             "assert 'pycuda' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -369,7 +385,9 @@ class _Recorder:
             def clear_flag(self, f): rec.calls.append(("clear_flag", f))
             def set_memory_pool_limit(self, pool, size): rec.calls.append(("set_memory_pool_limit", pool, size))
             def add_optimization_profile(self, p): rec.calls.append(("add_optimization_profile", p.shapes))
-            def create_timing_cache(self, blob): rec.calls.append(("create_timing_cache", bytes(blob))); return Cache(bytes(blob))
+            def create_timing_cache(self, blob):
+                rec.calls.append(("create_timing_cache", bytes(blob)))
+                return Cache(bytes(blob))
             def set_timing_cache(self, cache, ignore_mismatch):
                 rec.calls.append(("set_timing_cache", ignore_mismatch))
                 self.cache = cache
@@ -382,10 +400,14 @@ class _Recorder:
 
         class Builder:
             def __init__(self, logger): rec.calls.append(("Builder",))
-            def create_network(self, flags): rec.calls.append(("create_network", flags)); return "network"
+            def create_network(self, flags):
+                rec.calls.append(("create_network", flags))
+                return "network"
             def create_builder_config(self): return Config()
             def create_optimization_profile(self): return Profile()
-            def build_serialized_network(self, network, config): rec.calls.append(("build_serialized_network", network)); return memoryview(b"PLAN")
+            def build_serialized_network(self, network, config):
+                rec.calls.append(("build_serialized_network", network))
+                return memoryview(b"PLAN")
 
         class Err:
             def node(self): return 7
@@ -397,7 +419,9 @@ class _Recorder:
             num_errors = 1
 
             def __init__(self, network, logger): rec.calls.append(("OnnxParser", network))
-            def parse_from_file(self, path): rec.calls.append(("parse_from_file", path)); return rec.parse_ok
+            def parse_from_file(self, path):
+                rec.calls.append(("parse_from_file", path))
+                return rec.parse_ok
             def get_error(self, i): return Err()
 
         self.Logger, self.Builder, self.OnnxParser, self.Runtime = Logger, Builder, OnnxParser, object
@@ -410,7 +434,7 @@ def test_build_uses_the_tensorrt10_api(tmp_path, monkeypatch):
     tc = tmp_path / "t.cache"
     tc.write_bytes(b"old")
     profile = {"x": {"min": [1, 3, 4, 4], "opt": [2, 3, 4, 4], "max": [8, 3, 4, 4]}}
-    blob = trtx._build_serialized(onnx_path, trtx.precision_flags("int8", True), profile, 64, tc)
+    blob = trtx._build_serialized(onnx_path, trt_profile.precision_flags("int8", True), profile, 64, tc)
     assert blob == b"PLAN" and tc.read_bytes() == b"cache:old"
     names = [c[0] for c in fake.calls]
     assert ("create_network", 0) in fake.calls and ("parse_from_file", str(onnx_path)) in fake.calls
@@ -419,10 +443,10 @@ def test_build_uses_the_tensorrt10_api(tmp_path, monkeypatch):
     assert ("add_optimization_profile", {"x": ([1, 3, 4, 4], [2, 3, 4, 4], [8, 3, 4, 4])}) in fake.calls
     assert ("create_timing_cache", b"old") in fake.calls and ("set_timing_cache", False) in fake.calls
     assert names.index("set_timing_cache") < names.index("build_serialized_network")
-    trtx._build_serialized(onnx_path, trtx.precision_flags("fp32"), profile, 64, None)
+    trtx._build_serialized(onnx_path, trt_profile.precision_flags("fp32"), profile, 64, None)
     assert ("clear_flag", "TF32") in fake.calls
     tc.write_bytes(b"stale")  # rejected by set_timing_cache (other TensorRT/GPU): start empty, then save
-    trtx._build_serialized(onnx_path, trtx.precision_flags("fp16"), profile, 64, tc)
+    trtx._build_serialized(onnx_path, trt_profile.precision_flags("fp16"), profile, 64, tc)
     creates = [c for c in fake.calls if c[0] == "create_timing_cache"]
     assert creates[-2:] == [("create_timing_cache", b"stale"), ("create_timing_cache", b"")]
     assert tc.read_bytes() == b"cache:"
@@ -431,4 +455,4 @@ def test_build_uses_the_tensorrt10_api(tmp_path, monkeypatch):
 def test_parser_errors_surface_node_names(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", _Recorder(parse_ok=False))
     with pytest.raises(trtx.EngineBuildError, match=r"node 7 '/stem/Conv' \(Conv\): Assertion failed: weights"):
-        trtx._build_serialized(make_onnx(tmp_path / "m.onnx"), trtx.precision_flags("fp16"), {}, 64, None)
+        trtx._build_serialized(make_onnx(tmp_path / "m.onnx"), trt_profile.precision_flags("fp16"), {}, 64, None)

@@ -1,15 +1,22 @@
-"""Backend runners behind one interface (see ``base.Runner``)."""
+"""Backend runners behind one interface (see ``base.Runner``); each backend declares its capabilities."""
 from edgekit.backends.base import (
-                   BACKENDS,
-                   BackendSpec,
-                   Runner,
-                   available_backends,
-                   backend_spec,
-                   default_backend,
-                   open_runner,
-                   probe_backend,
-                   register_backend,
+    BACKENDS,
+    BackendSpec,
+    Runner,
+    artifact_files,
+    artifact_kind,
+    artifact_kinds,
+    available_backends,
+    backend_spec,
+    compiling_backends,
+    default_backend,
+    load_backends,
+    open_runner,
+    probe_backend,
+    register_backend,
+    target_warning,
 )
 
-__all__ = ["BACKENDS", "BackendSpec", "Runner", "available_backends", "backend_spec", "default_backend", "open_runner", "probe_backend",
-           "register_backend"]
+__all__ = ["BACKENDS", "BackendSpec", "Runner", "artifact_files", "artifact_kind", "artifact_kinds",
+           "available_backends", "backend_spec", "compiling_backends", "default_backend", "load_backends",
+           "open_runner", "probe_backend", "register_backend", "target_warning"]

@@ -1,19 +1,25 @@
-"""The runner interface: one per backend, numpy in, numpy out.
+"""The runner interface: one per backend, numpy in, numpy out; backends declare what they can do.
 
-    runner = open_runner("model.onnx", backend="ort-cpu", threads=2)
-    logits = runner(batch)            # np.ndarray -> np.ndarray
-    runner.info                       # backend, precision, device, versions
+    with open_runner("model.onnx", backend="ort-cpu", threads=2) as runner:
+        logits = runner(batch)        # np.ndarray -> np.ndarray
+        runner.info                   # backend, precision, device, threads, versions
 
 Benchmarks time ``run_prepared(prepare(x))`` followed by ``synchronize()``, so input
 placement (host->device copies) stays outside the timed region.
+
+A backend is one module in ``edgekit.backends`` that calls ``register_backend(BackendSpec(...))``; the spec
+declares its capabilities (artifact kinds and the file suffixes it reads, device, precisions, preferred
+quantisation target, channel alignment, float baseline, optional ``describe``/``compile`` hooks), so no other
+module keeps a table of backends: ``artifact_kind``, ``default_backend``, ``target_warning``, doctor, bench,
+the report and the compile stage all ask the registry.
 """
 from __future__ import annotations
 
 import abc
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -44,7 +50,7 @@ class Runner(abc.ABC):
         """Convert a backend-native output to numpy (copies device memory to the host)."""
         return np.asarray(out)
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027  (an optional hook: CPU backends have nothing to wait for)
         """Wait for queued device work (no-op on CPU backends)."""
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -58,59 +64,145 @@ class Runner(abc.ABC):
         want = self.input_shape
         if want and (x.ndim != len(want) or any(w is not None and w != g for w, g in zip(want[1:], x.shape[1:]))):
             shown = "x".join("N" if d is None else str(d) for d in want)
-            raise ShapeError(
-                f"input '{self.input_name}' of {self.info.get('artifact', 'model')} expects shape {shown}, got {list(x.shape)}"
-            )
+            where = self.info.get("artifact", "model")
+            raise ShapeError(f"input '{self.input_name}' of {where} expects shape {shown}, got {list(x.shape)}")
 
-    def close(self) -> None:
-        """Release backend resources."""
+    def close(self) -> None:  # noqa: B027  (an optional hook)
+        """Release backend resources (and undo any process-wide setting the runner made)."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """A registered backend: what it runs, how to probe it, how to open a runner."""
+    """A registered backend: what it runs and wants, how to probe it, how to open a runner.
+
+    Example:
+        >>> register_backend(BackendSpec("my-npu", ("onnx",), probe, open_fn, "npu", "My NPU runtime",
+        ...                              suffixes={"onnx": (".onnx",)}, precisions=("int8",), quant_target="cpu"))
+    """
 
     name: str
-    artifact_kinds: Tuple[str, ...]  # subset of ("module", "checkpoint", "onnx", "engine")
+    artifact_kinds: Tuple[str, ...]  # what it opens, in order of preference: "module", "checkpoint", "onnx", ...
     probe: Callable[[], Tuple[bool, str]]  # -> (available, reason if not)
     open: Callable[..., Runner]
     device: str = "cpu"
     description: str = ""
     priority: int = 100  # lower = the default for its artifact kind and device (see default_backend)
+    suffixes: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)  # artifact kind -> file suffixes it reads
+    companions: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)  # kind -> suffixes of files that belong
+    # to an artifact of that kind (same stem beside it, e.g. weights); counted in its size
+    precisions: Tuple[str, ...] = ("fp32",)  # precisions it runs
+    quant_target: Optional[str] = None  # the quantisation target (edgekit.techniques.quantize TARGETS) it wants
+    channel_alignment: int = 1  # channel multiple its fast kernels want (the default for pruning's round_to)
+    float_baseline: bool = False  # runs the reference in float: the baseline speedups are measured against
+    title: str = ""  # short human name for reports, e.g. "ONNX Runtime CPU" (default: the name)
+    tag: str = ""  # short name in variant and file names, e.g. "trt" (default: the name)
+    describe: Optional[Callable[[], Dict[str, Any]]] = None  # -> {"version", "devices", ...} for `edgekit doctor`
+    compile: Optional[Callable[..., Path]] = None  # (onnx_path, out_dir, **options) -> deployable artifact path
+
+    @property
+    def label(self) -> str:
+        """``title`` or, without one, the name."""
+        return self.title or self.name
 
 
 BACKENDS: Registry[BackendSpec] = Registry("backend")
 
 
 def register_backend(spec: BackendSpec) -> BackendSpec:
-    """Register a backend spec under its name."""
+    """Register a backend spec under its name, after checking its declared capabilities.
+
+    Raises:
+        ConfigError: a suffix for a kind the backend does not run, a suffix another backend reads as another
+            kind, or a channel alignment below 1.
+    """
+    undeclared = sorted((set(spec.suffixes) | set(spec.companions)) - set(spec.artifact_kinds))
+    if undeclared:
+        raise ConfigError(f"backend '{spec.name}' declares suffixes for {undeclared} but runs only "
+                          f"{', '.join(spec.artifact_kinds)}")
+    if not isinstance(spec.channel_alignment, int) or spec.channel_alignment < 1:
+        raise ConfigError(f"backend '{spec.name}': channel_alignment must be a positive integer, "
+                          f"got {spec.channel_alignment!r}")
+    known = _suffix_table()
+    for kind, suffixes in spec.suffixes.items():
+        for sfx in suffixes:
+            if not sfx.startswith(".") or sfx != sfx.lower():
+                raise ConfigError(f"backend '{spec.name}': suffix {sfx!r} must be lower case and start with '.'")
+            if known.get(sfx, kind) != kind:
+                raise ConfigError(f"backend '{spec.name}' reads {sfx} files as {kind} but another backend reads "
+                                  f"them as {known[sfx]}; one suffix, one artifact kind")
     BACKENDS.register(spec.name)(spec)
     return spec
 
 
+def load_backends() -> None:
+    """Import every backend module of ``edgekit.backends`` (each registers itself in ``BACKENDS``); idempotent."""
+    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
+
+
+def _suffix_table() -> Dict[str, str]:
+    """``{suffix: artifact kind}`` over every registered backend."""
+    return {sfx: kind for _, spec in BACKENDS.items() for kind, sfxs in spec.suffixes.items() for sfx in sfxs}
+
+
+def artifact_files(artifact: Union[str, os.PathLike]) -> list:
+    """The artifact's file and the companion files its kind declares that exist beside it (e.g. IR weights).
+
+    Example:
+        >>> artifact_files("model.onnx")
+        [PosixPath('model.onnx')]
+    """
+    path = Path(os.fspath(artifact))
+    kind = artifact_kind(path)
+    suffixes = dict.fromkeys(sfx for _, spec in BACKENDS.items() for sfx in spec.companions.get(kind, ()))
+    return [path] + [path.with_suffix(sfx) for sfx in suffixes if path.with_suffix(sfx).is_file()]
+
+
+def artifact_kinds() -> Tuple[str, ...]:
+    """Every artifact kind some registered backend runs (``module`` first, then in registration-name order).
+
+    Example:
+        >>> artifact_kinds()
+        ('module', 'checkpoint', 'onnx', 'engine', ...)
+    """
+    load_backends()
+    kinds: Dict[str, None] = {"module": None}
+    for _, spec in sorted(BACKENDS.items(), key=lambda kv: (kv[1].priority, kv[0])):
+        kinds.update(dict.fromkeys(spec.artifact_kinds))
+    return tuple(kinds)
+
+
 def artifact_kind(artifact: Any) -> str:
-    """Classify an artifact: 'module', 'checkpoint', 'onnx' or 'engine'."""
+    """Classify an artifact: ``"module"`` for an ``nn.Module``, else the kind a backend declares for its suffix.
+
+    Example:
+        >>> artifact_kind("run/model.int8.onnx")
+        'onnx'
+    """
     import torch.nn as nn
 
     if isinstance(artifact, nn.Module):
         return "module"
+    load_backends()
     suffix = Path(os.fspath(artifact)).suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix in (".engine", ".plan", ".trt"):
-        return "engine"
-    if suffix in (".pt", ".pth", ".ckpt"):
-        return "checkpoint"
-    raise ConfigError(
-        f"cannot tell what kind of model '{artifact}' is from its suffix '{suffix}'; "
-        "allowed: .onnx (ONNX), .pt/.pth/.ckpt (edgekit checkpoint), .engine/.plan (TensorRT)"
-    )
+    table = _suffix_table()
+    if suffix in table:
+        return table[suffix]
+    by_kind: Dict[str, list] = {}
+    for sfx, kind in table.items():
+        by_kind.setdefault(kind, []).append(sfx)
+    allowed = ", ".join(f"{'/'.join(sfxs)} ({kind})" for kind, sfxs in by_kind.items())
+    raise ConfigError(f"cannot tell what kind of model '{artifact}' is from its suffix '{suffix}'; allowed: {allowed}")
 
 
 def backend_spec(name: str) -> BackendSpec:
     """The registered backend ``name`` (built-ins registered on first use); unknown names raise ConfigError."""
-    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
-
+    load_backends()
     return BACKENDS.get(name)
 
 
@@ -121,12 +213,22 @@ def default_backend(kind: str = "onnx", device: str = "cpu") -> str:
         >>> default_backend("onnx", "cpu")
         'ort-cpu'
     """
-    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
-
+    load_backends()
     specs = sorted((s.priority, n) for n, s in BACKENDS.items() if kind in s.artifact_kinds and s.device == device)
     if not specs:
         raise ConfigError(f"no registered backend runs {kind} artifacts on {device}; registered: {', '.join(BACKENDS)}")
     return specs[0][1]
+
+
+def compiling_backends() -> list:
+    """Names of the backends with a ``compile`` hook, lowest ``priority`` first (the first is the default).
+
+    Example:
+        >>> compiling_backends()
+        ['tensorrt', 'openvino']
+    """
+    load_backends()
+    return [n for n, s in sorted(BACKENDS.items(), key=lambda kv: (kv[1].priority, kv[0])) if s.compile is not None]
 
 
 def probe_backend(name: str) -> Tuple[bool, str]:
@@ -167,8 +269,40 @@ def open_runner(artifact: Any, backend: str = "ort-cpu", threads: Optional[int] 
     return runner
 
 
+def target_warning(artifact_or_sidecar: Union[str, os.PathLike, Mapping, None], backend: str) -> Optional[str]:
+    """A warning when an int8 artifact was quantised for another target than ``backend`` wants, else None.
+
+    Driven by the backend's declared ``quant_target`` and the artifact's sidecar (``target``, ``precision``,
+    ``quant_scheme``, ``int8_mac_fraction`` and the backend that fraction was measured on).
+
+    Example:
+        >>> target_warning("model.int8-tensorrt.onnx", "ort-cpu")
+        "model.int8-tensorrt.onnx was quantised for target 'tensorrt' (int8 symmetric activations, ...) but runs on ..."
+    """
+    if artifact_or_sidecar is None or not isinstance(artifact_or_sidecar, (str, os.PathLike, Mapping)):
+        return None
+    if isinstance(artifact_or_sidecar, Mapping):
+        side, name = artifact_or_sidecar, "the artifact"
+    else:
+        from edgekit._io import read_sidecar
+
+        side, name = read_sidecar(artifact_or_sidecar), Path(artifact_or_sidecar).name
+    target, want = side.get("target"), backend_spec(backend).quant_target
+    if side.get("precision") != "int8" or not target or want is None or target == want:
+        return None
+    scheme = side.get("quant_scheme") or {}
+    how = ""
+    if scheme.get("activations"):
+        sym = "symmetric" if scheme.get("activation_symmetric") else "asymmetric"
+        how = f" ({scheme['activations']} {sym} activations, {scheme.get('weights', 'int8')} weights)"
+    frac = side.get("int8_mac_fraction")
+    cov = (f"; only {frac:.0%} of its MACs run in int8 there" if isinstance(frac, (int, float))
+           and side.get("int8_mac_fraction_backend") == backend else "")
+    return (f"{name} was quantised for target '{target}'{how} but runs on '{backend}', which wants target "
+            f"'{want}'{cov}; quantise with target '{want}' for this backend")
+
+
 def available_backends() -> dict:
     """Map every registered backend to (available, reason)."""
-    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
-
+    load_backends()
     return {name: spec.probe() for name, spec in BACKENDS.items()}

@@ -67,21 +67,17 @@ class OrtRunner(Runner):
 
 
 def _precision_of(path: str) -> str:
-    """'int8' when the graph holds QuantizeLinear/QLinear/Integer ops, else 'fp32'."""
-    import onnx
+    """'int8' when the graph holds quantised ops (QDQ, integer kernels), else 'fp32'; 'unknown' when unreadable."""
+    from edgekit.core.onnx_graph import onnx_precision
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
+        return onnx_precision(path)
+    except InputFileError:
         return "unknown"
-    ops = {n.op_type for n in model.graph.node}
-    if ops & {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
-              "ConvInteger", "DynamicQuantizeLSTM"}:
-        return "int8"
-    return "fp32"
 
 
-def _open(artifact: Any, threads: Optional[int] = None, optimized_model_path: Optional[str] = None, **_: Any) -> OrtRunner:
+def _open(artifact: Any, threads: Optional[int] = None, optimized_model_path: Optional[str] = None,
+          **_: Any) -> OrtRunner:
     return OrtRunner(str(artifact), ["CPUExecutionProvider"], threads, optimized_model_path)
 
 
@@ -93,5 +89,14 @@ def _probe():
     return True, ""
 
 
-register_backend(BackendSpec("ort-cpu", ("onnx",), _probe, _open, "cpu",
-                             "ONNX Runtime, CPU execution provider, ORT_ENABLE_ALL", priority=0))
+def _describe() -> dict:
+    import onnxruntime as ort
+
+    return {"version": ort.__version__, "devices": ["cpu"], "providers": list(ort.get_available_providers())}
+
+
+register_backend(BackendSpec(
+    "ort-cpu", ("onnx",), _probe, _open, "cpu", "ONNX Runtime, CPU execution provider, ORT_ENABLE_ALL", priority=0,
+    suffixes={"onnx": (".onnx",)}, precisions=("fp32", "int8"), quant_target="cpu",
+    channel_alignment=8,  # prune's default so far; on AVX-512, 16 measured faster (docs/BENCHMARKS.md)
+    title="ONNX Runtime CPU", describe=_describe))

@@ -47,7 +47,6 @@ class OrtDeviceRunner(OrtRunner):
         return out.numpy()
 
 
-
 def _probe_ort_cuda() -> Tuple[bool, str]:
     try:
         import onnxruntime as ort
@@ -70,5 +69,17 @@ def _open_ort_cuda(artifact: Any, threads: Optional[int] = None, device_id: int 
 
 
 
-register_backend(BackendSpec("ort-cuda", ("onnx",), _probe_ort_cuda, _open_ort_cuda, "cuda",
-                             "ONNX Runtime, CUDA execution provider (onnxruntime-gpu), I/O binding"))
+def _describe_ort_cuda() -> dict:
+    import onnxruntime as ort
+
+    from edgekit.core.platform import gpu_facts
+
+    return {"version": ort.__version__, "devices": [d["name"] for d in gpu_facts()["devices"]],
+            "providers": list(ort.get_available_providers())}
+
+
+register_backend(BackendSpec(
+    "ort-cuda", ("onnx",), _probe_ort_cuda, _open_ort_cuda, "cuda",
+    "ONNX Runtime, CUDA execution provider (onnxruntime-gpu), I/O binding",
+    suffixes={"onnx": (".onnx",)}, precisions=("fp32", "fp16"), quant_target="tensorrt", channel_alignment=8,
+    title="ONNX Runtime CUDA", describe=_describe_ort_cuda))

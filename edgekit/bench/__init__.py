@@ -16,8 +16,7 @@ _EXPORTS = {
     "benchmark": "api", "ModelSpec": "specs", "BenchResult": "results", "SCHEMA": "results",
     "count_macs_onnx": "edgekit.core.measure.macs", "MacReport": "edgekit.core.measure.macs",
     "NodeMacs": "edgekit.core.measure.macs",
-    "environment": "edgekit.core.platform", "measure_peak": "edgekit.core.platform",
-    "measure_gpu_peak": "edgekit.core.platform", "Peak": "edgekit.core.platform",
+    "environment": "edgekit.core.platform", "GemmProbe": "peak", "measure_gpu_peak": "peak",
     "run_interleaved": "edgekit.core.measure.latency", "paired_ratios": "edgekit.core.measure.latency",
     "Case": "edgekit.core.measure.latency",
     "parse_batches": "data",
@@ -28,5 +27,6 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name] if "." in _EXPORTS[name] else f"{__name__}.{_EXPORTS[name]}"), name)
+        module = _EXPORTS[name] if "." in _EXPORTS[name] else f"{__name__}.{_EXPORTS[name]}"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'edgekit.bench' has no attribute '{name}'")

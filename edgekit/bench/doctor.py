@@ -1,7 +1,8 @@
 """`edgekit doctor`: which backends can run here, and if not, why.
 
-The same probes decide what ``edgekit bench`` and recipes can run (``BackendSpec.probe``); this
-module gathers them with the GPU, driver, CPU and version facts into one report.
+The same probes decide what ``edgekit bench`` and recipes can run (``BackendSpec.probe``); each available
+backend describes itself (``BackendSpec.describe``: version, devices, ...), and the machine facts come from
+``edgekit.core.platform``. Nothing here names a backend.
 
 Example:
     >>> report = doctor_report()
@@ -10,89 +11,87 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional, Tuple
 
 
-def _probe(spec) -> tuple:
+def _safely(fn: Callable[[], Any], what: str) -> Tuple[Any, str]:
+    """``(fn(), "")``, or ``(None, "<what> failed: Type: first line")``: a backend must never take the report down."""
     try:
-        ok, reason = spec.probe()
-    except Exception as e:  # a probe must never take the report down
+        return fn(), ""
+    except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0][:200]
-        return False, f"probe failed: {type(e).__name__}: {first}"
+        return None, f"{what} failed: {type(e).__name__}: {first}"
+
+
+def _probe(spec) -> Tuple[bool, str]:
+    result, error = _safely(spec.probe, "probe")
+    if error:
+        return False, error
+    ok, reason = result
     return bool(ok), "" if ok else (reason or "unavailable (no reason given)")
 
 
 def backend_statuses() -> list:
-    """One dict per registered backend: name, available, reason, device, artifact kinds, description.
+    """One dict per registered backend: name, available, reason, device, artifact kinds, description, details.
+
+    ``details`` is what an available backend's ``describe()`` says (version, devices, ...), else ``{}``.
+    Order: CPU backends first, then by priority and name.
 
     Example:
-        >>> [b["name"] for b in backend_statuses() if not b["available"]]
-        ['torch-cuda', 'ort-cuda', 'tensorrt']
+        >>> [b["name"] for b in backend_statuses() if not b["available"]]   # the GPU ones on a CPU-only machine
     """
-    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
-    from edgekit.backends.base import BACKENDS
+    from edgekit.backends import BACKENDS, load_backends
 
-    order = {n: i for i, n in enumerate(("torch", "torch-cuda", "ort-cpu", "ort-cuda", "tensorrt"))}
+    load_backends()
     rows = []
-    for name, spec in sorted(BACKENDS.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
+    for name, spec in sorted(BACKENDS.items(), key=lambda kv: (kv[1].device != "cpu", kv[1].priority, kv[0])):
         ok, reason = _probe(spec)
-        rows.append({"name": name, "available": ok, "reason": reason, "device": spec.device,
-                     "artifact_kinds": list(spec.artifact_kinds), "description": spec.description})
+        details: dict = {}
+        if ok and spec.describe is not None:
+            described, error = _safely(spec.describe, "describe")
+            details = dict(described) if isinstance(described, dict) else {"error": error or "describe() gave no dict"}
+        rows.append({"name": name, "available": ok, "reason": reason, "device": spec.device, "title": spec.label,
+                     "artifact_kinds": list(spec.artifact_kinds), "precisions": list(spec.precisions),
+                     "quant_target": spec.quant_target, "description": spec.description, "details": details})
     return rows
-
-
-def gpu_facts() -> dict:
-    """PyTorch's CUDA build and devices, the NVIDIA driver seen through libcuda, and why CUDA is unusable.
-
-    Example:
-        >>> gpu_facts()["devices"]
-        [{'index': 0, 'name': 'NVIDIA L4', 'compute_capability': '8.9', 'memory_gb': 22.0}]
-    """
-    import torch
-
-    from edgekit.core.platform import cuda_driver_info, cuda_unavailable_reason
-
-    devices = []
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(i)
-            devices.append({"index": i, "name": props.name, "compute_capability": f"{props.major}.{props.minor}",
-                            "memory_gb": round(props.total_memory / 2**30, 1)})
-    return {"torch_cuda_build": torch.version.cuda, "cuda_available": bool(devices), "devices": devices,
-            "driver": dict(cuda_driver_info()), "unavailable_reason": cuda_unavailable_reason()}
 
 
 def doctor_report() -> dict:
     """Everything ``edgekit doctor`` shows, as a JSON-serialisable dict.
 
     Returns:
-        ``{"backends": [...], "gpu": {...}, "tensorrt": {"version", "reason"},
-        "onnxruntime": {"version", "providers"}, "environment": bench.hardware.environment()}``.
+        ``{"backends": [...], "gpu": core.platform.gpu_facts(), "runtimes": {module: {"version", "reason"}},
+        "environment": core.platform.environment()}``.
 
     Example:
-        >>> doctor_report()["tensorrt"]["reason"]
+        >>> doctor_report()["runtimes"]
     """
-    from edgekit.backends.tensorrt.build import tensorrt_status
-    from edgekit.core.platform import environment
+    from edgekit.core.platform import RUNTIMES, environment, gpu_facts, runtime_status
 
-    trt_version, trt_reason = tensorrt_status()
-    try:
-        import onnxruntime as ort
-
-        ort_facts = {"version": ort.__version__, "providers": list(ort.get_available_providers())}
-    except Exception as e:
-        ort_facts = {"version": None, "providers": [], "reason": f"{type(e).__name__}: {e}"}
-    return {"backends": backend_statuses(), "gpu": gpu_facts(),
-            "tensorrt": {"version": trt_version, "reason": trt_reason}, "onnxruntime": ort_facts,
-            "environment": environment()}
+    runtimes = {}
+    for name in RUNTIMES:
+        version, reason = runtime_status(name)
+        runtimes[name] = {"version": version, "reason": reason}
+    return {"backends": backend_statuses(), "gpu": gpu_facts(), "runtimes": runtimes, "environment": environment()}
 
 
 def _or(value: Optional[object], missing: str = "not installed") -> str:
     return missing if value in (None, "") else str(value)
 
 
+def _details_line(details: dict) -> str:
+    """``version 1.2; devices: CPU (AMD EPYC); providers: ...`` from a backend's describe()."""
+    parts = [f"version {details['version']}"] if details.get("version") else []
+    for key, value in details.items():
+        if key == "version" or value in (None, "", [], {}):
+            continue
+        shown = ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        parts.append(f"{key}: {shown}")
+    return "; ".join(parts)
+
+
 def format_report(report: dict) -> str:
-    """Human-readable text of ``doctor_report()``: backends first, then GPU, CPU and versions.
+    """Human-readable text of ``doctor_report()``: backends first, then GPU, runtimes, CPU and versions.
 
     Example:
         >>> print(format_report(doctor_report()))
@@ -103,18 +102,21 @@ def format_report(report: dict) -> str:
         state = "available" if b["available"] else "unavailable"
         note = b["description"] if b["available"] else b["reason"]
         lines.append(f"  {b['name']:<{width}}{state:<13}{b['device']:<6}{note}")
+        if b.get("details"):
+            lines.append(f"  {'':<{width}}{'':<13}{'':<6}{_details_line(b['details'])}")
     gpu, drv, env = report["gpu"], report["gpu"]["driver"], report["environment"]
-    lines += ["", "GPU",
-              f"  PyTorch CUDA build: {_or(gpu['torch_cuda_build'], 'none (CPU-only build)')}",
-              "  NVIDIA driver:      " + (f"supports CUDA {_or(drv['driver_cuda_version'], '?')}, {drv['device_count']} device(s)"
-                                          if drv["loaded"] else drv["error"])]
+    driver = (f"supports CUDA {_or(drv['driver_cuda_version'], '?')}, {drv['device_count']} device(s)"
+              if drv["loaded"] else drv["error"])
+    lines += ["", "GPU", f"  PyTorch CUDA build: {_or(gpu['torch_cuda_build'], 'none (CPU-only build)')}",
+              f"  NVIDIA driver:      {driver}"]
     if gpu["devices"]:
         lines += [f"  device {d['index']}: {d['name']} (compute capability {d['compute_capability']}, "
                   f"{d['memory_gb']} GB)" for d in gpu["devices"]]
     else:
         lines.append(f"  no usable CUDA device: {gpu['unavailable_reason']}")
-    trt = report["tensorrt"]
-    lines.append(f"  TensorRT:           {trt['version'] or 'unavailable: ' + trt['reason']}")
+    lines += ["", "Runtimes"]
+    lines += [f"  {name:<12}{rt['version'] or 'unavailable: ' + rt['reason']}"
+              for name, rt in report["runtimes"].items()]
     lines += ["", "CPU",
               f"  model:  {env.get('cpu_model')}",
               f"  cores:  {env.get('cores_logical')} logical, {env.get('cores_physical')} physical, "
@@ -122,6 +124,5 @@ def format_report(report: dict) -> str:
               f"  ISA:    {' '.join(env.get('isa_flags') or []) or 'none of the tracked flags'}",
               "", "Versions"]
     lines += [f"  {k:<12}{_or(v)}" for k, v in (env.get("versions") or {}).items()]
-    lines.append(f"  {'ort EPs':<12}{', '.join(report['onnxruntime'].get('providers') or []) or 'none'}")
     lines += ["", f"Platform: {env.get('platform')}"]
     return "\n".join(lines)

@@ -20,9 +20,13 @@ from edgekit._io import write_json_atomic, write_text_atomic
 SCHEMA = "edgekit-bench/1"
 
 CSV_COLUMNS = ["model", "backend", "batch", "baseline", "precision", "device", "threads", "p50_ms", "p90_ms", "p99_ms",
-               "mean_ms", "std_ms", "min_ms", "round_ms", "iters", "rounds", "throughput", "size_bytes", "mem_delta_mb", "macs",
+               "mean_ms", "std_ms", "min_ms", "round_ms", "iters", "rounds", "throughput", "size_bytes", "mem_delta_mb",
+               "macs",
                "int8_macs", "gops", "peak_gops", "efficiency", "accuracy", "speedup", "speedup_min", "speedup_max",
                "speedup_rounds", "artifact"]
+
+
+_ROUND_STAT_TEXT = {"min": "fastest iteration", "p25": "25th percentile", "median": "median"}
 
 
 def format_speedup(row: dict) -> str:
@@ -112,7 +116,8 @@ class BenchResult:
             cells = [f"**{r['model']}**" if r.get("baseline") else r["model"], r["backend"], str(r["batch"]),
                      r.get("precision") or "–", _fmt(r["p50_ms"], ".3f"), _fmt(r["p90_ms"], ".3f"),
                      _fmt(r["p99_ms"], ".3f"), _fmt(r["throughput"], ",.0f"), _fmt(r.get("size_bytes"), ".2f", 2**-20),
-                     _fmt(r.get("macs"), ",.1f", 1e-6), _fmt(r.get("gops"), ".1f"), _fmt(r.get("efficiency"), ".1f", 100)]
+                     _fmt(r.get("macs"), ",.1f", 1e-6), _fmt(r.get("gops"), ".1f"),
+                     _fmt(r.get("efficiency"), ".1f", 100)]
             if has_acc:
                 cells.append(_fmt(r.get("accuracy"), ".2f"))
             cells.append(format_speedup(r))
@@ -126,16 +131,19 @@ class BenchResult:
         gpu = f"; GPU {e['gpu']} (sm {e.get('gpu_compute_capability')})" if e.get("gpu") else ""
         vers = ", ".join(f"{k} {val}" for k, val in v.items() if val)
         tenv = "".join(f"; {k}={val}" for k, val in (e.get("threading_env") or {}).items())
-        line = (f"{e.get('cpu_model', '?')} ({e.get('cores_usable', e.get('cores_logical'))} usable cores; {isa}){gpu}; "
+        cores = e.get("cores_usable", e.get("cores_logical"))
+        line = (f"{e.get('cpu_model', '?')} ({cores} usable cores; {isa}){gpu}; "
                 f"{self.config.get('threads')} threads{tenv}; {vers}.")
         cpu, gpu_peak = (self.peak or {}).get("cpu"), (self.peak or {}).get("gpu")
         if cpu:
             sz = cpu.get("sizes", {})
-            line += (f" CPU GEMM peak measured in the same rounds (ONNX Runtime): fp32 {_fmt(cpu.get('fp32_gops'), ',.0f')} "
-                     f"GOP/s ({sz.get('fp32')}³), u8×s8 {_fmt(cpu.get('int8_gops'), ',.0f')} GOP/s ({sz.get('int8')}³).")
+            line += (f" CPU GEMM peak measured in the same rounds (ONNX Runtime): fp32 "
+                     f"{_fmt(cpu.get('fp32_gops'), ',.0f')} GOP/s ({sz.get('fp32')}³), u8×s8 "
+                     f"{_fmt(cpu.get('int8_gops'), ',.0f')} GOP/s ({sz.get('int8')}³).")
         if gpu_peak:
             line += (f" GPU GEMM peak: fp32 {_fmt(gpu_peak.get('fp32_gops'), ',.0f')}, fp16 "
-                     f"{_fmt(gpu_peak.get('fp16_gops'), ',.0f')}, int8 {_fmt(gpu_peak.get('int8_gops'), ',.0f')} GOP/s.")
+                     f"{_fmt(gpu_peak.get('fp16_gops'), ',.0f')}, int8 "
+                     f"{_fmt(gpu_peak.get('int8_gops'), ',.0f')} GOP/s.")
         return line
 
     def load_warning(self) -> Optional[str]:
@@ -144,9 +152,11 @@ class BenchResult:
         cores = self.environment.get("cores_usable") or self.environment.get("cores_logical")
         if not loads or not cores or max(loads) <= cores:
             return None
-        omp = self.environment.get("threading_env", {}).get("OMP_WAIT_POLICY")
-        hint = "" if omp else (" Multi-threaded PyTorch (GNU OpenMP spin-waiting) degrades worst; "
-                               "OMP_WAIT_POLICY=PASSIVE limits the damage.")
+        tenv = self.environment.get("threading_env", {})
+        hint = "" if {"OMP_WAIT_POLICY", "KMP_BLOCKTIME"} & set(tenv) else (
+            " Multi-threaded PyTorch degrades worst while OpenMP workers spin: KMP_BLOCKTIME=0 (Intel OpenMP, as "
+            "the edgekit CLI sets it) or OMP_WAIT_POLICY=PASSIVE (GNU OpenMP; ~2× slower eager PyTorch on a quiet "
+            "machine) limits the damage.")
         return (f"Warning: load average {max(loads):.1f} on {cores} usable cores during this run: other processes "
                 "competed for the CPU, so absolute latencies are inflated and multi-threaded runs suffer most "
                 f"(fewer --threads, more --rounds help); paired ratios are more robust than raw times.{hint}")
@@ -157,9 +167,9 @@ class BenchResult:
         timing = f"{c.get('iters')} iterations" if c.get("iters") else f"≥ {c.get('min_time')} s"
         parts = [f"## {title}", "",
                  f"Baseline: **{self.baseline.get('model')}** on {self.baseline.get('backend')}. "
-                 f"Warm-up {c.get('warmup')} iterations, then {timing} per case in {c.get('rounds')} interleaved rounds; "
-                 f"speedup = median of per-round ratios (min–max over rounds; per-round latency = the block's "
-                 f"{ {'min': 'fastest iteration', 'p25': '25th percentile', 'median': 'median'}.get(c.get('round_stat'), 'median') }). "
+                 f"Warm-up {c.get('warmup')} iterations, then {timing} per case in {c.get('rounds')} interleaved "
+                 f"rounds; speedup = median of per-round ratios (min–max over rounds; per-round latency = the block's "
+                 f"{_ROUND_STAT_TEXT.get(c.get('round_stat'), 'median')}). "
                  "GOP/s = 2 × MACs × batch / per-round latency; % peak = that over the GEMM peak of the same "
                  "precision measured in the same round (medians over rounds).", "",
                  self.environment_line(), ""]
@@ -168,7 +178,8 @@ class BenchResult:
             parts += [f"> {warning}", ""]
         parts += [self.table(), ""]
         if self.skipped:
-            parts += ["Skipped:", ""] + [f"- {s['model']} on {s['backend']}: {s['reason']}" for s in self.skipped] + [""]
+            parts += (["Skipped:", ""] + [f"- {s['model']} on {s['backend']}: {s['reason']}" for s in self.skipped]
+                      + [""])
         return "\n".join(parts)
 
     def write(self, out_dir: str | os.PathLike, plots: bool = True) -> Dict[str, Path]:

@@ -17,12 +17,14 @@ from edgekit.errors import ConfigError, first_line
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("module", "checkpoint", "onnx", "engine")
+# Attributes of a pipeline variant that may hold an artifact path (each path is classified by its suffix).
+VARIANT_FIELDS = ("checkpoint", "onnx", "engine")
 
 
 @dataclass
 class ModelSpec:
-    """A named model with one artifact per kind (``module``, ``checkpoint``, ``onnx``, ``engine``).
+    """A named model with one artifact per kind (``module``, ``checkpoint``, ``onnx`` or any kind a registered
+    backend declares, e.g. ``engine``).
 
     Each backend runs the artifact kind it accepts, so one spec can be timed on torch (checkpoint)
     and on ONNX Runtime (onnx) as the same variant.
@@ -36,16 +38,19 @@ class ModelSpec:
     input_shape: Optional[Tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
-        bad = [k for k in self.artifacts if k not in KINDS]
+        from edgekit.backends import artifact_kinds
+
+        kinds = artifact_kinds()
+        bad = [k for k in self.artifacts if k not in kinds]
         if bad:
-            raise ConfigError(f"model '{self.name}': unknown artifact kind(s) {bad}; allowed: {', '.join(KINDS)}")
+            raise ConfigError(f"model '{self.name}': unknown artifact kind(s) {bad}; allowed: {', '.join(kinds)}")
 
 
 def as_specs(models: Any) -> List[ModelSpec]:
     """Normalise paths / modules / ModelSpecs / pipeline variants to a list of unique-named ModelSpecs."""
     import torch.nn as nn
 
-    from edgekit.backends.base import artifact_kind
+    from edgekit.backends import artifact_kind
 
     items = [models] if isinstance(models, (str, os.PathLike, nn.Module, ModelSpec)) else list(models)
     if not items:
@@ -58,8 +63,8 @@ def as_specs(models: Any) -> List[ModelSpec]:
             specs.append(ModelSpec(type(it).__name__, {"module": it}))
         elif isinstance(it, (str, os.PathLike)):
             specs.append(ModelSpec(Path(it).stem, {artifact_kind(it): os.fspath(it)}))
-        elif hasattr(it, "name") and any(getattr(it, k, None) for k in ("checkpoint", "onnx", "engine")):
-            arts = {k: getattr(it, k) for k in ("checkpoint", "onnx", "engine") if getattr(it, k, None)}
+        elif hasattr(it, "name") and any(getattr(it, k, None) for k in VARIANT_FIELDS):
+            arts = variant_artifacts(it)
             shape = (getattr(it, "meta", None) or {}).get("input_shape")
             specs.append(ModelSpec(str(it.name), arts, tuple(shape) if shape else None))
         else:
@@ -72,12 +77,27 @@ def as_specs(models: Any) -> List[ModelSpec]:
     return specs
 
 
+def variant_artifacts(variant: Any) -> Dict[str, str]:
+    """``{artifact kind: path}`` of a pipeline variant's artifact fields, each classified by its suffix.
+
+    Example:
+        >>> variant_artifacts(Variant("m", checkpoint="m.pt", onnx="m.onnx"))
+        {'checkpoint': 'm.pt', 'onnx': 'm.onnx'}
+    """
+    from edgekit.backends import artifact_kind
+
+    return {artifact_kind(p): p for p in (getattr(variant, k, None) for k in VARIANT_FIELDS) if p}
+
+
 def size_bytes(artifact: Any, kind: str) -> int:
-    """Bytes on disk (ONNX external-data files included); in-memory tensor bytes for a module."""
+    """Bytes on disk (with the companion files its kind declares, e.g. weights, and ONNX external-data files);
+    in-memory tensor bytes for a module."""
     if kind == "module":
         return int(sum(t.numel() * t.element_size() for t in artifact.state_dict().values()))
+    from edgekit.backends import artifact_files
+
     path = Path(artifact)
-    total = path.stat().st_size
+    total = sum(p.stat().st_size for p in artifact_files(path))
     if kind == "onnx":
         try:
             import onnx
@@ -91,6 +111,7 @@ def size_bytes(artifact: Any, kind: str) -> int:
 
 
 def pick_artifact(spec: ModelSpec, backend_kinds: Sequence[str]) -> Optional[Tuple[str, Any]]:
+    """``(kind, artifact)`` of the first kind in the backend's order of preference that the spec has, else None."""
     for kind in backend_kinds:
         if kind in spec.artifacts:
             return kind, spec.artifacts[kind]
@@ -103,8 +124,10 @@ def model_macs(spec: ModelSpec, runners: Dict[str, Any], shape) -> Tuple[Optiona
     from edgekit.core.measure.macs import count_macs_onnx
 
     onnx_path = spec.artifacts.get("onnx")
-    if onnx_path is None and "engine" in spec.artifacts:
-        side = read_sidecar(spec.artifacts["engine"])
+    for kind, art in spec.artifacts.items():  # a compiled artifact's sidecar names the ONNX it was built from
+        if onnx_path is not None or kind in ("module", "checkpoint"):
+            continue
+        side = read_sidecar(art)
         cand = side.get("onnx") or side.get("source_onnx") or side.get("source")
         onnx_path = cand if cand and Path(cand).is_file() else None
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edgekit.core.measure.latency import ROUND_STATS
 from edgekit.errors import ConfigError
 
 
@@ -37,24 +38,31 @@ def add_commands(subparsers) -> argparse.ArgumentParser:
         description="Time one or more models (ONNX, edgekit checkpoint, TensorRT engine) interleaved in rounds; "
                     "report p50/p90/p99, throughput, size, MACs, GOP/s vs this machine's measured GEMM peak, "
                     "accuracy (with --data) and speedup vs the baseline as the median of per-round ratios.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="model files: .onnx, .pt/.pth/.ckpt, .engine/.plan")
-    p.add_argument("--backend", default="ort-cpu",
-                   help="comma-separated backends, e.g. torch,ort-cpu (default ort-cpu); see `edgekit doctor`")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model files, each run by the backends that read its suffix (.onnx, .pt, ...; "
+                        "see `edgekit doctor`)")
+    p.add_argument("--backend", default=None,
+                   help="comma-separated backends, e.g. torch,ort-cpu (default: the default ONNX backend on the CPU, "
+                        "ort-cpu); see `edgekit doctor`")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,8,32 (default 1)")
     p.add_argument("--threads", type=_positive_int("--threads"), default=None,
                    help="intra-op CPU threads (default: all CPUs this process may use); recorded in the result")
-    p.add_argument("--warmup", type=_positive_int("--warmup"), default=10, help="untimed iterations per case (default 10)")
+    p.add_argument("--warmup", type=_positive_int("--warmup"), default=10,
+                   help="untimed iterations per case (default 10)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--iters", type=_positive_int("--iters"), default=None, help="timed iterations per case")
     g.add_argument("--min-time", type=_seconds, default=None, help="minimum timed seconds per case (default 1)")
     p.add_argument("--rounds", type=_positive_int("--rounds"), default=20,
                    help="interleaved rounds, each giving one paired ratio (default 20)")
-    p.add_argument("--round-stat", choices=("min", "p25", "median"), default="min",
+    p.add_argument("--round-stat", choices=list(ROUND_STATS), default="min",
                    help="per-round latency behind the paired ratios: the block's fastest iteration (default; "
                         "robust on a busy machine), its 25th percentile or its median")
-    p.add_argument("--baseline", default=None, help="baseline MODEL (path or name, optionally NAME@backend); default: first")
-    p.add_argument("--data", default=None, help="held-out data for accuracy: an .npz with x,y or a dataset name (digits)")
-    p.add_argument("--input-shape", default=None, help="per-sample input shape when the model does not fix it, e.g. 3,224,224")
+    p.add_argument("--baseline", default=None,
+                   help="baseline MODEL (path or name, optionally NAME@backend); default: first")
+    p.add_argument("--data", default=None,
+                   help="held-out data for accuracy: an .npz with x,y or a dataset name (digits)")
+    p.add_argument("--input-shape", default=None,
+                   help="per-sample input shape when the model does not fix it, e.g. 3,224,224")
     p.add_argument("--out", default=None, help="write bench.json, bench.csv, bench.md and plots into this directory")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=handler)
@@ -91,21 +99,3 @@ def handler(args: argparse.Namespace) -> int:
         print(f"\nwrote {args.out}/bench.json, bench.csv, bench.md" + ("" if args.no_plots else " and plots"))
     sys.stdout.flush()
     return 0
-
-
-def main(argv=None) -> int:
-    """Stand-alone entry (``python -m edgekit.cli.bench ...``) until the main CLI wires ``bench``."""
-    from edgekit.errors import EdgekitError
-
-    parser = argparse.ArgumentParser(prog="edgekit")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except EdgekitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

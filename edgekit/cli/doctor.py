@@ -15,8 +15,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         >>> args = parser.parse_args(["doctor", "--json"]); args.func(args)
     """
     p = subparsers.add_parser("doctor", help="which backends run here (and why not), GPU, CPU and versions",
-                              description="Probe every backend (torch, torch-cuda, ort-cpu, ort-cuda, tensorrt) "
-                                          "and report availability with reasons, GPU, driver, CPU ISA and versions.")
+                              description="Probe every registered backend and report its availability (with the "
+                                          "reason when unavailable, version and devices when available), GPU, "
+                                          "driver, optional runtimes, CPU ISA and versions.")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--require", action="append", default=[], metavar="BACKEND",
                    help="exit with status 1 unless this backend is available (repeatable)")

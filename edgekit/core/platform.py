@@ -1,17 +1,14 @@
-"""What machine is this, and how fast can it multiply matrices?
+"""What machine is this? The one place for host facts: CPU, ISA, cores, memory, GPU, driver, CUDA, runtimes.
 
-``environment()`` describes the host (CPU model, ISA flags, cores, memory, GPU, package versions);
-``measure_peak()`` runs a short GEMM micro-benchmark (fp32 through ONNX Runtime MatMul at 512^3,
-u8 x s8 through ONNX Runtime MatMulInteger at 1024^3) so efficiency is judged against *this* machine in
-*this* run, not a datasheet. (fp32 uses 512^3 because MLAS sgemm is ~30% slower at 1024^3 on a 2-core
-AVX-512 EPYC, 318 vs 451 GOP/s, while its conv kernels reach ~430: a peak must be the best the
-kernels reach, or efficiencies exceed 100%.)
+``environment()`` describes the host (CPU model, ISA flags, cores, memory, GPU, library versions);
+``gpu_facts()`` the CUDA side (PyTorch's build, devices, the NVIDIA driver seen through libcuda, why CUDA is
+unusable); ``runtime_status(module)`` whether an optional inference runtime (TensorRT, OpenVINO) imports
+with its libraries, and its version. Nothing here imports a backend: backends ask this module.
 
 Example:
     >>> env = environment()
-    >>> env["cpu_model"], env["cores_logical"]
-    >>> peak = measure_peak(threads=2)
-    >>> peak.fp32_gops, peak.int8_gops
+    >>> env["cpu_model"], env["cores_logical"], env["versions"]["onnxruntime"]
+    >>> {module: runtime_status(module) for module in RUNTIMES}   # (version, "") or (None, why not)
 """
 from __future__ import annotations
 
@@ -20,8 +17,7 @@ import importlib
 import os
 import platform as _platform
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional, Tuple
 
@@ -133,8 +129,9 @@ def environment() -> dict:
     Returns:
         dict with keys ``cpu_model``, ``isa_flags`` (list), ``cores_logical``, ``cores_physical``,
         ``cores_usable`` (affinity), ``memory_gb``, ``gpu`` (name or None), ``gpu_compute_capability``
-        (e.g. "9.0" or None), ``versions`` (python, numpy, torch, onnx, onnxruntime, tensorrt),
-        ``platform`` and ``threading_env`` (the OMP_*/KMP_*/MKL_* variables that are set). TensorRT is probed, never required: its version is None when absent.
+        (e.g. "9.0" or None), ``versions`` (python, numpy, torch, onnx, onnxruntime and every optional
+        runtime of ``runtime_versions``: None when absent or broken), ``platform`` and ``threading_env``
+        (the OMP_*/KMP_*/MKL_* variables that are set).
 
     Example:
         >>> env = environment()
@@ -149,7 +146,7 @@ def environment() -> dict:
         "torch": _version("torch"),
         "onnx": _version("onnx"),
         "onnxruntime": _version("onnxruntime"),
-        "tensorrt": _tensorrt_version(),
+        **runtime_versions(),
     }
     return {
         "cpu_model": _cpu_model(cpuinfo),
@@ -178,208 +175,70 @@ def load_average() -> Optional[float]:
         return None
 
 
-def _tensorrt_version() -> Optional[str]:
-    """TensorRT version or None; never raises (a broken install is reported as absent)."""
-    try:
-        spec = importlib.util.find_spec("tensorrt")
-        if spec is None:
-            return None
-        trt = importlib.import_module("tensorrt")
-        return str(getattr(trt, "__version__", "unknown"))
-    except BaseException:  # a broken CUDA install can raise anything, even SystemExit
-        return None
+@dataclass(frozen=True)
+class RuntimePackage:
+    """An optional inference runtime: the attributes a real install has (stub wheels lack them) and how to get it."""
+
+    title: str
+    attributes: Tuple[str, ...]
+    install: str
 
 
-# ---------------------------------------------------------------------------------------------
-# GEMM peak micro-benchmark
-# ---------------------------------------------------------------------------------------------
+# Optional runtimes whose presence decides which backends can run, by Python module name.
+RUNTIMES = dict(
+    tensorrt=RuntimePackage("TensorRT", ("Builder", "Runtime"), "pip install tensorrt; needs an NVIDIA GPU and driver"),
+    openvino=RuntimePackage("OpenVINO", ("Core",), "pip install openvino"),
+)
 
 
-PEAK_SIZES = {"fp32": 512, "int8": 1024}  # GEMM n per precision (n^3 MACs per call)
+def runtime_status(module: str) -> Tuple[Optional[str], str]:
+    """``(version, "")`` when the runtime ``module`` imports with its libraries, else ``(None, reason)``.
 
-
-@dataclass
-class Peak:
-    """Measured GEMM throughput of this machine in GOP/s (1 MAC = 2 ops)."""
-
-    fp32_gops: Optional[float]
-    int8_gops: Optional[float]
-    threads: Optional[int]
-    sizes: dict
-    method: str = "onnxruntime MatMul (fp32) / MatMulInteger (u8 x s8), best of repeats"
-
-    def for_precision(self, precision: Optional[str]) -> Optional[float]:
-        """Peak GOP/s matching an artifact precision ('int8' -> u8 x s8 peak, else fp32)."""
-        return self.int8_gops if precision == "int8" else self.fp32_gops
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _gemm_model(op: str, n: int):
-    """A one-node ONNX model computing A(n x n) @ B(n x n) with B a constant initializer."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    if op == "MatMul":
-        a_type, out_type = TensorProto.FLOAT, TensorProto.FLOAT
-        b = rng.standard_normal((n, n), dtype=np.float32)
-        inputs = ["A", "B"]
-        inits = [numpy_helper.from_array(b, "B")]
-    else:  # MatMulInteger u8 x s8 -> int32
-        a_type, out_type = TensorProto.UINT8, TensorProto.INT32
-        b = rng.integers(-127, 128, (n, n), dtype=np.int8)
-        inputs = ["A", "B", "a_zp"]
-        inits = [numpy_helper.from_array(b, "B"), numpy_helper.from_array(np.array(128, np.uint8), "a_zp")]
-    node = helper.make_node(op, inputs, ["Y"])
-    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("A", a_type, [n, n])],
-                              [helper.make_tensor_value_info("Y", out_type, [n, n])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = min(model.ir_version, 9)
-    return model.SerializeToString(), (np.random.default_rng(1).random((n, n), dtype=np.float32)
-                                       if op == "MatMul" else rng.integers(0, 256, (n, n), dtype=np.uint8))
-
-
-class GemmProbe:
-    """A runner-like GEMM (n x n x n) on ONNX Runtime, timed like a model to measure the peak in the same rounds.
-
-    ``precision`` "fp32" runs MatMul, "int8" runs MatMulInteger (u8 activations x s8 weights, int32 out).
+    Never raises: a missing package, a missing dependency, libraries that fail to load (stub wheels raise
+    at import; broken CUDA installs raise anything, even SystemExit) and stub packages are all reasons.
 
     Example:
-        >>> g = GemmProbe("int8", 1024, threads=2)
-        >>> g.run_prepared(g.prepared)
+        >>> version, reason = runtime_status(next(iter(RUNTIMES)))
     """
-
-    def __init__(self, precision: str = "fp32", size: Optional[int] = None, threads: Optional[int] = None):
-        import onnxruntime as ort
-
-        from edgekit.backends.ort import session_options
-
-        if precision not in PEAK_SIZES:
-            raise ValueError(f"GEMM peak precision must be one of {sorted(PEAK_SIZES)}, got {precision!r}")
-        size = size or PEAK_SIZES[precision]
-        blob, a = _gemm_model("MatMul" if precision == "fp32" else "MatMulInteger", size)
-        self.session = ort.InferenceSession(blob, sess_options=session_options(threads),
-                                            providers=["CPUExecutionProvider"])
-        self.precision, self.size, self.ops = precision, size, 2.0 * size ** 3
-        self.prepared = {"A": a}
-        self.info = {"backend": "gemm-peak", "precision": precision, "threads": threads}
-
-    def prepare(self, x=None):
-        return self.prepared
-
-    def run_prepared(self, prepared):
-        return self.session.run(None, prepared)
-
-    def synchronize(self) -> None:
-        """CPU work is synchronous."""
-
-    def close(self) -> None:
-        self.session = None
-
-    def gops(self, ms: float) -> float:
-        """GOP/s of one call that took ``ms`` milliseconds."""
-        return self.ops / (ms / 1e3) / 1e9
-
-
-def _time_gemm(op: str, n: int, threads: Optional[int], min_time: float, repeats: int) -> Optional[float]:
-    """Best GOP/s of ``op`` over ``repeats`` timed blocks of at least ``min_time`` seconds each."""
+    pkg = RUNTIMES.get(module) or RuntimePackage(module, (), f"pip install {module}")
     try:
-        g = GemmProbe("fp32" if op == "MatMul" else "int8", n, threads)
-    except Exception:
-        return None
-    g.run_prepared(g.prepared)  # warm-up (allocations, weight pre-packing)
-    best = 0.0
-    for _ in range(repeats):
-        count, t0 = 0, time.perf_counter()
-        while True:
-            g.run_prepared(g.prepared)
-            count += 1
-            dt = time.perf_counter() - t0
-            if dt >= min_time:
-                break
-        best = max(best, g.ops * count / dt / 1e9)
-    return round(best, 1)
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] != module:
+            return None, f"the '{module}' package is installed but cannot import its dependency '{e.name}'"
+        return None, f"Python package '{module}' is not installed ({pkg.install})"
+    except (Exception, SystemExit) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return None, (f"the '{module}' package is installed but cannot load {pkg.title}'s libraries "
+                      f"({type(e).__name__}: {first})")
+    if not all(hasattr(mod, a) for a in pkg.attributes):
+        return None, (f"the '{module}' package has no {'/'.join(pkg.attributes)}: a stub package without "
+                      f"{pkg.title} libraries")
+    return _version(module) or str(getattr(mod, "__version__", "unknown")), ""
 
 
-def measure_peak(threads: Optional[int] = None, sizes: Optional[dict] = None, min_time: float = 0.15,
-                 repeats: int = 3) -> Peak:
-    """Measure fp32 and u8 x s8 GEMM throughput with ONNX Runtime (takes ~1 s).
+def runtime_versions() -> dict:
+    """``{module: version or None}`` for every optional runtime in ``RUNTIMES``."""
+    return {name: runtime_status(name)[0] for name in RUNTIMES}
 
-    Args:
-        threads: intra-op threads, the same as the benchmark's (None = ORT default).
-        sizes: square matrix size n per precision (default ``PEAK_SIZES``: fp32 512, int8 1024).
-        min_time: seconds per timed block.
-        repeats: timed blocks; the best one is kept (peak = what the machine can do).
+
+def gpu_facts() -> dict:
+    """PyTorch's CUDA build and devices, the NVIDIA driver seen through libcuda, and why CUDA is unusable.
 
     Example:
-        >>> measure_peak(threads=2).fp32_gops
+        >>> gpu_facts()["devices"]
+        [{'index': 0, 'name': 'NVIDIA L4', 'compute_capability': '8.9', 'memory_gb': 22.0}]
     """
-    sizes = {**PEAK_SIZES, **(sizes or {})}
-    return Peak(
-        fp32_gops=_time_gemm("MatMul", sizes["fp32"], threads, min_time, repeats),
-        int8_gops=_time_gemm("MatMulInteger", sizes["int8"], threads, min_time, repeats),
-        threads=threads,
-        sizes=sizes,
-    )
+    import torch
 
-
-def measure_gpu_peak(size: int = 4096, min_time: float = 0.2) -> Optional[dict]:
-    """GEMM throughput (GOP/s) of the first CUDA GPU via torch: fp32, fp16 and int8 (``torch._int_mm``).
-
-    Returns None when no CUDA device is usable; a precision whose kernel is missing maps to None.
-
-    Example:
-        >>> measure_gpu_peak()   # {'device': 'NVIDIA H100 ...', 'fp32_gops': ..., 'fp16_gops': ..., 'int8_gops': ...}
-    """
-    try:
-        torch = importlib.import_module("torch")
-        if not torch.cuda.is_available():
-            return None
-    except Exception:
-        return None
-    out: dict = {"device": torch.cuda.get_device_name(0), "size": size,
-                 "method": "torch.matmul (fp32 without TF32, fp16) / torch._int_mm (int8), CUDA events, best of 3"}
-    for key, dtype in (("fp32_gops", torch.float32), ("fp16_gops", torch.float16), ("int8_gops", torch.int8)):
-        try:
-            if dtype is torch.int8:
-                a = torch.randint(-127, 127, (size, size), dtype=torch.int8, device="cuda")
-                b = torch.randint(-127, 127, (size, size), dtype=torch.int8, device="cuda")
-                fn = lambda: torch._int_mm(a, b)  # noqa: E731
-            else:
-                a = torch.randn(size, size, dtype=dtype, device="cuda")
-                b = torch.randn(size, size, dtype=dtype, device="cuda")
-                fn = lambda: a @ b  # noqa: E731
-            prev_tf32 = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = False
-            try:
-                out[key] = _time_cuda(torch, fn, 2.0 * size**3, min_time)
-            finally:
-                torch.backends.cuda.matmul.allow_tf32 = prev_tf32
-        except Exception:
-            out[key] = None
-    return out
-
-
-def _time_cuda(torch, fn, ops: float, min_time: float) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    n = max(1, int(min_time * 1000 / max(start.elapsed_time(end), 1e-3)))
-    best = 0.0
-    for _ in range(3):
-        start.record()
-        for _ in range(n):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        best = max(best, ops * n / (start.elapsed_time(end) / 1e3) / 1e9)
-    return round(best, 1)
+    devices = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            devices.append({"index": i, "name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+                            "memory_gb": round(props.total_memory / 2**30, 1)})
+    return {"torch_cuda_build": torch.version.cuda, "cuda_available": bool(devices), "devices": devices,
+            "driver": dict(cuda_driver_info()), "unavailable_reason": cuda_unavailable_reason()}
 
 
 @lru_cache(maxsize=1)
@@ -434,7 +293,8 @@ def cuda_unavailable_reason() -> str:
     if have and need and have < need:
         return (f"driver/runtime mismatch: PyTorch needs CUDA {torch.version.cuda} but the driver supports up to "
                 f"CUDA {drv['driver_cuda_version']}; update the NVIDIA driver")
-    return f"PyTorch is built with CUDA {torch.version.cuda} but cannot use the GPU (driver CUDA {drv['driver_cuda_version']})"
+    return (f"PyTorch is built with CUDA {torch.version.cuda} but cannot use the GPU "
+            f"(driver CUDA {drv['driver_cuda_version']})")
 
 
 def _ver(text: Optional[str]) -> Tuple[int, ...]:

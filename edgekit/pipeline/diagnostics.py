@@ -1,6 +1,7 @@
 """"Did it actually get faster?": compare every variant with its parent and name likely causes.
 
-Also checks task-metric parity across artifacts of the same variant (PyTorch vs ONNX Runtime vs TensorRT).
+Also checks task-metric parity across artifacts of the same variant (PyTorch vs ONNX Runtime vs TensorRT ...).
+What each backend wants (channel alignment, quantisation target, artifact kinds) comes from its BackendSpec.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def _row(rows: List[dict], model: str, backend: str, batch: int) -> Optional[dic
 
 def misaligned_channels(checkpoint: Optional[str], multiple: int = 8) -> List[str]:
     """Conv/Linear layers (not the stem input or the classifier output) whose channel counts are not multiples."""
-    if not checkpoint:
+    if not checkpoint or multiple <= 1:
         return []
     import torch
 
@@ -63,16 +64,18 @@ def _step_ratio(parent: dict, child: dict) -> float:
 
 def _causes(v: Any, parent: Any, backend: str, rows: List[dict], batches: List[int], coverage: Optional[float],
             min_cov: float) -> List[str]:
+    from edgekit.backends import backend_spec
+
+    spec = backend_spec(backend)
     causes = []
-    bad = misaligned_channels(v.checkpoint)
+    bad = misaligned_channels(v.checkpoint, spec.channel_alignment)
     if bad:
-        causes.append(f"channel counts not multiples of 8 ({', '.join(bad[:4])}{'…' if len(bad) > 4 else ''})")
+        causes.append(f"channel counts not multiples of {spec.channel_alignment}, the alignment {backend}'s kernels "
+                      f"want ({', '.join(bad[:4])}{'…' if len(bad) > 4 else ''})")
     target = v.recorded("target")
-    if target == "tensorrt" and backend.startswith("ort-cpu"):
-        causes.append("QDQ flavour made for TensorRT (symmetric int8 activations) runs slowly on ORT CPU; "
-                      "quantise with target: cpu for this backend")
-    if target == "cpu" and backend == "tensorrt":
-        causes.append("QDQ flavour made for ORT CPU (uint8 activations) is not TensorRT's explicit-quantisation form")
+    if target and spec.quant_target and target != spec.quant_target:
+        causes.append(f"QDQ flavour made for target '{target}' runs on {backend}, which wants target "
+                      f"'{spec.quant_target}'; quantise with target: {spec.quant_target} for this backend")
     if coverage is not None and coverage < min_cov:
         causes.append(f"only {coverage:.0%} of MACs run in int8 (below {min_cov:.0%})")
     floats = v.meta.get("float_layers") or []
@@ -91,24 +94,21 @@ def _causes(v: Any, parent: Any, backend: str, rows: List[dict], batches: List[i
 def artifact_parity(variants: Dict[str, Any], x: np.ndarray, y: Optional[np.ndarray], backends: List[str],
                     threads: Optional[int]) -> List[dict]:
     """Accuracy and top-1 agreement of each variant's artifacts on the same held-out samples."""
-    from edgekit.backends import open_runner, probe_backend
+    from edgekit.backends import backend_spec, open_runner
+    from edgekit.bench.specs import variant_artifacts
     from edgekit.core.train import predict
 
-    choices = [("torch", "checkpoint"), ("ort-cpu", "onnx"), ("tensorrt", "engine"), ("tensorrt", "onnx")]
     out = []
     for v in variants.values():
         preds: Dict[str, np.ndarray] = {}
-        arts = v.artifacts()
-        for backend, kind in choices:
-            if kind not in arts or backend not in backends or f"{backend}" in preds:
+        arts = variant_artifacts(v)
+        for backend in dict.fromkeys(backends):
+            spec = backend_spec(backend)
+            kind = next((k for k in spec.artifact_kinds if k in arts), None)
+            if kind is None or not spec.probe()[0]:
                 continue
-            if not probe_backend(backend)[0]:
-                continue
-            runner = open_runner(arts[kind], backend, threads=threads)
-            try:
+            with open_runner(arts[kind], backend, threads=threads) as runner:
                 preds[backend] = predict(runner, x).argmax(1)
-            finally:
-                runner.close()
         if len(preds) < 2:
             continue
         names = list(preds)

@@ -27,7 +27,8 @@ def check_required_targets(recipe: Any) -> List[dict]:
         ok, reason = probe_backend(t.backend)
         if not ok:
             if t.required:
-                raise BackendUnavailableError(f"target '{t.backend}' is required by the recipe but unavailable: {reason}")
+                raise BackendUnavailableError(f"target '{t.backend}' is required by the recipe but unavailable: "
+                                              f"{reason}")
             skipped.append({"backend": t.backend, "reason": reason})
     return skipped
 
@@ -36,14 +37,16 @@ def benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Variant
                          manifest: dict) -> Tuple[Path, List[str]]:
     """Benchmark the run's variants on the recipe's targets and write report.md / report.json."""
     from edgekit.bench import ModelSpec, benchmark
+    from edgekit.bench.pairs import backend_pairs
+    from edgekit.bench.specs import variant_artifacts
 
     skipped = check_required_targets(recipe)
     backends = [t.backend for t in recipe.targets if t.backend not in {s["backend"] for s in skipped}]
     chosen = [variants[n] for n in (recipe.benchmark.variants or list(variants)) if n in variants]
     s = splits()
     data = s.test if (recipe.benchmark.accuracy and s.labelled) else None
-    specs = [ModelSpec(v.name, v.artifacts(), tuple(s.input_shape)) for v in chosen]
-    base_backend = "torch" if "torch" in backends and chosen[0].checkpoint else backends[0]
+    specs = [ModelSpec(v.name, variant_artifacts(v), tuple(s.input_shape)) for v in chosen]
+    base_backend = float_baseline_backend(backends, chosen[0])
     logger.info(f"benchmark: {len(specs)} variant(s) × {', '.join(backends)} × batch {recipe.benchmark.batches}")
     bench = benchmark(specs, backends=backends, batches=recipe.benchmark.batches, threads=recipe.threads,
                       warmup=recipe.benchmark.warmup, iters=recipe.benchmark.iters, min_time=recipe.benchmark.min_time,
@@ -55,23 +58,43 @@ def benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Variant
     parity = artifact_parity({v.name: v for v in chosen}, s.test.x, s.test.y if s.labelled else None, backends,
                              recipe.threads)
     headline = _headline(chosen, rows, base_backend, s.labelled)
+    pairs = backend_pairs(rows)
     report = {"schema": REPORT_SCHEMA, "recipe": recipe.name, "description": recipe.description,
               "baseline": {"variant": chosen[0].name, "backend": base_backend,
                            "meaning": _baseline_meaning(chosen[0].name, base_backend)},
               "variants": [_variant_summary(v) for v in chosen], "benchmark": bench.to_dict(),
               "skipped_targets": skipped + bench.skipped, "diagnostics": findings, "parity": parity,
-              "headline": headline, "stages": manifest.get("stages", [])}
+              "backend_pairs": pairs, "headline": headline, "stages": manifest.get("stages", [])}
     write_json_atomic(run_dir / "report.json", report)
-    md = _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, headline, s.labelled, run_dir)
+    md = _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, headline, s.labelled, run_dir,
+                   pairs)
     path = write_text_atomic(run_dir / "report.md", md)
     manifest["report"] = {"markdown": str(path), "json": str(run_dir / "report.json"), "headline": headline}
     return path, headline
 
 
+def float_baseline_backend(backends: List[str], reference: Variant) -> str:
+    """The first target that is a float baseline (``BackendSpec.float_baseline``) and runs one of the reference's
+    artifacts; else the first target."""
+    from edgekit.backends import backend_spec
+    from edgekit.bench.specs import variant_artifacts
+
+    kinds = set(variant_artifacts(reference))
+    for b in backends:
+        spec = backend_spec(b)
+        if spec.float_baseline and kinds & set(spec.artifact_kinds):
+            return b
+    return backends[0]
+
+
 def _baseline_meaning(variant: str, backend: str) -> str:
-    if backend == "torch":
-        return "PyTorch eager fp32 of the reference model"
-    return f"{variant} on {backend}: the recipe has no PyTorch target"
+    from edgekit.backends import BACKENDS, backend_spec
+
+    spec = backend_spec(backend)
+    if spec.float_baseline:
+        return f"{spec.label} of the reference model"
+    floats = ", ".join(n for n, sp in BACKENDS.items() if sp.float_baseline) or "none registered"
+    return f"{variant} on {backend}: the recipe has no float-baseline target ({floats})"
 
 
 def _variant_summary(v: Variant) -> dict:
@@ -80,13 +103,12 @@ def _variant_summary(v: Variant) -> dict:
             "int8_mac_fraction": v.recorded("int8_mac_fraction")}
 
 
-_BACKEND_TARGET = {"ort-cpu": "cpu", "torch": "cpu", "tensorrt": "tensorrt", "ort-cuda": "tensorrt",
-                   "torch-cuda": "tensorrt"}
-
-
 def final_variant(chosen: List[Variant], backend: str) -> Variant:
-    """The last variant made for ``backend`` (artifacts quantised for another target are passed over)."""
-    want = _BACKEND_TARGET.get(backend)
+    """The last variant made for ``backend`` (artifacts quantised for a target other than the backend's
+    ``quant_target`` are passed over)."""
+    from edgekit.backends import backend_spec
+
+    want = backend_spec(backend).quant_target
     for v in reversed(chosen):
         target = v.recorded("target")
         if target is None or target == want:
@@ -109,6 +131,28 @@ def _headline(chosen: List[Variant], rows: List[dict], base_backend: str, labell
     return lines
 
 
+def _pairs_section(chosen: List[Variant], pairs: List[dict]) -> List[str]:
+    """Each backend vs the default ONNX backend on the same file: paired per-round ratios per variant and batch."""
+    from edgekit.bench.pairs import format_ratio
+
+    if not pairs:
+        return []
+    batches = sorted({p["batch"] for p in pairs})
+    ref = pairs[0]["reference"]
+    out = [f"## Backends on the same file (vs {ref})", "",
+           f"Each backend against {ref} on the same artifact, from the same interleaved rounds: median of the "
+           f"per-round latency ratios {ref} / backend (min–max over rounds); above 1× the backend is faster.", "",
+           "| variant | backend | artifact | " + " | ".join(f"batch {b}" for b in batches) + " |",
+           "|" + "---|" * (3 + len(batches))]
+    for v in chosen:
+        for backend in dict.fromkeys(p["backend"] for p in pairs if p["model"] == v.name):
+            by_b = {p["batch"]: p for p in pairs if p["model"] == v.name and p["backend"] == backend}
+            art = Path(next(iter(by_b.values()))["artifact"]).name
+            cells = [format_ratio(by_b[b]) if b in by_b else "–" for b in batches]
+            out.append(f"| {v.name} | {backend} | {art} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def _pct(v: Optional[float]) -> str:
     return "–" if v is None else f"{v:.2f}%"
 
@@ -127,7 +171,8 @@ def _quantisation_section(chosen: List[Variant]) -> List[str]:
     for v in quantised:
         m, acc = v.meta, v.meta.get("accuracy") or {}
         cal = m.get("calibration") or {}
-        how = f"{cal.get('method', m.get('mode', '–'))}, {cal['samples']} samples" if cal.get("samples") else m.get("mode", "–")
+        how = (f"{cal.get('method', m.get('mode', '–'))}, {cal['samples']} samples" if cal.get("samples")
+               else m.get("mode", "–"))
         budget = acc.get("max_accuracy_drop")
         met = ""
         if budget is not None and acc.get("fp32_val") is not None and acc.get("int8_val") is not None:
@@ -161,16 +206,20 @@ def _fmt_int(n: Optional[float], unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
-def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, headline, labelled, run_dir) -> str:
+def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, headline, labelled, run_dir,
+              pairs) -> str:
+    from edgekit.backends import default_backend
     from edgekit.bench.results import format_speedup
 
     rows, batches = bench.rows, sorted({r["batch"] for r in bench.rows})
-    ort_ref = {r["batch"]: r for r in rows if r["model"] == chosen[0].name and r["backend"] == "ort-cpu"}
+    onnx_cpu = default_backend("onnx", "cpu")
+    ort_ref = {r["batch"]: r for r in rows if r["model"] == chosen[0].name and r["backend"] == onnx_cpu}
     out = [f"# edgekit report: {recipe.name}", ""]
     if recipe.description:
         out += [recipe.description.strip(), ""]
     out += ["## Headline", ""] + [f"- **{h}**" for h in headline] + [""]
-    out += [f"Float baseline: **{chosen[0].name} on {base_backend}** ({_baseline_meaning(chosen[0].name, base_backend)}). "
+    meaning = _baseline_meaning(chosen[0].name, base_backend)
+    out += [f"Float baseline: **{chosen[0].name} on {base_backend}** ({meaning}). "
             "Speedups are medians of per-round paired ratios measured interleaved in one process; the range is "
             "the min–max over rounds. `vs ORT fp32` divides by the reference on ONNX Runtime fp32, separating the "
             "gain from compression from the gain of switching runtime.", ""]
@@ -200,6 +249,7 @@ def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, he
     for name in ("latency.png", "pareto.png", "throughput.png"):
         if (run_dir / "bench" / name).is_file():
             out += [f"![{name[:-4]}](bench/{name})", ""]
+    out += _pairs_section(chosen, pairs)
     out += _quantisation_section(chosen)
     out += ["## Did each step pay off?", ""]
     if findings:

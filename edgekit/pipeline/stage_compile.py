@@ -1,24 +1,35 @@
-"""Stage `compile`: build a TensorRT engine from the input variant's ONNX (skipped, with its reason, without a GPU)."""
+"""Stage `compile`: turn the input variant's ONNX into a deployable artifact with a backend's ``compile`` hook.
+
+The backend is a field: any registered backend that declares ``BackendSpec.compile`` (a TensorRT engine,
+OpenVINO IR (.xml/.bin), ...); without it, the compiling backend of lowest priority (TensorRT, as before the
+field existed). An unavailable backend skips the stage with its reason, unless ``required: true``.
+"""
 from __future__ import annotations
 
-from typing import List, Literal
+from typing import Any, Dict, List, Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from edgekit.backends import probe_backend
-from edgekit.errors import BackendUnavailableError
+from edgekit.backends import backend_spec, compiling_backends
+from edgekit.errors import BackendUnavailableError, ConfigError
 from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
+
+_STAGE_FIELDS = ("type", "input", "name", "backend", "required")  # the rest are options of the compile hook
 
 
 class CompileStage(StageConfig):
-    """TensorRT engine build options."""
+    """Compile options: which backend, and its settings (the TensorRT ones apply to TensorRT only)."""
 
     type: Literal["compile"] = "compile"
-    precision: Literal["fp32", "fp16", "int8"] = Field("fp16", description="int8 needs a Q/DQ ONNX (quantize target: tensorrt)")
-    sparse_weights: bool = Field(False, description="let TensorRT use 2:4 sparse kernels (prune kind: 2:4 first)")
-    batch_range: List[int] = Field([1, 1, 32], description="optimisation profile batch sizes [min, opt, max]")
-    workspace_mb: int = Field(2048, gt=0, description="builder workspace limit (MiB)")
-    required: bool = Field(False, description="fail the run when TensorRT is unavailable (else skip this stage)")
+    backend: Optional[str] = Field(None, description="backend whose compile step makes the artifact (see `edgekit "
+                                   "doctor`), e.g. tensorrt (engine) or openvino (IR); default: the compiling "
+                                   "backend of lowest priority (tensorrt)")
+    precision: Optional[str] = Field(None, description="precision of the compiled artifact; default: the backend's "
+                                     "(TensorRT fp16; OpenVINO the artifact's own). int8 needs a Q/DQ ONNX")
+    sparse_weights: bool = Field(False, description="TensorRT: let it use 2:4 sparse kernels (prune kind: 2:4 first)")
+    batch_range: List[int] = Field([1, 1, 32], description="TensorRT: optimisation profile batch sizes [min, opt, max]")
+    workspace_mb: int = Field(2048, gt=0, description="TensorRT: builder workspace limit (MiB)")
+    required: bool = Field(False, description="fail the run when the backend is unavailable (else skip this stage)")
 
     @field_validator("batch_range")
     @classmethod
@@ -27,23 +38,60 @@ class CompileStage(StageConfig):
             raise ValueError(f"batch_range must be [min, opt, max] with 0 < min <= opt <= max, got {v}")
         return v
 
+    @field_validator("backend")
+    @classmethod
+    def _compiles(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        try:
+            spec = backend_spec(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        if spec.compile is None:
+            raise ValueError(f"backend '{v}' has no compile step; backends that compile: "
+                             f"{', '.join(compiling_backends())}")
+        return v
+
+    @model_validator(mode="after")
+    def _precision_of_backend(self) -> CompileStage:
+        spec = backend_spec(self.backend_name())
+        if self.precision is not None and self.precision not in spec.precisions:
+            raise ValueError(f"backend '{spec.name}' compiles precisions {', '.join(spec.precisions)}, "
+                             f"not '{self.precision}'")
+        return self
+
+    def backend_name(self) -> str:
+        """``backend``, or the default compiling backend."""
+        return self.backend or compiling_backends()[0]
+
+    def backend_options(self) -> Dict[str, Any]:
+        """The options the recipe set for the backend's compile hook (defaults are the backend's own)."""
+        return {k: getattr(self, k) for k in sorted(self.model_fields_set) if k not in _STAGE_FIELDS}
+
 
 @register_stage("compile", CompileStage)
 def run_compile(ctx: StageContext, cfg: CompileStage) -> StageOutput:
-    """Build (or reuse from the engine cache) a TensorRT engine for the input variant."""
+    """Compile the input variant's ONNX into a deployable artifact with a backend's compile step (engine, IR)."""
+    from edgekit._io import read_sidecar
+
     parent = ctx.variant(cfg.input)
-    ok, reason = probe_backend("tensorrt")
+    backend = cfg.backend_name()
+    spec = backend_spec(backend)
+    ok, reason = spec.probe()
     if not ok:
         if cfg.required:
-            raise BackendUnavailableError(f"compile stage is required but TensorRT is unavailable: {reason}")
+            raise BackendUnavailableError(f"compile stage is required but {backend} is unavailable: {reason}")
         return StageOutput([], {"skipped": reason})
-    from edgekit.backends.tensorrt.build import build_engine, current_identity
-
-    name = cfg.name or f"{parent.name}-trt-{cfg.precision}"
-    result = build_engine(parent.onnx, ctx.stage_dir / f"{name}.engine", precision=cfg.precision,
-                          sparse_weights=cfg.sparse_weights, batch_range=tuple(cfg.batch_range),
-                          workspace_mb=cfg.workspace_mb)
-    meta = {"target": "tensorrt", "precision": cfg.precision, "identity": current_identity(),
+    if not parent.onnx:
+        raise ConfigError(f"compile: variant '{parent.name}' has no ONNX artifact to compile (it has "
+                          f"{', '.join(parent.artifacts()) or 'nothing'}); add an export stage first")
+    options = cfg.backend_options()
+    path = spec.compile(parent.onnx, ctx.stage_dir, **{k: v for k, v in options.items() if v is not None})
+    side = read_sidecar(path)
+    precision = side.get("precision") or options.get("precision") or "unknown"
+    name = cfg.name or f"{parent.name}-{spec.tag or spec.name}-{precision}"
+    meta = {"target": spec.quant_target, "precision": precision, "backend": backend, "compiled": side,
             **{k: v for k, v in parent.meta.items() if k in ("float_layers", "int8_mac_fraction")}}
-    return StageOutput([Variant(name, parent.name, None, parent.onnx, str(result.path), meta, dict(parent.metrics))],
-                       result.metrics())
+    metrics = {"artifact": str(path), "artifact_bytes": path.stat().st_size, "backend": backend,
+               **{k: v for k, v in side.items() if isinstance(v, (str, int, float, bool))}}
+    return StageOutput([Variant(name, parent.name, None, parent.onnx, str(path), meta, dict(parent.metrics))], metrics)

@@ -1,11 +1,12 @@
-"""TensorRT engines from ONNX: precision flags, optimisation profile, timing cache, engine cache, sidecar.
+"""TensorRT engines from ONNX: parse, build with flags/profile/timing cache, reuse from the engine cache, load.
 
     result = build_engine("model.onnx", precision="fp16", batch_range=(1, 8, 32))
     result.path, result.cached          # a second call with the same key skips the build
 
-This is the only edgekit module that imports ``tensorrt`` (always inside functions, so ``import
-edgekit`` stays lean). Everything before the build (precision -> builder flags, Q/DQ detection,
-profile computation, cache key, sidecar validation) is plain Python, testable without TensorRT.
+This is the only edgekit module that calls TensorRT's builder (always inside functions, so ``import
+edgekit`` stays lean). Everything before the build is plain Python, testable without TensorRT:
+precision -> builder flags and profiles in ``profile.py``, cache key and sidecar checks in ``cache.py``,
+Q/DQ detection and input shapes in ``edgekit.core.onnx_graph``.
 """
 # TensorRT 10.x Python API (also 11.x where unchanged) as used below, checked against:
 # - Builder, create_network(0) (EXPLICIT_BATCH is ignored since 10.0), NetworkDefinitionCreationFlag:
@@ -28,240 +29,36 @@ profile computation, cache key, sidecar validation) is plain Python, testable wi
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
-from edgekit._io import (
-    atomic_path,
-    read_sidecar,
-    require_file,
-    sha256_file,
-    sidecar_path,
-    write_bytes_atomic,
-    write_sidecar,
+from edgekit._io import read_sidecar, require_file, sha256_file, sidecar_path, write_bytes_atomic, write_sidecar
+from edgekit.backends.tensorrt.cache import (
+    ENGINE_FORMAT,
+    EngineCompatibilityError,
+    EngineResult,
+    copy_with_sidecar,
+    default_cache_dir,
+    engine_cache_key,
+    timing_cache_name,
+    valid_cached,
+    validate_sidecar,
 )
-from edgekit.errors import BackendUnavailableError, ConfigError, EdgekitError, InputFileError, did_you_mean
+from edgekit.backends.tensorrt.profile import BatchRange, BuilderFlags, compute_profile, precision_flags
+from edgekit.core.onnx_graph import graph_inputs, has_qdq
+from edgekit.errors import BackendUnavailableError, ConfigError, EdgekitError
 
 logger = logging.getLogger(__name__)
 
-ENGINE_FORMAT = "edgekit-trt-engine/1"
-PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_BATCH_RANGE = (1, 1, 32)
 DEFAULT_WORKSPACE_MB = 2048
 INT8_NEEDS_QDQ = "int8 engines are built from Q/DQ ONNX; quantise with target: tensorrt first"
-
-BatchRange = Union[int, Sequence[int], Mapping[str, Any]]
-
-
-class EngineCompatibilityError(InputFileError):
-    """A TensorRT engine was built for another TensorRT version or GPU, or is not an edgekit engine."""
 
 
 class EngineBuildError(EdgekitError):
     """TensorRT could not parse the ONNX model or build an engine from it."""
-
-
-# ----------------------------------------------------------------------------- pure logic
-
-
-@dataclass(frozen=True)
-class BuilderFlags:
-    """BuilderFlag member names to set and to clear on the IBuilderConfig."""
-
-    set: Tuple[str, ...]
-    clear: Tuple[str, ...] = ()
-
-
-def precision_flags(precision: str, sparse_weights: bool = False) -> BuilderFlags:
-    """Map an edgekit precision to TensorRT builder flags.
-
-    fp32 clears TF32 (so "fp32" really is fp32); fp16 sets FP16; int8 sets INT8 plus FP16 so layers
-    outside the Q/DQ pairs fall back to fp16; ``sparse_weights`` adds SPARSE_WEIGHTS (2:4 kernels).
-
-    Example:
-        >>> precision_flags("int8", sparse_weights=True).set
-        ('INT8', 'FP16', 'SPARSE_WEIGHTS')
-    """
-    table = {"fp32": BuilderFlags((), ("TF32",)), "fp16": BuilderFlags(("FP16",)), "int8": BuilderFlags(("INT8", "FP16"))}
-    if precision not in table:
-        raise ConfigError(f"TensorRT precision '{precision}'{did_you_mean(precision, PRECISIONS)} is not "
-                          f"supported; allowed: {', '.join(PRECISIONS)}")
-    flags = table[precision]
-    return BuilderFlags(flags.set + (("SPARSE_WEIGHTS",) if sparse_weights else ()), flags.clear)
-
-
-def _load_onnx(onnx_path: Union[str, Path]):
-    import onnx
-
-    try:
-        return onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as e:
-        raise InputFileError(f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-
-
-def has_qdq(onnx_path: Union[str, Path]) -> bool:
-    """True when the ONNX graph (or one of its local functions) holds QuantizeLinear/DequantizeLinear.
-
-    Example:
-        >>> has_qdq("model_int8_trt.onnx")
-        True
-    """
-    model = _load_onnx(onnx_path)
-    nodes = list(model.graph.node) + [n for f in model.functions for n in f.node]
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in nodes)
-
-
-def onnx_inputs(onnx_path: Union[str, Path]) -> list:
-    """``[(name, [dim or None, ...]), ...]`` for the graph inputs that are not initializers.
-
-    Example:
-        >>> onnx_inputs("model.onnx")
-        [('input', [None, 3, 32, 32])]
-    """
-    graph = _load_onnx(onnx_path).graph
-    inits = {i.name for i in graph.initializer}
-    out = []
-    for inp in graph.input:
-        if inp.name in inits:
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                for d in inp.type.tensor_type.shape.dim]
-        out.append((inp.name, dims))
-    return out
-
-
-def _check_triple(where: str, mins: Sequence[int], opts: Sequence[int], maxs: Sequence[int]) -> None:
-    for a, b, c in zip(mins, opts, maxs):
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (a, b, c)) or not a <= b <= c:
-            raise ConfigError(f"{where}: need integers with 1 <= min <= opt <= max, got min={list(mins)}, "
-                              f"opt={list(opts)}, max={list(maxs)}")
-
-
-def _batch_triple(batch_range: BatchRange) -> Tuple[int, int, int]:
-    if isinstance(batch_range, Mapping):
-        triple = tuple(batch_range.get(k) for k in ("min", "opt", "max"))
-    elif isinstance(batch_range, int) and not isinstance(batch_range, bool):
-        triple = (batch_range,) * 3
-    else:
-        try:
-            triple = tuple(batch_range)
-        except TypeError:
-            triple = ()
-    if len(triple) != 3:
-        raise ConfigError(f"batch_range must be (min, opt, max), got {batch_range!r}")
-    _check_triple("batch_range", triple[:1], triple[1:2], triple[2:])
-    return triple  # type: ignore[return-value]
-
-
-def _explicit_shapes(where: str, dims: Sequence[Optional[int]], spec: Any) -> dict:
-    if spec is None:
-        if any(d is None for d in dims):
-            raise ConfigError(f"{where} has dynamic dims but the profile gives no shapes for it")
-        return {k: list(dims) for k in ("min", "opt", "max")}
-    shapes = [spec.get(k) for k in ("min", "opt", "max")] if isinstance(spec, Mapping) else list(spec)
-    if len(shapes) != 3 or any(not isinstance(s, (list, tuple)) or len(s) != len(dims) for s in shapes):
-        raise ConfigError(f"{where}: profile needs min/opt/max shapes of rank {len(dims)}, got {spec!r}")
-    _check_triple(f"profile of {where}", *shapes)
-    for i, d in enumerate(dims):
-        if d is not None and any(s[i] != d for s in shapes):
-            raise ConfigError(f"{where}: dim {i} is fixed at {d} in the ONNX model; the profile gives "
-                              f"{[s[i] for s in shapes]}")
-    return {k: [int(v) for v in s] for k, s in zip(("min", "opt", "max"), shapes)}
-
-
-def compute_profile(inputs: Sequence[Tuple[str, Sequence[Optional[int]]]],
-                    batch_range: Optional[BatchRange] = None) -> dict:
-    """Min/opt/max shapes per input, from a batch range or an explicit per-input profile.
-
-    Args:
-        inputs: ``[(name, dims)]`` with None for dynamic dims (see ``onnx_inputs``).
-        batch_range: ``(min, opt, max)`` batch sizes applied to dim 0 of every input, a single int,
-            ``{"min":, "opt":, "max":}``, or an explicit profile ``{input: {"min": shape, "opt": shape,
-            "max": shape}}`` (needed when dims other than the batch are dynamic). None = the input's static
-            batch, else ``DEFAULT_BATCH_RANGE``.
-
-    Returns:
-        ``{input_name: {"min": [...], "opt": [...], "max": [...]}}`` sorted by name.
-
-    Example:
-        >>> compute_profile([("input", [None, 3, 32, 32])], (1, 8, 32))["input"]["max"]
-        [32, 3, 32, 32]
-    """
-    names = [n for n, _ in inputs]
-    explicit = isinstance(batch_range, Mapping) and not set(batch_range) <= {"min", "opt", "max"}
-    for name in batch_range if explicit else ():  # type: ignore[union-attr]
-        if name not in names:
-            raise ConfigError(f"profile names input '{name}'{did_you_mean(name, names)}, which the ONNX model "
-                              f"does not have; inputs: {', '.join(names)}")
-    profile = {}
-    for name, dims in inputs:
-        where = f"input '{name}' (shape {['?' if d is None else d for d in dims]})"
-        if explicit:
-            profile[name] = _explicit_shapes(where, dims, batch_range.get(name))  # type: ignore[union-attr]
-            continue
-        if any(d is None for d in dims[1:]):
-            bad = [i for i, d in enumerate(dims) if d is None and i > 0]
-            raise ConfigError(f"{where} has dynamic dims {bad} besides the batch; a batch range cannot fill them. "
-                              f"Pass an explicit profile {{'{name}': {{'min': [...], 'opt': [...], 'max': [...]}}}}")
-        if not dims:
-            profile[name] = {"min": [], "opt": [], "max": []}
-            continue
-        if dims[0] is not None:
-            if batch_range is not None and _batch_triple(batch_range) != (dims[0],) * 3:
-                raise ConfigError(f"{where} has a fixed batch of {dims[0]}; batch_range {batch_range!r} needs an "
-                                  "ONNX export with a dynamic batch axis")
-            triple = (dims[0],) * 3
-        else:
-            triple = _batch_triple(DEFAULT_BATCH_RANGE if batch_range is None else batch_range)
-        profile[name] = {k: [b, *dims[1:]] for k, b in zip(("min", "opt", "max"), triple)}
-    return dict(sorted(profile.items()))
-
-
-def engine_cache_key(onnx_sha256: str, tensorrt_version: str, gpu_name: str, compute_capability: str,
-                     precision: str, sparse_weights: bool, profile: Mapping) -> str:
-    """Hex sha256 over the fields that decide whether an engine can be reused.
-
-    Example:
-        >>> engine_cache_key("ab12", "10.3.0", "NVIDIA L4", "8.9", "fp16", False, {})[:8]
-    """
-    fields = {"format": ENGINE_FORMAT, "onnx_sha256": onnx_sha256, "tensorrt_version": str(tensorrt_version),
-              "gpu_name": str(gpu_name), "compute_capability": str(compute_capability), "precision": precision,
-              "sparse_weights": bool(sparse_weights), "profile": profile}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-def validate_sidecar(sidecar: Mapping, current: Mapping, engine_path: Union[str, Path] = "engine") -> None:
-    """Raise EngineCompatibilityError unless ``sidecar`` matches the ``current`` TensorRT version and GPU.
-
-    Args:
-        sidecar: the engine's JSON sidecar (see ``build_engine``).
-        current: ``{"tensorrt_version", "gpu_name", "compute_capability"}`` of this machine.
-        engine_path: shown in messages.
-
-    Example:
-        >>> validate_sidecar(read_sidecar("m.engine"), current_identity(), "m.engine")
-    """
-    if sidecar.get("format") != ENGINE_FORMAT:
-        raise EngineCompatibilityError(f"{engine_path}: sidecar format is {sidecar.get('format')!r}, expected "
-                                       f"'{ENGINE_FORMAT}'; rebuild the engine with edgekit")
-    rebuild = f"rebuild it from its ONNX ({sidecar.get('onnx', 'unknown')}) with edgekit.build_engine"
-    if str(sidecar.get("tensorrt_version")) != str(current["tensorrt_version"]):
-        raise EngineCompatibilityError(
-            f"{engine_path} was built with TensorRT {sidecar.get('tensorrt_version')} but this machine has TensorRT "
-            f"{current['tensorrt_version']}; engines only load on the TensorRT version that built them — {rebuild}")
-    theirs = (sidecar.get("gpu_name"), str(sidecar.get("compute_capability")))
-    ours = (current["gpu_name"], str(current["compute_capability"]))
-    if theirs != ours:
-        raise EngineCompatibilityError(
-            f"{engine_path} was built for {theirs[0]} (compute capability {theirs[1]}) but this GPU is {ours[0]} "
-            f"(compute capability {ours[1]}); engines are tuned to one GPU — {rebuild}")
 
 
 def describe_parser_errors(onnx_path: Union[str, Path], errors: Sequence[Mapping]) -> str:
@@ -277,43 +74,10 @@ def describe_parser_errors(onnx_path: Union[str, Path], errors: Sequence[Mapping
     return f"{onnx_path}: TensorRT's ONNX parser failed with {len(errors)} error(s):\n" + "\n".join(lines)
 
 
-def timing_cache_name(identity: Mapping) -> str:
-    """File name of the timing cache for one TensorRT version and GPU (caches are not portable)."""
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", str(identity["gpu_name"])).strip("-").lower()
-    return f"timing-trt{identity['tensorrt_version']}-{gpu}-sm{str(identity['compute_capability']).replace('.', '')}.cache"
-
-
-def default_cache_dir() -> Path:
-    """``$EDGEKIT_CACHE/engines``, default ``~/.cache/edgekit/engines``."""
-    return Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit")).expanduser() / "engines"
-
-
-# ----------------------------------------------------------------------------- TensorRT side
-
-
-def tensorrt_status() -> Tuple[Optional[str], str]:
-    """``(version, "")`` when TensorRT imports and has its libraries, else ``(None, reason)``.
-
-    Example:
-        >>> tensorrt_status()
-        (None, "Python package 'tensorrt' is not installed (...)")
-    """
-    try:
-        import tensorrt as trt
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] != "tensorrt":
-            return None, f"the 'tensorrt' package is installed but cannot import its dependency '{e.name}'"
-        return None, "Python package 'tensorrt' is not installed (pip install tensorrt; needs an NVIDIA GPU and driver)"
-    except (Exception, SystemExit) as e:  # stub wheels without libraries raise at import; broken installs anything
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        return None, f"the 'tensorrt' package is installed but cannot load TensorRT's libraries ({type(e).__name__}: {first})"
-    if not hasattr(trt, "Builder") or not hasattr(trt, "Runtime"):
-        return None, "the 'tensorrt' package has no Builder/Runtime: a stub package without TensorRT libraries"
-    return str(getattr(trt, "__version__", "unknown")), ""
-
-
 def _import_tensorrt():
-    version, reason = tensorrt_status()
+    from edgekit.core.platform import runtime_status
+
+    version, reason = runtime_status("tensorrt")
     if version is None:
         raise BackendUnavailableError(f"TensorRT is unavailable: {reason}")
     import tensorrt as trt
@@ -375,7 +139,8 @@ def _build_serialized(onnx_path: Path, flags: BuilderFlags, profile: Mapping, wo
         except Exception:  # a corrupt cache file must not stop the build
             cache = None
         if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-            logger.info(f"timing cache {timing_cache} is unreadable or from another TensorRT/GPU; starting an empty one")
+            logger.info(f"timing cache {timing_cache} is unreadable or from another TensorRT/GPU; "
+                        "starting an empty one")
             config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -384,41 +149,6 @@ def _build_serialized(onnx_path: Path, flags: BuilderFlags, profile: Mapping, wo
     if timing_cache is not None:
         write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
-
-
-@dataclass(frozen=True)
-class EngineResult:
-    """What ``build_engine`` produced: the engine file, its cache key and whether it was reused."""
-
-    path: Path
-    sidecar: dict
-    key: str
-    cached: bool
-    build_seconds: float
-    timing_cache: Optional[Path] = None
-
-    def metrics(self) -> dict:
-        """Flat metrics for a stage output / manifest."""
-        return {"engine": str(self.path), "cache_key": self.key, "cached": self.cached,
-                "build_seconds": round(self.build_seconds, 3), "precision": self.sidecar["precision"],
-                "sparse_weights": self.sidecar["sparse_weights"], "engine_bytes": self.path.stat().st_size,
-                "tensorrt_version": self.sidecar["tensorrt_version"], "gpu_name": self.sidecar["gpu_name"]}
-
-
-def _valid_cached(path: Path, key: str) -> Optional[dict]:
-    try:
-        side = read_sidecar(path) if path.is_file() else {}
-    except InputFileError:
-        return None
-    return side if side.get("cache_key") == key and side.get("engine_sha256") == sha256_file(path) else None
-
-
-def _copy_with_sidecar(src: Path, dst: Path, side: dict) -> None:
-    if src.resolve() == dst.resolve():
-        return
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-    write_sidecar(dst, side)
 
 
 def build_engine(onnx_path: Union[str, Path], out_path: Union[str, Path, None] = None, *, precision: str = "fp16",
@@ -453,7 +183,7 @@ def build_engine(onnx_path: Union[str, Path], out_path: Union[str, Path, None] =
         raise ConfigError(f"workspace_mb must be a positive integer (MiB), got {workspace_mb!r}")
     if precision == "int8" and not has_qdq(onnx_path):
         raise ConfigError(f"{onnx_path}: {INT8_NEEDS_QDQ}")
-    profile = compute_profile(onnx_inputs(onnx_path), batch_range)
+    profile = compute_profile([(i.name, i.dims) for i in graph_inputs(onnx_path)], batch_range)
     identity = current_identity()
     onnx_sha = sha256_file(onnx_path)
     key = engine_cache_key(onnx_sha, identity["tensorrt_version"], identity["gpu_name"],
@@ -463,9 +193,9 @@ def build_engine(onnx_path: Union[str, Path], out_path: Union[str, Path, None] =
     out = Path(out_path) if out_path is not None else cache_path
     tc = Path(timing_cache) if timing_cache is not None else cache_dir / timing_cache_name(identity)
     for candidate in (out, cache_path):
-        side = _valid_cached(candidate, key)
+        side = valid_cached(candidate, key)
         if side is not None:
-            _copy_with_sidecar(candidate, out, side)
+            copy_with_sidecar(candidate, out, side)
             return EngineResult(out, side, key, True, 0.0, tc)
     logger.info(f"building TensorRT {precision} engine for {onnx_path.name} (profile {profile}) ...")
     t0 = time.perf_counter()
@@ -478,7 +208,7 @@ def build_engine(onnx_path: Union[str, Path], out_path: Union[str, Path, None] =
             "engine_sha256": hashlib.sha256(blob).hexdigest()}
     write_bytes_atomic(cache_path, blob)
     write_sidecar(cache_path, side)
-    _copy_with_sidecar(cache_path, out, side)
+    copy_with_sidecar(cache_path, out, side)
     return EngineResult(out, side, key, False, seconds, tc)
 
 
@@ -523,7 +253,5 @@ def load_engine(path: Union[str, Path]) -> LoadedEngine:
     return LoadedEngine(engine, runtime, side, path, identity)
 
 
-__all__ = ["BuilderFlags", "EngineBuildError", "EngineCompatibilityError", "EngineResult", "LoadedEngine",
-           "build_engine", "compute_profile", "current_identity", "default_cache_dir", "describe_parser_errors",
-           "engine_cache_key", "has_qdq", "load_engine", "onnx_inputs", "precision_flags", "tensorrt_status",
-           "timing_cache_name", "validate_sidecar"]
+__all__ = ["EngineBuildError", "LoadedEngine", "build_engine", "current_identity", "describe_parser_errors",
+           "load_engine"]

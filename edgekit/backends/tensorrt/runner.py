@@ -11,6 +11,7 @@ Example:
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -137,17 +138,15 @@ def io_tensors(engine: Any) -> list:
              "shape": [int(d) for d in engine.get_tensor_shape(n)]} for n in names]
 
 
-
 # ----------------------------------------------------------------------------- registration
 
 
 def _probe_tensorrt() -> Tuple[bool, str]:
-    from edgekit.backends.tensorrt.build import tensorrt_status
+    from edgekit.core.platform import cuda_unavailable_reason, runtime_status
 
-    version, reason = tensorrt_status()
+    version, reason = runtime_status("tensorrt")
     if version is None:
         return False, reason
-    from edgekit.core.platform import cuda_unavailable_reason
 
     why = cuda_unavailable_reason()
     return (False, f"TensorRT {version} is installed but {why}") if why else (True, "")
@@ -160,7 +159,8 @@ def _open_tensorrt(artifact: Any, threads: Optional[int] = None, precision: Opti
             unused = ["precision"] * (precision is not None) + sorted(options)
             raise ConfigError(f"options {unused} only apply when building from ONNX; {artifact} is already an engine")
         return TensorRTRunner(str(artifact))
-    from edgekit.backends.tensorrt.build import build_engine, has_qdq
+    from edgekit.backends.tensorrt.build import build_engine
+    from edgekit.core.onnx_graph import has_qdq
 
     allowed = {"out_path", "sparse_weights", "batch_range", "workspace_mb", "timing_cache", "cache_dir"}
     unknown = sorted(set(options) - allowed)
@@ -174,5 +174,40 @@ def _open_tensorrt(artifact: Any, threads: Optional[int] = None, precision: Opti
 
 
 
-register_backend(BackendSpec("tensorrt", ("engine", "onnx"), _probe_tensorrt, _open_tensorrt, "cuda",
-                             "TensorRT engine (fp32/fp16/int8 Q/DQ, 2:4 sparse); ONNX is built and cached on open"))
+def _describe_tensorrt() -> dict:
+    from edgekit.core.platform import gpu_facts, runtime_status
+
+    return {"version": runtime_status("tensorrt")[0], "devices": [d["name"] for d in gpu_facts()["devices"]]}
+
+
+def compile_engine(onnx_path: Any, out_dir: Any, *, precision: str = "fp16", **options: Any) -> Path:
+    """The backend's ``compile`` hook: build (or reuse) an engine in ``out_dir``; returns its path.
+
+    ``precision`` fp32/fp16/int8 (int8 needs Q/DQ ONNX); other options as ``build_engine`` (sparse_weights,
+    batch_range, workspace_mb, timing_cache, cache_dir). The engine's sidecar records precision, TensorRT
+    version, GPU, cache key and build time.
+
+    Example:
+        >>> compile_engine("model.int8-tensorrt.onnx", "run/compile", precision="int8")
+        PosixPath('run/compile/model.int8-tensorrt-int8.engine')
+    """
+    from edgekit.backends.tensorrt.build import build_engine
+
+    allowed = {"sparse_weights", "batch_range", "workspace_mb", "timing_cache", "cache_dir"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown tensorrt compile option(s) {unknown}; allowed: precision, "
+                          f"{', '.join(sorted(allowed))}")
+    if "batch_range" in options and options["batch_range"] is not None:
+        options["batch_range"] = tuple(options["batch_range"])
+    out = Path(out_dir) / f"{Path(onnx_path).stem}-{precision}.engine"
+    return build_engine(onnx_path, out, precision=precision, **options).path
+
+
+register_backend(BackendSpec(
+    "tensorrt", ("engine", "onnx"), _probe_tensorrt, _open_tensorrt, "cuda",
+    "TensorRT engine (fp32/fp16/int8 Q/DQ, 2:4 sparse); ONNX is built and cached on open",
+    suffixes={"engine": (".engine", ".plan", ".trt"), "onnx": (".onnx",)}, precisions=("fp32", "fp16", "int8"),
+    quant_target="tensorrt",
+    channel_alignment=16,  # int8 tensor-core kernels want channel multiples of 16 (fp16: 8)
+    title="TensorRT", tag="trt", describe=_describe_tensorrt, compile=compile_engine))

@@ -1,0 +1,169 @@
+"""Reading ONNX graphs: one copy of the loader, the input readers and the int8 op sets every layer uses.
+
+Example:
+    >>> model = load_model("model.int8.onnx")
+    >>> graph_inputs(model)
+    [GraphInput(name='input', dims=[None, 3, 32, 32], elem_type=1)]
+    >>> onnx_precision(model), has_qdq(model)
+    ('int8', True)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
+
+from edgekit.errors import InputFileError, ShapeError
+
+# Q/DQ pairs: explicit quantisation (static QDQ artifacts, TensorRT's explicit-precision input).
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+# Ops that execute as integer kernels (ONNX standard and ONNX Runtime contrib, incl. what ORT fuses QDQ into).
+INT8_KERNEL_OPS = frozenset({"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm",
+                             "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "QAttention",
+                             "QLinearConvTranspose", "NhwcQLinearConv"})
+# Any of these in a graph means it is already quantised (static QDQ, dynamic, or QOperator format).
+QUANTISED_OPS = QDQ_OPS | INT8_KERNEL_OPS | {"DynamicQuantizeLinear", "QLinearAdd"}
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """A graph input that is not an initializer: name, dims (None = dynamic) and ONNX element type."""
+
+    name: str
+    dims: List[Optional[int]]
+    elem_type: int
+
+    @property
+    def shown(self) -> str:
+        """``Nx3x32x32``-style text, ``N`` for a dynamic dim."""
+        return "x".join("N" if d is None else str(d) for d in self.dims)
+
+
+def load_model(path_or_model: Any, *, copy: bool = False):
+    """An ``onnx.ModelProto`` from a path (external data not loaded) or a ModelProto (copied when ``copy``).
+
+    Raises:
+        InputFileError: the file is missing or not a readable ONNX model.
+
+    Example:
+        >>> load_model("model.onnx").graph.name
+    """
+    import onnx
+
+    if isinstance(path_or_model, onnx.ModelProto):
+        if not copy:
+            return path_or_model
+        model = onnx.ModelProto()
+        model.CopyFrom(path_or_model)
+        return model
+    path = os.fspath(path_or_model)
+    if not os.path.isfile(path):
+        raise InputFileError(f"ONNX model not found: {path}")
+    try:
+        return onnx.load(path, load_external_data=False)  # weights are not needed to read the graph
+    except Exception as e:
+        raise InputFileError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:160]})") from None
+
+
+def graph_inputs(path_or_model: Any) -> List[GraphInput]:
+    """The graph inputs that are not initializers, in graph order.
+
+    Example:
+        >>> [(i.name, i.dims) for i in graph_inputs("model.onnx")]
+        [('input', [None, 3, 32, 32])]
+    """
+    graph = load_model(path_or_model).graph
+    inits = {i.name for i in graph.initializer}
+    out = []
+    for inp in graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
+        out.append(GraphInput(inp.name, dims, int(t.elem_type)))
+    return out
+
+
+def single_input(path_or_model: Any, purpose: str) -> GraphInput:
+    """The model's only graph input; ShapeError naming ``purpose`` when it has none or several.
+
+    Example:
+        >>> single_input("model.onnx", "quantisation").dims[1:]
+        [3, 32, 32]
+    """
+    inputs = graph_inputs(path_or_model)
+    if len(inputs) != 1:
+        raise ShapeError(f"{purpose} supports models with exactly one input; this one has "
+                         f"{len(inputs)}: {[i.name for i in inputs]}")
+    return inputs[0]
+
+
+def fix_input_shapes(model, input_shape: Optional[Sequence[int]], where: str) -> List[int]:
+    """Set the first input of ``model`` (modified in place) to ``[1, *input_shape]``; other inputs' dynamic dims
+    become 1. Without ``input_shape`` the first input's own dims are used (dynamic ones other than the batch are
+    a ShapeError). Returns the shape set.
+
+    Example:
+        >>> fix_input_shapes(load_model("m.onnx", copy=True), (3, 32, 32), "m.onnx")
+        [1, 3, 32, 32]
+    """
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if not inputs:
+        raise ShapeError(f"{where}: the graph has no inputs")
+    first = inputs[0]
+    dims = first.type.tensor_type.shape.dim
+    if input_shape is not None:
+        want = [1, *[int(d) for d in input_shape]]
+        if len(dims) and len(dims) != len(want):
+            shown = "x".join(d.dim_param or str(d.dim_value) if (d.dim_param or d.dim_value) else "?" for d in dims)
+            raise ShapeError(f"{where}: input '{first.name}' has rank {len(dims)} ({shown}); "
+                             f"input_shape {list(input_shape)} gives rank {len(want)} with the batch")
+        for idx, (d, w) in enumerate(zip(dims, want)):
+            if idx and d.dim_value and d.dim_value != w:
+                raise ShapeError(f"{where}: input '{first.name}' has fixed size {d.dim_value} where input_shape "
+                                 f"asks {w} (shape {want[1:]} per sample)")
+    else:
+        want = [1] + [d.dim_value if d.dim_value > 0 else -1 for d in list(dims)[1:]]
+        if any(w < 0 for w in want):
+            raise ShapeError(f"{where}: input '{first.name}' has dynamic dimensions besides the batch; "
+                             "pass input_shape (per sample, e.g. (3, 224, 224))")
+    del first.type.tensor_type.shape.dim[:]
+    for w in want:
+        first.type.tensor_type.shape.dim.add().dim_value = w
+    for other in inputs[1:]:
+        for d in other.type.tensor_type.shape.dim:
+            if not d.dim_value:
+                d.dim_value = 1
+    return want
+
+
+def op_types(path_or_model: Any, functions: bool = True) -> set:
+    """The op types of the graph's nodes (and of its local functions' nodes when ``functions``)."""
+    model = load_model(path_or_model)
+    nodes = list(model.graph.node) + ([n for f in model.functions for n in f.node] if functions else [])
+    return {n.op_type for n in nodes}
+
+
+def has_qdq(path_or_model: Any) -> bool:
+    """True when the graph (or one of its local functions) holds QuantizeLinear/DequantizeLinear.
+
+    Example:
+        >>> has_qdq("model_int8_trt.onnx")
+        True
+    """
+    return bool(op_types(path_or_model) & QDQ_OPS)
+
+
+def onnx_precision(path_or_model: Any) -> str:
+    """``"int8"`` when the graph holds any quantised op (QDQ, integer kernels, dynamic quantisation), else ``"fp32"``.
+
+    Example:
+        >>> onnx_precision("model.int8.onnx")
+        'int8'
+    """
+    return "int8" if op_types(path_or_model, functions=False) & QUANTISED_OPS else "fp32"
+
+
+__all__ = ["GraphInput", "INT8_KERNEL_OPS", "QDQ_OPS", "QUANTISED_OPS", "fix_input_shapes", "graph_inputs",
+           "has_qdq", "load_model", "onnx_precision", "op_types", "single_input"]
