@@ -17,6 +17,7 @@ from edgekit.techniques.distill._losses import (
     logit_kd_loss,
     soft_kd_loss,
 )
+from edgekit.errors import validated_config
 from edgekit.techniques.distill.config import DistillConfig
 
 
@@ -124,11 +125,11 @@ def test_hint_loss_interpolates_and_trains_adapter():
                                         ({"attention": {"weight": -1}}, "distill.attention.weight")])
 def test_config_errors_name_the_field(bad, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        DistillConfig.parse(bad)
+        validated_config(DistillConfig, bad, "distill")
 
 
 def test_config_defaults_and_shorthand():
-    cfg = DistillConfig.parse({"attention": 2.5})
+    cfg = validated_config(DistillConfig, {"attention": 2.5}, "distill")
     assert cfg.attention.weight == 2.5 and cfg.attention.pairs is None and not cfg.hints.enabled
     assert cfg.temperature == 4.0 and cfg.alpha == 0.9 and cfg.cache_teacher_logits
     assert all(f.description for f in DistillConfig.model_fields.values())

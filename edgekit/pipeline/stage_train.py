@@ -17,7 +17,7 @@ class TrainStage(StageConfig, TrainConfig):
     type: Literal["train"] = "train"
 
 
-@register_stage("train", TrainStage)
+@register_stage("train", TrainStage, needs_torch=True)
 def run_train(ctx: StageContext, cfg: TrainStage) -> StageOutput:
     """Build the model from the recipe (first stage) or take the input variant, train, checkpoint, export."""
     splits = ctx.splits

@@ -63,11 +63,10 @@ def render_template() -> str:
     _emit(recipe, 0, lines, skip=("stages",))
     lines.append("")
     lines.append("stages:  # run in order; each works on the latest variant unless `input:` names one")
-    for name, (cfg, fn) in STAGES.items():
-        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        lines.append(f"  # - type: {name}  # {doc}")
+    for name, stage in STAGES.items():
+        lines.append(f"  # - type: {name}  # {stage.description}")
         body: List[str] = []
-        _emit(cfg, 0, body, skip=("type",))
+        _emit(stage.config, 0, body, skip=("type",))
         for ln in body:  # the whole stage is commented out: uncomment the block you need
             stripped = ln.lstrip(" ")
             indent = ln[:len(ln) - len(stripped)]
