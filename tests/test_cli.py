@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 TINY = (Path(__file__).parent / "data" / "tiny_recipe.yaml").read_text()  # a tiny valid recipe
+ZOO_MODEL = "  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}"
 
 
 
@@ -55,7 +56,7 @@ def test_bad_input_battery(case, tmp_path, trained_resnet8, cli):
         recipe = tmp_path / "nope.yaml"
         frag = "recipe not found"
     elif case == "missing_checkpoint":
-        text = TINY.replace("  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}", "  checkpoint: nowhere.pt")
+        text = TINY.replace(ZOO_MODEL, "  checkpoint: nowhere.pt")
         frag = "model.checkpoint not found"
     elif case == "wrong_arch_checkpoint":
         import torch
@@ -64,16 +65,16 @@ def test_bad_input_battery(case, tmp_path, trained_resnet8, cli):
         payload["arch"]["kwargs"]["depth"] = 14
         payload["structure"] = {}
         torch.save(payload, tmp_path / "other.pt")
-        text = TINY.replace("  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}", f"  checkpoint: {tmp_path / 'other.pt'}")
+        text = TINY.replace(ZOO_MODEL, f"  checkpoint: {tmp_path / 'other.pt'}")
         frag = "do not fit architecture"
     elif case == "shape_mismatch":  # a 3-channel 16x16 checkpoint with 1-channel 8x8 data
-        text = TINY.replace("  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}", f"  checkpoint: {trained_resnet8.checkpoint}")
+        text = TINY.replace(ZOO_MODEL, f"  checkpoint: {trained_resnet8.checkpoint}")
         frag = "do not fit the model"
     elif case == "pickle_checkpoint":
         import torch
 
         torch.save({"format": "edgekit-checkpoint/1", "x": Path("/etc")}, tmp_path / "evil.pt")
-        text = TINY.replace("  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}", f"  checkpoint: {tmp_path / 'evil.pt'}")
+        text = TINY.replace(ZOO_MODEL, f"  checkpoint: {tmp_path / 'evil.pt'}")
         frag = "refused to load"
     elif case == "unknown_backend":
         text = TINY.replace("backend: tensorrt", "backend: ort-gpu")
@@ -100,11 +101,13 @@ def test_bad_input_battery(case, tmp_path, trained_resnet8, cli):
         text = TINY.replace("  - type: train", "  - type: prnue")
         frag = "did you mean 'prune'"
     elif case == "missing_data_file":
-        text = TINY.replace("  name: digits\n  image_size: 8\n  channels: 1", f"  name: npz\n  path: {tmp_path / 'no.npz'}")
+        text = TINY.replace("  name: digits\n  image_size: 8\n  channels: 1",
+                            f"  name: npz\n  path: {tmp_path / 'no.npz'}")
         frag = "not found"
     elif case == "calibration_wrong_shape":
         np.savez(tmp_path / "c.npz", x=np.zeros((16, 3, 8, 8), np.float32))
-        text = TINY.replace("    lr: 0.1\n", f"    lr: 0.1\n  - type: quantize\n    calibration: {tmp_path / 'c.npz'}\n")
+        text = TINY.replace("    lr: 0.1\n",
+                            f"    lr: 0.1\n  - type: quantize\n    calibration: {tmp_path / 'c.npz'}\n")
         frag = "stages[1].calibration"
     elif case == "unwritable_runs_dir":
         ro = tmp_path / "ro"

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgekit.errors import ConfigError, ShapeError
+from edgekit.errors import ConfigError, ShapeError, validated_config
 from edgekit.techniques.distill._losses import (
     HintAdapter,
     attention_map,
@@ -17,7 +17,6 @@ from edgekit.techniques.distill._losses import (
     logit_kd_loss,
     soft_kd_loss,
 )
-from edgekit.errors import validated_config
 from edgekit.techniques.distill.config import DistillConfig
 
 

@@ -64,7 +64,8 @@ def test_residual_and_depthwise_models_prune_reload_and_export(arch, kwargs, siz
     if arch == "mobilenetv2":  # depthwise convs stay depthwise at their new width
         dw = [(cin, cout, g) for cin, cout, g in _conv_channels(res.model).values() if g > 1]
         assert dw and all(cin == cout == g for cin, cout, g in dw)
-        assert any(cout < orig[1] for (cin, cout, g), orig in zip(dw, [v for v in _conv_channels(model).values() if v[2] > 1]))
+        orig_dw = [v for v in _conv_channels(model).values() if v[2] > 1]
+        assert any(cout < orig[1] for (cin, cout, g), orig in zip(dw, orig_dw))
     ckpt = save_checkpoint(res.model, tmp_path / "pruned.pt", {"input_shape": [3, size, size], "num_classes": 10})
     np.save(tmp_path / "x.npy", x)
     with torch.no_grad():
@@ -123,7 +124,8 @@ def test_iterative_kd_finetune_recovers_accuracy(trained_resnet8):
     ({"ratio": 0.3, "macs_target": 0.5}, "one pruning target"),
     ({"ratoi": 0.3}, "ratoi"),
     ({"ratio": 0.3, "exclude": ["layer9.conv"], "finetune": NO_FT}, "layer1.0.conv1"),
-    ({"ratio": 0.3, "exclude": {"patterns": ["layer9.*"]}, "finetune": NO_FT}, r"exclude.patterns: 'layer9\.\*' matches"),
+    ({"ratio": 0.3, "exclude": {"patterns": ["layer9.*"]}, "finetune": NO_FT},
+     r"exclude.patterns: 'layer9\.\*' matches"),
     ({"ratio": 0.3, "exclude": {"types": ["Conv3d"]}, "finetune": NO_FT}, r"types present: .*Conv2d"),
     ({"macs_target": 0.05, "exclude": ["layer3"], "finetune": NO_FT}, "unreachable"),
     ({"ratio": 0.3, "protect": ["fc"]}, "protect: renamed to 'exclude'"),

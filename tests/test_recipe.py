@@ -60,7 +60,8 @@ def test_out_of_range_and_wrong_types_name_the_field():
 
 
 def test_unknown_stage_type_lists_allowed():
-    with pytest.raises(ConfigError, match=r"stages\[0\].type: unknown stage 'trian' \(did you mean 'train'\?\); allowed: .*export"):
+    with pytest.raises(ConfigError,
+                       match=r"stages\[0\].type: unknown stage 'trian' \(did you mean 'train'\?\); allowed: .*export"):
         validate_recipe({"model": {"name": "resnet_cifar"}, "stages": [{"type": "trian"}]})
 
 

@@ -12,5 +12,6 @@ from edgekit.models.registry import (
     register_model,
 )
 
-__all__ = ["LAYOUTS", "Layout", "MODELS", "apply_structure", "capture_structure", "count_params", "create_model", "describe_models",
+__all__ = ["LAYOUTS", "Layout", "MODELS", "apply_structure", "capture_structure", "count_params", "create_model",
+           "describe_models",
            "load_checkpoint", "load_weights", "model_layout", "model_names", "register_model", "save_checkpoint"]

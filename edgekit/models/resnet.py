@@ -78,7 +78,8 @@ def resnet_cifar(num_classes: int = 10, in_channels: int = 3, depth: int = 20, w
 @register_model("resnet18", features=_STAGES, classifier="fc")
 def resnet18(num_classes: int = 1000, in_channels: int = 3, width: float = 1.0, stem: str = "imagenet",
              zero_init_residual: bool = False) -> nn.Module:
-    """ResNet-18: 4 stages of 2 BasicBlocks, widths 64/128/256/512 × width; stem 'imagenet' (7×7/2 + maxpool) or 'cifar' (3×3/1)."""
+    """ResNet-18: 4 stages of 2 BasicBlocks, widths 64/128/256/512 × width; stem 'imagenet' (7×7/2 + maxpool)
+    or 'cifar' (3×3/1)."""
     widths = [_channels(b, width) for b in (64, 128, 256, 512)]
     if stem == "imagenet":
         s = nn.Sequential(nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False), nn.BatchNorm2d(widths[0]),

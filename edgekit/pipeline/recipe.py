@@ -91,7 +91,8 @@ _BASE_FIELDS = {
     "data": (DataConfig, Field(default_factory=DataConfig, description="dataset and splits")),
     "targets": (List[Target], Field(default_factory=lambda: [Target(backend=default_backend("module", "cpu")),
                                                              Target(backend=default_backend("onnx", "cpu"))],
-                                    description="backends to benchmark on; torch fp32 of the reference is the baseline")),
+                                    description="backends to benchmark on; torch fp32 of the reference is the "
+                                                "baseline")),
     "benchmark": (BenchmarkSettings, Field(default_factory=BenchmarkSettings, description="timing settings")),
     "report": (ReportSettings, Field(default_factory=ReportSettings, description="report settings")),
 }
@@ -127,7 +128,8 @@ def load_recipe(path: str | Path) -> Any:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: a recipe must be a mapping of fields (model, data, stages, ...), got {type(raw).__name__}")
+        raise ConfigError(f"{p}: a recipe must be a mapping of fields (model, data, stages, ...), "
+                          f"got {type(raw).__name__}")
     raw.setdefault("name", p.stem)
     return validate_recipe(raw, source=str(p), root=root)
 

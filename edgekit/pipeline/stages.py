@@ -112,7 +112,8 @@ class StageContext:
         if name is None:
             return list(self.variants.values())[-1]
         if name not in self.variants:
-            raise ConfigError(f"stage input '{name}' is not a variant of this run; available: {', '.join(self.variants)}")
+            raise ConfigError(f"stage input '{name}' is not a variant of this run; "
+                              f"available: {', '.join(self.variants)}")
         return self.variants[name]
 
     def reference(self) -> Variant:
@@ -124,7 +125,8 @@ class StageContext:
         from edgekit.models import load_checkpoint
 
         if not variant.checkpoint:
-            raise ConfigError(f"variant '{variant.name}' has no PyTorch checkpoint (it is {', '.join(variant.artifacts())}); "
+            raise ConfigError(f"variant '{variant.name}' has no PyTorch checkpoint "
+                              f"(it is {', '.join(variant.artifacts())}); "
                               "this stage needs a PyTorch model as input")
         return load_checkpoint(variant.checkpoint)[0]
 

@@ -233,7 +233,8 @@ def apply_plan(model: nn.Module, example: torch.Tensor, groups: List[Group], pla
 
 def _tp_failure(model: nn.Module, e: Exception) -> ConfigError:
     msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-    return ConfigError(f"Torch-Pruning failed to prune {type(model).__name__}: {type(e).__name__}{_user_frame(e.__traceback__)}:"
+    return ConfigError(f"Torch-Pruning failed to prune {type(model).__name__}: "
+                       f"{type(e).__name__}{_user_frame(e.__traceback__)}:"
                        f" {msg}; models with attention heads or bare nn.Parameters (e.g. position embeddings) need "
                        "those layers in `exclude:`, or use unstructured / 2:4 sparsity instead")
 

@@ -114,7 +114,8 @@ def search_speed(prune_copy: Callable[[float], nn.Module], base_model: nn.Module
             m = prune_copy(s)
             r = measure_speedup(base, m, sample, backend, threads, rounds, tmp, f"cand{i}")
             history.append({"ratio": round(s, 5), "speedup": round(r["speedup"], 4), "speedup_min": r["speedup_min"],
-                            "speedup_max": r["speedup_max"], "base_ms": r["base_ms"], "candidate_ms": r["candidate_ms"]})
+                            "speedup_max": r["speedup_max"], "base_ms": r["base_ms"],
+                            "candidate_ms": r["candidate_ms"]})
             logger.info(f"prune: ratio {s:.3f} -> measured speedup {r['speedup']:.2f}x on {backend}")
             return r["speedup"]
 

@@ -5,7 +5,8 @@
 - ``ratio``: fraction of the channels removed from every prunable group (0 < ratio < 1);
 - ``macs_target``: fraction of the original MACs to **keep** (0.5 = remove half the MACs);
 - ``speedup_target``: measured latency speedup over the unpruned model on ``speed_backend``;
-- ``per_layer_ratios`` alone: explicit per-layer ratios (e.g. from :func:`edgekit.techniques.prune.sensitivity.allocate_ratios`).
+- ``per_layer_ratios`` alone: explicit per-layer ratios (e.g. from
+  :func:`edgekit.techniques.prune.sensitivity.allocate_ratios`).
 
 ``per_layer_ratios`` combined with ``macs_target`` / ``speedup_target`` is scaled by one factor until the target is met.
 The other methods are the sparsity patterns of :mod:`edgekit.techniques.sparsity` (``unstructured`` with
@@ -87,8 +88,9 @@ class PruneConfig(RecoveryConfig):
     ratio: Optional[float] = Field(None, gt=0, lt=1, description="channel fraction removed from every prunable group")
     macs_target: Optional[float] = Field(None, gt=0, lt=1, description="fraction of the original MACs to keep "
                                          "(0.5 = remove half); the channel ratio is searched to meet it")
-    speedup_target: Optional[float] = Field(None, gt=1, description="measured latency speedup over the unpruned model "
-                                            "on speed_backend; the ratio is searched by exporting and timing candidates")
+    speedup_target: Optional[float] = Field(None, gt=1, description="measured latency speedup over the unpruned "
+                                            "model on speed_backend; the ratio is searched by exporting and timing "
+                                            "candidates")
     sparsity: Optional[float] = Field(None, gt=0, lt=1, description="fraction of weights zeroed (method unstructured)")
     speed_backend: Annotated[str, OneOf(BACKENDS, _load_backends)] = Field(
         default_factory=lambda: default_backend("onnx", "cpu"),
@@ -97,10 +99,12 @@ class PruneConfig(RecoveryConfig):
     speed_threads: Optional[int] = Field(2, gt=0, description="intra-op threads when timing speedup_target")
     speed_rounds: int = Field(5, ge=2, description="interleaved timing rounds per speed candidate")
     importance: Annotated[str, OneOf(IMPORTANCES)] = Field("l1", description="channel importance criterion")
-    round_to: int = Field(8, ge=1, description="pruned channel counts are multiples of this (hardware-friendly alignment)")
+    round_to: int = Field(8, ge=1, description="pruned channel counts are multiples of this (hardware-friendly "
+                                               "alignment)")
     exclude: Scope = scope_field("layers left untouched (neither input nor output channels pruned; left dense by "
                                  "sparsity); the classifier's outputs are always kept")
-    steps: int = Field(1, ge=1, le=20, description="iterative schedule: prune in this many steps, fine-tuning after each")
+    steps: int = Field(1, ge=1, le=20, description="iterative schedule: prune in this many steps, fine-tuning "
+                                                    "after each")
     global_pruning: bool = Field(False, description="rank channels across groups (non-uniform) instead of per group")
     per_layer_ratios: Dict[str, float] = Field(default_factory=dict, description="per-layer channel ratios "
                                                "{module name: ratio}, e.g. from sensitivity analysis")
@@ -133,7 +137,8 @@ class PruneConfig(RecoveryConfig):
             raise ValueError("give a pruning target: ratio (channels removed), macs_target (fraction of MACs kept), "
                              "speedup_target (measured) or per_layer_ratios")
         if self.global_pruning and self.per_layer_ratios:
-            raise ValueError("global_pruning ranks channels across layers itself; drop per_layer_ratios or global_pruning")
+            raise ValueError("global_pruning ranks channels across layers itself; drop per_layer_ratios or "
+                             "global_pruning")
         return self
 
     @property

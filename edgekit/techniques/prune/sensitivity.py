@@ -50,7 +50,8 @@ class SensitivityResult:
         lines = [f"Baseline accuracy {self.baseline_accuracy:.2f}% (each group pruned alone, no fine-tune)", "",
                  head, "|" + "---|" * (len(self.ratios) + 2)]
         for g, accs in self.table().items():
-            lines.append(f"| {g} | {self._channels.get(g, '')} | " + " | ".join(f"{accs[r]:.2f}" for r in self.ratios) + " |")
+            cells = " | ".join(f"{accs[r]:.2f}" for r in self.ratios)
+            lines.append(f"| {g} | {self._channels.get(g, '')} | {cells} |")
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict:
@@ -139,7 +140,8 @@ def _write(res: SensitivityResult, out: Path) -> Dict[str, str]:
     return files
 
 
-def allocate_ratios(result: SensitivityResult, macs_target: float, max_ratio: Optional[float] = None) -> Dict[str, float]:
+def allocate_ratios(result: SensitivityResult, macs_target: float,
+                    max_ratio: Optional[float] = None) -> Dict[str, float]:
     """Per-group ratios meeting ``macs_target`` (fraction of MACs kept, estimated) with the least accuracy lost.
 
     Greedy: repeatedly raise, to the next measured ratio, the group whose step costs the least accuracy per

@@ -136,7 +136,8 @@ def prepare_qat(model: nn.Module, target: str = "cpu") -> torch.fx.GraphModule:
         gm = fuse(m)  # Conv+BN folded (eval statistics)
     except Exception as e:
         raise ConfigError(f"QAT needs a torch.fx-traceable model; {type(model).__name__} is not "
-                          f"({type(e).__name__}: {str(e)[:160]}); use dynamic quantisation for recurrent models") from None
+                          f"({type(e).__name__}: {str(e)[:160]}); use dynamic quantisation for recurrent "
+                          "models") from None
     for p in gm.parameters():  # fused biases come back frozen
         p.requires_grad_(True)
     signed, symmetric = scheme.activations == "int8", scheme.activation_symmetric
@@ -211,7 +212,8 @@ def _set_export(model: nn.Module, on: bool) -> None:
             m.export_mode = on
 
 
-def export_qat(model: nn.Module, sample: np.ndarray, path: str | Path, parity_data: Optional[np.ndarray] = None) -> Path:
+def export_qat(model: nn.Module, sample: np.ndarray, path: str | Path,
+               parity_data: Optional[np.ndarray] = None) -> Path:
     """Export a QAT model as QDQ ONNX with the dynamo exporter (QuantizeLinear/DequantizeLinear)."""
     import onnx
 
