@@ -173,8 +173,9 @@ def _run_job(ctx: StageContext, cfg: Any, t: Technique, hooks: StageHooks, job: 
         data["out_path"] = ctx.stage_dir / f"{job.name}.onnx"
     if hooks.data:
         data.update(hooks.data(ctx, cfg, job))
-    accepted = inspect.signature(t.apply).parameters
-    kwargs = {k: v for k, v in data.items() if k in accepted and k in DATA_KEYWORDS}
+    params = inspect.signature(t.apply).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in data.items() if k in DATA_KEYWORDS and (takes_all or k in params)}
 
     def apply() -> Result:
         return t.apply(model, job.config, **kwargs)

@@ -190,7 +190,7 @@ def _act_quants(model: nn.Module):
 
 
 def calibrate_qat(model: nn.Module, x: np.ndarray, batch_size: int = 64) -> None:
-    """Observe activation ranges on ``x`` and freeze every activation fake-quant's scale/zero point."""
+    """Observe activation ranges on ``x`` and freeze every activation fake-quant's scale/zero point (in place)."""
     fqs = _act_quants(model)
     for m in fqs:
         m.observing = True

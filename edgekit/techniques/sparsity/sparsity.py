@@ -225,7 +225,7 @@ def is_2to4_sparse(model: nn.Module, min_fraction: float = 1.0) -> bool:
     """True when at least ``min_fraction`` of the eligible layers' weights hold 2 zeros in every 4 (input dim).
 
     Example:
-        >>> is_2to4_sparse(sparsify_2to4(model).model)
+        >>> is_2to4_sparse(sparsify(model, {"method": "2:4", "finetune": {"epochs": 0}}).model)
         True
     """
     mods = dict(model.named_modules())
