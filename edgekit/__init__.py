@@ -7,7 +7,8 @@ Every stage is a plain function on ``nn.Module``s or ONNX files::
     model = edgekit.create_model("resnet_cifar", depth=20, num_classes=10, in_channels=3)
     edgekit.fit(model, splits.train, splits.val, {"epochs": 5, "lr": 0.1})
     edgekit.export_onnx(model, splits.val.x[:32], "model.onnx")
-    edgekit.benchmark(["model.onnx"], backends=["ort-cpu"], batches=[1, 8], threads=2)
+    edgekit.quantize("model.onnx", {"target": "cpu"}, calib=splits.train.x[:128], out_path="model.int8.onnx")
+    edgekit.benchmark(["model.onnx", "model.int8.onnx"], batches=[1, 8], threads=2)
 
 Names are imported lazily, so ``import edgekit`` stays light (no TensorRT, no CUDA, no quantiser).
 """
@@ -24,9 +25,13 @@ _API = {
     "model_names": "edgekit.models", "count_params": "edgekit.models",
     "load_data": "edgekit.data", "make_calibration": "edgekit.data", "load_calibration": "edgekit.data",
     # training and compression
-    "fit": "edgekit.core.train", "evaluate": "edgekit.core.train", "predict": "edgekit.core.train", "TrainConfig": "edgekit.core.train",
+    "fit": "edgekit.core.train", "evaluate": "edgekit.core.train", "predict": "edgekit.core.train",
+    "TrainConfig": "edgekit.core.train",
     "distill": "edgekit.techniques.distill.distill", "prune": "edgekit.techniques.prune.prune",
-    "quantize": "edgekit.techniques.quantize.ptq", "quantize_dynamic_model": "edgekit.techniques.quantize.ptq",
+    "sparsify": "edgekit.techniques.sparsity.sparsity", "quantize": "edgekit.techniques.quantize.ptq",
+    "quantize_dynamic_model": "edgekit.techniques.quantize.dynamic", "qat": "edgekit.techniques.quantize.qat",
+    "TECHNIQUES": "edgekit.techniques.base", "technique": "edgekit.techniques.base",
+    "register_technique": "edgekit.techniques.base",
     # export, runtimes, benchmarks
     "export_onnx": "edgekit.export.onnx", "build_engine": "edgekit.backends.tensorrt.build",
     "open_runner": "edgekit.backends", "available_backends": "edgekit.backends",

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
-from recipes import TINY
+TINY = (Path(__file__).parent / "data" / "tiny_recipe.yaml").read_text()  # a tiny valid recipe
+ZOO_MODEL = "  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}"
+
 
 
 def assert_clean_error(proc, *fragments):
@@ -19,20 +20,20 @@ def assert_clean_error(proc, *fragments):
         assert f in proc.stderr, (f, proc.stderr)
 
 
-def test_models_lists_registry():
-    p = run_cli("models", "--json")
+def test_models_lists_registry(cli):
+    p = cli("models", "--json")
     assert p.returncode == 0
     assert {"resnet18", "mobilenetv2", "vit", "rnn_classifier"} <= {r["name"] for r in json.loads(p.stdout)}
 
 
-def test_validate_ok_and_problems(tmp_path):
+def test_validate_ok_and_problems(tmp_path, cli):
     good = tmp_path / "good.yaml"
     good.write_text(TINY)
-    p = run_cli("recipe", "validate", str(good))
+    p = cli("recipe", "validate", str(good))
     assert p.returncode == 0 and "valid" in p.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY.replace("epochs: 2", "epochs: -2").replace("name: resnet_cifar", "name: resnet9"))
-    p = run_cli("recipe", "validate", str(bad))
+    p = cli("recipe", "validate", str(bad))
     assert_clean_error(p, "stages[0].epochs (line 13)")
 
 
@@ -41,7 +42,7 @@ def test_validate_ok_and_problems(tmp_path):
                                   "bad_batch_flag", "unwritable_runs_dir", "unknown_key", "wrong_type",
                                   "out_of_range", "corrupt_onnx", "missing_data_file", "calibration_wrong_shape",
                                   "unknown_stage"])
-def test_bad_input_battery(case, tmp_path, trained_resnet8):
+def test_bad_input_battery(case, tmp_path, trained_resnet8, cli):
     recipe = tmp_path / "r.yaml"
     text = TINY
     extra = []
@@ -55,7 +56,7 @@ def test_bad_input_battery(case, tmp_path, trained_resnet8):
         recipe = tmp_path / "nope.yaml"
         frag = "recipe not found"
     elif case == "missing_checkpoint":
-        text = TINY.replace("  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}", "  checkpoint: nowhere.pt")
+        text = TINY.replace(ZOO_MODEL, "  checkpoint: nowhere.pt")
         frag = "model.checkpoint not found"
     elif case == "wrong_arch_checkpoint":
         import torch
@@ -64,27 +65,27 @@ def test_bad_input_battery(case, tmp_path, trained_resnet8):
         payload["arch"]["kwargs"]["depth"] = 14
         payload["structure"] = {}
         torch.save(payload, tmp_path / "other.pt")
-        text = TINY.replace("  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}", f"  checkpoint: {tmp_path / 'other.pt'}")
+        text = TINY.replace(ZOO_MODEL, f"  checkpoint: {tmp_path / 'other.pt'}")
         frag = "do not fit architecture"
     elif case == "shape_mismatch":  # a 3-channel 16x16 checkpoint with 1-channel 8x8 data
-        text = TINY.replace("  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}", f"  checkpoint: {trained_resnet8.checkpoint}")
+        text = TINY.replace(ZOO_MODEL, f"  checkpoint: {trained_resnet8.checkpoint}")
         frag = "do not fit the model"
     elif case == "pickle_checkpoint":
         import torch
 
         torch.save({"format": "edgekit-checkpoint/1", "x": Path("/etc")}, tmp_path / "evil.pt")
-        text = TINY.replace("  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}", f"  checkpoint: {tmp_path / 'evil.pt'}")
+        text = TINY.replace(ZOO_MODEL, f"  checkpoint: {tmp_path / 'evil.pt'}")
         frag = "refused to load"
     elif case == "unknown_backend":
         text = TINY.replace("backend: tensorrt", "backend: ort-gpu")
         frag = "unknown backend 'ort-gpu'"
     elif case == "bad_batch_flag":
-        p = run_cli("bench", str(trained_resnet8.onnx), "--batch", "0,x")
+        p = cli("bench", str(trained_resnet8.onnx), "--batch", "0,x")
         assert_clean_error(p, "batch")
         return
     elif case == "corrupt_onnx":
         (tmp_path / "junk.onnx").write_bytes(b"\x00not onnx")
-        p = run_cli("bench", str(tmp_path / "junk.onnx"))
+        p = cli("bench", str(tmp_path / "junk.onnx"))
         assert_clean_error(p, "junk.onnx")
         return
     elif case == "unknown_key":
@@ -100,11 +101,13 @@ def test_bad_input_battery(case, tmp_path, trained_resnet8):
         text = TINY.replace("  - type: train", "  - type: prnue")
         frag = "did you mean 'prune'"
     elif case == "missing_data_file":
-        text = TINY.replace("  name: digits\n  image_size: 8\n  channels: 1", f"  name: npz\n  path: {tmp_path / 'no.npz'}")
+        text = TINY.replace("  name: digits\n  image_size: 8\n  channels: 1",
+                            f"  name: npz\n  path: {tmp_path / 'no.npz'}")
         frag = "not found"
     elif case == "calibration_wrong_shape":
         np.savez(tmp_path / "c.npz", x=np.zeros((16, 3, 8, 8), np.float32))
-        text = TINY.replace("    lr: 0.1\n", f"    lr: 0.1\n  - type: quantize\n    calibration: {tmp_path / 'c.npz'}\n")
+        text = TINY.replace("    lr: 0.1\n",
+                            f"    lr: 0.1\n  - type: quantize\n    calibration: {tmp_path / 'c.npz'}\n")
         frag = "stages[1].calibration"
     elif case == "unwritable_runs_dir":
         ro = tmp_path / "ro"
@@ -117,64 +120,64 @@ def test_bad_input_battery(case, tmp_path, trained_resnet8):
             extra = ["--runs-dir", str(tmp_path / "file" / "runs")]
     if case != "missing_recipe":
         recipe.write_text(text)
-    p = run_cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), *extra) if not extra else \
-        run_cli("run", str(recipe), *extra)
+    p = cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), *extra) if not extra else \
+        cli("run", str(recipe), *extra)
     assert_clean_error(p, frag)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
 
 
-def test_bad_input_never_destroys_an_existing_run(tmp_path):
+def test_bad_input_never_destroys_an_existing_run(tmp_path, cli):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(TINY)
     run = tmp_path / "runs" / "r" / "keep"
     run.mkdir(parents=True)
     (run / "manifest.json").write_text('{"schema": "edgekit-manifest/1"}')
     (run / "report.md").write_text("precious")
-    p = run_cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--name", "keep")
+    p = cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--name", "keep")
     assert_clean_error(p, "already exists")
     recipe.write_text(TINY.replace("epochs: 2", "epochs: -1"))
-    p = run_cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--name", "keep", "--resume")
+    p = cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--name", "keep", "--resume")
     assert_clean_error(p, "stages[0].epochs")
     assert (run / "report.md").read_text() == "precious"
     assert sorted(x.name for x in run.iterdir()) == ["manifest.json", "report.md"]
 
 
-def test_debug_shows_traceback(tmp_path):
-    p = run_cli("--debug", "recipe", "validate", str(tmp_path / "none.yaml"))
+def test_debug_shows_traceback(tmp_path, cli):
+    p = cli("--debug", "recipe", "validate", str(tmp_path / "none.yaml"))
     assert p.returncode != 0 and "Traceback" in p.stderr
 
 
-def test_make_calib_writes_npz(tmp_path):
+def test_make_calib_writes_npz(tmp_path, cli):
     out = tmp_path / "c.npz"
-    p = run_cli("data", "make-calib", "--dataset", "digits", "--image-size", "8", "--samples", "16", "--out", str(out))
+    p = cli("data", "make-calib", "--dataset", "digits", "--image-size", "8", "--samples", "16", "--out", str(out))
     assert p.returncode == 0
     with np.load(out) as f:
         assert f["x"].shape == (16, 1, 8, 8) and f["x"].dtype == np.float32
 
 
 @pytest.mark.slow
-def test_prune_sensitivity_export_and_quantize_commands(tmp_path, trained_resnet8):
+def test_prune_sensitivity_export_and_quantize_commands(tmp_path, trained_resnet8, cli):
     out = tmp_path / "sens"
-    p = run_cli("prune", str(trained_resnet8.checkpoint), "--sensitivity", "--data", "digits", "--ratios", "0.5",
+    p = cli("prune", str(trained_resnet8.checkpoint), "--sensitivity", "--data", "digits", "--ratios", "0.5",
                 "--out", str(out))
     assert p.returncode == 0, p.stderr
     assert (out / "sensitivity.json").is_file() and "| group |" in p.stdout
     pruned = tmp_path / "pruned.pt"
-    p = run_cli("prune", str(trained_resnet8.checkpoint), "--ratio", "0.3", "--data", "digits", "--finetune-epochs", "1",
+    p = cli("prune", str(trained_resnet8.checkpoint), "--ratio", "0.3", "--data", "digits", "--finetune-epochs", "1",
                 "--out", str(pruned))
     assert p.returncode == 0, p.stderr
     assert "MACs" in p.stdout and pruned.is_file()
     onnx_path = tmp_path / "pruned.onnx"
-    p = run_cli("export", str(pruned), "--data", "digits", "--out", str(onnx_path))
+    p = cli("export", str(pruned), "--data", "digits", "--out", str(onnx_path))
     assert p.returncode == 0, p.stderr
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=trained_resnet8.splits.train.x[:64])
-    p = run_cli("quantize", str(onnx_path), "--calib", str(calib), "--out", str(tmp_path / "q.onnx"))
+    p = cli("quantize", str(onnx_path), "--calib", str(calib), "--out", str(tmp_path / "q.onnx"))
     assert p.returncode == 0, p.stderr
     assert "int8 MAC coverage" in p.stdout
 
 
-def test_prune_command_needs_one_target(tmp_path, trained_resnet8):
-    p = run_cli("prune", str(trained_resnet8.checkpoint), "--out", str(tmp_path / "x.pt"))
+def test_prune_command_needs_one_target(tmp_path, trained_resnet8, cli):
+    p = cli("prune", str(trained_resnet8.checkpoint), "--out", str(tmp_path / "x.pt"))
     assert_clean_error(p, "exactly one of --ratio")
     assert not (tmp_path / "x.pt").exists()

@@ -21,7 +21,7 @@ def _free_port() -> int:
 
 def _launch(out_dir: Path, n_train: int) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for attempt in range(2):  # a port taken between probing and binding: retry once with another
+    for _attempt in range(2):  # a port taken between probing and binding: retry once with another
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(out_dir),
                str(n_train)]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgekit.errors import ConfigError, ShapeError
+from edgekit.errors import ConfigError, ShapeError, validated_config
 from edgekit.techniques.distill._losses import (
     HintAdapter,
     attention_map,
@@ -124,11 +124,11 @@ def test_hint_loss_interpolates_and_trains_adapter():
                                         ({"attention": {"weight": -1}}, "distill.attention.weight")])
 def test_config_errors_name_the_field(bad, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        DistillConfig.parse(bad)
+        validated_config(DistillConfig, bad, "distill")
 
 
 def test_config_defaults_and_shorthand():
-    cfg = DistillConfig.parse({"attention": 2.5})
+    cfg = validated_config(DistillConfig, {"attention": 2.5}, "distill")
     assert cfg.attention.weight == 2.5 and cfg.attention.pairs is None and not cfg.hints.enabled
     assert cfg.temperature == 4.0 and cfg.alpha == 0.9 and cfg.cache_teacher_logits
     assert all(f.description for f in DistillConfig.model_fields.values())

@@ -24,6 +24,9 @@ def _recipe(model=None, **distill):
     ({"student": {"depth": 8}}, r"student needs a 'name'"),
     ({"tempreature": 2.0}, r"tempreature"),
     ({"attention": {"weight": 1.0, "pairz": []}}, r"pairz"),
+    ({"teacher": None}, r"stages\[0\]\.teacher: this stage needs a teacher"),
+    ({"teacher": "original"}, r"stages\[0\]\.teacher: 'original' was renamed to 'parent'"),
+    ({"train": {"epochz": 3}}, r"stages\[0\]\.train\.epochz: unknown key \(did you mean 'epochs'"),
 ])
 def test_stage_config_errors(override, match):
     from edgekit.pipeline.recipe import validate_recipe

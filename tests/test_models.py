@@ -100,3 +100,19 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
 def test_registry_lists_required_families():
     names = set(model_names())
     assert {"small_cnn", "resnet_cifar", "resnet18", "mobilenetv2", "rnn_classifier", "vit"} <= names
+
+
+@pytest.mark.parametrize("name,kwargs,stages,classifier", [
+    ("resnet_cifar", {"depth": 8}, ["layer1", "layer2", "layer3"], "fc"),  # layer4 is an Identity here
+    ("resnet18", {}, ["layer1", "layer2", "layer3", "layer4"], "fc"),
+    ("vit", {"depth": 3}, ["blocks.0", "blocks.1", "blocks.2"], "head"),
+    ("small_cnn", {"depth": 2}, ["0", "1"], "4"),
+])
+def test_architectures_declare_their_feature_stages_and_classifier(name, kwargs, stages, classifier):
+    from edgekit.models import model_layout
+
+    model = create_model(name, **kwargs)
+    layout = model_layout(model)
+    assert layout.feature_stages(model) == stages and layout.classifier_name(model) == classifier
+    assert isinstance(model.get_submodule(classifier), torch.nn.Linear)
+    assert model_layout(torch.nn.Linear(2, 2)).feature_stages(torch.nn.Linear(2, 2)) == []  # not from the zoo

@@ -5,13 +5,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from edgekit.errors import RunDirectoryError
 from edgekit.pipeline import run_recipe
 from edgekit.pipeline.recipe import load_recipe
-from recipes import TINY
+
+TINY = (Path(__file__).parent / "data" / "tiny_recipe.yaml").read_text()  # a tiny valid recipe
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import stage_context
 from onnx import numpy_helper
 
 
@@ -15,8 +14,9 @@ def qat_cpu(trained_resnet8, tmp_path_factory):
 
     s = trained_resnet8.splits
     d = tmp_path_factory.mktemp("qat")
-    return qat(trained_resnet8.module, s.train.take(256), s.val, d / "qat.onnx",
-               config={"target": "cpu", "epochs": 1, "calibration_samples": 64}, seed=0)
+    model = trained_resnet8.module
+    return qat(model, {"target": "cpu", "epochs": 1, "calibration_samples": 64}, train=s.train.take(256), val=s.val,
+               out_path=d / "qat.onnx", teacher=model, seed=0)
 
 
 def test_qat_export_is_qdq_and_runs_int8_in_ort(qat_cpu, trained_resnet8):
@@ -25,20 +25,21 @@ def test_qat_export_is_qdq_and_runs_int8_in_ort(qat_cpu, trained_resnet8):
     from edgekit.core.train import evaluate
     from edgekit.techniques.quantize.coverage import int8_coverage
 
-    ops = {n.op_type for n in onnx.load(str(qat_cpu.path)).graph.node}
+    ops = {n.op_type for n in onnx.load(str(qat_cpu.artifact)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert "BatchNormalization" not in ops  # BN folded before fake-quant, as deployed
-    rep = int8_coverage(qat_cpu.path)
+    rep = int8_coverage(qat_cpu.artifact)
     assert rep.int8_fraction > 0.9 and "QLinearConv" in rep.optimized_ops
     s = trained_resnet8.splits
-    runner = open_runner(qat_cpu.path, "ort-cpu", threads=2)
+    runner = open_runner(qat_cpu.artifact, "ort-cpu", threads=2)
     assert runner.info["precision"] == "int8"
     fp32_val = evaluate(trained_resnet8.module, s.val)
     assert abs(evaluate(runner, s.val) - qat_cpu.val_accuracy) < 1e-9
     assert fp32_val - qat_cpu.val_accuracy <= 3.0, (fp32_val, qat_cpu.val_accuracy)
-    side = read_sidecar(qat_cpu.path)
+    side = read_sidecar(qat_cpu.artifact)
     assert side["precision"] == "int8" and side["target"] == "cpu" and side["mode"] == "qat"
-    assert side["qat"]["kd"] is True
+    assert side["qat"]["kd"] is True and side == qat_cpu.sidecar
+    assert qat_cpu.model is None and qat_cpu.metrics["val_accuracy"] == qat_cpu.val_accuracy
 
 
 def test_qat_activation_scheme_follows_target(trained_resnet8):
@@ -82,7 +83,7 @@ def test_qat_refuses_untraceable_models(trained_lstm, tmp_path):
 
     s = trained_lstm.splits
     with pytest.raises(ConfigError, match="dynamic quantisation"):
-        qat(trained_lstm.module, s.train.take(64), s.val, tmp_path / "q.onnx", config={"epochs": 0})
+        qat(trained_lstm.module, {"epochs": 0}, train=s.train.take(64), val=s.val, out_path=tmp_path / "q.onnx")
     assert not (tmp_path / "q.onnx").exists()
 
 
@@ -91,23 +92,42 @@ def test_qat_config_rejects_typos(trained_resnet8, tmp_path):
     from edgekit.techniques.quantize.qat import qat
 
     s = trained_resnet8.splits
-    with pytest.raises(ConfigError, match="epoch"):
-        qat(trained_resnet8.module, s.train.take(64), s.val, tmp_path / "q.onnx", config={"epoch": 1})
+    with pytest.raises(ConfigError, match=r"qat\.epoch: unknown field \(did you mean 'epochs'"):
+        qat(trained_resnet8.module, {"epoch": 1}, train=s.train.take(64), val=s.val, out_path=tmp_path / "q.onnx")
+    with pytest.raises(ConfigError, match=r"qat\.target: unknown quantisation target 'tpu'"):
+        qat(trained_resnet8.module, {"target": "tpu"}, train=s.train.take(64), val=s.val, out_path=tmp_path / "q.onnx")
 
 
 def test_qat_stage(trained_resnet8, tmp_path):
     from dataclasses import replace
 
     from edgekit.data import Split
-    from edgekit.pipeline.stages import STAGES, Variant, load_stage_modules
+    from edgekit.pipeline.stages import STAGES, StageContext, Variant, load_stage_modules
 
     load_stage_modules()
-    cls, fn = STAGES.get("qat")
+    cls, fn = STAGES.get("qat").config, STAGES.get("qat").run
     s = trained_resnet8.splits
     small = replace(s, train=Split(s.train.x[:128], s.train.y[:128]))
     v = Variant("reference", None, str(trained_resnet8.checkpoint), str(trained_resnet8.onnx))
-    ctx = stage_context(tmp_path, {"reference": v}, small)
-    out = fn(ctx, cls(epochs=0, teacher="none", calibration_samples=32))  # observer (PTQ) scales only: fast
+    (tmp_path / "stage").mkdir()
+    ctx = StageContext(tmp_path, tmp_path / "stage", 0, 2, None, {"reference": v}, lambda: small)
+    out = fn(ctx, cls(epochs=0, teacher=None, calibration_samples=32))  # observer (PTQ) scales only: fast
     (var,) = out.variants
     assert var.name == "reference-qat-cpu" and var.meta["target"] == "cpu" and var.meta["precision"] == "int8"
     assert var.metrics["int8_mac_fraction"] > 0.9 and var.metrics["test_accuracy"] > 50.0
+    assert var.meta["teacher"] is None and var.meta["qat"]["kd"] is False
+
+
+def test_a_registered_target_drives_the_qat_scheme(trained_resnet8):
+    """QAT reads signedness and symmetry from the target's scheme: a temporary uint8-symmetric target."""
+    from dataclasses import replace
+
+    from edgekit.techniques.quantize.config import TARGETS
+    from edgekit.techniques.quantize.qat import ActFakeQuant, calibrate_qat, prepare_qat
+
+    scheme = replace(TARGETS.get("cpu"), target="u8sym", activation_symmetric=True)
+    with TARGETS.temporary("u8sym", scheme):
+        qm = prepare_qat(trained_resnet8.module, "u8sym")
+        calibrate_qat(qm, trained_resnet8.splits.train.x[:32])
+    fqs = [m for m in qm.modules() if isinstance(m, ActFakeQuant)]
+    assert fqs and all(not m.signed and m.symmetric and m.zero_point == 128 for m in fqs)

@@ -1,6 +1,8 @@
 """Static INT8 PTQ: accuracy within budget, target flavours, int8 coverage, sidecar, target warnings."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -14,10 +16,10 @@ def quantised(trained_resnet8, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("quant")
     s = trained_resnet8.splits
-    out = {t: quantize(trained_resnet8.onnx, s.train.x[:128], d / f"{t}.onnx", target=t, val=s.val)
-           for t in ("cpu", "tensorrt")}
-    out["cpu-budget"] = quantize(trained_resnet8.onnx, s.train.x[:128], d / "cpu-budget.onnx", val=s.val,
-                                 max_accuracy_drop=0.5)
+    out = {t: quantize(trained_resnet8.onnx, {"target": t}, calib=s.train.x[:128], out_path=d / f"{t}.onnx",
+                       val=s.val) for t in ("cpu", "tensorrt")}
+    out["cpu-budget"] = quantize(trained_resnet8.onnx, {"max_accuracy_drop": 0.5}, calib=s.train.x[:128],
+                                 out_path=d / "cpu-budget.onnx", val=s.val)
     return out
 
 
@@ -36,22 +38,22 @@ def test_cpu_int8_within_budget_of_fp32(quantised, trained_resnet8):
     s = trained_resnet8.splits
     fp32 = evaluate(open_runner(trained_resnet8.onnx, "ort-cpu", threads=2), s.test)
     res = quantised["cpu-budget"]
-    int8 = evaluate(open_runner(res.path, "ort-cpu", threads=2), s.test)
+    int8 = evaluate(open_runner(res.artifact, "ort-cpu", threads=2), s.test)
     assert fp32 > 70.0  # the fixture model is trained
     assert res.accuracy["fp32_val"] - res.accuracy["int8_val"] <= 0.5  # the budget (val)
     assert fp32 - int8 <= 1.0, (fp32, int8)  # held-out test: within a point
 
 
 def test_target_flavours_differ_in_the_graph(quantised):
-    cpu_types, cpu_zp = _activation_qparams(quantised["cpu"].path)
-    trt_types, trt_zp = _activation_qparams(quantised["tensorrt"].path)
+    cpu_types, cpu_zp = _activation_qparams(quantised["cpu"].artifact)
+    trt_types, trt_zp = _activation_qparams(quantised["tensorrt"].artifact)
     assert cpu_types == {np.dtype(np.uint8)}  # U8S8: asymmetric uint8 activations
     assert (cpu_zp != 0).any()
     assert trt_types == {np.dtype(np.int8)}  # TensorRT: symmetric int8, zero point 0
     assert (trt_zp == 0).all()
     # weights: int8 per-channel (one scale per output channel) in both flavours
     for res in (quantised["cpu"], quantised["tensorrt"]):
-        m = onnx.load(str(res.path))
+        m = onnx.load(str(res.artifact))
         inits = {i.name: i for i in m.graph.initializer}
         w_dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized")
                 and inits.get(n.input[0]) is not None and len(inits[n.input[0]].dims) == 4]
@@ -59,7 +61,7 @@ def test_target_flavours_differ_in_the_graph(quantised):
         for n in w_dq:
             assert inits[n.input[0]].data_type == onnx.TensorProto.INT8
             assert inits[n.input[1]].dims[0] == inits[n.input[0]].dims[0]  # per-channel scales
-    trt_ops = {n.op_type for n in onnx.load(str(quantised["tensorrt"].path)).graph.node}
+    trt_ops = {n.op_type for n in onnx.load(str(quantised["tensorrt"].artifact)).graph.node}
     assert "Relu" in trt_ops  # kept explicit for TensorRT's own fusion
 
 
@@ -82,26 +84,24 @@ def test_coverage_of_float_model_is_zero(trained_resnet8):
 def test_sidecar_records_target_scheme_and_calibration(quantised):
     from edgekit._io import read_sidecar
 
-    side = read_sidecar(quantised["tensorrt"].path)
+    side = read_sidecar(quantised["tensorrt"].artifact)
+    assert side == json.loads(json.dumps(quantised["tensorrt"].sidecar))  # the result's sidecar is the file's
     assert side["precision"] == "int8" and side["target"] == "tensorrt"
     assert side["calibration"]["method"] == "minmax" and side["calibration"]["samples"] == 128
     assert side["quant_scheme"]["activations"] == "int8" and side["quant_scheme"]["activation_symmetric"] is True
     assert side["quant_scheme"]["per_channel"] is True
     assert 0 < side["int8_mac_fraction"] < 1 and side["float_layers"] == []
     assert side["runtime_float_layers"]  # what ORT CPU leaves in float is listed
-    cpu_side = read_sidecar(quantised["cpu"].path)
+    cpu_side = read_sidecar(quantised["cpu"].artifact)
     assert cpu_side["quant_scheme"]["activations"] == "uint8" and cpu_side["target"] == "cpu"
 
 
-def test_check_target_warns_on_mismatched_backend(quantised, trained_resnet8):
-    from edgekit.techniques.quantize.ptq import check_target
-
-    msg = check_target(quantised["tensorrt"].path, "ort-cpu")
-    assert msg and "tensorrt" in msg and "ort-cpu" in msg
-    assert check_target(quantised["cpu"].path, "ort-cpu") is None
-    assert "target 'cpu'" in check_target(quantised["cpu"].path, "tensorrt")
-    assert check_target(quantised["tensorrt"].path, "tensorrt") is None
-    assert check_target(trained_resnet8.onnx, "tensorrt") is None  # fp32: nothing to say
+def test_result_has_the_common_shape(quantised):
+    res = quantised["cpu-budget"]
+    assert res.model is None and res.artifact.is_file()
+    assert res.metrics["int8_mac_fraction"] == res.int8_mac_fraction and res.metrics["float_layers"] == 0
+    assert res.metrics["fp32_val"] - res.metrics["int8_val"] <= 0.5
+    assert res.sidecar["precision"] == "int8" and res.sidecar["accuracy"]["max_accuracy_drop"] == 0.5
 
 
 @pytest.mark.parametrize("method,kw", [("entropy", {}), ("percentile", {"percentile": 99.9})])
@@ -110,17 +110,32 @@ def test_other_calibration_methods(trained_resnet8, tmp_path, method, kw):
     from edgekit.techniques.quantize.ptq import quantize
 
     s = trained_resnet8.splits
-    res = quantize(trained_resnet8.onnx, s.train.x[:64], tmp_path / "q.onnx", method=method, val=s.val, **kw)
+    res = quantize(trained_resnet8.onnx, {"method": method, **kw}, calib=s.train.x[:64], out_path=tmp_path / "q.onnx",
+                   val=s.val)
     assert res.accuracy["fp32_val"] - res.accuracy["int8_val"] <= 1.5
-    assert read_sidecar(res.path)["calibration"]["method"] == method
+    assert read_sidecar(res.artifact)["calibration"]["method"] == method
 
 
-def test_exclude_nodes_stay_float(trained_resnet8, tmp_path):
+def test_excluded_nodes_stay_float(trained_resnet8, tmp_path):
     from edgekit.techniques.quantize.ptq import quantize
 
     s = trained_resnet8.splits
     first = next(n.name for n in onnx.load(str(trained_resnet8.onnx)).graph.node if n.op_type == "Conv")
-    res = quantize(trained_resnet8.onnx, s.train.x[:64], tmp_path / "q.onnx", exclude_nodes=[first])
+    res = quantize(trained_resnet8.onnx, {"exclude": [first]}, calib=s.train.x[:64], out_path=tmp_path / "q.onnx")
     assert res.float_layers == [first]
     assert first in res.runtime_float_layers
     assert 0.5 < res.int8_mac_fraction < 1.0
+
+
+def test_exclude_scope_by_pattern_and_op_type(trained_resnet8, tmp_path):
+    from edgekit.techniques.quantize.ptq import quantize
+
+    s = trained_resnet8.splits
+    nodes = {n.name: n.op_type for n in onnx.load(str(trained_resnet8.onnx)).graph.node}
+    res = quantize(trained_resnet8.onnx, {"exclude": {"patterns": ["/layer3/*"]}}, calib=s.train.x[:64],
+                   out_path=tmp_path / "p.onnx")
+    assert res.float_layers == [n for n in nodes if n.startswith("/layer3/")] and res.float_layers
+    res = quantize(trained_resnet8.onnx, {"exclude": {"types": ["Gemm"]}}, calib=s.train.x[:64],
+                   out_path=tmp_path / "t.onnx")
+    assert res.float_layers == [n for n, t in nodes.items() if t == "Gemm"] and res.float_layers
+    assert set(res.float_layers) <= set(res.runtime_float_layers)

@@ -5,9 +5,25 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import stage_context
 
 from edgekit.errors import AccuracyBudgetError
+
+
+def stage_context(tmp_path, variants, splits):
+    """A context for calling one stage directly (seed 0, 2 threads, no recipe)."""
+    from edgekit.pipeline.stages import StageContext
+
+    (tmp_path / "stage").mkdir()
+    return StageContext(tmp_path, tmp_path / "stage", 0, 2, None, dict(variants), lambda: splits)
+
+
+def quantize_stage():
+    """The generated `quantize` stage: (config class, function)."""
+    from edgekit.pipeline.stages import STAGES, load_stage_modules
+
+    load_stage_modules()
+    stage = STAGES.get("quantize")
+    return stage.config, stage.run
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +57,8 @@ def test_fallback_meets_a_tight_budget(outlier_resnet, trained_resnet8, tmp_path
     from edgekit.techniques.quantize.ptq import quantize
 
     s = trained_resnet8.splits
-    res = quantize(outlier_resnet, s.train.x[:128], tmp_path / "q.onnx", val=s.val, max_accuracy_drop=0.5)
+    res = quantize(outlier_resnet, {"max_accuracy_drop": 0.5}, calib=s.train.x[:128], out_path=tmp_path / "q.onnx",
+                   val=s.val)
     acc = res.accuracy
     assert acc["fp32_val"] - acc["int8_val_all_layers"] > 0.5  # the budget was really exceeded first
     assert acc["fp32_val"] - acc["int8_val"] <= 0.5  # and met after fallback
@@ -50,7 +67,7 @@ def test_fallback_meets_a_tight_budget(outlier_resnet, trained_resnet8, tmp_path
     step = res.fallback[-1]
     assert step["layer"] == res.float_layers[-1] and step["latency_ms"] > 0 and step["slowdown_vs_int8"] > 0
     assert 0.5 < res.int8_mac_fraction < 1.0
-    assert read_sidecar(res.path)["float_layers"] == res.float_layers
+    assert read_sidecar(res.artifact)["float_layers"] == res.float_layers
 
 
 def test_fallback_that_cannot_meet_the_budget_raises_with_numbers(outlier_resnet, trained_resnet8, tmp_path):
@@ -58,8 +75,8 @@ def test_fallback_that_cannot_meet_the_budget_raises_with_numbers(outlier_resnet
 
     s = trained_resnet8.splits
     with pytest.raises(AccuracyBudgetError, match=r"fp32 \d+\.\d+%.*budget max_accuracy_drop=0\.5") as e:
-        quantize(outlier_resnet, s.train.x[:128], tmp_path / "q.onnx", val=s.val, max_accuracy_drop=0.5,
-                 max_fallback_layers=0)
+        quantize(outlier_resnet, {"max_accuracy_drop": 0.5, "max_fallback_layers": 0}, calib=s.train.x[:128],
+                 out_path=tmp_path / "q.onnx", val=s.val)
     assert e.value.measured["fp32_accuracy"] - e.value.measured["final_accuracy"] > 0.5
     assert e.value.measured["steps"] == []
     assert not (tmp_path / "q.onnx").exists()
@@ -68,19 +85,20 @@ def test_fallback_that_cannot_meet_the_budget_raises_with_numbers(outlier_resnet
 def test_dynamic_lstm_keeps_accuracy_and_shrinks(trained_lstm, tmp_path):
     from edgekit.backends import open_runner
     from edgekit.core.train import evaluate
-    from edgekit.techniques.quantize.ptq import quantize_dynamic_model
+    from edgekit.techniques.quantize.ptq import quantize
 
     s = trained_lstm.splits
-    res = quantize_dynamic_model(trained_lstm.onnx, tmp_path / "lstm.int8.onnx", val=s.val)
+    res = quantize(trained_lstm.onnx, {"mode": "dynamic", "per_channel": False}, out_path=tmp_path / "lstm.int8.onnx",
+                   val=s.val)
     fp32 = evaluate(open_runner(trained_lstm.onnx, "ort-cpu", threads=2), s.test)
-    int8 = evaluate(open_runner(res.path, "ort-cpu", threads=2), s.test)
+    int8 = evaluate(open_runner(res.artifact, "ort-cpu", threads=2), s.test)
     assert fp32 > 70.0
     assert fp32 - int8 <= 2.0, (fp32, int8)
-    assert res.path.stat().st_size < 0.6 * Path(trained_lstm.onnx).stat().st_size
+    assert res.artifact.stat().st_size < 0.6 * Path(trained_lstm.onnx).stat().st_size
     assert res.mode == "dynamic" and res.int8_mac_fraction > 0.5
     import onnx
 
-    assert "DynamicQuantizeLSTM" in {n.op_type for n in onnx.load(str(res.path)).graph.node}
+    assert "DynamicQuantizeLSTM" in {n.op_type for n in onnx.load(str(res.artifact)).graph.node}
 
 
 def _ctx(tmp_path, trained, splits):
@@ -91,10 +109,7 @@ def _ctx(tmp_path, trained, splits):
 
 
 def test_quantize_stage_produces_both_targets(trained_resnet8, tmp_path):
-    from edgekit.pipeline.stages import STAGES, load_stage_modules
-
-    load_stage_modules()
-    cls, fn = STAGES.get("quantize")
+    cls, fn = quantize_stage()
     cfg = cls(targets=["cpu", "tensorrt"], samples=64, max_accuracy_drop=1.0)
     out = fn(_ctx(tmp_path, trained_resnet8, trained_resnet8.splits), cfg)
     names = [v.name for v in out.variants]
@@ -106,31 +121,30 @@ def test_quantize_stage_produces_both_targets(trained_resnet8, tmp_path):
     assert os.path.isfile(cpu.onnx) and cpu.parent == "reference"
 
 
-def test_quantize_stage_config_rejects_typos():
+def test_quantize_stage_config_is_the_technique_config_plus_stage_fields():
     from pydantic import ValidationError
 
-    from edgekit.pipeline.stage_quantize import QuantizeStage
+    from edgekit.techniques.quantize.config import QuantizeConfig
 
-    with pytest.raises(ValidationError):
-        QuantizeStage(methd="minmax")
-    with pytest.raises(ValidationError):
-        QuantizeStage(target="gpu")
-
-
-def test_dynamic_stage_refuses_tensorrt(trained_lstm, tmp_path):
-    from edgekit.errors import ConfigError
-    from edgekit.pipeline.stage_quantize import QuantizeStage, run_quantize
-
-    with pytest.raises(ConfigError, match="dynamic"):
-        run_quantize(_ctx(tmp_path, trained_lstm, trained_lstm.splits), QuantizeStage(mode="dynamic", target="tensorrt"))
+    cls, _ = quantize_stage()
+    extra = {"type", "input", "name", "targets", "calibration", "allow_qat", "qat_epochs"}
+    assert set(cls.model_fields) == set(QuantizeConfig.model_fields) | extra
+    with pytest.raises(ValidationError, match="methd"):
+        cls(methd="minmax")
+    with pytest.raises(ValidationError, match="unknown quantisation target 'gpu'"):
+        cls(target="gpu")
+    with pytest.raises(ValidationError, match="mode 'dynamic' runs only on targets cpu"):
+        cls(mode="dynamic", targets=["cpu", "tensorrt"])
+    with pytest.raises(ValidationError, match="mode 'dynamic' runs only on targets cpu"):
+        cls(mode="dynamic", target="tensorrt")
 
 
 def test_stage_escalates_to_qat_when_fallback_is_not_allowed_to_help(outlier_resnet, trained_resnet8, tmp_path):
     """max_fallback_layers=0 + allow_qat: the stage must run QAT (here 0 epochs: observer scales only, which
     share PTQ's per-tensor outlier problem) and then fail with both the fallback and the QAT numbers."""
-    from edgekit.pipeline.stage_quantize import QuantizeStage, run_quantize
     from edgekit.pipeline.stages import Variant
 
+    QuantizeStage, run_quantize = quantize_stage()
     v = Variant("outlier", None, str(outlier_resnet.with_suffix(".pt")), str(outlier_resnet))
     ctx = stage_context(tmp_path, {"outlier": v}, trained_resnet8.splits)
     cfg = QuantizeStage(max_accuracy_drop=0.5, max_fallback_layers=0, allow_qat=True, qat_epochs=0)

@@ -24,7 +24,7 @@ def test_bad_calibration_data(trained_resnet8, tmp_path, make, err, words):
 
     out = tmp_path / "q.onnx"
     with pytest.raises(err, match=words):
-        quantize(trained_resnet8.onnx, make(trained_resnet8.splits), out)
+        quantize(trained_resnet8.onnx, calib=make(trained_resnet8.splits), out_path=out)
     assert _no_output(tmp_path)
 
 
@@ -34,9 +34,9 @@ def test_bad_calibration_npz(trained_resnet8, tmp_path):
     bad = tmp_path / "calib.npz"
     np.savez(bad, x=np.zeros((4, 3, 8, 8), np.float32))
     with pytest.raises(ShapeError, match="expects"):
-        quantize(trained_resnet8.onnx, str(bad), tmp_path / "q.onnx")
+        quantize(trained_resnet8.onnx, calib=str(bad), out_path=tmp_path / "q.onnx")
     with pytest.raises(InputFileError, match="not found"):
-        quantize(trained_resnet8.onnx, str(tmp_path / "missing.npz"), tmp_path / "q.onnx")
+        quantize(trained_resnet8.onnx, calib=str(tmp_path / "missing.npz"), out_path=tmp_path / "q.onnx")
     assert not (tmp_path / "q.onnx").exists()
 
 
@@ -44,9 +44,9 @@ def test_already_quantised_model_is_refused(trained_resnet8, tmp_path):
     from edgekit.techniques.quantize.ptq import quantize
 
     s = trained_resnet8.splits
-    q = quantize(trained_resnet8.onnx, s.train.x[:32], tmp_path / "int8.onnx").path
+    q = quantize(trained_resnet8.onnx, calib=s.train.x[:32], out_path=tmp_path / "int8.onnx").artifact
     with pytest.raises(InputFileError, match="already quantised"):
-        quantize(q, s.train.x[:32], tmp_path / "int8-again.onnx")
+        quantize(q, calib=s.train.x[:32], out_path=tmp_path / "int8-again.onnx")
     assert not (tmp_path / "int8-again.onnx").exists()
 
 
@@ -54,12 +54,17 @@ def test_already_quantised_model_is_refused(trained_resnet8, tmp_path):
                                       ({"target": "tpu"}, "valid: cpu, tensorrt"),
                                       ({"percentile": 120.0}, "percentile"),
                                       ({"samples": 0}, "samples"),
-                                      ({"exclude_nodes": ["/no/such/Conv"]}, "not in")])
+                                      ({"exclude": ["/no/such/Conv"]}, r"quantize\.exclude\.names: '/no/such/Conv' is "
+                                                                      r"not a node.*include: /stem/stem\.0/Conv"),
+                                      ({"exclude": {"patterns": ["/nowhere/*"]}}, "matches no node"),
+                                      ({"exclude": {"types": ["LSTM"]}}, r"no node .* is a 'LSTM'; types present"),
+                                      ({"exclude_nodes": ["/stem/stem.0/Conv"]}, "exclude_nodes: renamed to 'exclude'"),
+                                      ({"mode": "dynamic", "target": "tensorrt"}, "mode 'dynamic' runs only on")])
 def test_bad_settings(trained_resnet8, tmp_path, kw, words):
     from edgekit.techniques.quantize.ptq import quantize
 
     with pytest.raises(ConfigError, match=words):
-        quantize(trained_resnet8.onnx, trained_resnet8.splits.train.x[:16], tmp_path / "q.onnx", **kw)
+        quantize(trained_resnet8.onnx, kw, calib=trained_resnet8.splits.train.x[:16], out_path=tmp_path / "q.onnx")
     assert _no_output(tmp_path)
 
 
@@ -68,11 +73,11 @@ def test_missing_and_non_onnx_model(tmp_path):
 
     x = np.zeros((4, 3, 16, 16), np.float32)
     with pytest.raises(InputFileError):
-        quantize(tmp_path / "nope.onnx", x, tmp_path / "q.onnx")
+        quantize(tmp_path / "nope.onnx", calib=x, out_path=tmp_path / "q.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     with pytest.raises(InputFileError, match="not a readable ONNX"):
-        quantize(junk, x, tmp_path / "q.onnx")
+        quantize(junk, calib=x, out_path=tmp_path / "q.onnx")
     assert not (tmp_path / "q.onnx").exists()
 
 

@@ -72,19 +72,19 @@ def _cmd_prune(args) -> int:
         raise ConfigError("--out is required: where the pruned checkpoint goes (e.g. pruned.pt)")
     from edgekit.techniques.prune.prune import prune
 
-    cfg: dict = {"importance": args.importance, "round_to": args.round_to, "teacher": "original" if splits else "none",
+    cfg: dict = {"importance": args.importance, "round_to": args.round_to,
                  "finetune": {"epochs": args.finetune_epochs if splits else 0, "lr": args.lr}}
     given = [k for k in ("ratio", "macs_target", "speedup_target") if getattr(args, k) is not None]
     if len(given) != 1:
         raise ConfigError("give exactly one of --ratio, --macs-target, --speedup-target")
     cfg[given[0]] = getattr(args, given[0])
-    if args.protect:
-        cfg["protect"] = args.protect.split(",")
+    if args.exclude:
+        cfg["exclude"] = args.exclude.split(",")
     import numpy as np
 
     example = splits.val.x[:8] if splits else np.zeros((1, *meta["input_shape"]), np.float32)
-    res = prune(model, example, cfg, train=splits.train if splits else None, val=splits.val if splits else None,
-                teacher=model if splits else None, seed=args.seed)
+    res = prune(model, cfg, example_input=example, train=splits.train if splits else None,
+                val=splits.val if splits else None, teacher=model if splits else None, seed=args.seed)
     save_checkpoint(res.model, args.out, {**meta, "pruned": {"macs_fraction": res.macs_fraction}})
     acc = f", val accuracy {res.val_accuracy:.1f}%" if res.val_accuracy is not None else ""
     print(f"wrote {args.out}: MACs {res.macs_before:,} → {res.macs_after:,} ({res.macs_fraction:.0%}), "
@@ -93,22 +93,21 @@ def _cmd_prune(args) -> int:
 
 
 def _cmd_quantize(args) -> int:
-    from edgekit.techniques.quantize.ptq import quantize, quantize_dynamic_model
+    from edgekit.techniques.quantize.ptq import quantize
 
-    if args.mode == "dynamic":
-        res = quantize_dynamic_model(args.model, args.out, threads=args.threads)
-    else:
-        if not args.calib:
-            raise ConfigError("static quantisation needs --calib (an .npz with array x drawn from training data)")
-        res = quantize(args.model, args.calib, args.out, target=args.target, method=args.method,
-                       samples=args.samples, threads=args.threads)
-    cov = getattr(res, "int8_mac_fraction", None)
-    print(f"wrote {args.out}" + (f" (int8 MAC coverage {cov:.0%})" if cov is not None else ""))
+    if args.mode == "static" and not args.calib:
+        raise ConfigError("static quantisation needs --calib (an .npz with array x drawn from training data)")
+    config = {"mode": args.mode, "target": args.target, "method": args.method, "samples": args.samples}
+    res = quantize(args.model, config, calib=args.calib, out_path=args.out, threads=args.threads)
+    print(f"wrote {res.artifact} (int8 MAC coverage {res.int8_mac_fraction:.0%})")
     return 0
 
 
 def add_commands(subparsers: Any) -> None:
     """Add `export`, `prune` and `quantize` to the `edgekit` CLI."""
+    from edgekit.techniques.prune.config import IMPORTANCES
+    from edgekit.techniques.quantize.config import CALIBRATION_METHODS, TARGETS
+
     e = subparsers.add_parser("export", help="export an edgekit checkpoint to ONNX (parity-checked)")
     e.add_argument("checkpoint")
     e.add_argument("--out", required=True)
@@ -125,9 +124,9 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--ratio", type=float)
     p.add_argument("--macs-target", type=float, help="fraction of the original MACs to keep")
     p.add_argument("--speedup-target", type=float, help="measured ORT CPU speedup to reach")
-    p.add_argument("--importance", choices=["l1", "l2", "bn_scale", "taylor"], default="l2")
+    p.add_argument("--importance", choices=IMPORTANCES.names(), default="l2")
     p.add_argument("--round-to", type=int, default=8)
-    p.add_argument("--protect", help="comma-separated module names to leave untouched")
+    p.add_argument("--exclude", help="comma-separated module names to leave untouched")
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--sensitivity", action="store_true", help="per-layer accuracy vs pruning ratio (table + plot)")
@@ -139,9 +138,9 @@ def add_commands(subparsers: Any) -> None:
     q.add_argument("model")
     q.add_argument("--out", required=True)
     q.add_argument("--calib", help="calibration .npz (array x), e.g. calib_data/digits32_rgb.npz")
-    q.add_argument("--target", choices=["cpu", "tensorrt"], default="cpu")
+    q.add_argument("--target", choices=TARGETS.names(), default="cpu", help="quantisation target")
     q.add_argument("--mode", choices=["static", "dynamic"], default="static")
-    q.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    q.add_argument("--method", choices=CALIBRATION_METHODS.names(), default="minmax")
     q.add_argument("--samples", type=int, default=128)
     q.add_argument("--threads", type=int, default=2)
     q.set_defaults(func=_cmd_quantize)

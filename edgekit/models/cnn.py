@@ -10,7 +10,15 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-@register_model("small_cnn")
+def _conv_blocks(model: nn.Module) -> list:
+    return [n for n, m in model.named_children() if isinstance(m, nn.Sequential)]
+
+
+def _head(model: nn.Module) -> str:
+    return str(len(model) - 1)
+
+
+@register_model("small_cnn", features=_conv_blocks, classifier=_head)
 def small_cnn(num_classes: int = 10, in_channels: int = 3, width: int = 16, depth: int = 3) -> nn.Module:
     """Small CNN: `depth` conv-BN-ReLU blocks (channels width·2^i, stride 2 after the first), global pool, linear."""
     if depth < 1 or width < 1:

@@ -33,10 +33,12 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_residual else self.conv(x)
 
 
-@register_model("mobilenetv2")
+# the last block before each downsampling (24, 32, 96 and 320 channels at 1/4, 1/8, 1/16, 1/32 resolution)
+@register_model("mobilenetv2", features=("0.3", "0.6", "0.13", "0.17"), classifier="4")
 def mobilenetv2(num_classes: int = 1000, in_channels: int = 3, width: float = 1.0, dropout: float = 0.2) -> nn.Module:
     """MobileNetV2 with width multiplier; 3.5M params / ~300M MACs at width 1.0, 224×224."""
-    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                (6, 320, 1, 1)]
     cin = _make_divisible(32 * width)
     last = _make_divisible(1280 * max(1.0, width))
     features = [_conv_bn_relu6(in_channels, cin, 3, 2)]

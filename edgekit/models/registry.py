@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch.nn as nn
 
@@ -11,10 +12,59 @@ from edgekit.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
+Names = Union[Sequence[str], Callable[[nn.Module], Sequence[str]]]
 
-def register_model(name: str):
-    """Decorator registering a model factory; the factory must accept ``num_classes``."""
-    return MODELS.register(name)
+
+@dataclass(frozen=True)
+class Layout:
+    """What techniques need to know about an architecture's layers, declared where it is registered.
+
+    Attributes:
+        features: module names of its feature stages, shallow to deep (or a function of the built model
+            returning them); distillation pairs student and teacher stages by relative depth.
+        classifier: module name of the output layer (or a function of the built model returning it);
+            pruning never removes its outputs.
+    """
+
+    features: Names = ()
+    classifier: Union[str, Callable[[nn.Module], str], None] = None
+
+    def classifier_name(self, model: nn.Module) -> Optional[str]:
+        """The declared output layer of ``model``, or None when the architecture declares none."""
+        return self.classifier(model) if callable(self.classifier) else self.classifier
+
+    def feature_stages(self, model: nn.Module) -> List[str]:
+        """The declared feature stages that exist in ``model`` and are not ``nn.Identity``."""
+        names = self.features(model) if callable(self.features) else self.features
+        modules = dict(model.named_modules())
+        return [n for n in names if n in modules and not isinstance(modules[n], nn.Identity)]
+
+
+LAYOUTS: Registry[Layout] = Registry("model layout")
+
+
+def register_model(name: str, *, features: Names = (),
+                   classifier: Union[str, Callable[[nn.Module], str], None] = None):
+    """Decorator registering a model factory (it must accept ``num_classes``) and its layer :class:`Layout`.
+
+    Example:
+        >>> @register_model("my_net", features=("block1", "block2"), classifier="head")
+        ... def my_net(num_classes: int = 10): ...
+    """
+    def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        MODELS.register(name)(factory)
+        LAYOUTS.register(name)(Layout(features, classifier))
+        return factory
+
+    return deco
+
+
+def model_layout(model: nn.Module) -> Layout:
+    """The declared :class:`Layout` of a model built by :func:`create_model` (an empty one otherwise)."""
+    from edgekit.models import _load_architectures  # noqa: F401
+
+    name = getattr(model, "edgekit_arch", {}).get("name")
+    return LAYOUTS.get(name) if name in LAYOUTS else Layout()
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

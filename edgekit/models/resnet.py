@@ -55,11 +55,14 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+_STAGES = ("layer1", "layer2", "layer3", "layer4")  # layer4 is an nn.Identity in CIFAR ResNets (3 stages)
+
+
 def _channels(base: int, width: float) -> int:
     return max(4, int(round(base * width)))
 
 
-@register_model("resnet_cifar")
+@register_model("resnet_cifar", features=_STAGES, classifier="fc")
 def resnet_cifar(num_classes: int = 10, in_channels: int = 3, depth: int = 20, width: float = 1.0,
                  zero_init_residual: bool = False) -> nn.Module:
     """CIFAR-style ResNet (He et al. 2016): depth 6n+2 (8, 14, 20, 56...), stage widths 16/32/64 × width."""
@@ -72,10 +75,11 @@ def resnet_cifar(num_classes: int = 10, in_channels: int = 3, depth: int = 20, w
     return ResNet(stem, widths[0], widths, [n, n, n], [1, 2, 2], num_classes, zero_init_residual)
 
 
-@register_model("resnet18")
+@register_model("resnet18", features=_STAGES, classifier="fc")
 def resnet18(num_classes: int = 1000, in_channels: int = 3, width: float = 1.0, stem: str = "imagenet",
              zero_init_residual: bool = False) -> nn.Module:
-    """ResNet-18: 4 stages of 2 BasicBlocks, widths 64/128/256/512 × width; stem 'imagenet' (7×7/2 + maxpool) or 'cifar' (3×3/1)."""
+    """ResNet-18: 4 stages of 2 BasicBlocks, widths 64/128/256/512 × width; stem 'imagenet' (7×7/2 + maxpool)
+    or 'cifar' (3×3/1)."""
     widths = [_channels(b, width) for b in (64, 128, 256, 512)]
     if stem == "imagenet":
         s = nn.Sequential(nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False), nn.BatchNorm2d(widths[0]),

@@ -21,7 +21,7 @@ class RNNClassifier(nn.Module):
         return self.fc(out[:, -1])
 
 
-@register_model("rnn_classifier")
+@register_model("rnn_classifier", features=("rnn",), classifier="fc")
 def rnn_classifier(num_classes: int = 10, input_size: int = 8, hidden_size: int = 64, num_layers: int = 1,
                    cell: str = "lstm") -> nn.Module:
     """LSTM or GRU (`cell`) sequence classifier over [batch, time, input_size] inputs."""

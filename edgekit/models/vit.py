@@ -71,7 +71,11 @@ class ViT(nn.Module):
         return self.head(x.mean(dim=1))
 
 
-@register_model("vit")
+def _blocks(model: nn.Module) -> list:
+    return [f"blocks.{i}" for i in range(len(model.blocks))]
+
+
+@register_model("vit", features=_blocks, classifier="head")
 def vit(num_classes: int = 10, in_channels: int = 1, image_size: int = 8, patch_size: int = 2, dim: int = 64,
         depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0) -> nn.Module:
     """Small ViT classifier (patch conv, `depth` pre-norm blocks of `heads`-head attention, mean pool)."""

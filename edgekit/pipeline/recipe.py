@@ -2,7 +2,11 @@
 
 A recipe names the model, the data, the seed, the ordered compression stages, the deployment targets
 and the benchmark settings. Every problem is reported with its field path and YAML line, e.g.
-``stages[2].ratio (line 14): must be less than 1``; unknown keys are errors with a "did you mean".
+``stages[2].ratio (line 14): must be less than 1``; unknown keys are errors with a "did you mean", keys
+that were renamed name their new name (``stages[2].protect (line 9): renamed to 'exclude'``).
+
+Loading goes: read the YAML → import the plugin modules of ``model.imports`` (they may register models,
+datasets, backends, quantisation targets and techniques) → build the schema from the registries → validate.
 """
 from __future__ import annotations
 
@@ -12,9 +16,15 @@ from typing import Annotated, Any, Dict, List, Optional, Tuple, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from edgekit.backends import BACKENDS, default_backend
 from edgekit.data.datasets import DataConfig
 from edgekit.errors import ConfigError, InputFileError, did_you_mean
 from edgekit.pipeline.stages import STAGES, load_stage_modules
+from edgekit.techniques.base import OneOf
+
+
+def _load_backends() -> None:
+    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
 
 
 class ModelSource(BaseModel):
@@ -26,8 +36,9 @@ class ModelSource(BaseModel):
     kwargs: Dict[str, Any] = Field(default_factory=dict, description="architecture arguments, e.g. {depth: 20}")
     checkpoint: Optional[str] = Field(None, description="an edgekit checkpoint (.pt) to start from")
     onnx: Optional[str] = Field(None, description="an ONNX file to start from (no PyTorch stages possible)")
-    imports: List[str] = Field(default_factory=list, description="modules to import first: your own architectures "
-                               "registered with @edgekit.models.register_model (trusted code you name)")
+    imports: List[str] = Field(default_factory=list, description="plugin modules imported before the recipe is "
+                               "validated: your own models, datasets, backends, quantisation targets or techniques "
+                               "registered in edgekit's registries (trusted code you name)")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
@@ -42,7 +53,8 @@ class Target(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: str = Field(..., description="torch | ort-cpu | torch-cuda | ort-cuda | tensorrt")
+    backend: Annotated[str, OneOf(BACKENDS, _load_backends)] = Field(
+        ..., description="registered backend (see `edgekit doctor`)")
     required: bool = Field(False, description="fail the run when this backend is unavailable (else skip it)")
 
 
@@ -77,8 +89,10 @@ _BASE_FIELDS = {
     "threads": (int, Field(2, gt=0, description="CPU threads for training, inference and benchmarks")),
     "model": (ModelSource, Field(..., description="reference model source")),
     "data": (DataConfig, Field(default_factory=DataConfig, description="dataset and splits")),
-    "targets": (List[Target], Field(default_factory=lambda: [Target(backend="torch"), Target(backend="ort-cpu")],
-                                    description="backends to benchmark on; torch fp32 of the reference is the baseline")),
+    "targets": (List[Target], Field(default_factory=lambda: [Target(backend=default_backend("module", "cpu")),
+                                                             Target(backend=default_backend("onnx", "cpu"))],
+                                    description="backends to benchmark on; torch fp32 of the reference is the "
+                                                "baseline")),
     "benchmark": (BenchmarkSettings, Field(default_factory=BenchmarkSettings, description="timing settings")),
     "report": (ReportSettings, Field(default_factory=ReportSettings, description="report settings")),
 }
@@ -87,7 +101,7 @@ _BASE_FIELDS = {
 def recipe_model() -> type:
     """The Recipe pydantic class, with ``stages`` a union of every registered stage config."""
     load_stage_modules()
-    classes = tuple(cfg for _, (cfg, _fn) in STAGES.items())
+    classes = tuple(stage.config for _, stage in STAGES.items())
     stage_union = Annotated[Union[classes], Field(discriminator="type")] if len(classes) > 1 else classes[0]
     fields = dict(_BASE_FIELDS)
     fields["stages"] = (List[stage_union], Field(default_factory=list, description="ordered compression stages"))
@@ -114,27 +128,62 @@ def load_recipe(path: str | Path) -> Any:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: a recipe must be a mapping of fields (model, data, stages, ...), got {type(raw).__name__}")
+        raise ConfigError(f"{p}: a recipe must be a mapping of fields (model, data, stages, ...), "
+                          f"got {type(raw).__name__}")
     raw.setdefault("name", p.stem)
     return validate_recipe(raw, source=str(p), root=root)
 
 
+def import_recipe_plugins(raw: dict) -> None:
+    """Import the plugin modules a raw recipe names in ``model.imports`` (before its schema is built)."""
+    from edgekit.pipeline.model_source import import_plugins
+
+    imports = (raw.get("model") or {}).get("imports") if isinstance(raw.get("model"), dict) else None
+    if isinstance(imports, list) and all(isinstance(m, str) for m in imports):
+        import_plugins(imports)
+
+
 def validate_recipe(raw: dict, source: str = "recipe", root: Any = None) -> Any:
-    """Validate a recipe dict; raise ConfigError with one line per problem (path, line, message)."""
+    """Validate a recipe dict; raise ConfigError with one line per problem (path, line, message).
+
+    The plugin modules of ``model.imports`` are imported first, so what they register is part of the schema.
+    """
+    import_recipe_plugins(raw)
     model_cls = recipe_model()
     problems = _check_stage_types(raw)
-    checked = raw
+    renamed, stages = _renamed_keys(raw, root)
+    problems += renamed
+    checked, lines = raw, root
     if problems:  # validate the rest too, so one run reports every problem
-        good = [s for s in raw.get("stages") or [] if isinstance(s, dict) and s.get("type") in STAGES]
-        checked = {**raw, "stages": good} if isinstance(raw.get("stages"), list) else {**raw, "stages": []}
+        good = [s for s in stages if isinstance(s, dict) and s.get("type") in STAGES]
+        checked = {**raw, "stages": good}
+        lines = root if isinstance(raw.get("stages"), list) and len(good) == len(raw["stages"]) else None
     try:
         recipe = model_cls.model_validate(checked)
     except ValidationError as e:
-        problems += [_format_error(err, model_cls, root if checked is raw else None, checked) for err in e.errors()]
+        problems += [_format_error(err, model_cls, lines, checked) for err in e.errors()]
     if not problems:
         return recipe
     n = len(problems)
     raise ConfigError(f"{source}: {n} problem{'s' if n > 1 else ''}:\n  " + "\n  ".join(problems))
+
+
+def _renamed_keys(raw: dict, root: Any) -> Tuple[List[str], List[Any]]:
+    """Problems for stage keys that were renamed (``stages[2].protect: renamed to 'exclude'``), and the stages
+    with those keys already renamed, so their other problems are reported in the same run."""
+    stages = raw.get("stages") if isinstance(raw.get("stages"), list) else []
+    problems, out = [], []
+    for i, st in enumerate(stages):
+        entry = STAGES.get(st["type"]) if isinstance(st, dict) and st.get("type") in STAGES else None
+        renames = getattr(entry.config, "renamed", {}) if entry is not None else {}
+        if not any(k in renames for k in st):
+            out.append(st)
+            continue
+        for k in [k for k in st if k in renames]:
+            line = _yaml_line(root, ["stages", i, k])
+            problems.append(f"stages[{i}].{k}{f' (line {line})' if line else ''}: renamed to '{renames[k]}'")
+        out.append({renames.get(k, k): v for k, v in st.items()})
+    return problems, out
 
 
 def _check_stage_types(raw: dict) -> List[str]:
@@ -189,7 +238,7 @@ def _allowed_keys(model_cls: type, parts: List[Any], raw: dict) -> List[str]:
     rest = list(parts)
     if rest[:1] == ["stages"] and len(rest) >= 2 and isinstance(rest[1], int):
         try:
-            cls = STAGES.get(raw["stages"][rest[1]]["type"])[0]
+            cls = STAGES.get(raw["stages"][rest[1]]["type"]).config
         except (KeyError, IndexError, TypeError, ConfigError):
             return []
         rest = rest[2:]

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -116,8 +116,9 @@ def _preflight(recipe: Any) -> None:
             raise ConfigError(f"stages[{i}].input: no earlier stage produces a variant named '{st.input}'; "
                               f"earlier variants: {', '.join(names) or 'none'}")
         names.append(st.name or f"<{st.type}>")
-    if recipe.model.onnx and any(s.type in ("train", "distill", "prune", "qat") for s in recipe.stages):
-        raise ConfigError("model.onnx: an ONNX reference cannot go through PyTorch stages (train/distill/prune/qat); "
+    torch_stages = sorted(n for n, st in STAGES.items() if st.needs_torch)
+    if recipe.model.onnx and any(s.type in torch_stages for s in recipe.stages):
+        raise ConfigError(f"model.onnx: an ONNX reference cannot go through PyTorch stages ({'/'.join(torch_stages)}); "
                           "start from model.name or model.checkpoint instead")
 
 
@@ -158,29 +159,16 @@ def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str 
         >>> result = run_recipe("recipes/digits_resnet.yaml", name="try1")
         >>> print(result.report)
     """
-    from edgekit.data import load_data
     from edgekit.pipeline.recipe import load_recipe
 
     if isinstance(recipe, (str, Path)):
         recipe_path = str(recipe)
         recipe = load_recipe(recipe)
     _preflight(recipe)
-    splits_cache: dict = {}
-
-    def splits():
-        if "s" not in splits_cache:
-            splits_cache["s"] = load_data(recipe.data, recipe.seed)
-        return splits_cache["s"]
-
+    splits = _lazy_splits(recipe)
     _check_model_fits(recipe, splits)
     _check_calibration_files(recipe, splits)
-    run_dir = resolve_run_dir(recipe, runs_dir, name, resume)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=resume)
-    except OSError as e:
-        raise RunDirectoryError(f"cannot create run directory {run_dir}: {e.strerror}") from None
-    if recipe_path:
-        write_text_atomic(run_dir / "recipe.yaml", Path(recipe_path).read_text(encoding="utf-8"))
+    run_dir = _make_run_dir(recipe, runs_dir, name, resume, recipe_path)
     manifest = {"schema": MANIFEST_SCHEMA, "recipe": recipe.model_dump(mode="json"), "recipe_file": recipe_path,
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
                 "inputs": _input_files(recipe), "stages": [], "variants": {}}
@@ -189,28 +177,9 @@ def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str 
     variants: Dict[str, Variant] = _initial_variants(recipe, run_dir, splits)
     digests: Dict[str, str] = {}
     for i, cfg in enumerate(recipe.stages):
-        stage_dir = run_dir / "stages" / f"{i:02d}-{cfg.type}"
-        key = stage_key(i, cfg, recipe, variants, digests)
-        done = stage_dir / "stage.json"
         t0 = time.perf_counter()
-        rec = read_json(done) if done.is_file() else {}
-        if rec.get("key") == key:
-            out = StageOutput([Variant.from_dict(v) for v in rec["variants"]], rec.get("metrics", {}))
-            logger.info(f"[{i + 1}/{len(recipe.stages)}] {cfg.type}: finished earlier, skipped (key {key})")
-            status = "cached"
-        else:
-            if stage_dir.exists():
-                shutil.rmtree(stage_dir)  # an interrupted attempt: start the stage afresh
-            stage_dir.mkdir(parents=True)
-            logger.info(f"[{i + 1}/{len(recipe.stages)}] {cfg.type} ...")
-            torch.manual_seed(recipe.seed + i)
-            np.random.seed((recipe.seed + i) % 2**32)
-            ctx = StageContext(run_dir, stage_dir, recipe.seed, recipe.threads, recipe, dict(variants), splits)
-            _cfg_cls, fn = STAGES.get(cfg.type)
-            out = fn(ctx, cfg)
-            write_json_atomic(done, {"key": key, "type": cfg.type, "variants": [v.to_dict() for v in out.variants],
-                                     "metrics": out.metrics, "seconds": round(time.perf_counter() - t0, 2)})
-            status = "ran"
+        key = stage_key(i, cfg, recipe, variants, digests)
+        out, status = _run_stage(i, cfg, key, recipe, run_dir, variants, splits)
         for v in out.variants:
             variants[v.name] = v
         manifest["stages"].append({"index": i, "type": cfg.type, "key": key, "status": status,
@@ -226,6 +195,57 @@ def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str 
     manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json_atomic(run_dir / "manifest.json", manifest)
     return result
+
+
+def _lazy_splits(recipe: Any) -> Callable[[], Any]:
+    """``splits()`` loads the recipe's data on first use and returns the same splits afterwards."""
+    from edgekit.data import load_data
+
+    cache: dict = {}
+
+    def splits():
+        if "s" not in cache:
+            cache["s"] = load_data(recipe.data, recipe.seed)
+        return cache["s"]
+
+    return splits
+
+
+def _make_run_dir(recipe: Any, runs_dir: str | Path, name: Optional[str], resume: bool,
+                  recipe_path: Optional[str]) -> Path:
+    """Create (or, resuming, reuse) the run directory and copy the recipe file into it."""
+    run_dir = resolve_run_dir(recipe, runs_dir, name, resume)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=resume)
+    except OSError as e:
+        raise RunDirectoryError(f"cannot create run directory {run_dir}: {e.strerror}") from None
+    if recipe_path:
+        write_text_atomic(run_dir / "recipe.yaml", Path(recipe_path).read_text(encoding="utf-8"))
+    return run_dir
+
+
+def _run_stage(i: int, cfg: Any, key: str, recipe: Any, run_dir: Path, variants: Dict[str, Variant],
+               splits: Callable[[], Any]) -> Tuple[StageOutput, str]:
+    """Run stage ``i`` into its directory, or reuse its result when an earlier attempt finished with ``key``."""
+    stage_dir = run_dir / "stages" / f"{i:02d}-{cfg.type}"
+    done = stage_dir / "stage.json"
+    rec = read_json(done) if done.is_file() else {}
+    n = len(recipe.stages)
+    if rec.get("key") == key:
+        logger.info(f"[{i + 1}/{n}] {cfg.type}: finished earlier, skipped (key {key})")
+        return StageOutput([Variant.from_dict(v) for v in rec["variants"]], rec.get("metrics", {})), "cached"
+    if stage_dir.exists():
+        shutil.rmtree(stage_dir)  # an interrupted attempt: start the stage afresh
+    stage_dir.mkdir(parents=True)
+    logger.info(f"[{i + 1}/{n}] {cfg.type} ...")
+    t0 = time.perf_counter()
+    torch.manual_seed(recipe.seed + i)
+    np.random.seed((recipe.seed + i) % 2**32)
+    ctx = StageContext(run_dir, stage_dir, recipe.seed, recipe.threads, recipe, dict(variants), splits)
+    out = STAGES.get(cfg.type).run(ctx, cfg)
+    write_json_atomic(done, {"key": key, "type": cfg.type, "variants": [v.to_dict() for v in out.variants],
+                             "metrics": out.metrics, "seconds": round(time.perf_counter() - t0, 2)})
+    return out, "ran"
 
 
 def _check_calibration_files(recipe: Any, splits) -> None:

@@ -18,7 +18,7 @@ class ExportStage(StageConfig):
     atol: float = Field(1e-3, gt=0, description="max |ONNX - PyTorch| on validation samples")
 
 
-@register_stage("export", ExportStage)
+@register_stage("export", ExportStage, needs_torch=True)
 def run_export(ctx: StageContext, cfg: ExportStage) -> StageOutput:
     """Export the input variant's PyTorch model; the variant keeps its name and gains the new ONNX file."""
     parent = ctx.variant(cfg.input)

@@ -6,6 +6,7 @@ from typing import Literal
 import torch
 
 from edgekit.core.train import TrainConfig, evaluate, fit
+from edgekit.errors import validated_config
 from edgekit.models import count_params
 from edgekit.pipeline.model_source import build_module
 from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
@@ -17,7 +18,7 @@ class TrainStage(StageConfig, TrainConfig):
     type: Literal["train"] = "train"
 
 
-@register_stage("train", TrainStage)
+@register_stage("train", TrainStage, needs_torch=True)
 def run_train(ctx: StageContext, cfg: TrainStage) -> StageOutput:
     """Build the model from the recipe (first stage) or take the input variant, train, checkpoint, export."""
     splits = ctx.splits
@@ -27,7 +28,7 @@ def run_train(ctx: StageContext, cfg: TrainStage) -> StageOutput:
     else:
         torch.manual_seed(ctx.seed)
         model, parent_name, name = build_module(ctx.recipe.model, splits), None, cfg.name or "reference"
-    train_cfg = TrainConfig(**cfg.model_dump(include=set(TrainConfig.model_fields)))
+    train_cfg = validated_config(TrainConfig, cfg.model_dump(include=set(TrainConfig.model_fields)), "train")
     result = fit(model, splits.train, splits.val, train_cfg, seed=ctx.seed, desc=f"train {name}")
     ckpt = ctx.save_module(model, name)
     onnx_path = ctx.export(model, name)

@@ -1,17 +1,18 @@
-"""The stage interface: every recipe stage is a registered (config class, function) pair.
+"""The stage interface: every recipe stage is a registered :class:`Stage` (config class + function).
 
-    class PruneStage(StageConfig):
-        type: Literal["prune"] = "prune"
-        ratio: float = Field(0.5, gt=0, lt=1)
+Every registered technique (:data:`edgekit.techniques.base.TECHNIQUES`) becomes a stage by itself
+(:mod:`edgekit.pipeline.technique_stages`); ``train``, ``export`` and ``compile`` are written by hand::
 
-    @register_stage("prune", PruneStage)
-    def run_prune(ctx: StageContext, cfg: PruneStage) -> StageOutput:
+    class ExportStage(StageConfig):
+        type: Literal["export"] = "export"
+        opset: int = Field(17, ge=17)
+
+    @register_stage("export", ExportStage, needs_torch=True)
+    def run_export(ctx: StageContext, cfg: ExportStage) -> StageOutput:
         parent = ctx.variant(cfg.input)                # the model this stage works on
         model = ctx.load_module(parent)                # nn.Module from its checkpoint
         ...
-        ckpt = ctx.save_module(model, "pruned")        # atomically, in ctx.stage_dir
-        return StageOutput([Variant(name=cfg.name or parent.name + "-pruned", parent=parent.name,
-                                    checkpoint=str(ckpt), meta={...}, metrics={...})])
+        return StageOutput([replace(parent, onnx=str(path))])
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Type
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -111,7 +112,8 @@ class StageContext:
         if name is None:
             return list(self.variants.values())[-1]
         if name not in self.variants:
-            raise ConfigError(f"stage input '{name}' is not a variant of this run; available: {', '.join(self.variants)}")
+            raise ConfigError(f"stage input '{name}' is not a variant of this run; "
+                              f"available: {', '.join(self.variants)}")
         return self.variants[name]
 
     def reference(self) -> Variant:
@@ -123,7 +125,8 @@ class StageContext:
         from edgekit.models import load_checkpoint
 
         if not variant.checkpoint:
-            raise ConfigError(f"variant '{variant.name}' has no PyTorch checkpoint (it is {', '.join(variant.artifacts())}); "
+            raise ConfigError(f"variant '{variant.name}' has no PyTorch checkpoint "
+                              f"(it is {', '.join(variant.artifacts())}); "
                               "this stage needs a PyTorch model as input")
         return load_checkpoint(variant.checkpoint)[0]
 
@@ -152,49 +155,54 @@ class StageContext:
         idx = np.sort(rng.choice(len(self.splits.train), n, replace=False))
         return check_calibration(self.splits.train.x[idx], self.splits.input_shape, "training split")
 
-    def teacher_module(self, spec: Optional[str], parent: Variant):
-        """Resolve a ``teacher:`` field: None → None, 'original'/'parent' → the parent, else a variant name."""
-        if spec is None or spec == "none":
+    def teacher_variant(self, spec: Optional[str], parent: Variant) -> Optional[Variant]:
+        """Resolve a ``teacher:`` field: null → None, 'parent' → ``parent``, 'reference' → the run's first
+        model, else the variant of that name."""
+        if spec is None:
             return None
-        if spec in ("original", "parent"):
-            return self.load_module(parent)
+        if spec == "parent":
+            return parent
         if spec == "reference":
-            return self.load_module(self.reference())
-        return self.load_module(self.variant(spec))
+            return self.reference()
+        return self.variant(spec)
 
 
 StageFn = Callable[[StageContext, StageConfig], StageOutput]
-STAGES: Registry[Tuple[Type[StageConfig], StageFn]] = Registry("stage")
 
 
-def register_stage(name: str, config_cls: Type[StageConfig]):
-    """Decorator registering a stage function with its config class."""
+@dataclass(frozen=True)
+class Stage:
+    """A registered recipe stage: its config class, its function, whether it needs PyTorch models."""
+
+    config: Type[StageConfig]
+    run: StageFn
+    needs_torch: bool = False
+    description: str = ""
+
+
+STAGES: Registry[Stage] = Registry("stage")
+
+
+def register_stage(name: str, config_cls: Type[StageConfig], *, needs_torch: bool = False):
+    """Decorator registering a stage function with its config class (its docstring's first line describes it)."""
 
     def deco(fn: StageFn) -> StageFn:
-        STAGES.register(name)((config_cls, fn))
+        doc = (fn.__doc__ or "").strip().splitlines()
+        STAGES.register(name)(Stage(config_cls, fn, needs_torch, doc[0] if doc else ""))
         return fn
 
     return deco
 
 
 def load_stage_modules() -> None:
-    """Import every built-in stage module (each registers itself)."""
+    """Register every stage: the hand-written ones (train, export, compile) and one per registered technique."""
     import importlib
 
-    for mod in _STAGE_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:  # a missing dependency inside an existing module is a real error
-                raise
+    for mod in _HAND_WRITTEN:
+        importlib.import_module(mod)
+    from edgekit.pipeline.technique_stages import sync_technique_stages
+
+    sync_technique_stages()
 
 
-_STAGE_MODULES = [
-    "edgekit.pipeline.stage_train",
-    "edgekit.pipeline.stage_export",
-    "edgekit.pipeline.stage_distill",
-    "edgekit.pipeline.stage_prune",
-    "edgekit.pipeline.stage_quantize",
-    "edgekit.pipeline.stage_qat",
-    "edgekit.pipeline.stage_compile",
-]
+_HAND_WRITTEN = ("edgekit.pipeline.stage_train", "edgekit.pipeline.stage_export", "edgekit.pipeline.stage_compile")

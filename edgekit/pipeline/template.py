@@ -15,12 +15,17 @@ HEADER = """\
 """
 
 
-def _default_text(field) -> str:
+def _default_value(field) -> Any:
     if field.default is not PydanticUndefined:
-        value = field.default
-    elif field.default_factory is not None:
-        value = field.default_factory()
-    else:
+        return field.default
+    if field.default_factory is not None:
+        return field.default_factory()
+    return PydanticUndefined
+
+
+def _default_text(field, value: Any = PydanticUndefined) -> str:
+    value = _default_value(field) if value is PydanticUndefined else value
+    if value is PydanticUndefined:
         return "(required)"
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
@@ -39,18 +44,21 @@ def _model_of(annotation: Any):
     return None
 
 
-def _emit(cls: type, indent: int, lines: List[str], skip=()) -> None:
+def _emit(cls: type, indent: int, lines: List[str], skip=(), defaults: Any = None) -> None:
+    """One line per field of ``cls``; nested configs show the values of their default (``defaults``), which
+    may differ from the nested class's own defaults (e.g. prune's ``finetune``)."""
     pad = "  " * indent
     for name, field in cls.model_fields.items():
         if name in skip:
             continue
         desc = field.description or ""
+        value = getattr(defaults, name) if defaults is not None else _default_value(field)
         sub = _model_of(field.annotation)
         if sub is not None and name not in ("targets",):
             lines.append(f"{pad}{name}:{'  # ' + desc if desc else ''}")
-            _emit(sub, indent + 1, lines)
+            _emit(sub, indent + 1, lines, defaults=value if isinstance(value, sub) else None)
         else:
-            lines.append(f"{pad}# {name}: {_default_text(field)}{'  # ' + desc if desc else ''}")
+            lines.append(f"{pad}# {name}: {_default_text(field, value)}{'  # ' + desc if desc else ''}")
 
 
 def render_template() -> str:
@@ -63,11 +71,10 @@ def render_template() -> str:
     _emit(recipe, 0, lines, skip=("stages",))
     lines.append("")
     lines.append("stages:  # run in order; each works on the latest variant unless `input:` names one")
-    for name, (cfg, fn) in STAGES.items():
-        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        lines.append(f"  # - type: {name}  # {doc}")
+    for name, stage in STAGES.items():
+        lines.append(f"  # - type: {name}  # {stage.description}")
         body: List[str] = []
-        _emit(cfg, 0, body, skip=("type",))
+        _emit(stage.config, 0, body, skip=("type",))
         for ln in body:  # the whole stage is commented out: uncomment the block you need
             stripped = ln.lstrip(" ")
             indent = ln[:len(ln) - len(stripped)]

@@ -1,4 +1,7 @@
-"""Intermediate features for distillation: layer names, default ResNet layer pairs, forward-hook taps.
+"""Intermediate features for distillation: layer names, default layer pairs, forward-hook taps.
+
+The default pairs come from the feature stages each architecture declares in the model registry
+(:class:`edgekit.models.Layout`), so nothing here knows a particular architecture.
 
 Example:
     >>> pairs = default_layer_pairs(student, teacher)   # [("layer1", "layer1"), ("layer2", "layer3"), ...]
@@ -13,9 +16,8 @@ import torch
 import torch.nn as nn
 
 from edgekit.errors import ConfigError, did_you_mean
+from edgekit.models import model_layout, model_names
 from edgekit.techniques.distill._losses import as_feature
-
-STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -55,31 +57,39 @@ def resolve_layer(model: nn.Module, name: str, role: str, field: str) -> nn.Modu
     return modules[name]
 
 
-def resnet_stages(model: nn.Module) -> List[str]:
-    """The ResNet stage modules (layer1..layer4) that exist and are not ``nn.Identity``."""
-    return [n for n in STAGE_NAMES
-            if isinstance(getattr(model, n, None), nn.Module) and not isinstance(getattr(model, n), nn.Identity)]
+def feature_stages(model: nn.Module) -> List[str]:
+    """The feature stages ``model``'s architecture declares (``Layout.features``), shallow to deep."""
+    return model_layout(model).feature_stages(model)
 
 
 def default_layer_pairs(student: nn.Module, teacher: nn.Module, field: str = "pairs") -> List[Tuple[str, str]]:
-    """Pair every student ResNet stage with the teacher stage at the same relative depth.
+    """Pair every student feature stage with the teacher stage at the same relative depth.
 
     First stage ↔ first stage, last ↔ last, the ones between spread evenly: ResNet-8 (3 stages) from
     ResNet-18 (4 stages) gives ``layer1↔layer1, layer2↔layer3, layer3↔layer4``.
 
     Raises:
-        ConfigError: one of the models has no ResNet stages (give the pairs explicitly).
+        ConfigError: one of the models declares no feature stages (give the pairs explicitly).
     """
-    s_stages, t_stages = resnet_stages(student), resnet_stages(teacher)
+    s_stages, t_stages = feature_stages(student), feature_stages(teacher)
     for role, m, stages in (("student", student, s_stages), ("teacher", teacher, t_stages)):
         if not stages:
-            raise ConfigError(f"{field}: no default layer pairs for {role} '{arch_name(m)}' (defaults exist for "
-                              "ResNets: resnet_cifar, resnet18); give [[student_layer, teacher_layer], ...]; "
-                              f"available {role} layers: {', '.join(layer_names(m))}")
+            declared = [n for n in model_names() if model_layout_declares(n)]
+            raise ConfigError(f"{field}: no default layer pairs for {role} '{arch_name(m)}': its architecture "
+                              f"declares no feature stages (these do: {', '.join(declared)}); give "
+                              f"[[student_layer, teacher_layer], ...]; available {role} layers: "
+                              f"{', '.join(layer_names(m))}")
     if len(s_stages) == 1:
         return [(s_stages[0], t_stages[-1])]
     ratio = (len(t_stages) - 1) / (len(s_stages) - 1)
     return [(s, t_stages[int(i * ratio + 0.5)]) for i, s in enumerate(s_stages)]
+
+
+def model_layout_declares(name: str) -> bool:
+    """True when the registered architecture ``name`` declares feature stages."""
+    from edgekit.models import LAYOUTS
+
+    return bool(LAYOUTS.get(name).features)
 
 
 def check_pairs(student: nn.Module, teacher: nn.Module, pairs: Optional[Sequence[Sequence[str]]],
@@ -89,7 +99,7 @@ def check_pairs(student: nn.Module, teacher: nn.Module, pairs: Optional[Sequence
         pairs = default_layer_pairs(student, teacher, field)
     if not pairs:
         raise ConfigError(f"{field}: the list of layer pairs is empty; give [[student_layer, teacher_layer], ...] "
-                          "or leave it out for the ResNet default")
+                          "or leave it out for the architectures' declared feature stages")
     out = []
     for pair in pairs:
         if len(pair) != 2:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgekit.errors import format_validation_error, validated_config
+from edgekit.core.train import TrainConfig
+from edgekit.techniques.base import TechniqueConfig
+from edgekit.techniques.recovery import alpha_field, temperature_field
 
 LayerPair = Tuple[str, str]
 
@@ -22,8 +24,8 @@ class FeatureLossConfig(BaseModel):
 
     weight: float = Field(0.0, ge=0, description="weight of this loss in the total (0 = off)")
     pairs: Optional[List[LayerPair]] = Field(
-        None, description="[[student_layer, teacher_layer], ...] module names; default: the ResNet stages "
-                          "(layer1..layer4) matched by relative depth")
+        None, description="[[student_layer, teacher_layer], ...] module names; default: the feature stages the "
+                          "architectures declare (e.g. ResNet layer1..layer4), matched by relative depth")
 
     @property
     def enabled(self) -> bool:
@@ -31,14 +33,11 @@ class FeatureLossConfig(BaseModel):
         return self.weight > 0
 
 
-class DistillConfig(BaseModel):
+class DistillConfig(TechniqueConfig):
     """Settings of :func:`edgekit.techniques.distill.distill.distill` (and of the ``distill`` recipe stage)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    temperature: float = Field(4.0, gt=0, description="softmax temperature T of the soft targets (> 0)")
-    alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft KD loss; 1 - alpha weights the "
-                                                       "hard-label cross-entropy (0..1)")
+    temperature: float = temperature_field(4.0)
+    alpha: float = alpha_field(0.9)
     attention: FeatureLossConfig = Field(default_factory=FeatureLossConfig,
                                          description="attention transfer (Zagoruyko & Komodakis): weight, pairs")
     attention_p: float = Field(2.0, gt=0, description="exponent p of the attention map mean_c |f|^p")
@@ -46,7 +45,7 @@ class DistillConfig(BaseModel):
                                      description="FitNets feature hints (L2 through a 1x1 adapter): weight, pairs")
     cache_teacher_logits: bool = Field(True, description="precompute teacher outputs once when augmentation is "
                                                          "off (ignored when it is on, or when hints are used)")
-    train: dict = Field(default_factory=dict, description="TrainConfig fields for the student (epochs, lr, ...)")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="training of the student")
 
     @field_validator("attention", "hints", mode="before")
     @classmethod
@@ -55,31 +54,3 @@ class DistillConfig(BaseModel):
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return {"weight": float(v)}
         return v
-
-    @field_validator("train")
-    @classmethod
-    def _check_train(cls, v: dict) -> dict:
-        from edgekit.core.train import TrainConfig
-
-        try:
-            TrainConfig(**v)
-        except ValidationError as e:
-            raise ValueError(format_validation_error(e, "train", TrainConfig)) from None
-        return dict(v)
-
-    def train_config(self):
-        """The student's :class:`edgekit.core.train.TrainConfig`."""
-        from edgekit.core.train import TrainConfig
-
-        return TrainConfig(**self.train)
-
-    @classmethod
-    def parse(cls, value: DistillConfig | dict | None, where: str = "distill") -> DistillConfig:
-        """Build a config from a dict (or pass one through); errors become :class:`ConfigError`.
-
-        Example:
-            >>> DistillConfig.parse({"temperature": 0})
-            Traceback (most recent call last):
-            edgekit.errors.ConfigError: distill.temperature: Input should be greater than 0 (got 0)
-        """
-        return validated_config(cls, value, where)

@@ -16,7 +16,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from edgekit.errors import ConfigError, did_you_mean
+from edgekit.errors import ConfigError
+from edgekit.models import model_layout
+from edgekit.techniques.prune.config import IMPORTANCES
+from edgekit.techniques.scope import Scope
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -29,12 +32,12 @@ class Group:
     members: List[str]  # conv/linear layers whose output channels are this group's channels
     consumers: List[str] = field(default_factory=list)  # conv/linear layers reading these channels
     channels: int = 0
-    protected: bool = False
+    excluded: bool = False
 
 
 def _user_frame(tb) -> str:
     """'file:line: source' of the innermost traceback frame outside torch / torch_pruning / edgekit.techniques."""
-    skip = (os.sep + "torch" + os.sep, os.sep + "torch_pruning" + os.sep, os.sep + "compress" + os.sep)
+    skip = (os.sep + "torch" + os.sep, os.sep + "torch_pruning" + os.sep, os.sep + "techniques" + os.sep)
     frames = [f for f in traceback.extract_tb(tb) if not any(s in f.filename for s in skip)]
     if not frames:
         return ""
@@ -80,7 +83,11 @@ def trace(model: nn.Module, example: torch.Tensor):
 
 
 def find_classifier(model: nn.Module) -> str:
-    """Name of the output layer (the last Linear, else the last conv): its outputs are never pruned."""
+    """Name of the output layer, whose outputs are never pruned: the one the architecture declares
+    (``Layout.classifier``), else the last Linear, else the last conv."""
+    declared = model_layout(model).classifier_name(model)
+    if declared is not None:
+        return declared
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not names:
         names = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
@@ -90,32 +97,23 @@ def find_classifier(model: nn.Module) -> str:
 
 
 def prunable_names(model: nn.Module) -> List[str]:
-    """Names of the Conv/Linear layers of ``model`` (what ``protect`` / ``per_layer_ratios`` may name)."""
+    """Names of the Conv/Linear layers of ``model`` (what ``exclude`` / ``per_layer_ratios`` select)."""
     return [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
 
 
-def resolve_names(model: nn.Module, names: Sequence[str], field_name: str) -> List[str]:
-    """Expand module names (a layer or a block) to Conv/Linear layer names; unknown names raise ConfigError."""
-    modules = dict(model.named_modules())
-    layers = set(prunable_names(model))
-    out: List[str] = []
-    for name in names:
-        if name not in modules or name == "":
-            shown = ", ".join(sorted(layers)[:30]) + (" ..." if len(layers) > 30 else "")
-            raise ConfigError(f"{field_name}: '{name}' is not a module of {type(model).__name__}"
-                              f"{did_you_mean(name, layers)}; prunable layers: {shown}")
-        prefix = name + "."
-        out += [n for n in layers if n == name or n.startswith(prefix)]
-    return sorted(set(out))
+def resolve_names(model: nn.Module, scope: Scope, field_name: str) -> List[str]:
+    """The Conv/Linear layers a :class:`Scope` selects (naming a block selects its layers); a name, pattern
+    or type that selects nothing raises ConfigError."""
+    return scope.select_modules(model, field_name, PRUNABLE)
 
 
-def list_groups(model: nn.Module, dg, classifier: str, protect: Sequence[str]) -> List[Group]:
+def list_groups(model: nn.Module, dg, classifier: str, exclude: Sequence[str]) -> List[Group]:
     """Every prunable group of ``dg`` (classifier outputs excluded), with its members and consumers."""
     import torch_pruning as tp  # noqa: F401
 
     name_of = {m: n for n, m in model.named_modules()}
     cls = model.get_submodule(classifier)
-    protected = set(protect)
+    excluded = set(exclude)
     groups = []
     for g in dg.get_all_groups(ignored_layers=[cls], root_module_types=list(PRUNABLE)):
         members, consumers = [], []
@@ -127,7 +125,7 @@ def list_groups(model: nn.Module, dg, classifier: str, protect: Sequence[str]) -
         root = name_of[g[0].dep.target.module]
         members, consumers = sorted(set(members)), sorted(set(consumers))
         groups.append(Group(root, members, consumers, int(dg.get_out_channels(g[0].dep.target.module)),
-                            bool(protected & (set(members) | set(consumers)))))
+                            bool(excluded & (set(members) | set(consumers)))))
     return groups
 
 
@@ -146,25 +144,15 @@ def aligned_keep(channels: int, ratio: float, round_to: int, max_ratio: float) -
 
 
 def make_importance(name: str):
-    """Torch-Pruning importance for 'l1' | 'l2' | 'bn_scale' | 'taylor'."""
-    import torch_pruning as tp
-
-    if name == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if name == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if name == "bn_scale":
-        return tp.importance.BNScaleImportance()
-    if name == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    raise ConfigError(f"unknown importance '{name}'; allowed: l1, l2, bn_scale, taylor")
+    """The Torch-Pruning importance registered as ``name`` in :data:`IMPORTANCES`."""
+    return IMPORTANCES.get(name).make()
 
 
 def group_importance(model: nn.Module, dg, groups: List[Group], importance, classifier: str) -> Dict[str, torch.Tensor]:
-    """{root: per-channel importance (normalised by its mean)} for the unprotected groups."""
+    """{root: per-channel importance (normalised by its mean)} for the not excluded groups."""
     name_of = {m: n for n, m in model.named_modules()}
     cls = model.get_submodule(classifier)
-    roots = {g.root for g in groups if not g.protected}
+    roots = {g.root for g in groups if not g.excluded}
     out = {}
     for g in dg.get_all_groups(ignored_layers=[cls], root_module_types=list(PRUNABLE)):
         root = name_of[g[0].dep.target.module]
@@ -178,7 +166,7 @@ def group_importance(model: nn.Module, dg, groups: List[Group], importance, clas
 def global_plan(groups: List[Group], scores: Dict[str, torch.Tensor], ratio: float, round_to: int,
                 max_ratio: float) -> Dict[str, int]:
     """Kept channels per group when the ``ratio`` least important channels *of the whole model* are removed."""
-    live = [g for g in groups if not g.protected and g.root in scores and g.channels > round_to]
+    live = [g for g in groups if not g.excluded and g.root in scores and g.channels > round_to]
     if not live:
         return {g.root: g.channels for g in groups}
     allimp = torch.cat([scores[g.root] for g in live])
@@ -197,7 +185,7 @@ def uniform_plan(groups: List[Group], ratios: Dict[str, float], default: float, 
     plan = {}
     for g in groups:
         r = next((ratios[m] for m in g.members if m in ratios), default)
-        plan[g.root] = g.channels if g.protected else aligned_keep(g.channels, r, round_to, max_ratio)
+        plan[g.root] = g.channels if g.excluded else aligned_keep(g.channels, r, round_to, max_ratio)
     return plan
 
 
@@ -215,8 +203,8 @@ def apply_plan(model: nn.Module, example: torch.Tensor, groups: List[Group], pla
     for g in groups:
         keep = plan[g.root]
         mods = [model.get_submodule(n) for n in g.members]
-        if g.protected or keep >= g.channels:
-            ignored += mods  # a protected layer's input and output groups are both marked protected
+        if g.excluded or keep >= g.channels:
+            ignored += mods  # an excluded layer's input and output groups are both marked excluded
         else:
             for m in mods:  # int(C * (1 - r)) == keep exactly; Torch-Pruning then removes C - keep channels
                 ratio_dict[m] = 1.0 - (keep + 0.5) / g.channels
@@ -240,24 +228,25 @@ def apply_plan(model: nn.Module, example: torch.Tensor, groups: List[Group], pla
     err = _forward_error(model, example, "the pruned model no longer runs")
     if err:
         raise ConfigError(f"Torch-Pruning produced an inconsistent model for {type(model).__name__} ({err}); "
-                          "protect the layers around that op with `protect:`")
+                          "leave the layers around that op alone with `exclude:`")
 
 
 def _tp_failure(model: nn.Module, e: Exception) -> ConfigError:
     msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-    return ConfigError(f"Torch-Pruning failed to prune {type(model).__name__}: {type(e).__name__}{_user_frame(e.__traceback__)}:"
+    return ConfigError(f"Torch-Pruning failed to prune {type(model).__name__}: "
+                       f"{type(e).__name__}{_user_frame(e.__traceback__)}:"
                        f" {msg}; models with attention heads or bare nn.Parameters (e.g. position embeddings) need "
-                       "those layers in `protect:`, or use unstructured / 2:4 sparsity instead")
+                       "those layers in `exclude:`, or use unstructured / 2:4 sparsity instead")
 
 
 def channel_table(model: nn.Module, groups: List[Group], round_to: int) -> List[dict]:
-    """Per group: root, member layers, channels before/after, whether aligned to ``round_to``, protected."""
+    """Per group: root, member layers, channels before/after, whether aligned to ``round_to``, excluded."""
     rows = []
     for g in groups:
         m = model.get_submodule(g.root)
         after = int(m.out_channels if isinstance(m, (nn.Conv1d, nn.Conv2d)) else m.out_features)
         rows.append({"group": g.root, "layers": g.members, "before": g.channels, "after": after,
-                     "aligned": after % round_to == 0, "protected": g.protected})
+                     "aligned": after % round_to == 0, "excluded": g.excluded})
     return rows
 
 

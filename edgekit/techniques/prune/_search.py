@@ -21,14 +21,14 @@ logger = logging.getLogger(__name__)
 
 
 def search_macs(estimate_of: Callable[[float], float], real_of: Callable[[float], float], target: float,
-                s_max: float, protected: List[str], tol: float = 0.002) -> Tuple[float, List[dict]]:
+                s_max: float, excluded: List[str], tol: float = 0.002) -> Tuple[float, List[dict]]:
     """Smallest ``s`` in (0, s_max] whose pruned model keeps at most ``target`` of the original MACs.
 
     ``estimate_of(s)`` is a fast MACs-fraction estimate used for bisection; ``real_of(s)`` prunes a copy and
     counts (Torch-Pruning's counter); the answer is checked, and nudged up, with ``real_of``.
 
     Raises:
-        ConfigError: even ``s_max`` keeps more than ``target`` of the MACs (with the protected layers).
+        ConfigError: even ``s_max`` keeps more than ``target`` of the MACs (with the excluded layers).
 
     Example:
         >>> f = lambda s: (1 - s) ** 2
@@ -43,10 +43,10 @@ def search_macs(estimate_of: Callable[[float], float], real_of: Callable[[float]
 
     best = real(s_max)
     if best > target:
-        where = f" with protected layers {', '.join(protected)}" if protected else ""
+        where = f" with excluded layers {', '.join(excluded)}" if excluded else ""
         raise ConfigError(f"macs_target {target} is unreachable{where}: pruning every group to its limit "
                           f"(max_ratio, one round_to multiple) still keeps {best:.3f} of the MACs; "
-                          f"allowed: macs_target >= {best:.3f}, or protect fewer layers / lower round_to")
+                          f"allowed: macs_target >= {best:.3f}, or exclude fewer layers / lower round_to")
     scale, hi = 1.0, s_max
     for _ in progress(range(4), desc="prune: MACs search", total=4):
         lo, hi = 0.0, s_max
@@ -114,7 +114,8 @@ def search_speed(prune_copy: Callable[[float], nn.Module], base_model: nn.Module
             m = prune_copy(s)
             r = measure_speedup(base, m, sample, backend, threads, rounds, tmp, f"cand{i}")
             history.append({"ratio": round(s, 5), "speedup": round(r["speedup"], 4), "speedup_min": r["speedup_min"],
-                            "speedup_max": r["speedup_max"], "base_ms": r["base_ms"], "candidate_ms": r["candidate_ms"]})
+                            "speedup_max": r["speedup_max"], "base_ms": r["base_ms"],
+                            "candidate_ms": r["candidate_ms"]})
             logger.info(f"prune: ratio {s:.3f} -> measured speedup {r['speedup']:.2f}x on {backend}")
             return r["speedup"]
 
@@ -122,7 +123,7 @@ def search_speed(prune_copy: Callable[[float], nn.Module], base_model: nn.Module
         if best < target:
             raise ConfigError(f"speedup_target {target} is unreachable on {backend}: the most-pruned candidate "
                               f"(ratio {s_max:.2f}) measured {best:.2f}x; allowed: speedup_target <= {best:.2f} "
-                              "here, or raise max_ratio / protect fewer layers")
+                              "here, or raise max_ratio / exclude fewer layers")
         lo, hi = 0.0, s_max
         for i in progress(range(1, iterations + 1), desc="prune: speed search", total=iterations):
             mid = 0.5 * (lo + hi)

@@ -1,54 +1,110 @@
-"""Configuration of structured (channel) pruning: one frozen pydantic model, typos rejected.
+"""Configuration of pruning: structured (channels removed) or a sparsity pattern, typos rejected.
 
-Exactly one target picks how much to prune:
+``method: structured`` (the default) removes channels; exactly one target picks how many:
 
 - ``ratio``: fraction of the channels removed from every prunable group (0 < ratio < 1);
 - ``macs_target``: fraction of the original MACs to **keep** (0.5 = remove half the MACs);
 - ``speedup_target``: measured latency speedup over the unpruned model on ``speed_backend``;
-- ``per_layer_ratios`` alone: explicit per-layer ratios (e.g. from :func:`edgekit.techniques.prune.sensitivity.allocate_ratios`).
+- ``per_layer_ratios`` alone: explicit per-layer ratios (e.g. from
+  :func:`edgekit.techniques.prune.sensitivity.allocate_ratios`).
 
 ``per_layer_ratios`` combined with ``macs_target`` / ``speedup_target`` is scaled by one factor until the target is met.
+The other methods are the sparsity patterns of :mod:`edgekit.techniques.sparsity` (``unstructured`` with
+``sparsity``, ``2:4``).
 
 Example:
     >>> PruneConfig(macs_target=0.5, importance="l1", round_to=8, finetune={"epochs": 3, "lr": 0.01})
+    >>> PruneConfig(method="2:4", exclude={"patterns": ["stem.*"]})
 """
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Dict, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from edgekit.core.train import TrainConfig
+from edgekit.backends import BACKENDS, default_backend
+from edgekit.registry import Registry
+from edgekit.techniques.base import OneOf
+from edgekit.techniques.recovery import RecoveryConfig
+from edgekit.techniques.scope import Scope, scope_field
+from edgekit.techniques.sparsity.config import SPARSITY_PATTERNS, SparsityConfig, check_amount
 
-IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
+
+@dataclass(frozen=True)
+class Importance:
+    """A registered channel-importance criterion (a Torch-Pruning importance, built on demand)."""
+
+    name: str
+    make: Callable[[], Any]  # -> a torch_pruning importance object (imports torch_pruning lazily)
+    description: str
+    needs_gradients: bool = False  # filled from training batches before each pruning step
+    search_proxy: Optional[str] = None  # cheaper importance for the candidates of a MACs / speed search
 
 
-class PruneConfig(BaseModel):
-    """Structured pruning settings for :func:`edgekit.techniques.prune.prune.prune`."""
+def _magnitude(p: int) -> Callable[[], Any]:
+    def make() -> Any:
+        import torch_pruning as tp
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+        return tp.importance.GroupMagnitudeImportance(p=p)
 
+    return make
+
+
+def _bn_scale() -> Any:
+    import torch_pruning as tp
+
+    return tp.importance.BNScaleImportance()
+
+
+def _taylor() -> Any:
+    import torch_pruning as tp
+
+    return tp.importance.GroupTaylorImportance()
+
+
+IMPORTANCES: Registry[Importance] = Registry("importance")
+for _imp in (Importance("l1", _magnitude(1), "L1 norm of each channel group's weights"),
+             Importance("l2", _magnitude(2), "L2 norm of each channel group's weights"),
+             Importance("bn_scale", _bn_scale, "|gamma| of the BatchNorm after each channel", search_proxy="l1"),
+             Importance("taylor", _taylor, "first-order Taylor estimate of the loss change (needs labelled data)",
+                        needs_gradients=True, search_proxy="l1")):
+    IMPORTANCES.register(_imp.name)(_imp)
+
+
+def _load_backends() -> None:
+    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
+
+
+class PruneConfig(RecoveryConfig):
+    """Pruning settings for :func:`edgekit.techniques.prune.prune.prune`."""
+
+    renamed = {**RecoveryConfig.renamed, "protect": "exclude"}
+
+    method: Annotated[str, OneOf(SPARSITY_PATTERNS, extra=("structured",), kind="prune method")] = Field(
+        "structured", description="structured (channels removed: smaller and faster) or a sparsity pattern: "
+                                  "unstructured (zeros; smaller compressed file, same dense speed), 2:4 (TensorRT "
+                                  "sparse tensor cores)")
     ratio: Optional[float] = Field(None, gt=0, lt=1, description="channel fraction removed from every prunable group")
     macs_target: Optional[float] = Field(None, gt=0, lt=1, description="fraction of the original MACs to keep "
                                          "(0.5 = remove half); the channel ratio is searched to meet it")
-    speedup_target: Optional[float] = Field(None, gt=1, description="measured latency speedup over the unpruned model "
-                                            "on speed_backend; the ratio is searched by exporting and timing candidates")
-    speed_backend: str = Field("ort-cpu", description="backend timing speedup_target candidates: "
-                               "ort-cpu | torch | ort-cuda | torch-cuda")
+    speedup_target: Optional[float] = Field(None, gt=1, description="measured latency speedup over the unpruned "
+                                            "model on speed_backend; the ratio is searched by exporting and timing "
+                                            "candidates")
+    sparsity: Optional[float] = Field(None, gt=0, lt=1, description="fraction of weights zeroed (method unstructured)")
+    speed_backend: Annotated[str, OneOf(BACKENDS, _load_backends)] = Field(
+        default_factory=lambda: default_backend("onnx", "cpu"),
+        description="backend timing speedup_target candidates (see `edgekit doctor`)")
     speed_batch: int = Field(1, gt=0, description="batch size timed for speedup_target")
     speed_threads: Optional[int] = Field(2, gt=0, description="intra-op threads when timing speedup_target")
     speed_rounds: int = Field(5, ge=2, description="interleaved timing rounds per speed candidate")
-    importance: Literal["l1", "l2", "bn_scale", "taylor"] = Field(
-        "l1", description="channel importance: l1/l2 group weight magnitude, bn_scale (|gamma|), taylor (first-order, needs data)")
-    round_to: int = Field(8, ge=1, description="pruned channel counts are multiples of this (hardware-friendly alignment)")
-    protect: List[str] = Field(default_factory=list, description="module names left untouched (neither input nor output "
-                               "channels pruned); the classifier's outputs are always kept")
-    steps: int = Field(1, ge=1, le=20, description="iterative schedule: prune in this many steps, fine-tuning after each")
-    finetune: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3, lr=0.01),
-                                  description="fine-tuning after pruning (epochs split over the steps); epochs 0 = none")
-    teacher: Literal["original", "none"] = Field("original", description="KD recovery from the unpruned model, or plain CE")
-    kd_alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft KD loss (1 - alpha on the labels)")
-    kd_temperature: float = Field(4.0, gt=0, description="KD softmax temperature")
+    importance: Annotated[str, OneOf(IMPORTANCES)] = Field("l1", description="channel importance criterion")
+    round_to: int = Field(8, ge=1, description="pruned channel counts are multiples of this (hardware-friendly "
+                                               "alignment)")
+    exclude: Scope = scope_field("layers left untouched (neither input nor output channels pruned; left dense by "
+                                 "sparsity); the classifier's outputs are always kept")
+    steps: int = Field(1, ge=1, le=20, description="iterative schedule: prune in this many steps, fine-tuning "
+                                                    "after each")
     global_pruning: bool = Field(False, description="rank channels across groups (non-uniform) instead of per group")
     per_layer_ratios: Dict[str, float] = Field(default_factory=dict, description="per-layer channel ratios "
                                                "{module name: ratio}, e.g. from sensitivity analysis")
@@ -63,16 +119,17 @@ class PruneConfig(BaseModel):
             raise ValueError(f"per_layer_ratios must lie in [0, 1); got {bad}")
         return v
 
-    @field_validator("speed_backend")
-    @classmethod
-    def _check_backend(cls, v: str) -> str:
-        allowed = ("ort-cpu", "torch", "ort-cuda", "torch-cuda")
-        if v not in allowed:
-            raise ValueError(f"speed_backend '{v}' is not one of {', '.join(allowed)}")
-        return v
-
     @model_validator(mode="after")
     def _one_target(self) -> PruneConfig:
+        if self.method != "structured":
+            given = [k for k in ("ratio", "macs_target", "speedup_target", "per_layer_ratios") if getattr(self, k)]
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to method 'structured', not '{self.method}'")
+            check_amount(self.method, self.sparsity)
+            return self
+        if self.sparsity is not None:
+            raise ValueError("sparsity applies to method 'unstructured'; structured pruning takes ratio, "
+                             "macs_target, speedup_target or per_layer_ratios")
         given = [k for k in ("ratio", "macs_target", "speedup_target") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give one pruning target, not {' and '.join(given)}")
@@ -80,14 +137,22 @@ class PruneConfig(BaseModel):
             raise ValueError("give a pruning target: ratio (channels removed), macs_target (fraction of MACs kept), "
                              "speedup_target (measured) or per_layer_ratios")
         if self.global_pruning and self.per_layer_ratios:
-            raise ValueError("global_pruning ranks channels across layers itself; drop per_layer_ratios or global_pruning")
+            raise ValueError("global_pruning ranks channels across layers itself; drop per_layer_ratios or "
+                             "global_pruning")
         return self
 
     @property
     def target_kind(self) -> str:
-        """'ratio', 'macs', 'speed' or 'per_layer'."""
+        """'ratio', 'macs', 'speed' or 'per_layer' (structured), else the sparsity pattern."""
+        if self.method != "structured":
+            return self.method
         if self.macs_target is not None:
             return "macs"
         if self.speedup_target is not None:
             return "speed"
         return "ratio" if self.ratio is not None else "per_layer"
+
+    def sparsity_config(self) -> SparsityConfig:
+        """The :class:`SparsityConfig` for a sparsity ``method``."""
+        return SparsityConfig(method=self.method, sparsity=self.sparsity, exclude=self.exclude,
+                              finetune=self.finetune, alpha=self.alpha, temperature=self.temperature)

@@ -22,6 +22,7 @@ from edgekit._io import atomic_path, write_json_atomic, write_text_atomic
 from edgekit._log import progress
 from edgekit.errors import ConfigError
 from edgekit.techniques.prune import _graph as pg
+from edgekit.techniques.scope import Scope
 
 
 @dataclass
@@ -49,7 +50,8 @@ class SensitivityResult:
         lines = [f"Baseline accuracy {self.baseline_accuracy:.2f}% (each group pruned alone, no fine-tune)", "",
                  head, "|" + "---|" * (len(self.ratios) + 2)]
         for g, accs in self.table().items():
-            lines.append(f"| {g} | {self._channels.get(g, '')} | " + " | ".join(f"{accs[r]:.2f}" for r in self.ratios) + " |")
+            cells = " | ".join(f"{accs[r]:.2f}" for r in self.ratios)
+            lines.append(f"| {g} | {self._channels.get(g, '')} | {cells} |")
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict:
@@ -58,7 +60,7 @@ class SensitivityResult:
 
 
 def sensitivity(model: nn.Module, example_input: Any, val, *, ratios: Sequence[float] = (0.25, 0.5, 0.75),
-                importance: str = "l1", round_to: int = 8, protect: Sequence[str] = (),
+                importance: str = "l1", round_to: int = 8, exclude: Scope | Sequence[str] = (),
                 out_dir: Optional[str | Path] = None, max_samples: int = 1000) -> SensitivityResult:
     """Accuracy on ``val`` of ``model`` with each channel group pruned alone at each ratio.
 
@@ -67,7 +69,7 @@ def sensitivity(model: nn.Module, example_input: Any, val, *, ratios: Sequence[f
         example_input: a sample batch (traced at batch 1).
         val: labelled :class:`edgekit.data.Split` (at most ``max_samples`` are used).
         ratios: channel ratios to try, each in (0, 1).
-        importance / round_to / protect: as in :class:`edgekit.techniques.prune.config.PruneConfig`.
+        importance / round_to / exclude: as in :class:`edgekit.techniques.prune.config.PruneConfig`.
         out_dir: when given, writes ``sensitivity.md``, ``sensitivity.json`` and ``sensitivity.png`` there.
 
     Example:
@@ -75,7 +77,7 @@ def sensitivity(model: nn.Module, example_input: Any, val, *, ratios: Sequence[f
         >>> sens.table()["layer1.0.conv1"]
     """
     from edgekit.core.train import evaluate
-    from edgekit.techniques.prune.prune import as_example
+    from edgekit.techniques.prune._structured import as_example
 
     bad = [r for r in ratios if not (0 < r < 1)]
     if not ratios or bad:
@@ -84,12 +86,12 @@ def sensitivity(model: nn.Module, example_input: Any, val, *, ratios: Sequence[f
         raise ConfigError("sensitivity analysis needs a labelled validation split")
     example = as_example(example_input)
     work = copy.deepcopy(model).cpu().eval()
-    protect_names = pg.resolve_names(work, protect, "sensitivity.protect")
+    excluded = pg.resolve_names(work, Scope.model_validate(exclude), "sensitivity.exclude")
     classifier = pg.find_classifier(work)
     dg = pg.trace(work, example)
-    groups = [g for g in pg.list_groups(work, dg, classifier, protect_names) if not g.protected and g.channels > round_to]
+    groups = [g for g in pg.list_groups(work, dg, classifier, excluded) if not g.excluded and g.channels > round_to]
     if not groups:
-        raise ConfigError(f"nothing to analyse: every group of {type(model).__name__} is protected or has "
+        raise ConfigError(f"nothing to analyse: every group of {type(model).__name__} is excluded or has "
                           f"<= round_to={round_to} channels")
     val = val.take(max_samples)
     imp = pg.make_importance(importance)
@@ -138,7 +140,8 @@ def _write(res: SensitivityResult, out: Path) -> Dict[str, str]:
     return files
 
 
-def allocate_ratios(result: SensitivityResult, macs_target: float, max_ratio: Optional[float] = None) -> Dict[str, float]:
+def allocate_ratios(result: SensitivityResult, macs_target: float,
+                    max_ratio: Optional[float] = None) -> Dict[str, float]:
     """Per-group ratios meeting ``macs_target`` (fraction of MACs kept, estimated) with the least accuracy lost.
 
     Greedy: repeatedly raise, to the next measured ratio, the group whose step costs the least accuracy per

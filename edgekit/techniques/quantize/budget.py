@@ -64,9 +64,9 @@ class BudgetResult:
 
 
 def _runner(path: Path, threads: Optional[int]):
-    from edgekit.backends import open_runner
+    from edgekit.backends import default_backend, open_runner
 
-    return open_runner(path, "ort-cpu", threads=threads)
+    return open_runner(path, default_backend("onnx", "cpu"), threads=threads)
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -142,7 +142,8 @@ def enforce_budget(build: BuildFn, fp32_path: Path, int8_path: Path, val, max_dr
     result.sensitivity = ranked
     x1 = val.x[:1]
     excluded = list(base_exclude)
-    for step, (layer, score) in enumerate(progress(ranked[:max_layers], desc="fallback", total=min(max_layers, len(ranked)))):
+    steps = ranked[:max_layers]
+    for step, (layer, score) in enumerate(progress(steps, desc="fallback", total=len(steps))):
         excluded.append(layer)
         path = build(excluded, work_dir / f"fallback_{step}.onnx")
         runner = _runner(path, threads)

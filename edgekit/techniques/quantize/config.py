@@ -1,5 +1,8 @@
 """INT8 configuration: targets (which QDQ flavour) and calibration methods, one registry each.
 
+Adding a quantisation target is one registry entry: ``TARGETS.register("arm64")(QuantScheme(...))``; the
+recipe schema, static PTQ and QAT read everything they need from the scheme.
+
 A *target* decides the quantisation scheme, because the fast int8 path differs per runtime
 (DESIGN §3): ONNX Runtime on x86 wants uint8 asymmetric activations with int8 per-channel
 symmetric weights (U8S8); TensorRT wants symmetric int8 activations and weights (zero point 0)
@@ -13,12 +16,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Literal, Optional, Tuple
+from typing import Annotated, Any, Dict, Literal, Optional, Tuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 
-from edgekit.errors import validated_config
 from edgekit.registry import Registry
+from edgekit.techniques.base import OneOf, TechniqueConfig
+from edgekit.techniques.scope import Scope, scope_field
 
 
 @dataclass(frozen=True)
@@ -34,9 +38,11 @@ class QuantScheme:
     op_types: Optional[Tuple[str, ...]]  # ops to quantise (None = everything ORT can quantise)
     keep_activations: bool  # keep Relu/Clip explicit between Conv and Q (TensorRT fuses them itself)
     description: str = ""
+    dynamic: bool = False  # its runtime runs dynamically quantised models (int8 weights, run-time activations)
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
+        d.pop("dynamic")
         d["op_types"] = list(self.op_types) if self.op_types else "all"
         return d
 
@@ -60,7 +66,8 @@ class QuantScheme:
 TARGETS: Registry[QuantScheme] = Registry("quantisation target")
 TARGETS.register("cpu")(QuantScheme(
     "cpu", "uint8", False, "int8", True, True, None, False,
-    "ONNX Runtime x86: uint8 asymmetric activations, int8 symmetric per-channel weights (U8S8, VNNI kernels)"))
+    "ONNX Runtime x86: uint8 asymmetric activations, int8 symmetric per-channel weights (U8S8, VNNI kernels)",
+    dynamic=True))
 TARGETS.register("tensorrt")(QuantScheme(
     "tensorrt", "int8", True, "int8", True, True, ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add"), True,
     "TensorRT explicit quantisation: symmetric int8 activations and weights (zero point 0), Q/DQ on the inputs "
@@ -89,46 +96,33 @@ for _m in (CalibrationMethod("minmax", "MinMax", "range = observed min/max of ea
     CALIBRATION_METHODS.register(_m.name)(_m)
 
 
-class QuantizeConfig(BaseModel):
-    """Static post-training quantisation settings (what :func:`edgekit.techniques.quantize.ptq.quantize` takes)."""
+class QuantizeConfig(TechniqueConfig):
+    """Post-training quantisation settings (what :func:`edgekit.techniques.quantize.ptq.quantize` takes)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    renamed = {"exclude_nodes": "exclude"}
 
-    target: Literal["cpu", "tensorrt"] = Field("cpu", description="cpu (ORT x86, U8S8) | tensorrt (symmetric S8S8)")
-    method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="calibration method")
+    mode: Literal["static", "dynamic"] = Field(
+        "static", description="static (calibrated QDQ) | dynamic (int8 weights, activations quantised at run time: "
+                              "LSTM/GRU/Transformer on the CPU)")
+    target: Annotated[str, OneOf(TARGETS)] = Field("cpu", description="quantisation target: the QDQ flavour the "
+                                                                      "deploying runtime runs fast")
+    method: Annotated[str, OneOf(CALIBRATION_METHODS)] = Field("minmax", description="calibration method (static)")
     percentile: float = Field(99.99, gt=0, le=100, description="percentile for method 'percentile'")
     samples: int = Field(128, gt=0, description="calibration samples used (first N of the calibration set)")
     batch_size: int = Field(16, gt=0, description="samples per calibration batch")
     per_channel: bool = Field(True, description="per-output-channel weight scales")
-    exclude_nodes: Tuple[str, ...] = Field((), description="ONNX node names to keep in float")
+    op_types: Tuple[str, ...] = Field(("LSTM", "GRU", "MatMul", "Gemm", "Attention"),
+                                      description="ONNX op types quantised in mode dynamic (static: the target's)")
+    exclude: Scope = scope_field("ONNX nodes kept in float (names, patterns, op types)")
     max_accuracy_drop: Optional[float] = Field(
-        None, ge=0, description="budget in accuracy points on the validation split (None = no check)")
+        None, ge=0, description="budget in accuracy points on the validation split (null = no check)")
     max_fallback_layers: int = Field(8, ge=0, description="most layers the accuracy budget may fall back to float")
     sensitivity_samples: int = Field(256, gt=0, description="validation samples used to rank layer sensitivity")
-    threads: Optional[int] = Field(2, gt=0, description="ORT threads for evaluation and latency during fallback")
 
-
-class DynamicQuantizeConfig(BaseModel):
-    """Dynamic quantisation settings (int8 weights, activations quantised at run time; CPU only)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    per_channel: bool = Field(False, description="per-channel weight scales")
-    op_types: Tuple[str, ...] = Field(("LSTM", "GRU", "MatMul", "Gemm", "Attention"),
-                                      description="op types to quantise")
-    exclude_nodes: Tuple[str, ...] = Field((), description="ONNX node names to keep in float")
-
-
-def make_config(cls, **kwargs: Any):
-    """Build a pydantic config, turning validation errors into ConfigError naming field and allowed values.
-
-    Example:
-        >>> make_config(QuantizeConfig, target="tpu")
-        Traceback (most recent call last):
-        edgekit.errors.ConfigError: target: unknown quantisation target 'tpu'; valid: cpu, tensorrt
-    """
-    if "target" in kwargs and kwargs["target"] not in TARGETS:
-        TARGETS.get(str(kwargs["target"]))  # raises ConfigError with the valid names
-    if "method" in kwargs and kwargs["method"] not in CALIBRATION_METHODS:
-        CALIBRATION_METHODS.get(str(kwargs["method"]))
-    return validated_config(cls, kwargs, cls.__name__)
+    @model_validator(mode="after")
+    def _dynamic_target(self) -> QuantizeConfig:
+        if self.mode == "dynamic" and not TARGETS.get(self.target).dynamic:
+            able = [n for n, t in TARGETS.items() if t.dynamic]
+            raise ValueError(f"mode 'dynamic' runs only on targets {', '.join(able)}, not '{self.target}' "
+                             "(it needs static, calibrated quantisation)")
+        return self

@@ -142,7 +142,8 @@ def int8_coverage(onnx_path: str | os.PathLike, input_shape: Optional[Sequence[i
     for i, nm in enumerate(macs.per_node):
         node = by_name.get(nm.name)
         if node is None:
-            node = next((n for n in model.graph.node if n.op_type == nm.op_type and f"{n.op_type}_{i}" == nm.name), None)
+            node = next((n for n in model.graph.node
+                         if n.op_type == nm.op_type and f"{n.op_type}_{i}" == nm.name), None)
         runtime_op, int8 = "?", False
         root = _weight_root(node, producers) if node is not None else None
         users = consumers.get(root, []) if root else []

@@ -1,42 +1,49 @@
 """Unstructured and 2:4 semi-structured sparsity, made permanent (no masks left in the model).
 
-- :func:`sparsify_unstructured`: global magnitude pruning across Conv/Linear weights. Dense runtimes
-  (ONNX Runtime CPU, TensorRT dense kernels) do **not** run the result faster; the gain is a smaller
-  file after compression, which the result reports.
-- :func:`sparsify_2to4`: two zeros in every group of four weights along the input dimension (for Conv2d:
-  along input channels at each kernel position, as TensorRT's sparse tensor cores want), with
-  fine-tuning under fixed masks to recover accuracy.
-- :func:`is_2to4_sparse` / :func:`check_2to4`: checkers for the TensorRT stage.
+``sparsify(model, config, *, train, val, teacher) -> SparsityResult`` with ``config.method``:
+
+- ``unstructured``: global magnitude pruning across Conv/Linear weights. Dense runtimes (ONNX Runtime CPU,
+  TensorRT dense kernels) do **not** run the result faster; the gain is a smaller file after compression,
+  which the result reports.
+- ``2:4``: two zeros in every group of four weights along the input dimension (for Conv2d: along input
+  channels at each kernel position, as TensorRT's sparse tensor cores want).
+
+Either way the model is then fine-tuned under fixed masks (``config.finetune``, KD from ``teacher`` when given).
+:func:`is_2to4_sparse` / :func:`check_2to4` check the pattern for the TensorRT stage.
 
 Example:
-    >>> res = sparsify_unstructured(model, 0.8)
-    >>> res.sparsity, res.compressed_bytes_after / res.compressed_bytes_before
+    >>> res = sparsify(model, {"method": "unstructured", "sparsity": 0.8, "finetune": {"epochs": 0}})
+    >>> res.sidecar["weight_sparsity"], res.metrics["compressed_bytes"]
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import zlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, validated_config
+from edgekit.techniques.base import Result, Technique, register_technique
+from edgekit.techniques.recovery import recover
+from edgekit.techniques.sparsity.config import SparsityConfig
 
+__all__ = ["SparsityResult", "check_2to4", "compressed_size", "is_2to4_sparse", "sparsify"]
+
+LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 DENSE_NOTE = ("unstructured zeros are stored densely: ONNX Runtime and TensorRT dense kernels run this model at the "
               "same speed as the unpruned one; the gain is the compressed file size")
 NOTE_2TO4 = ("2:4 sparsity runs faster only on GPUs with sparse tensor cores (Ampere or newer) through TensorRT "
              "with sparse weights enabled; CPU runtimes run it at dense speed")
 
 
-@dataclass
-class SparsityResult:
-    """A sparsified model: per-layer zeros, overall sparsity and sizes (bytes) of the weights."""
+@dataclass(kw_only=True)
+class SparsityResult(Result):
+    """A sparsified model (``model``): per-layer zeros, overall sparsity and sizes (bytes) of the weights."""
 
-    model: nn.Module
     kind: str  # "unstructured" | "2:4"
     sparsity: float  # fraction of zeros over the sparsified weights
     layers: List[dict]
@@ -46,27 +53,6 @@ class SparsityResult:
     note: str
     history: List[dict] = field(default_factory=list)
     val_accuracy: Optional[float] = None
-
-    def to_dict(self) -> dict:
-        """JSON-able summary (everything but the module)."""
-        return {"kind": self.kind, "sparsity": self.sparsity, "layers": self.layers, "dense_bytes": self.dense_bytes,
-                "compressed_bytes_before": self.compressed_bytes_before,
-                "compressed_bytes_after": self.compressed_bytes_after, "note": self.note, "history": self.history,
-                "val_accuracy": self.val_accuracy}
-
-
-def _layers(model: nn.Module, exclude: Sequence[str]) -> Dict[str, nn.Module]:
-    names = dict(model.named_modules())
-    for e in exclude:
-        if e not in names:
-            from edgekit.errors import did_you_mean
-
-            valid = [n for n, m in names.items() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
-            raise ConfigError(f"exclude: '{e}' is not a module of {type(model).__name__}{did_you_mean(e, valid)}; "
-                              f"layers: {', '.join(valid[:30])}")
-    skip = tuple(e + "." for e in exclude)
-    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
-            and n not in exclude and not n.startswith(skip)}
 
 
 def compressed_size(model: nn.Module) -> int:
@@ -86,76 +72,119 @@ def layer_sparsity(model: nn.Module, names: Sequence[str]) -> List[dict]:
     return rows
 
 
-def _finetune_masked(model: nn.Module, masks: Dict[str, torch.Tensor], train, val, finetune, teacher, seed: int,
-                     kd_alpha: float, kd_temperature: float, desc: str) -> Optional[dict]:
+def _finetune_masked(model: nn.Module, masks: Dict[str, torch.Tensor], cfg: SparsityConfig, train: Any, val: Any,
+                     teacher: Optional[nn.Module], seed: int) -> Optional[dict]:
     """Fine-tune with the masks fixed (torch.nn.utils.prune re-applies them every forward), then make permanent."""
     import torch.nn.utils.prune as tprune
 
-    from edgekit.core.train import TrainConfig, fit
-
+    if cfg.finetune.epochs <= 0:
+        return None
     mods = dict(model.named_modules())
     for n, mask in masks.items():
         tprune.custom_from_mask(mods[n], "weight", mask)
-    row = None
-    cfg = finetune if isinstance(finetune, TrainConfig) else TrainConfig(**(finetune or {"epochs": 0}))
     try:
-        if cfg.epochs > 0:
-            if train is None:
-                raise ConfigError("sparsity fine-tuning needs labelled training data (train=); or set finetune epochs 0")
-            from edgekit.techniques.distill.distill import kd_loss_fn, keep_requires_grad
-
-            with keep_requires_grad(teacher) if teacher is not None else contextlib.nullcontext():
-                loss = kd_loss_fn(teacher, temperature=kd_temperature, alpha=kd_alpha) if teacher is not None else None
-                res = fit(model, train, val, cfg, seed=seed, loss_fn=loss, desc=desc)
-            row = {"epochs": cfg.epochs, "val_accuracy": res.best_val_accuracy, "kd": teacher is not None,
-                   "finetune": res.history}
+        res = recover(model, teacher, train, val, cfg.finetune, temperature=cfg.temperature, alpha=cfg.alpha,
+                      seed=seed, desc=f"{cfg.method} finetune")
     finally:
         for n in masks:
             tprune.remove(mods[n], "weight")
-    return row
+    return {"epochs": cfg.finetune.epochs, "val_accuracy": res.best_val_accuracy, "kd": teacher is not None,
+            "finetune": res.history}
 
 
-def _result(model, kind, names, before, note, row) -> SparsityResult:
-    rows = layer_sparsity(model, names)
-    total = sum(r["params"] for r in rows)
-    zeros = sum(r["zeros"] for r in rows)
-    dense = sum(p.numel() for p in model.parameters()) * 4
-    return SparsityResult(model.eval(), kind, zeros / max(1, total), rows, dense, before, compressed_size(model),
-                          note, [row] if row else [], row.get("val_accuracy") if row else None)
-
-
-def sparsify_unstructured(model: nn.Module, sparsity: float, *, exclude: Sequence[str] = (), train=None, val=None,
-                          finetune=None, teacher: Optional[nn.Module] = None, seed: int = 0, kd_alpha: float = 0.7,
-                          kd_temperature: float = 4.0) -> SparsityResult:
-    """Zero the ``sparsity`` fraction of smallest-magnitude Conv/Linear weights, ranked across the whole model.
-
-    Args:
-        model: left unchanged; a sparsified copy is returned.
-        sparsity: fraction of weights set to zero, 0 < sparsity < 1.
-        exclude: module names (layers or blocks) left dense.
-        train / val / finetune / teacher: optional fine-tuning with masks fixed (KD when ``teacher`` is given).
-
-    Example:
-        >>> res = sparsify_unstructured(model, 0.7, exclude=["fc"])
-        >>> round(res.sparsity, 2)
-        0.7
-    """
+def _unstructured(layers: Dict[str, nn.Module], amount: float) -> Dict[str, torch.Tensor]:
+    """Zero the ``amount`` fraction of smallest-magnitude weights, ranked across all ``layers``; their masks."""
     import torch.nn.utils.prune as tprune
 
-    if not (isinstance(sparsity, (int, float)) and 0 < sparsity < 1):
-        raise ConfigError(f"sparsity must be between 0 and 1 (exclusive), got {sparsity!r}")
-    work = copy.deepcopy(model).cpu().eval()
-    layers = _layers(work, exclude)
-    if not layers:
-        raise ConfigError(f"{type(model).__name__} has no Conv/Linear weight left to sparsify")
-    before = compressed_size(work)
     tprune.global_unstructured([(m, "weight") for m in layers.values()], pruning_method=tprune.L1Unstructured,
-                               amount=float(sparsity))
+                               amount=float(amount))
     masks = {n: m.weight_mask.detach().clone() for n, m in layers.items()}
     for m in layers.values():
         tprune.remove(m, "weight")
-    row = _finetune_masked(work, masks, train, val, finetune, teacher, seed, kd_alpha, kd_temperature, "sparse finetune")
-    return _result(work, "unstructured", list(layers), before, DENSE_NOTE, row)
+    return masks
+
+
+def _two_of_four(layers: Dict[str, nn.Module]) -> Dict[str, torch.Tensor]:
+    """Keep the 2 largest of every 4 weights along the input dim of each layer; their masks."""
+    masks = {}
+    with torch.no_grad():
+        for n, m in layers.items():
+            masks[n] = _mask_2to4(m.weight)
+            m.weight.mul_(masks[n])
+    return masks
+
+
+def sparsify(model: nn.Module, config: SparsityConfig | dict | None = None, *, train: Any = None, val: Any = None,
+             teacher: Optional[nn.Module] = None, seed: int = 0, example_input: Any = None) -> SparsityResult:
+    """Sparsify a copy of ``model`` (left unchanged) in the pattern ``config.method``, then fine-tune it.
+
+    Layers in ``config.exclude`` stay dense; for 2:4, so do layers whose input dimension is not a multiple of 4
+    (e.g. a 3-channel stem, depthwise convs), listed with sparsity 0.
+
+    Args:
+        model: the trained model.
+        config: :class:`SparsityConfig` or a dict of its fields.
+        train / val: labelled splits for the fine-tune (``finetune.epochs`` > 0).
+        teacher: KD teacher for the fine-tune, or None for plain cross-entropy.
+        example_input: a sample batch; when given, the result's MACs are counted at batch 1.
+
+    Example:
+        >>> res = sparsify(model, {"method": "2:4", "finetune": {"epochs": 2, "lr": 0.01}}, train=splits.train,
+        ...                val=splits.val, teacher=model)
+        >>> is_2to4_sparse(res.model)
+        True
+    """
+    cfg = validated_config(SparsityConfig, config, "sparsity")
+    if cfg.finetune.epochs > 0 and (train is None or getattr(train, "y", None) is None):
+        raise ConfigError(f"sparsity fine-tuning ({cfg.finetune.epochs} epochs) needs labelled training data "
+                          "(train=); or set finetune: {epochs: 0}")
+    work = copy.deepcopy(model).cpu().eval()
+    layers = _layers(work, cfg)
+    before = compressed_size(work)
+    masks = _unstructured(layers, cfg.sparsity) if cfg.method == "unstructured" else _two_of_four(layers)
+    row = _finetune_masked(work, masks, cfg, train, val, teacher, seed)
+    return _result(work, cfg.method, list(layers), before, row, example_input)
+
+
+def _layers(model: nn.Module, cfg: SparsityConfig) -> Dict[str, nn.Module]:
+    from edgekit.techniques.scope import Scope
+
+    excluded = set(Scope.model_validate(cfg.exclude).select_modules(model, "sparsity.exclude", LAYERS))
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LAYERS) and n not in excluded}
+    if cfg.method == "2:4":
+        layers = {n: m for n, m in layers.items() if eligible_2to4(m)}
+        if not layers:
+            raise ConfigError(f"{type(model).__name__} has no layer whose input dimension is a multiple of 4; "
+                              "2:4 sparsity needs one")
+    if not layers:
+        raise ConfigError(f"{type(model).__name__} has no Conv/Linear weight left to sparsify")
+    return layers
+
+
+def _result(model: nn.Module, kind: str, names: Sequence[str], before: int, row: Optional[dict],
+            example_input: Any) -> SparsityResult:
+    rows = layer_sparsity(model, names)
+    zeros, total = sum(r["zeros"] for r in rows), sum(r["params"] for r in rows)
+    sparsity = zeros / max(1, total)
+    after = compressed_size(model)
+    note = DENSE_NOTE if kind == "unstructured" else NOTE_2TO4
+    val_acc = row.get("val_accuracy") if row else None
+    history = [row] if row else []
+    metrics: Dict[str, Any] = {"weight_sparsity": round(sparsity, 4), "compressed_bytes": after,
+                               "compressed_bytes_before": before, "val_accuracy": val_acc}
+    if example_input is not None:
+        from edgekit.techniques.prune import _graph as pg
+        from edgekit.techniques.prune._structured import as_example
+
+        metrics["macs"] = pg.count(model, as_example(example_input))[0]
+    sidecar = {"method": kind, "sparsity": kind, "weight_sparsity": round(sparsity, 4), "layers": rows,
+               "note": note, "history": history}
+    if kind == "2:4":
+        sidecar["sparse_2to4"] = is_2to4_sparse(model)
+    return SparsityResult(model=model.eval(), metrics=metrics, sidecar=sidecar, kind=kind, sparsity=sparsity,
+                          layers=rows, dense_bytes=sum(p.numel() for p in model.parameters()) * 4,
+                          compressed_bytes_before=before, compressed_bytes_after=after, note=note, history=history,
+                          val_accuracy=val_acc)
 
 
 def _as_rows(w: torch.Tensor) -> torch.Tensor:
@@ -196,7 +225,7 @@ def is_2to4_sparse(model: nn.Module, min_fraction: float = 1.0) -> bool:
     """True when at least ``min_fraction`` of the eligible layers' weights hold 2 zeros in every 4 (input dim).
 
     Example:
-        >>> is_2to4_sparse(sparsify_2to4(model).model)
+        >>> is_2to4_sparse(sparsify(model, {"method": "2:4", "finetune": {"epochs": 0}}).model)
         True
     """
     mods = dict(model.named_modules())
@@ -208,30 +237,9 @@ def is_2to4_sparse(model: nn.Module, min_fraction: float = 1.0) -> bool:
     return ok / total >= min_fraction
 
 
-def sparsify_2to4(model: nn.Module, *, exclude: Sequence[str] = (), train=None, val=None, finetune=None,
-                  teacher: Optional[nn.Module] = None, seed: int = 0, kd_alpha: float = 0.7,
-                  kd_temperature: float = 4.0) -> SparsityResult:
-    """Apply 2:4 semi-structured sparsity (keep the 2 largest of every 4 weights along the input dim).
-
-    Layers whose input dimension is not a multiple of 4 (e.g. a 3-channel stem, depthwise convs) stay dense
-    and are listed with sparsity 0. With ``train`` and ``finetune`` the model is fine-tuned under fixed masks
-    (KD from ``teacher`` when given), so the pattern survives.
-
-    Example:
-        >>> res = sparsify_2to4(model, train=splits.train, val=splits.val, finetune={"epochs": 2, "lr": 0.01})
-        >>> is_2to4_sparse(res.model)
-        True
-    """
-    work = copy.deepcopy(model).cpu().eval()
-    layers = {n: m for n, m in _layers(work, exclude).items() if eligible_2to4(m)}
-    if not layers:
-        raise ConfigError(f"{type(model).__name__} has no layer whose input dimension is a multiple of 4; "
-                          "2:4 sparsity needs one")
-    before = compressed_size(work)
-    masks = {}
-    with torch.no_grad():
-        for n, m in layers.items():
-            masks[n] = _mask_2to4(m.weight)
-            m.weight.mul_(masks[n])
-    row = _finetune_masked(work, masks, train, val, finetune, teacher, seed, kd_alpha, kd_temperature, "2:4 finetune")
-    return _result(work, "2:4", list(layers), before, NOTE_2TO4, row)
+register_technique(Technique(
+    "sparsity", SparsityConfig, consumes="module", produces="module", apply=sparsify,
+    description="unstructured or 2:4 weight sparsity with a masked KD fine-tune (reached in recipes through the "
+                "prune stage's method)",
+    teacher="optional", uses_teacher=lambda config: config.finetune.epochs > 0,
+    variant_suffix=lambda config: "sparse", stage=False))

@@ -1,0 +1,256 @@
+"""The distillation loss for :func:`edgekit.core.train.fit`: logit KD + attention transfer + FitNets hints.
+
+``kd_loss_fn(teacher, temperature, alpha, *, student=None, sample=None, attention=None, hints=None, ...)``
+returns a :class:`KDLoss`: a ``loss_fn(model, x, y) -> (loss, logits)``. Logit KD needs only ``teacher``;
+attention transfer and hints also need ``student`` and ``sample`` (a few training inputs). The teacher is put
+in eval mode with ``requires_grad=False`` while the loss is open; ``close()`` (or leaving a ``with`` block)
+removes the feature hooks and gives the teacher its ``requires_grad`` flags back::
+
+    with kd_loss_fn(teacher, temperature=4.0, alpha=0.9, student=model, sample=train.x[:2]) as loss_fn:
+        fit(model, train, val, cfg, loss_fn=loss_fn, extra_parameters=loss_fn.extra_parameters)
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgekit.errors import ConfigError, ShapeError, first_line, validated_config
+from edgekit.techniques.distill._cache import TeacherCache
+from edgekit.techniques.distill._features import FeatureTap, arch_name, check_pairs, unwrap
+from edgekit.techniques.distill._losses import (
+    HintAdapter,
+    attention_map,
+    attention_transfer_loss,
+    feature_channels,
+    hint_loss,
+    logit_kd_loss,
+)
+from edgekit.techniques.distill.config import DistillConfig, FeatureLossConfig
+
+__all__ = ["KDLoss", "check_outputs", "kd_loss_fn"]
+
+
+def _feature_cfg(value: Any, field_name: str) -> FeatureLossConfig:
+    if value is None:
+        return FeatureLossConfig()
+    if isinstance(value, FeatureLossConfig):
+        return value
+    return getattr(validated_config(DistillConfig, {field_name: value}, "distill"), field_name)
+
+
+@contextlib.contextmanager
+def _eval_no_grad(*models: nn.Module):
+    modes = [m.training for m in models]
+    try:
+        for m in models:
+            m.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
+class KDLoss:
+    """``loss_fn(model, x, y) -> (loss, logits)`` combining logit KD, attention transfer and hints.
+
+    Build it with :func:`kd_loss_fn`. ``extra_parameters`` holds the hint adapters' weights (pass them to
+    ``fit``); ``terms`` names the losses in use; ``last`` holds the last batch's loss terms.
+    """
+
+    def __init__(self, teacher: nn.Module, temperature: float, alpha: float, label_smoothing: float):
+        self.teacher = teacher
+        self._teacher_flags: Optional[List[bool]] = [p.requires_grad for p in teacher.parameters()]
+        teacher.eval().requires_grad_(False)
+        self.temperature, self.alpha, self.label_smoothing = float(temperature), float(alpha), label_smoothing
+        self.attention_pairs: List[Tuple[str, str]] = []
+        self.hint_pairs: List[Tuple[str, str]] = []
+        self.attention_weight = self.hint_weight = 0.0
+        self.attention_p = 2.0
+        self.adapters = nn.ModuleDict()
+        self.student_tap: Optional[FeatureTap] = None
+        self.teacher_tap: Optional[FeatureTap] = None
+        self.cache: Optional[TeacherCache] = None
+        self.last: Dict[str, float] = {}
+
+    @property
+    def extra_parameters(self) -> List[nn.Parameter]:
+        """Trainable tensors outside the student (hint adapters)."""
+        return list(self.adapters.parameters())
+
+    @property
+    def terms(self) -> List[str]:
+        """Names of the losses in use, e.g. ``["kd", "ce", "attention"]``."""
+        out = ["kd"] if self.alpha > 0 else []
+        out += ["ce"] if self.alpha < 1 else []
+        out += ["attention"] if self.attention_pairs else []
+        return out + (["hints"] if self.hint_pairs else [])
+
+    def _teacher_targets(self, x: torch.Tensor):
+        if self.cache is not None:
+            hit = self.cache.lookup(x)
+            if hit is not None:
+                logits, maps = hit
+                return logits, {t: maps[f"attention:{t}"] for _, t in self.attention_pairs}, {}
+        self.teacher.eval()
+        with torch.no_grad():
+            logits = self.teacher(x)
+        feats = self.teacher_tap.pop() if self.teacher_tap else {}
+        maps = {t: attention_map(feats[t], self.attention_p) for _, t in self.attention_pairs}
+        return logits, maps, feats
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        t_logits, t_maps, t_feats = self._teacher_targets(x)
+        logits = model(x)
+        loss = logit_kd_loss(logits, t_logits, y, self.temperature, self.alpha, self.label_smoothing)
+        self.last = {"logit": float(loss.detach())}
+        if self.student_tap is not None:
+            s_feats = self.student_tap.pop()
+            if self.attention_pairs:
+                at = sum(attention_transfer_loss(attention_map(s_feats[s], self.attention_p), t_maps[t])
+                         for s, t in self.attention_pairs)
+                self.last["attention"] = float(at.detach())
+                loss = loss + self.attention_weight * at
+            if self.hint_pairs:
+                h = sum(hint_loss(s_feats[s], t_feats[t], self.adapters[f"{s}->{t}".replace(".", "_")])
+                        for s, t in self.hint_pairs)
+                self.last["hints"] = float(h.detach())
+                loss = loss + self.hint_weight * h
+        return loss, logits
+
+    def close(self) -> None:
+        """Remove the forward hooks this loss put on the student and teacher; give the teacher back its
+        ``requires_grad`` flags (it stays in eval mode)."""
+        for tap in (self.student_tap, self.teacher_tap):
+            if tap is not None:
+                tap.remove()
+        self.student_tap = self.teacher_tap = None
+        if self._teacher_flags is not None:
+            for p, flag in zip(self.teacher.parameters(), self._teacher_flags):
+                p.requires_grad_(flag)
+            self._teacher_flags = None
+
+    def __enter__(self) -> KDLoss:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_outputs(teacher: nn.Module, student: nn.Module, sample: np.ndarray) -> int:
+    """Run both models on ``sample``; raise before training if they cannot be distilled. Returns classes."""
+    x = torch.from_numpy(np.ascontiguousarray(sample[:2]))
+    outs = {}
+    for role, m in (("teacher", teacher), ("student", student)):
+        try:
+            with _eval_no_grad(m):
+                outs[role] = m(x)
+        except RuntimeError as e:
+            raise ShapeError(f"{role} '{arch_name(m)}' cannot take inputs of per-sample shape "
+                             f"{list(sample.shape[1:])}: {first_line(e, 200)}") from None
+        if outs[role].dim() != 2:
+            raise ShapeError(f"{role} '{arch_name(m)}' returns {list(outs[role].shape)}; distillation needs "
+                             "logits shaped [batch, classes]")
+    kt, ks = outs["teacher"].shape[1], outs["student"].shape[1]
+    if kt != ks:
+        raise ConfigError(f"teacher '{arch_name(teacher)}' predicts {kt} classes but student "
+                          f"'{arch_name(student)}' predicts {ks}; build the student with num_classes={kt}")
+    return int(ks)
+
+
+def kd_loss_fn(teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.9, *, label_smoothing: float = 0.0,
+               student: Optional[nn.Module] = None, sample: Optional[np.ndarray] = None, attention: Any = None,
+               hints: Any = None, attention_p: float = 2.0, cache_inputs: Optional[np.ndarray] = None,
+               seed: int = 0) -> KDLoss:
+    """A distillation ``loss_fn(model, x, y) -> (loss, logits)`` for :func:`edgekit.core.train.fit`.
+
+    Args:
+        teacher: the frozen reference (eval mode and ``requires_grad=False`` until the loss is closed).
+        temperature: softmax temperature T (> 0); the soft loss is scaled by T².
+        alpha: weight of the soft loss; (1 − alpha) weights cross-entropy with the labels (0..1).
+        label_smoothing: of the hard-label cross-entropy.
+        student: the model ``fit`` will train; needed for attention/hints (hooks) and class checks.
+        sample: a few training inputs (numpy); with ``student``, checks classes/shapes and sizes adapters.
+        attention: attention-transfer weight, or ``{"weight": w, "pairs": [[student, teacher], ...]}``.
+        hints: FitNets hint weight or ``{"weight", "pairs"}``; adapters go to ``extra_parameters``.
+        attention_p: exponent of the attention map.
+        cache_inputs: the training inputs, to precompute teacher outputs once (only when ``fit``
+            feeds the exact rows, i.e. augmentation off; batches that miss run the teacher).
+        seed: initialises the hint adapters (identically on every DDP rank).
+
+    Raises:
+        ConfigError: bad temperature/alpha, class mismatch, unknown layer names (lists available ones).
+
+    Example:
+        >>> loss_fn = kd_loss_fn(teacher, temperature=4.0, alpha=0.9)
+        >>> fit(student, splits.train, splits.val, {"epochs": 5}, loss_fn=loss_fn)
+    """
+    cfg = validated_config(DistillConfig, {"temperature": temperature, "alpha": alpha, "attention_p": attention_p},
+                           "distill")
+    att, hnt = _feature_cfg(attention, "attention"), _feature_cfg(hints, "hints")
+    if (att.enabled or hnt.enabled) and (student is None or sample is None):
+        raise ConfigError("attention transfer and feature hints need the student model and a few training "
+                          "inputs: kd_loss_fn(teacher, ..., student=model, sample=train.x[:2])")
+    loss = KDLoss(teacher, cfg.temperature, cfg.alpha, label_smoothing)
+    try:
+        _configure(loss, student, sample, att, hnt, cfg.attention_p, cache_inputs, seed)
+    except BaseException:
+        loss.close()
+        raise
+    return loss
+
+
+def _configure(loss: KDLoss, student: Optional[nn.Module], sample: Optional[np.ndarray], att: FeatureLossConfig,
+               hnt: FeatureLossConfig, attention_p: float, cache_inputs: Optional[np.ndarray], seed: int) -> None:
+    """Check the pairs and the models' outputs, hook the feature layers, build the teacher cache."""
+    teacher = loss.teacher
+    loss.attention_p = attention_p
+    if student is not None:
+        student = unwrap(student)
+        if att.enabled:
+            loss.attention_pairs = check_pairs(student, teacher, att.pairs, "attention.pairs")
+            loss.attention_weight = att.weight
+        if hnt.enabled:
+            loss.hint_pairs = check_pairs(student, teacher, hnt.pairs, "hints.pairs")
+            loss.hint_weight = hnt.weight
+    if sample is not None and student is not None:
+        check_outputs(teacher, student, sample)
+    pairs = loss.attention_pairs + loss.hint_pairs
+    if pairs:
+        loss.student_tap = FeatureTap(student, [s for s, _ in pairs])
+        loss.teacher_tap = FeatureTap(teacher, [t for _, t in pairs])
+        _build_and_check_features(loss, student, sample, seed)
+    if cache_inputs is not None and not loss.hint_pairs:
+        extras_fn = (lambda: {f"attention:{t}": attention_map(f, loss.attention_p) for t, f in
+                              loss.teacher_tap.pop().items()}) if loss.teacher_tap else None
+        loss.cache = TeacherCache.build(teacher, cache_inputs, extras_fn=extras_fn)
+
+
+def _build_and_check_features(loss: KDLoss, student: nn.Module, sample: np.ndarray, seed: int) -> None:
+    """Dry-run both models on ``sample`` (eval mode, no grad): check feature shapes, create hint adapters."""
+    x = torch.from_numpy(np.ascontiguousarray(sample[:2]))
+    with _eval_no_grad(student, loss.teacher):
+        student(x)
+        loss.teacher(x)
+    s_feats, t_feats = loss.student_tap.pop(), loss.teacher_tap.pop()
+    for s, t in loss.attention_pairs:
+        attention_transfer_loss(attention_map(s_feats[s]), attention_map(t_feats[t]))  # raises ShapeError
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for s, t in loss.hint_pairs:
+            fs, ft = s_feats[s], t_feats[t]
+            if fs.dim() != ft.dim():
+                raise ShapeError(f"hints.pairs: student '{s}' gives {list(fs.shape)} but teacher '{t}' gives "
+                                 f"{list(ft.shape)}; pair layers of the same kind")
+            adapter = HintAdapter(feature_channels(fs), feature_channels(ft), tokens=fs.dim() == 3)
+            hint_loss(fs, ft, adapter)  # raises ShapeError if the features cannot be matched
+            loss.adapters[f"{s}->{t}".replace(".", "_")] = adapter
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for p in loss.adapters.parameters():
+            torch.distributed.broadcast(p.data, src=0)
+
+
