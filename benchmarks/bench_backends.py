@@ -68,9 +68,10 @@ def mobilenet_int8(work: Path) -> Dict[str, Path]:
     torch.manual_seed(0)
     model = create_model("mobilenetv2", num_classes=1000, in_channels=3).eval()
     x = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
-    pruned = prune(model, x[:2], MOBILENET).model
+    pruned = prune(model, MOBILENET, example_input=x[:2]).model
     fp32 = export_onnx(pruned, x[:2], work / "mobilenetv2_pruned_fp32.onnx", atol=1e-2, min_top1_agreement=0.0).path
-    int8 = quantize(fp32, x, work / "mobilenetv2_pruned_int8.onnx", target="cpu", samples=32).path
+    int8 = quantize(fp32, {"target": "cpu", "samples": 32}, calib=x,
+                    out_path=work / "mobilenetv2_pruned_int8.onnx").artifact
     return {"mobilenetv2-pruned-int8": Path(int8), "mobilenetv2-pruned-fp32": Path(fp32)}
 
 

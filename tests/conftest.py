@@ -1,27 +1,14 @@
 """Fixtures only: tiny real data and tiny trained models, built once per test session.
 
-Helpers live in ``tests/_helpers``. ``TrainedModel``, ``stage_context`` and ``run_cli`` are re-exported here only
-until every test module imports them from ``_helpers`` (then these imports go).
+Helpers (tiny models, ONNX builders, the CLI runner) live in ``tests/_helpers``.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 from _helpers.models import TrainedModel, train_and_export
-from _helpers.runs import run_cli, stage_context
-
-__all__ = ["TrainedModel", "run_cli", "stage_context"]  # transitional re-exports, see the module docstring
 
 torch.set_num_threads(2)
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """Runners opened with ``threads=N`` set torch's global thread count; restore it after every test, so the
-    next test (and the session fixtures' training, whose results depend on it) starts from the same count."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

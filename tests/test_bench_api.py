@@ -10,28 +10,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _helpers.onnx_models import conv_net_onnx as conv_net
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.bench import BenchResult, ModelSpec, benchmark
 from edgekit.errors import BackendUnavailableError, ConfigError, EdgekitError, InputFileError, ShapeError
 
 FAST = dict(warmup=1, iters=6, rounds=3, threads=1, plots=False)
-
-
-def conv_net(path, channels: int, hw: int = 8, batch_dim="N"):
-    """x[N,3,hw,hw] -> Conv3x3(3->c) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(c->4)."""
-    rng = np.random.default_rng(channels)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
-             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
-    inits = [numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal((4, channels)).astype(np.float32), "fc")]
-    g = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch_dim, 3, hw, hw])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch_dim, 4])], initializer=inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 9
-    onnx.save(m, str(path))
-    return path, (hw * hw * channels * 27 + channels * 4 if isinstance(hw, int) else None)
 
 
 @pytest.fixture

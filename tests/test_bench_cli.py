@@ -8,10 +8,8 @@ import re
 import subprocess
 import sys
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from _helpers.onnx_models import mlp_onnx as _mlp
 
 from edgekit.cli import bench as commands
 from edgekit.core.platform import environment
@@ -19,20 +17,6 @@ from edgekit.errors import EdgekitError
 
 ENV_KEYS = {"cpu_model", "isa_flags", "cores_logical", "cores_physical", "memory_gb", "gpu", "gpu_compute_capability",
             "versions", "platform"}
-
-
-def _mlp(path, hidden):
-    rng = np.random.default_rng(hidden)
-    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Gemm", ["r", "w2"], ["y"])]
-    inits = [numpy_helper.from_array(rng.standard_normal((16, hidden)).astype(np.float32), "w1"),
-             numpy_helper.from_array(rng.standard_normal((hidden, 3)).astype(np.float32), "w2")]
-    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], initializer=inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 9
-    onnx.save(m, str(path))
-    return str(path)
 
 
 def bench_command(*argv: str) -> int:
@@ -130,10 +114,12 @@ def test_cli_data_digits_accuracy_matches_training_evaluation(trained_resnet8, t
 def test_backend_probe_in_a_fresh_interpreter():
     """probe_backend / prune's speed_backend check register the built-in backends themselves (once failed with
     "unknown backend 'ort-cpu'; valid: " when nothing had opened a runner yet)."""
-    code = ("from edgekit.backends import probe_backend; from edgekit.techniques.prune.prune import as_prune_config; "
+    code = ("from edgekit.backends import probe_backend; from edgekit.errors import validated_config; "
+            "from edgekit.techniques.prune.config import PruneConfig; "
             "assert probe_backend('ort-cpu') == (True, ''); "
-            "import torch; from edgekit.techniques.prune.prune import _validate; "
+            "from edgekit.techniques.prune._structured import validate; "
             "from edgekit.models import create_model; "
             "m = create_model('resnet_cifar', depth=8, width=0.25, num_classes=10, in_channels=3); "
-            "_validate(m, as_prune_config({'speedup_target': 1.5, 'finetune': {'epochs': 0}}), None)")
+            "cfg = validated_config(PruneConfig, {'speedup_target': 1.5, 'finetune': {'epochs': 0}}, 'prune'); "
+            "validate(m, cfg, None)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers.runs import run_cli
 
 TINY = (Path(__file__).parent / "data" / "tiny_recipe.yaml").read_text()  # a tiny valid recipe
 ZOO_MODEL = "  name: resnet_cifar\n  kwargs: {depth: 8, width: 0.5}"
@@ -20,20 +21,20 @@ def assert_clean_error(proc, *fragments):
         assert f in proc.stderr, (f, proc.stderr)
 
 
-def test_models_lists_registry(cli):
-    p = cli("models", "--json")
+def test_models_lists_registry():
+    p = run_cli("models", "--json")
     assert p.returncode == 0
     assert {"resnet18", "mobilenetv2", "vit", "rnn_classifier"} <= {r["name"] for r in json.loads(p.stdout)}
 
 
-def test_validate_ok_and_problems(tmp_path, cli):
+def test_validate_ok_and_problems(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(TINY)
-    p = cli("recipe", "validate", str(good))
+    p = run_cli("recipe", "validate", str(good))
     assert p.returncode == 0 and "valid" in p.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY.replace("epochs: 2", "epochs: -2").replace("name: resnet_cifar", "name: resnet9"))
-    p = cli("recipe", "validate", str(bad))
+    p = run_cli("recipe", "validate", str(bad))
     assert_clean_error(p, "stages[0].epochs (line 13)")
 
 
@@ -42,7 +43,7 @@ def test_validate_ok_and_problems(tmp_path, cli):
                                   "bad_batch_flag", "unwritable_runs_dir", "unknown_key", "wrong_type",
                                   "out_of_range", "corrupt_onnx", "missing_data_file", "calibration_wrong_shape",
                                   "unknown_stage"])
-def test_bad_input_battery(case, tmp_path, trained_resnet8, cli):
+def test_bad_input_battery(case, tmp_path, trained_resnet8):
     recipe = tmp_path / "r.yaml"
     text = TINY
     extra = []
@@ -80,12 +81,12 @@ def test_bad_input_battery(case, tmp_path, trained_resnet8, cli):
         text = TINY.replace("backend: tensorrt", "backend: ort-gpu")
         frag = "unknown backend 'ort-gpu'"
     elif case == "bad_batch_flag":
-        p = cli("bench", str(trained_resnet8.onnx), "--batch", "0,x")
+        p = run_cli("bench", str(trained_resnet8.onnx), "--batch", "0,x")
         assert_clean_error(p, "batch")
         return
     elif case == "corrupt_onnx":
         (tmp_path / "junk.onnx").write_bytes(b"\x00not onnx")
-        p = cli("bench", str(tmp_path / "junk.onnx"))
+        p = run_cli("bench", str(tmp_path / "junk.onnx"))
         assert_clean_error(p, "junk.onnx")
         return
     elif case == "unknown_key":
@@ -120,64 +121,64 @@ def test_bad_input_battery(case, tmp_path, trained_resnet8, cli):
             extra = ["--runs-dir", str(tmp_path / "file" / "runs")]
     if case != "missing_recipe":
         recipe.write_text(text)
-    p = cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), *extra) if not extra else \
-        cli("run", str(recipe), *extra)
+    p = run_cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), *extra) if not extra else \
+        run_cli("run", str(recipe), *extra)
     assert_clean_error(p, frag)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
 
 
-def test_bad_input_never_destroys_an_existing_run(tmp_path, cli):
+def test_bad_input_never_destroys_an_existing_run(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(TINY)
     run = tmp_path / "runs" / "r" / "keep"
     run.mkdir(parents=True)
     (run / "manifest.json").write_text('{"schema": "edgekit-manifest/1"}')
     (run / "report.md").write_text("precious")
-    p = cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--name", "keep")
+    p = run_cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--name", "keep")
     assert_clean_error(p, "already exists")
     recipe.write_text(TINY.replace("epochs: 2", "epochs: -1"))
-    p = cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--name", "keep", "--resume")
+    p = run_cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--name", "keep", "--resume")
     assert_clean_error(p, "stages[0].epochs")
     assert (run / "report.md").read_text() == "precious"
     assert sorted(x.name for x in run.iterdir()) == ["manifest.json", "report.md"]
 
 
-def test_debug_shows_traceback(tmp_path, cli):
-    p = cli("--debug", "recipe", "validate", str(tmp_path / "none.yaml"))
+def test_debug_shows_traceback(tmp_path):
+    p = run_cli("--debug", "recipe", "validate", str(tmp_path / "none.yaml"))
     assert p.returncode != 0 and "Traceback" in p.stderr
 
 
-def test_make_calib_writes_npz(tmp_path, cli):
+def test_make_calib_writes_npz(tmp_path):
     out = tmp_path / "c.npz"
-    p = cli("data", "make-calib", "--dataset", "digits", "--image-size", "8", "--samples", "16", "--out", str(out))
+    p = run_cli("data", "make-calib", "--dataset", "digits", "--image-size", "8", "--samples", "16", "--out", str(out))
     assert p.returncode == 0
     with np.load(out) as f:
         assert f["x"].shape == (16, 1, 8, 8) and f["x"].dtype == np.float32
 
 
 @pytest.mark.slow
-def test_prune_sensitivity_export_and_quantize_commands(tmp_path, trained_resnet8, cli):
+def test_prune_sensitivity_export_and_quantize_commands(tmp_path, trained_resnet8):
     out = tmp_path / "sens"
-    p = cli("prune", str(trained_resnet8.checkpoint), "--sensitivity", "--data", "digits", "--ratios", "0.5",
+    p = run_cli("prune", str(trained_resnet8.checkpoint), "--sensitivity", "--data", "digits", "--ratios", "0.5",
                 "--out", str(out))
     assert p.returncode == 0, p.stderr
     assert (out / "sensitivity.json").is_file() and "| group |" in p.stdout
     pruned = tmp_path / "pruned.pt"
-    p = cli("prune", str(trained_resnet8.checkpoint), "--ratio", "0.3", "--data", "digits", "--finetune-epochs", "1",
-                "--out", str(pruned))
+    p = run_cli("prune", str(trained_resnet8.checkpoint), "--ratio", "0.3", "--data", "digits",
+                "--finetune-epochs", "1", "--out", str(pruned))
     assert p.returncode == 0, p.stderr
     assert "MACs" in p.stdout and pruned.is_file()
     onnx_path = tmp_path / "pruned.onnx"
-    p = cli("export", str(pruned), "--data", "digits", "--out", str(onnx_path))
+    p = run_cli("export", str(pruned), "--data", "digits", "--out", str(onnx_path))
     assert p.returncode == 0, p.stderr
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=trained_resnet8.splits.train.x[:64])
-    p = cli("quantize", str(onnx_path), "--calib", str(calib), "--out", str(tmp_path / "q.onnx"))
+    p = run_cli("quantize", str(onnx_path), "--calib", str(calib), "--out", str(tmp_path / "q.onnx"))
     assert p.returncode == 0, p.stderr
     assert "int8 MAC coverage" in p.stdout
 
 
-def test_prune_command_needs_one_target(tmp_path, trained_resnet8, cli):
-    p = cli("prune", str(trained_resnet8.checkpoint), "--out", str(tmp_path / "x.pt"))
+def test_prune_command_needs_one_target(tmp_path, trained_resnet8):
+    p = run_cli("prune", str(trained_resnet8.checkpoint), "--out", str(tmp_path / "x.pt"))
     assert_clean_error(p, "exactly one of --ratio")
     assert not (tmp_path / "x.pt").exists()

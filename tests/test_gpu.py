@@ -7,16 +7,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_tensorrt import make_onnx
+from _helpers.onnx_models import conv_relu_onnx as make_onnx
 
 import edgekit.backends.ort_cuda as ort_cuda
 import edgekit.backends.tensorrt.runner as trt_runner
 import edgekit.core.platform as platform_facts
 from edgekit._io import read_sidecar, write_sidecar
 from edgekit.backends import open_runner, probe_backend
-from edgekit.backends.tensorrt.cache import EngineCompatibilityError
 from edgekit.core.platform import runtime_status
-from edgekit.errors import BackendUnavailableError, ConfigError, ShapeError
+from edgekit.errors import BackendUnavailableError, ConfigError, EngineCompatibilityError, ShapeError
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRT = runtime_status("tensorrt")[0] is not None

@@ -10,20 +10,11 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 import edgekit
 
 ROOT = Path(edgekit.__file__).resolve().parent
 LAYERS = {"errors": 0, "registry": 0, "_io": 0, "_log": 0, "core": 1, "models": 2, "data": 2, "backends": 2,
           "export": 2, "techniques": 3, "bench": 4, "pipeline": 5, "cli": 6}
-
-# Known violations owned by other engineers, as (importing module, imported module) edges. Each is left out of the
-# checks below, and a strict xfail fails as soon as the edge is gone, so a fixed entry must be removed here.
-KNOWN_EDGES = {
-    ("edgekit.core.platform", "edgekit.backends.ort"): "backends engineer moves the ORT facts out of core.platform",
-}
-
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
@@ -98,7 +89,7 @@ def test_every_package_has_a_layer():
 
 def test_no_upward_imports():
     upward = [f"{src} (layer {_layer(src)}) imports {dst} (layer {_layer(dst)})" for src, dst in _edges()
-              if (src, dst) not in KNOWN_EDGES and _layer(src) is not None and _layer(dst) is not None
+              if _layer(src) is not None and _layer(dst) is not None
               and _layer(dst) > _layer(src)]
     assert not upward, "\n".join(upward)
 
@@ -141,19 +132,12 @@ def _package_cycles(edges) -> list[list[str]]:
 
 
 def test_no_import_cycles_between_packages():
-    edges = [e for e in _edges() if e not in KNOWN_EDGES]
+    edges = list(_edges())
     cycles = _package_cycles(edges)
     detail = [f"{' ↔ '.join(c)}: " + ", ".join(f"{s} → {d}" for s, d in edges
                                                if _package(s) in c and _package(d) in c and _package(s) != _package(d))
               for c in cycles]
     assert not cycles, "\n".join(detail)
-
-
-@pytest.mark.parametrize("edge", [pytest.param(e, id=f"{e[0]}->{e[1]}", marks=pytest.mark.xfail(strict=True, reason=r))
-                                  for e, r in KNOWN_EDGES.items()])
-def test_known_violation_is_still_there(edge):
-    """Fails (xfail) while the known edge exists; passes — and so fails strictly — once it is fixed."""
-    assert edge not in _edges()
 
 
 def test_the_checker_sees_function_level_relative_and_dynamic_imports():

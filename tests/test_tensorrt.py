@@ -6,10 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from _helpers.onnx_models import conv_relu_onnx as make_onnx
+from onnx import TensorProto, helper
 
 import edgekit.backends.tensorrt.build as trtx
 import edgekit.backends.tensorrt.cache as trt_cache
@@ -20,32 +20,6 @@ from edgekit.core.platform import runtime_status
 from edgekit.errors import BackendUnavailableError, ConfigError, InputFileError
 
 IDENTITY = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
-
-
-def make_onnx(path: Path, *, qdq: bool = False, batch=None, extra_dynamic: bool = False) -> Path:
-    """A 1x1-conv + ReLU model on [N, 3, 4, 4] input 'x' (optionally Q/DQ, fixed batch, dynamic H)."""
-    w = np.random.default_rng(0).standard_normal((2, 3, 1, 1)).astype(np.float32)
-    inits, nodes, conv_in, w_name = [], [], "x", "w"
-    if qdq:
-        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
-                  numpy_helper.from_array(np.array(0, np.int8), "zp"),
-                  numpy_helper.from_array(np.round(w / 0.05).astype(np.int8), "wq")]
-        nodes += [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
-                  helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
-                  helper.make_node("DequantizeLinear", ["wq", "s", "zp"], ["wd"])]
-        conv_in, w_name = "xd", "wd"
-    else:
-        inits.append(numpy_helper.from_array(w, "w"))
-    nodes += [helper.make_node("Conv", [conv_in, w_name], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
-    h = "H" if extra_dynamic else 4
-    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch or "N", 3, h, 4])
-    graph = helper.make_graph(nodes, "tiny", [x_info],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch or "N", 2, h, 4])],
-                              initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.save(model, str(path))
-    return path
 
 
 # ----------------------------------------------------------------------------- precision flags

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from edgekit._io import read_json, sha256_file, write_json_atomic, write_text_atomic
+from edgekit.core.threads import torch_threads
 from edgekit.errors import ConfigError, RunDirectoryError
 from edgekit.pipeline.stages import STAGES, StageContext, StageOutput, Variant
 
@@ -173,7 +174,12 @@ def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str 
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
                 "inputs": _input_files(recipe), "stages": [], "variants": {}}
     write_json_atomic(run_dir / "manifest.json", manifest)
-    torch.set_num_threads(recipe.threads)
+    with torch_threads(recipe.threads):
+        return _run_stages_and_report(recipe, run_dir, splits, manifest, report)
+
+
+def _run_stages_and_report(recipe: Any, run_dir: Path, splits: Callable[[], Any], manifest: dict,
+                           report: bool) -> RunResult:
     variants: Dict[str, Variant] = _initial_variants(recipe, run_dir, splits)
     digests: Dict[str, str] = {}
     for i, cfg in enumerate(recipe.stages):

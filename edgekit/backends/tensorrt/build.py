@@ -49,16 +49,13 @@ from edgekit.backends.tensorrt.cache import (
 )
 from edgekit.backends.tensorrt.profile import BatchRange, BuilderFlags, compute_profile, precision_flags
 from edgekit.core.onnx_graph import graph_inputs, has_qdq
-from edgekit.errors import BackendUnavailableError, ConfigError, EdgekitError
+from edgekit.errors import BackendUnavailableError, ConfigError, EngineBuildError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORKSPACE_MB = 2048
 INT8_NEEDS_QDQ = "int8 engines are built from Q/DQ ONNX; quantise with target: tensorrt first"
 
-
-class EngineBuildError(EdgekitError):
-    """TensorRT could not parse the ONNX model or build an engine from it."""
 
 
 def describe_parser_errors(onnx_path: Union[str, Path], errors: Sequence[Mapping]) -> str:

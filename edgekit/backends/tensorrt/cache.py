@@ -19,13 +19,10 @@ from pathlib import Path
 from typing import Mapping, Optional, Union
 
 from edgekit._io import atomic_path, read_sidecar, sha256_file, write_sidecar
-from edgekit.errors import InputFileError
+from edgekit.errors import EngineCompatibilityError, InputFileError
 
 ENGINE_FORMAT = "edgekit-trt-engine/1"
 
-
-class EngineCompatibilityError(InputFileError):
-    """A TensorRT engine was built for another TensorRT version or GPU, or is not an edgekit engine."""
 
 
 def engine_cache_key(onnx_sha256: str, tensorrt_version: str, gpu_name: str, compute_capability: str,

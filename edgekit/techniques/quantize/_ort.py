@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Sequence
 
 from edgekit._io import read_sidecar, require_file
-from edgekit.errors import EdgekitError, InputFileError
+from edgekit.errors import InputFileError, QuantizationError
 
 logger = logging.getLogger(__name__)
 
@@ -19,9 +19,6 @@ QUANTISED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", 
                  "MatMulIntegerToFloat", "QLinearAdd", "QAttention"}
 CONTRACTION_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
-
-class QuantizationError(EdgekitError):
-    """ONNX Runtime's quantiser failed on a model that passed validation."""
 
 
 def load_float_model(onnx_path: str | os.PathLike):

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from edgekit._io import atomic_path, write_sidecar
-from edgekit.errors import ConfigError, validated_config
-from edgekit.techniques.quantize._ort import QuantizationError, preprocess, quiet
+from edgekit.errors import ConfigError, QuantizationError, validated_config
+from edgekit.techniques.quantize._ort import preprocess, quiet
 from edgekit.techniques.quantize.config import QuantizeConfig
 from edgekit.techniques.quantize.ptq import QuantizeResult, check_request
 

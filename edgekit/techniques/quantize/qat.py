@@ -144,7 +144,7 @@ def _export_checked(qmodel: nn.Module, val: Any, out_path: Path, cfg: QatConfig,
     """Export to a temporary file, check ORT's int8 coverage and accuracy, then move it to ``out_path``."""
     from edgekit.backends import open_runner
     from edgekit.core.train import evaluate
-    from edgekit.techniques.quantize._ort import QuantizationError
+    from edgekit.errors import QuantizationError
     from edgekit.techniques.quantize.coverage import int8_coverage
 
     tmp_root = out_path.parent if out_path.parent.is_dir() else None
