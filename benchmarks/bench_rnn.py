@@ -105,9 +105,12 @@ def _prune_variants(model, splits, work: Path, tag: str, threads: int, quick: bo
 
 def measure(quick: bool = False, threads: int = 2, work: Path | None = None) -> dict:
     """Every model and variant; raw figures (what ``to_markdown`` renders)."""
+    import torch
+
     from edgekit.data import load_data
     from edgekit.export import export_onnx
 
+    torch.set_num_threads(threads)  # training too: on a shared machine a second spinning thread only wastes CPU
     splits = load_data({"name": "digits_seq"}, seed=0)
     rounds, iters, epochs = (4, 10, 4) if quick else (15, 40, TRAIN["epochs"])
     own = tempfile.TemporaryDirectory(prefix="edgekit-bench-rnn-") if work is None else None
