@@ -21,7 +21,7 @@ FORMAT = "edgekit-checkpoint/1"
 
 
 def capture_structure(model: nn.Module) -> Dict[str, dict]:
-    """Constructor attributes of every Conv/Linear/Norm layer, keyed by module name."""
+    """Constructor attributes of every Conv/Linear/Norm/LSTM/GRU layer, keyed by module name."""
     out: Dict[str, dict] = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
@@ -35,14 +35,30 @@ def capture_structure(model: nn.Module) -> Dict[str, dict]:
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             out[name] = {"type": type(m).__name__, "num_features": m.num_features, "eps": m.eps,
                          "momentum": m.momentum, "affine": m.affine}
+        elif type(m) in (nn.LSTM, nn.GRU):
+            out[name] = _rnn_structure(m)
         elif isinstance(m, nn.LayerNorm):
             out[name] = {"type": "LayerNorm", "normalized_shape": list(m.normalized_shape), "eps": m.eps,
                          "elementwise_affine": m.elementwise_affine}
     return out
 
 
+_RNN_FIELDS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
+
+
+def _rnn_structure(m: nn.RNNBase) -> dict:
+    """LSTM/GRU sizes (hidden units pruned by edgekit's unit pruning) and flags; ``proj_size`` for LSTM."""
+    spec = {"type": type(m).__name__, **{k: getattr(m, k) for k in _RNN_FIELDS}}
+    if isinstance(m, nn.LSTM):
+        spec["proj_size"] = m.proj_size
+    return spec
+
+
 def _build_layer(spec: dict) -> nn.Module:
     t = spec["type"]
+    if t in ("LSTM", "GRU"):
+        extra = {"proj_size": spec.get("proj_size", 0)} if t == "LSTM" else {}
+        return getattr(nn, t)(**{k: spec[k] for k in _RNN_FIELDS}, **extra)
     if t == "Conv2d":
         return nn.Conv2d(spec["in_channels"], spec["out_channels"], tuple(spec["kernel_size"]), tuple(spec["stride"]),
                          spec["padding"] if isinstance(spec["padding"], str) else tuple(spec["padding"]),

@@ -110,6 +110,10 @@ def prune(model: nn.Module, config: Union[PruneConfig, dict, None] = None, *, ex
 
         return sparsify(model, cfg.sparsity_config(), train=train, val=val, teacher=teacher, seed=seed,
                         example_input=example_input)
+    from edgekit.techniques.prune import _rnn
+
+    if _rnn.recurrent_layers(model):  # LSTM/GRU hidden units: Torch-Pruning cannot prune them
+        return _rnn.prune_rnn(model, cfg, example_input, train, val, teacher, seed)
     return _structured(model, cfg, example_input, train, val, teacher, seed)
 
 

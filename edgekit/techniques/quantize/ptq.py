@@ -121,9 +121,9 @@ def quantize(onnx_path: str | os.PathLike, config: QuantizeConfig | dict | None 
     """
     cfg = validated_config(QuantizeConfig, config, "quantize")
     if cfg.mode == "dynamic":
-        from edgekit.techniques.quantize.dynamic import quantize_dynamic_model
+        from edgekit.techniques.quantize._rnn import quantize_dynamic_best  # GRU: op or unrolled, the faster
 
-        return quantize_dynamic_model(onnx_path, cfg, out_path=out_path, val=val, threads=threads)
+        return quantize_dynamic_best(onnx_path, cfg, out_path=out_path, val=val, threads=threads)
     from edgekit.techniques.quantize._calibration import model_input, prepare_calibration
 
     t0 = time.perf_counter()
