@@ -240,14 +240,16 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--past", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="training / KD sampling seed")
+    ap.add_argument("--data-seed", type=int, default=0,
+                    help="document split seed (keep the teacher's: a local teacher was trained on its train split)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     args.final = args.final or f"student{min(args.student_layers)} ort int4"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = load_lm_corpus({"block_size": 128}, seed=args.seed)
+    corpus = load_lm_corpus({"block_size": 128}, seed=args.data_seed)
     corpus.save_tokenizer(out / "tokenizer.json")
     t0 = time.perf_counter()
     torch_models, onnx_paths, info = build_variants(args, corpus, out)
