@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from edgekit.bench.decode import OrtDecoder, TorchDecoder, cache_vs_recompute, greedy, perplexity
+from edgekit.bench.decode import OrtDecoder, TorchDecoder, cache_vs_recompute, generate, greedy, perplexity
 from edgekit.data.text_lm import load_lm_corpus, read_text_documents, train_bpe
 from edgekit.errors import ConfigError, InputFileError
 from edgekit.export.causal_lm import build_causal_lm, check_causal_lm, check_kv_parity, export_causal_lm, load_causal_lm
@@ -57,6 +57,20 @@ def test_greedy_with_cache_on_ort_equals_pytorch(tmp_path):
     with torch.no_grad():
         ref = model.generate(torch.from_numpy(prompt), max_new_tokens=12, do_sample=False)[0, 4:].tolist()
     assert ort_tokens == ref
+
+
+def test_top_k_sampling_is_seeded_and_stays_in_the_top_k(tmp_path):
+    model = _tiny()
+    export_causal_lm(model, tmp_path / "lm.onnx")
+    dec, prompt = OrtDecoder(tmp_path / "lm.onnx"), np.array([[5, 17, 42, 7]])
+    a, b = generate(dec, prompt, 10, top_k=5, seed=1), generate(dec, prompt, 10, top_k=5, seed=1)
+    assert a == b and a != generate(dec, prompt, 10, top_k=5, seed=2)
+    logits = dec.full(np.concatenate([prompt, [a[:-1]]], axis=1))[3:]  # the distribution each token was drawn from
+    for tok, row in zip(a, logits):
+        assert tok in np.argsort(row)[-5:]
+    assert generate(dec, prompt, 6, top_k=1, seed=9) == greedy(dec, prompt, 6)
+    with pytest.raises(ConfigError, match="top_k must be >= 1"):
+        generate(dec, prompt, 4, top_k=0)
 
 
 def test_perplexity_is_the_same_through_ort_and_torch(tmp_path):

@@ -98,26 +98,44 @@ def _check_length(decoder: Any, n: int, what: str) -> None:
                           f"(shorten the prompt or lower max_new_tokens)")
 
 
+def generate(decoder: Any, prompt: np.ndarray, max_new_tokens: int, top_k: Optional[int] = None, seed: int = 0
+             ) -> List[int]:
+    """Continue ``prompt [1, s]`` with the cache: greedy (``top_k`` None) or top-k sampling seeded by ``seed``.
+
+    Example:
+        >>> generate(OrtDecoder("lm.int4.onnx"), np.array([[3, 17, 42]]), 8, top_k=20, seed=1)
+    """
+    if max_new_tokens <= 0:
+        raise ConfigError(f"max_new_tokens must be > 0, got {max_new_tokens}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be >= 1 (or None for greedy), got {top_k}")
+    prompt = np.asarray(prompt, np.int64)
+    if prompt.ndim != 2 or prompt.shape[0] != 1 or prompt.shape[1] == 0:
+        raise ConfigError(f"prompt must be token ids of shape [1, s>0], got {list(prompt.shape)}")
+    _check_length(decoder, prompt.shape[1] + max_new_tokens, "prompt + max_new_tokens")
+    rng = np.random.default_rng(seed)
+    logits, state = decoder.prefill(prompt)
+    out: List[int] = []
+    while True:
+        if top_k is None:
+            tok = int(np.argmax(logits))
+        else:
+            top = np.argpartition(logits, -top_k)[-top_k:] if top_k < len(logits) else np.arange(len(logits))
+            p = np.exp(logits[top] - logits[top].max())
+            tok = int(top[rng.choice(len(top), p=p / p.sum())])
+        out.append(tok)
+        if len(out) == max_new_tokens:
+            return out
+        logits, state = decoder.step(tok, state)
+
+
 def greedy(decoder: Any, prompt: np.ndarray, max_new_tokens: int) -> List[int]:
     """Greedy continuation of ``prompt [1, s]`` with the cache; returns the new token ids.
 
     Example:
         >>> greedy(OrtDecoder("lm.onnx"), np.array([[3, 17, 42]]), 8)
     """
-    if max_new_tokens <= 0:
-        raise ConfigError(f"max_new_tokens must be > 0, got {max_new_tokens}")
-    prompt = np.asarray(prompt, np.int64)
-    if prompt.ndim != 2 or prompt.shape[0] != 1 or prompt.shape[1] == 0:
-        raise ConfigError(f"prompt must be token ids of shape [1, s>0], got {list(prompt.shape)}")
-    _check_length(decoder, prompt.shape[1] + max_new_tokens, "prompt + max_new_tokens")
-    logits, state = decoder.prefill(prompt)
-    out = []
-    for _ in range(max_new_tokens):
-        tok = int(np.argmax(logits))
-        out.append(tok)
-        if len(out) < max_new_tokens:
-            logits, state = decoder.step(tok, state)
-    return out
+    return generate(decoder, prompt, max_new_tokens)
 
 
 def interleaved(fns: Dict[str, Callable[[], float]], rounds: int = 10, warmup: int = 2) -> Dict[str, np.ndarray]:
@@ -253,5 +271,5 @@ def markdown_table(rows: List[dict], columns: List[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["OrtDecoder", "TorchDecoder", "cache_vs_recompute", "decode_speed", "greedy", "interleaved", "load_note",
-           "markdown_table", "perplexity", "ratios"]
+__all__ = ["OrtDecoder", "TorchDecoder", "cache_vs_recompute", "decode_speed", "generate", "greedy", "interleaved",
+           "load_note", "markdown_table", "perplexity", "ratios"]
