@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -292,6 +293,9 @@ def test_rerun_changed_writes_a_new_run_and_tampering_is_caught(world, tmp_path,
     recipe = world / "tiny.yaml"
     code, out, err = cli(["run", recipe, "--runs-dir", runs, "--name", "keep", "--resume", "--no-report"], capsys)
     assert code == 0, err
+    record = json.loads((runs / "tiny" / "keep" / "stages" / "00-train" / "stage.json").read_text())
+    assert record["variants"][0]["onnx"] == "stages/00-train/reference.onnx"  # relative: the copy is self-contained
+    assert set(record["files"]) >= {"stages/00-train/reference.onnx", "stages/00-train/reference.pt"}
     onnx = runs / "tiny" / "keep" / "stages" / "00-train" / "reference.onnx"
     onnx.write_bytes(onnx.read_bytes()[:-10])  # truncated behind edgekit's back
     before = snapshot(runs)
