@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from edgekit._io import atomic_path
+from edgekit.core.tensors import Inputs, NamedInputs, is_named, num_samples
 from edgekit.data.datasets import DataConfig, load_data, read_npz
 from edgekit.errors import ConfigError, ShapeError
 
@@ -21,9 +22,15 @@ def load_calibration(path: str | Path, input_shape: Optional[Sequence[Optional[i
     return check_calibration(x, input_shape, str(path), max_samples)
 
 
-def check_calibration(x: np.ndarray, input_shape: Optional[Sequence[Optional[int]]], where: str = "calibration data",
-                      max_samples: Optional[int] = None) -> np.ndarray:
-    """Validate calibration samples (non-empty, finite, numeric, per-sample shape) and return float32."""
+def check_calibration(x: Inputs, input_shape: Optional[Sequence[Optional[int]]], where: str = "calibration data",
+                      max_samples: Optional[int] = None) -> Inputs:
+    """Validate calibration samples (non-empty, finite, numeric, per-sample shape) and return float32.
+
+    Named inputs (a mapping, e.g. token ids and masks) are checked one by one: every input non-empty with the
+    same number of samples, integer inputs kept integer (never cast), float inputs finite and float32.
+    """
+    if is_named(x):
+        return _check_named(x, input_shape, where, max_samples)
     if x.ndim < 2 or x.shape[0] == 0:
         raise ShapeError(f"{where}: calibration data is empty or not batched (shape {list(x.shape)})")
     if not np.issubdtype(x.dtype, np.floating):
@@ -38,6 +45,28 @@ def check_calibration(x: np.ndarray, input_shape: Optional[Sequence[Optional[int
     if max_samples is not None:
         x = x[:max_samples]
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _check_named(x: Inputs, input_shape: Optional[Sequence[Optional[int]]], where: str,
+                 max_samples: Optional[int]) -> NamedInputs:
+    out = NamedInputs()
+    for name, a in x.items():
+        a = np.asarray(a)
+        if a.ndim < 1 or a.shape[0] == 0:
+            raise ShapeError(f"{where}: input '{name}' is empty or not batched (shape {list(a.shape)})")
+        if np.issubdtype(a.dtype, np.floating):
+            if not np.isfinite(a).all():
+                raise ShapeError(f"{where}: input '{name}' contains NaN or infinite values")
+            a = a.astype(np.float32, copy=False)
+        elif not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+            raise ShapeError(f"{where}: input '{name}' must be numeric, got dtype {a.dtype}")
+        if input_shape is not None and len(set(np.shape(v)[1:] for v in x.values())) == 1:
+            want, got = list(input_shape), list(a.shape[1:])
+            if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
+                raise ShapeError(f"{where}: input '{name}' has per-sample shape {got}, the model expects {want}")
+        out[name] = np.ascontiguousarray(a[:max_samples] if max_samples is not None else a)
+    num_samples(out)  # raises when the inputs disagree on the number of samples
+    return out
 
 
 def make_calibration(data: DataConfig | dict, out: str | Path, samples: int = 128, seed: int = 0) -> Path:
@@ -55,9 +84,7 @@ def make_calibration(data: DataConfig | dict, out: str | Path, samples: int = 12
     x = splits.train.x[idx]
     y = None if splits.train.y is None else splits.train.y[idx]
     with atomic_path(out, suffix=".npz") as tmp:
-        with open(tmp, "wb") as f:
-            if y is None:
-                np.savez(f, x=x)
-            else:
-                np.savez(f, x=x, y=y)
+        with open(tmp, "wb") as f:  # named inputs: one array per input name
+            arrays = dict(x.items()) if is_named(x) else {"x": x}
+            np.savez(f, **arrays, **({} if y is None else {"y": y}))
     return Path(out)

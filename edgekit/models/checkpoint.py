@@ -93,10 +93,16 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: Dict[str, Any] | N
         )
     payload = {"format": FORMAT, "arch": arch, "structure": capture_structure(model),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "meta": dict(meta or {})}
+               "meta": {**_signature_meta(model), **dict(meta or {})}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
+
+
+def _signature_meta(model: nn.Module) -> Dict[str, Any]:
+    """``{"signature": ...}`` for a model that declares its inputs (e.g. a Hugging Face model), as plain data."""
+    sig = getattr(model, "edgekit_signature", None)
+    return {"signature": sig.to_dict()} if sig is not None else {}
 
 
 def load_checkpoint(path: str | Path) -> Tuple[nn.Module, Dict[str, Any]]:
