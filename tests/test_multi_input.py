@@ -91,6 +91,14 @@ def test_hf_bert_exports_three_int64_inputs_with_dynamic_batch_and_sequence(tmp_
         with torch.no_grad():
             ref = bert_model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
         np.testing.assert_allclose(got, ref, atol=1e-4)
+    from edgekit.data import make_splits
+    from edgekit.pipeline.model_source import onnx_input_fits
+
+    data = token_split(n=30)
+    onnx_input_fits(str(res.path), make_splits(data.x, data.y, (0.6, 0.2, 0.2), 0, "tokens"))
+    two = {k: v for k, v in data.x.items() if k != "token_type_ids"}
+    with pytest.raises(ShapeError, match="inputs do not match the model \\(missing token_type_ids\\)"):
+        onnx_input_fits(str(res.path), make_splits(two, data.y, (0.6, 0.2, 0.2), 0, "tokens"))
 
 
 def test_hf_bert_distills_into_a_smaller_hf_student_with_cached_teacher(bert_model):

@@ -193,7 +193,8 @@ def load_hf(path: str | Path, task: str = "sequence-classification") -> nn.Modul
 
 
 def save_hf_model(path: str | Path, config: Dict[str, Any], task: str = "sequence-classification", *,
-                  num_classes: Optional[int] = None, tokenizer: Any = None, seed: int = 0, **data: Any) -> Path:
+                  num_classes: Optional[int] = None, tokenizer: Any = None, seed: Optional[int] = 0,
+                  **data: Any) -> Path:
     """Build a randomly initialised model from ``config`` and ``save_pretrained`` it to ``path`` (atomically).
 
     Args:
@@ -201,7 +202,8 @@ def save_hf_model(path: str | Path, config: Dict[str, Any], task: str = "sequenc
         config: ``{"model_type": ..., <config fields>}``; ``num_classes`` and ``data`` (vocab_size, image_size,
             num_channels) fill fields it leaves out.
         tokenizer: a ``tokenizers.Tokenizer`` saved next to the model (``tokenizer.json``), optional.
-        seed: seeds the random initialisation.
+        seed: seeds the random initialisation (None: draw from torch's current random state, e.g. a recipe's
+            seeded stream).
 
     Example:
         >>> save_hf_model("models/vit", {"model_type": "vit", "patch_size": 4, "hidden_size": 64},
@@ -213,9 +215,12 @@ def save_hf_model(path: str | Path, config: Dict[str, Any], task: str = "sequenc
     if dest.exists():
         raise InputFileError(f"{dest} already exists; edgekit does not overwrite a model directory")
     cfg = make_config(config, num_classes, **data)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    if seed is None:
         model = _build(cfg, task)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _build(cfg, task)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:

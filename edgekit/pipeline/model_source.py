@@ -39,12 +39,13 @@ def zoo_kwargs(name: str, kwargs: dict, splits: Any) -> dict:
     return out
 
 
-def build_module(source: Any, splits: Any, seed: int = 0) -> Optional[nn.Module]:
+def build_module(source: Any, splits: Any, seed: Optional[int] = None) -> Optional[nn.Module]:
     """The reference ``nn.Module`` for a ModelSource (None for an ONNX-only source).
 
     ``model.hf`` loads a local Hugging Face directory; when it does not exist and ``model.config`` is given, the
     directory is first created from the config with random weights (num_labels, vocab_size, image_size and
-    num_channels taken from the data unless the config sets them; the data's trained tokenizer saved with it).
+    num_channels taken from the data unless the config sets them; the data's trained tokenizer saved with it),
+    initialised from ``seed`` (None: torch's current random state, which a recipe stage has seeded).
     """
     from edgekit.models import create_model, load_checkpoint
 
@@ -61,7 +62,7 @@ def build_module(source: Any, splits: Any, seed: int = 0) -> Optional[nn.Module]
     return model
 
 
-def _hf_module(source: Any, splits: Any, seed: int) -> nn.Module:
+def _hf_module(source: Any, splits: Any, seed: Optional[int]) -> nn.Module:
     from pathlib import Path
 
     from edgekit.models.hf import load_hf, save_hf_model
