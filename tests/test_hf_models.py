@@ -60,6 +60,7 @@ def test_create_model_builds_a_student_from_a_config():
     assert layout.feature_stages(m) == ["bert.encoder.layer.0"] and layout.classifier_name(m) == "classifier"
 
 
+@pytest.mark.slow
 def test_vit_image_classifier_takes_float_pixels(tmp_path):
     from edgekit.core.train import evaluate, fit
     from edgekit.data.splits import Split
@@ -75,6 +76,10 @@ def test_vit_image_classifier_takes_float_pixels(tmp_path):
     x[y == 1, :, :4] += 3.0  # class 1: bright top half
     fit(m, Split(x, y), None, {"epochs": 6, "lr": 3e-3, "optimizer": "adamw", "batch_size": 8})
     assert evaluate(m, Split(x, y)) > 80
+    from edgekit.export import export_onnx
+
+    res = export_onnx(m, x[:8], tmp_path / "vit.onnx", parity_data=x)  # one float input: a plain array
+    assert res.top1_agreement == 100.0 and res.max_abs_diff < 1e-4
 
 
 def test_prediction_reads_logits_from_model_output(bert_dir):
