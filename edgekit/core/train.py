@@ -22,18 +22,21 @@ from torch.utils.data import BatchSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from edgekit._log import progress
+from edgekit.core.tensors import Inputs, call_module, contiguous, is_named, num_samples, prediction, take, to_torch
 from edgekit.errors import ConfigError, ShapeError, TrainingDivergedError, first_line, validated_config
 from edgekit.registry import Registry
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+#: ``loss_fn(model, x, y) -> (loss, logits)``; ``x`` is one tensor or a dict of named tensors
+LossFn = Callable[[nn.Module, Any, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 
 
 class Arrays(Protocol):
     """What :func:`fit`, :func:`evaluate` and :func:`predict` read: an :class:`edgekit.data.Split` or any object with
-    ``x`` (float32 [N, ...]) and ``y`` (int64 [N], or None when unlabelled)."""
+    ``x`` (one array [N, ...], or a mapping of input name to array, e.g. int64 token ids and masks) and ``y``
+    (int64 [N], or None when unlabelled)."""
 
     @property
-    def x(self) -> np.ndarray: ...
+    def x(self) -> Inputs: ...
 
     @property
     def y(self) -> Optional[np.ndarray]: ...
@@ -74,13 +77,22 @@ class FitResult:
 
 
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
-    """The default loss: cross-entropy on the model's logits."""
+    """The default loss: cross-entropy on the model's logits (read from a tensor, tuple, dict or HF ModelOutput)."""
 
-    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        logits = model(x)
+    def loss_fn(model: nn.Module, x: Any, y: torch.Tensor):
+        logits = prediction(call_module(model, x))
+        check_labels(y, logits)
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
 
     return loss_fn
+
+
+def check_labels(y: torch.Tensor, logits: torch.Tensor) -> None:
+    """Raise ShapeError when a label is negative or not below the model's number of classes."""
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[-1]):
+        bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+        raise ShapeError(f"label {bad} is out of range: the model predicts {logits.shape[-1]} classes "
+                         f"(labels must lie in [0, {logits.shape[-1]}))")
 
 
 @OPTIMIZERS.register("sgd")
@@ -185,16 +197,16 @@ class _Epochs:
     world: int
     gen: torch.Generator  # the epoch permutations and augmentation draws, one seeded stream
 
-    def run(self, x_all: torch.Tensor, y_all: torch.Tensor, batches: BatchSampler,
+    def run(self, x_all: Any, y_all: torch.Tensor, batches: BatchSampler,
             sched: lr_scheduler.LRScheduler) -> dict:
         """One pass over this rank's batches of a fresh permutation; returns the mean loss and accuracy (%)."""
         self.net.train()
-        perm = torch.randperm(len(x_all), generator=self.gen)
+        perm = torch.randperm(len(y_all), generator=self.gen)
         seen, correct, loss_sum = 0, 0, 0.0
         for positions in batches:
             idx = perm[positions]
-            x, y = x_all[idx], y_all[idx]
-            if self.cfg.augment:
+            x, y = take(x_all, idx), y_all[idx]
+            if self.cfg.augment and not is_named(x):
                 x = _shift(x, self.gen)
             loss, logits = self.loss_fn(self.net, x, y)
             if not math.isfinite(float(loss.detach())):  # a diverged model would train on silently to chance
@@ -245,6 +257,9 @@ def fit(model: nn.Module, train: Arrays, val: Optional[Arrays], config: TrainCon
     cfg = validated_config(TrainConfig, config, "train")
     if train.y is None:
         raise ConfigError("training needs labelled data; this dataset has no labels (synthetic/latency-only)")
+    n = num_samples(train.x)
+    if len(train.y) != n:
+        raise ShapeError(f"training data has {n} inputs but {len(train.y)} labels")
     rank, world = _dist_info()
     torch.manual_seed(seed)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -255,10 +270,10 @@ def fit(model: nn.Module, train: Arrays, val: Optional[Arrays], config: TrainCon
                    torch.Generator().manual_seed(seed + 1))
     # DistributedSampler shards and pads positions in the epoch's permutation (every rank runs the same number of
     # batches, else collectives hang); the permutation itself comes from the seeded stream, as without DDP
-    shard = DistributedSampler(range(len(train.x)), num_replicas=world, rank=rank, shuffle=False)
+    shard = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False)
     batches = BatchSampler(shard, cfg.batch_size, drop_last=False)
     sched = make_scheduler(opt, cfg, max(1, len(batches)))
-    x_all, y_all = torch.from_numpy(train.x), torch.from_numpy(train.y)
+    x_all, y_all = to_torch(contiguous(train.x)), torch.from_numpy(np.ascontiguousarray(train.y))
     result, best_state, t0 = FitResult(), None, time.perf_counter()
     bar = progress(range(cfg.epochs), desc=desc, total=cfg.epochs, leave=False)
     for epoch in bar:
@@ -282,36 +297,50 @@ def fit(model: nn.Module, train: Arrays, val: Optional[Arrays], config: TrainCon
     return result
 
 
-def predict(model_or_runner: Union[nn.Module, Any], x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits for ``x`` from an ``nn.Module`` (eval mode, no grad) or an edgekit ``Runner``.
+def predict(model_or_runner: Union[nn.Module, Any], x: Inputs, batch_size: int = 256) -> np.ndarray:
+    """Predictions (logits) for ``x`` from an ``nn.Module`` (eval mode, no grad) or an edgekit ``Runner``.
 
-    Runners whose input has a fixed batch size (e.g. a static TensorRT engine) get padded batches.
+    ``x`` is one array or a mapping of named arrays (token ids stay integers). Module outputs may be tensors,
+    tuples, dicts or Hugging Face ``ModelOutput`` objects (the ``logits`` field is read). Runners whose input has
+    a fixed batch size (e.g. a static TensorRT engine) get padded batches.
+
+    Example:
+        >>> logits = predict(model, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
     """
-    outs = []
     if isinstance(model_or_runner, nn.Module):
-        was_training = model_or_runner.training
-        model_or_runner.eval()
-        device = next(iter(model_or_runner.parameters()), torch.empty(0)).device
-        try:
-            with torch.no_grad():
-                for i in range(0, len(x), batch_size):
-                    outs.append(model_or_runner(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy())
-        except RuntimeError as e:
-            raise ShapeError(f"model cannot take inputs of per-sample shape {list(x.shape[1:])}: "
-                             f"{first_line(e, 200)}") from None
-        finally:
-            model_or_runner.train(was_training)
+        outs = _predict_module(model_or_runner, x, batch_size)
     else:  # a runner; an engine built for one fixed batch size gets its last batch padded
+        outs = []
         shape = getattr(model_or_runner, "input_shape", None)
         fixed = shape[0] if shape and isinstance(shape[0], int) else None
         step = fixed or batch_size
-        for i in range(0, len(x), step):
-            xb = x[i:i + step]
-            n = len(xb)
+        for i in range(0, num_samples(x), step):
+            xb = take(x, slice(i, i + step))
+            n = num_samples(xb)
             if fixed and n < fixed:
-                xb = np.concatenate([xb, np.repeat(xb[-1:], fixed - n, axis=0)])
-            outs.append(np.asarray(model_or_runner(np.ascontiguousarray(xb)))[:n].reshape(n, -1))
+                xb = take(xb, np.r_[np.arange(n), np.full(fixed - n, n - 1)])
+            out = np.asarray(prediction(model_or_runner(contiguous(xb))))
+            outs.append(out[:n].reshape(n, -1) if out.ndim != 2 else out[:n])
     return np.concatenate(outs) if outs else np.empty((0,))
+
+
+def _predict_module(model: nn.Module, x: Inputs, batch_size: int) -> List[np.ndarray]:
+    was_training = model.training
+    model.eval()
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    outs = []
+    try:
+        with torch.no_grad():
+            for i in range(0, num_samples(x), batch_size):
+                out = prediction(call_module(model, to_torch(take(x, slice(i, i + batch_size)), device)))
+                outs.append(out.float().cpu().numpy())
+    except (RuntimeError, TypeError, IndexError) as e:
+        what = (", ".join(f"{k}: {v.dtype}{list(v.shape[1:])}" for k, v in x.items()) if is_named(x)
+                else f"per-sample shape {list(np.shape(x)[1:])}")
+        raise ShapeError(f"model cannot take inputs ({what}): {first_line(e, 200)}") from None
+    finally:
+        model.train(was_training)
+    return outs
 
 
 def evaluate(model_or_runner: Union[nn.Module, Any], split: Arrays, batch_size: int = 256) -> float:

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from edgekit._io import atomic_path, check_npz_file
+from edgekit.core.tensors import Inputs, NamedInputs, is_named, num_samples
 from edgekit.data.datasets import DataConfig, load_data
 from edgekit.errors import ConfigError, InputFileError, ShapeError, first_line
 
@@ -16,7 +17,7 @@ RANGE_FACTOR = 100.0  # calibration values this many times beyond the training d
 
 
 def load_calibration(path: str | Path, input_shape: Optional[Sequence[Optional[int]]] = None,
-                     max_samples: Optional[int] = None, reference: Optional[np.ndarray] = None) -> np.ndarray:
+                     max_samples: Optional[int] = None, reference: Optional[np.ndarray] = None) -> Inputs:
     """Read a calibration npz and check it fits a model input of per-sample ``input_shape``.
 
     The stored dtype is checked before any conversion (integer pixels would calibrate int8 scales for the wrong
@@ -29,24 +30,33 @@ def load_calibration(path: str | Path, input_shape: Optional[Sequence[Optional[i
     p = check_npz_file(path, "calibration")
     try:
         with np.load(p, allow_pickle=False) as f:
-            if "x" not in f.files:
-                found = ", ".join(f.files) or "none"
-                raise InputFileError(f"{p}: npz must contain an array named 'x' (found: {found})")
-            x = f["x"]
+            named = [k for k in f.files if k != "y"]
+            if "x" in f.files:
+                x = f["x"]
+            elif named:  # one array per model input, keyed by the input's name
+                x = NamedInputs({k: f[k] for k in named})
+            else:
+                raise InputFileError(f"{p}: npz must contain an array named 'x', or one array per model input "
+                                     f"named like the input (found: {', '.join(f.files) or 'none'})")
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise InputFileError(f"{p}: not a readable npz of plain arrays ({first_line(e, 200)})") from None
     return check_calibration(x, input_shape, str(p), max_samples, reference=reference)
 
 
-def check_calibration(x: np.ndarray, input_shape: Optional[Sequence[Optional[int]]], where: str = "calibration data",
-                      max_samples: Optional[int] = None, reference: Optional[np.ndarray] = None) -> np.ndarray:
+def check_calibration(x: Inputs, input_shape: Optional[Sequence[Optional[int]]], where: str = "calibration data",
+                      max_samples: Optional[int] = None, reference: Optional[np.ndarray] = None) -> Inputs:
     """Validate calibration samples (non-empty, floating point *as stored*, finite, sane range, per-sample shape)
     and return float32.
+
+    Named inputs (a mapping, e.g. token ids and masks) are checked one by one: every input non-empty with the
+    same number of samples, integer inputs kept integer (never cast), float inputs finite and float32.
 
     Example:
         >>> check_calibration(np.zeros((8, 3, 32, 32), np.float32), (3, 32, 32)).shape
         (8, 3, 32, 32)
     """
+    if is_named(x):
+        return _check_named(x, input_shape, where, max_samples)
     if x.ndim < 2 or x.shape[0] == 0:
         raise ShapeError(f"{where}: calibration data is empty or not batched (shape {list(x.shape)})")
     if not np.issubdtype(x.dtype, np.floating):
@@ -73,6 +83,28 @@ def check_calibration(x: np.ndarray, input_shape: Optional[Sequence[Optional[int
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _check_named(x: Inputs, input_shape: Optional[Sequence[Optional[int]]], where: str,
+                 max_samples: Optional[int]) -> NamedInputs:
+    out = NamedInputs()
+    for name, a in x.items():
+        a = np.asarray(a)
+        if a.ndim < 1 or a.shape[0] == 0:
+            raise ShapeError(f"{where}: input '{name}' is empty or not batched (shape {list(a.shape)})")
+        if np.issubdtype(a.dtype, np.floating):
+            if not np.isfinite(a).all():
+                raise ShapeError(f"{where}: input '{name}' contains NaN or infinite values")
+            a = a.astype(np.float32, copy=False)
+        elif not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+            raise ShapeError(f"{where}: input '{name}' must be numeric, got dtype {a.dtype}")
+        if input_shape is not None and len(set(np.shape(v)[1:] for v in x.values())) == 1:
+            want, got = list(input_shape), list(a.shape[1:])
+            if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
+                raise ShapeError(f"{where}: input '{name}' has per-sample shape {got}, the model expects {want}")
+        out[name] = np.ascontiguousarray(a[:max_samples] if max_samples is not None else a)
+    num_samples(out)  # raises when the inputs disagree on the number of samples
+    return out
+
+
 def make_calibration(data: DataConfig | dict, out: str | Path, samples: int = 128, seed: int = 0) -> Path:
     """Write a calibration npz drawn from the **training** split only (never val/test).
 
@@ -88,9 +120,7 @@ def make_calibration(data: DataConfig | dict, out: str | Path, samples: int = 12
     x = splits.train.x[idx]
     y = None if splits.train.y is None else splits.train.y[idx]
     with atomic_path(out, suffix=".npz") as tmp:
-        with open(tmp, "wb") as f:
-            if y is None:
-                np.savez(f, x=x)
-            else:
-                np.savez(f, x=x, y=y)
+        with open(tmp, "wb") as f:  # named inputs: one array per input name
+            arrays = dict(x.items()) if is_named(x) else {"x": x}
+            np.savez(f, **arrays, **({} if y is None else {"y": y}))
     return Path(out)

@@ -8,8 +8,9 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgekit._io import check_npz_file
 from edgekit.data.splits import Split, Splits, make_splits
-from edgekit.errors import ConfigError, InputFileError, ShapeError, validated_config
+from edgekit.errors import ConfigError, InputFileError, ShapeError, first_line, validated_config
 from edgekit.registry import Registry
 
 DATASETS: Registry[Callable[[DataConfig, int], Splits]] = Registry("dataset")
@@ -21,15 +22,24 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # checked against DATASETS when parsed, so a dataset a plugin registers works in a recipe
-    name: DATASETS.name_type() = Field("digits", description="digits | digits_seq | synthetic | npz | image_folder")
-    path: Optional[str] = Field(None, description="npz file or image folder (for name npz / image_folder)")
+    name: DATASETS.name_type() = Field("digits", description="digits | digits_seq | synthetic | npz | image_folder | "
+                                                              "doc_topics | text")
+    path: Optional[str] = Field(None, description="npz file, image folder or JSONL/CSV text file (for name npz / "
+                                                  "image_folder / text)")
     image_size: Optional[int] = Field(None, gt=0, description="resize square images to this size (digits: 8 native)")
     channels: int = Field(1, description="1 (grey) or 3 (grey replicated / RGB)")
     shape: Optional[List[int]] = Field(None, description="per-sample shape for synthetic data, e.g. [3, 224, 224]")
     num_classes: int = Field(10, gt=0, description="classes for synthetic data")
     samples: int = Field(256, gt=0, description="number of synthetic samples")
     split: Tuple[float, float, float] = Field((0.6, 0.2, 0.2), description="train/val/test fractions")
-    normalize: bool = Field(True, description="scale inputs to zero mean / unit variance (train statistics)")
+    normalize: bool = Field(True, description="scale inputs to zero mean / unit variance (train statistics); "
+                                              "float inputs only (token ids are never touched)")
+    text_column: str = Field("text", description="text data: the column holding the text (JSONL/CSV)")
+    label_column: str = Field("label", description="text data: the column holding the label (integer or name)")
+    max_length: int = Field(128, gt=0, description="text data: tokens per sample (padded / truncated)")
+    tokenizer: Optional[str] = Field(None, description="text data: tokenizer.json or a local directory with one "
+                                                       "(default: BPE trained on the training split)")
+    vocab_size: int = Field(4000, gt=5, description="text data: vocabulary size of the trained tokenizer")
 
 
 def load_data(config: DataConfig | dict, seed: int = 0) -> Splits:
@@ -44,7 +54,8 @@ def load_data(config: DataConfig | dict, seed: int = 0) -> Splits:
     if config.channels not in (1, 3):
         raise ConfigError(f"data.channels must be 1 or 3, got {config.channels}")
     splits = DATASETS.get(config.name)(config, seed)
-    return _normalize(splits) if config.normalize and config.name != "synthetic" else splits
+    floats = isinstance(splits.train.x, np.ndarray) and np.issubdtype(splits.train.x.dtype, np.floating)
+    return _normalize(splits) if config.normalize and config.name != "synthetic" and floats else splits
 
 
 def _normalize(s: Splits) -> Splits:
@@ -110,9 +121,7 @@ def read_npz(path: Optional[str], field: str = "path") -> Tuple[np.ndarray, Opti
     """Read and validate an npz with float ``x`` and optional integer ``y``; never unpickles."""
     if not path:
         raise ConfigError(f"{field} is required for npz data")
-    p = Path(path)
-    if not p.is_file():
-        raise InputFileError(f"{field}: npz file not found: {p}")
+    p = check_npz_file(path, field)
     try:
         with np.load(p, allow_pickle=False) as f:
             if "x" not in f.files:
@@ -154,9 +163,12 @@ def _image_folder(config: DataConfig, seed: int) -> Splits:
         for f in sorted((root / cls).iterdir()):
             if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp"):
                 continue
-            with Image.open(f) as im:
-                im = im.convert("RGB" if config.channels == 3 else "L").resize((size, size))
-                a = np.asarray(im, dtype=np.float32) / 255.0
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("RGB" if config.channels == 3 else "L").resize((size, size))
+                    a = np.asarray(im, dtype=np.float32) / 255.0
+            except OSError as e:  # PIL's UnidentifiedImageError is an OSError
+                raise InputFileError(f"{f}: not a readable image ({first_line(e, 200)})") from None
             xs.append(a.transpose(2, 0, 1) if a.ndim == 3 else a[None])
             ys.append(label)
     if not xs:

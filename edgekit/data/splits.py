@@ -1,27 +1,30 @@
 """In-memory datasets as numpy arrays, and deterministic train/val/test splitting."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from edgekit.core.signature import Signature
+from edgekit.core.tensors import Inputs, NamedInputs, is_named, num_samples, take
 from edgekit.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Split:
-    """One split: ``x`` float32 [N, ...], ``y`` int64 [N] (None for unlabelled latency-only data)."""
+    """One split: ``x`` one array [N, ...] (float32 images/sequences) or :class:`NamedInputs` (named arrays with
+    their own dtypes, e.g. int64 ``input_ids``/``attention_mask``), ``y`` int64 [N] (None when unlabelled)."""
 
-    x: np.ndarray
+    x: Inputs
     y: Optional[np.ndarray]
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return num_samples(self.x)
 
     def take(self, n: int) -> Split:
         """The first ``n`` samples."""
-        return Split(self.x[:n], None if self.y is None else self.y[:n])
+        return Split(take(self.x, slice(0, n)), None if self.y is None else self.y[:n])
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class Splits:
     num_classes: int
     name: str
     labelled: bool = True
+    signature: Optional[Signature] = None  # named/typed inputs (text data); None = one float array
+    vocab_size: Optional[int] = None  # tokenizer vocabulary (token ids lie in [0, vocab_size))
+    tokenizer: Any = None  # the tokenizers.Tokenizer that produced the ids (saved with the run / model)
+    preprocessing: Dict[str, Any] = field(default_factory=dict)  # what was applied to the data, for the report
 
 
 def split_indices(n: int, fractions: Tuple[float, float, float], seed: int,
@@ -64,11 +71,22 @@ def split_indices(n: int, fractions: Tuple[float, float, float], seed: int,
     return out  # type: ignore[return-value]
 
 
-def make_splits(x: np.ndarray, y: Optional[np.ndarray], fractions, seed: int, name: str,
+def make_splits(x: Inputs, y: Optional[np.ndarray], fractions, seed: int, name: str,
                 num_classes: Optional[int] = None) -> Splits:
-    """Split arrays into a :class:`Splits` (stratified when labels exist)."""
-    tr, va, te = split_indices(len(x), tuple(fractions), seed, y)
-    pick = lambda idx: Split(np.ascontiguousarray(x[idx]), None if y is None else y[idx])  # noqa: E731
+    """Split one array or named arrays into a :class:`Splits` (stratified when labels exist).
+
+    For named arrays, ``input_shape`` is the per-sample shape of the first input (e.g. ``(max_length,)``).
+    """
+    tr, va, te = split_indices(num_samples(x), tuple(fractions), seed, y)
+    if is_named(x):
+        x = NamedInputs(x)
+    pick = lambda idx: Split(_contiguous(take(x, idx)), None if y is None else y[idx])  # noqa: E731
     if num_classes is None:
         num_classes = int(y.max()) + 1 if y is not None and len(y) else 0
-    return Splits(pick(tr), pick(va), pick(te), tuple(int(d) for d in x.shape[1:]), num_classes, name, y is not None)
+    first = next(iter(x.values())) if is_named(x) else x
+    return Splits(pick(tr), pick(va), pick(te), tuple(int(d) for d in first.shape[1:]), num_classes, name,
+                  y is not None)
+
+
+def _contiguous(x: Inputs) -> Inputs:
+    return NamedInputs({k: np.ascontiguousarray(v) for k, v in x.items()}) if is_named(x) else np.ascontiguousarray(x)

@@ -109,10 +109,16 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: Dict[str, Any] | N
         )
     payload = {"format": FORMAT, "arch": arch, "structure": capture_structure(model),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "meta": dict(meta or {})}
+               "meta": {**_signature_meta(model), **dict(meta or {})}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
+
+
+def _signature_meta(model: nn.Module) -> Dict[str, Any]:
+    """``{"signature": ...}`` for a model that declares its inputs (e.g. a Hugging Face model), as plain data."""
+    sig = getattr(model, "edgekit_signature", None)
+    return {"signature": sig.to_dict()} if sig is not None else {}
 
 
 def load_checkpoint(path: str | Path) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -151,6 +157,22 @@ _PLAIN = (str, int, float, bool, type(None))
 _STRUCTURE_TYPES = ("Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "LayerNorm")
 
 
+_MAX_DEPTH = 8  # a Hugging Face config is a mapping of mappings (e.g. id2label); deeper is not a config
+
+
+def _is_plain_data(v, depth: int = 0) -> bool:
+    """Numbers, strings, None, and lists/mappings (string keys) of them, nested at most ``_MAX_DEPTH`` deep."""
+    if isinstance(v, _PLAIN):
+        return True
+    if depth >= _MAX_DEPTH:
+        return False
+    if isinstance(v, (list, tuple)):
+        return all(_is_plain_data(i, depth + 1) for i in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, (str, int)) and _is_plain_data(i, depth + 1) for k, i in v.items())
+    return False
+
+
 def check_payload(payload: dict, source: str) -> None:
     """Check an edgekit checkpoint's payload schema before any tensor or module is built: ``arch`` names a
     model with plain keyword arguments, ``state_dict`` maps names to tensors, ``meta`` is a mapping, and every
@@ -165,8 +187,10 @@ def check_payload(payload: dict, source: str) -> None:
         raise InputFileError(f"{source}: checkpoint arch.kwargs must be a mapping of argument names to values "
                              f"(got {type(kwargs).__name__})")
     for k, v in kwargs.items():
-        if not (isinstance(v, _PLAIN) or (isinstance(v, (list, tuple)) and all(isinstance(i, _PLAIN) for i in v))):
-            raise InputFileError(f"{source}: checkpoint arch.kwargs.{k} must be a plain value, got {type(v).__name__}")
+        if not _is_plain_data(v):
+            raise InputFileError(f"{source}: checkpoint arch.kwargs.{k} must be plain data (numbers, strings, "
+                                 f"lists and mappings of them, nested at most {_MAX_DEPTH} deep), got "
+                                 f"{type(v).__name__}")
     state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise InputFileError(f"{source}: checkpoint 'state_dict' must be a mapping of tensors (got "

@@ -23,6 +23,7 @@ from edgekit.backends import BACKENDS, default_backend
 from edgekit.core.safe_yaml import load_yaml
 from edgekit.data.datasets import DataConfig
 from edgekit.errors import ConfigError, InputFileError, did_you_mean
+from edgekit.models.hf import HF_TASKS
 from edgekit.pipeline.rundir import check_run_name
 from edgekit.pipeline.stages import STAGES, load_stage_modules
 from edgekit.techniques.base import OneOf
@@ -33,7 +34,7 @@ def _load_backends() -> None:
 
 
 class ModelSource(BaseModel):
-    """Where the reference model comes from: exactly one of name / checkpoint / onnx."""
+    """Where the reference model comes from: exactly one of name / checkpoint / onnx / hf."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,15 +42,25 @@ class ModelSource(BaseModel):
     kwargs: Dict[str, Any] = Field(default_factory=dict, description="architecture arguments, e.g. {depth: 20}")
     checkpoint: Optional[str] = Field(None, description="an edgekit checkpoint (.pt) to start from")
     onnx: Optional[str] = Field(None, description="an ONNX file to start from (no PyTorch stages possible)")
+    hf: Optional[str] = Field(None, description="a local Hugging Face model directory (save_pretrained); never "
+                              "downloaded. Created from 'config' when it does not exist")
+    task: HF_TASKS.name_type() = Field("sequence-classification", description="Hugging Face task of 'hf': "
+                                       "sequence-classification | image-classification")
+    config: Optional[Dict[str, Any]] = Field(None, description="with 'hf': the transformers config ({model_type: "
+                                             "bert, num_hidden_layers: 4, ...}) to build the directory from when it "
+                                             "does not exist; num_labels, vocab_size, image size from the data")
     imports: List[str] = Field(default_factory=list, description="plugin modules imported before the recipe is "
                                "validated: your own models, datasets, backends, quantisation targets or techniques "
-                               "registered in edgekit's registries (trusted code you name)")
+                               "registered in edgekit's registries (trusted code you name); looked up next to the "
+                               "recipe first, then in the current directory")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
-        given = [k for k in ("name", "checkpoint", "onnx") if getattr(self, k)]
+        given = [k for k in ("name", "checkpoint", "onnx", "hf") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of name, checkpoint, onnx (got {', '.join(given) or 'none'})")
+            raise ValueError(f"give exactly one of name, checkpoint, onnx, hf (got {', '.join(given) or 'none'})")
+        if self.config is not None and not self.hf:
+            raise ValueError("'config' builds a Hugging Face model directory: use it with 'hf'")
         return self
 
 
@@ -138,13 +149,14 @@ def load_recipe(path: str | Path) -> Any:
     return validate_recipe(raw, source=str(p), root=doc.root)
 
 
-def import_recipe_plugins(raw: dict) -> None:
-    """Import the plugin modules a raw recipe names in ``model.imports`` (before its schema is built)."""
+def import_recipe_plugins(raw: dict, base_dir: Optional[str] = None) -> None:
+    """Import the plugin modules a raw recipe names in ``model.imports`` (before its schema is built), looking
+    next to the recipe (``base_dir``) first."""
     from edgekit.pipeline.model_source import import_plugins
 
     imports = (raw.get("model") or {}).get("imports") if isinstance(raw.get("model"), dict) else None
     if isinstance(imports, list) and all(isinstance(m, str) for m in imports):
-        import_plugins(imports)
+        import_plugins(imports, base_dir)
 
 
 def validate_recipe(raw: dict, source: str = "recipe", root: Any = None) -> Any:
@@ -156,7 +168,7 @@ def validate_recipe(raw: dict, source: str = "recipe", root: Any = None) -> Any:
     if problems:  # a bad import name or run name is refused before any plugin code runs
         raise ConfigError(f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:\n  "
                           + "\n  ".join(problems))
-    import_recipe_plugins(raw)
+    import_recipe_plugins(raw, str(Path(source).parent) if Path(source).is_file() else None)
     model_cls = recipe_model()
     problems = _check_stage_types(raw) + _check_numbers(raw, root)
     renamed, stages = _renamed_keys(raw, root)

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 
+from edgekit.core.tensors import Inputs, call_module, num_samples, prediction, row_bytes, take, to_numpy, to_torch
 
-def row_keys(x: np.ndarray) -> list:
-    """A 16-byte BLAKE2b digest of each sample's bytes."""
-    x = np.ascontiguousarray(x).reshape(len(x), -1)
-    return [hashlib.blake2b(row, digest_size=16).digest() for row in x]
+
+def row_keys(x: Inputs) -> list:
+    """A 16-byte BLAKE2b digest of each sample's bytes (of every named input's row for named inputs)."""
+    return [hashlib.blake2b(row, digest_size=16).digest() for row in row_bytes(x)]
 
 
 class TeacherCache:
@@ -39,7 +39,7 @@ class TeacherCache:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, teacher: nn.Module, x: np.ndarray, batch_size: int = 256,
+    def build(cls, teacher: nn.Module, x: Inputs, batch_size: int = 256,
               extras_fn: Optional[Callable[[], Dict[str, torch.Tensor]]] = None) -> TeacherCache:
         """Run ``teacher`` (eval mode) once over ``x``.
 
@@ -49,8 +49,8 @@ class TeacherCache:
         t0 = time.perf_counter()
         teacher.eval()
         logits, extras = [], {}
-        for i in range(0, len(x), batch_size):
-            logits.append(teacher(torch.from_numpy(x[i:i + batch_size])).detach())
+        for i in range(0, num_samples(x), batch_size):
+            logits.append(prediction(call_module(teacher, to_torch(take(x, slice(i, i + batch_size))))).detach())
             for k, v in (extras_fn() if extras_fn else {}).items():
                 extras.setdefault(k, []).append(v.detach())
         out = torch.cat(logits) if logits else torch.empty(0)
@@ -59,10 +59,12 @@ class TeacherCache:
     def __len__(self) -> int:
         return len(self.index)
 
-    def lookup(self, x: torch.Tensor):
-        """``(logits, extras)`` for the batch ``x``, or None if any sample is not in the cache."""
+    def lookup(self, x: Any):
+        """``(logits, extras)`` for the batch ``x`` (a tensor or named tensors), or None if any sample is not in
+        the cache."""
         rows = []
-        for k in row_keys(x.detach().cpu().numpy()):
+        device = next(iter(x.values())).device if isinstance(x, dict) else x.device
+        for k in row_keys(to_numpy(x)):
             i = self.index.get(k)
             if i is None:
                 self.misses += 1
@@ -70,7 +72,7 @@ class TeacherCache:
             rows.append(i)
         self.hits += 1
         idx = torch.as_tensor(rows, dtype=torch.long)
-        return self.logits[idx].to(x.device), {k: v[idx].to(x.device) for k, v in self.extras.items()}
+        return self.logits[idx].to(device), {k: v[idx].to(device) for k, v in self.extras.items()}
 
     def stats(self) -> dict:
         """Batches served from the cache (hits), batches that ran the teacher (misses), build time."""

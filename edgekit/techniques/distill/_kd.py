@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from edgekit.core.tensors import Inputs, call_module, contiguous, is_named, prediction, take, to_torch
+from edgekit.core.train import check_labels
 from edgekit.errors import ConfigError, ShapeError, first_line, validated_config
 from edgekit.techniques.distill._cache import TeacherCache
 from edgekit.techniques.distill._features import FeatureTap, arch_name, check_pairs, unwrap
@@ -98,14 +100,15 @@ class KDLoss:
                 return logits, {t: maps[f"attention:{t}"] for _, t in self.attention_pairs}, {}
         self.teacher.eval()
         with torch.no_grad():
-            logits = self.teacher(x)
+            logits = prediction(call_module(self.teacher, x))
         feats = self.teacher_tap.pop() if self.teacher_tap else {}
         maps = {t: attention_map(feats[t], self.attention_p) for _, t in self.attention_pairs}
         return logits, maps, feats
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         t_logits, t_maps, t_feats = self._teacher_targets(x)
-        logits = model(x)
+        logits = prediction(call_module(model, x))
+        check_labels(y, logits)
         loss = logit_kd_loss(logits, t_logits, y, self.temperature, self.alpha, self.label_smoothing)
         self.last = {"logit": float(loss.detach())}
         if self.student_tap is not None:
@@ -141,17 +144,23 @@ class KDLoss:
         self.close()
 
 
-def check_outputs(teacher: nn.Module, student: nn.Module, sample: np.ndarray) -> int:
+def _described(sample: Inputs) -> str:
+    if is_named(sample):
+        return ", ".join(f"{k}: {np.asarray(v).dtype}{list(np.shape(v)[1:])}" for k, v in sample.items())
+    return f"per-sample shape {list(np.shape(sample)[1:])}"
+
+
+def check_outputs(teacher: nn.Module, student: nn.Module, sample: Inputs) -> int:
     """Run both models on ``sample``; raise before training if they cannot be distilled. Returns classes."""
-    x = torch.from_numpy(np.ascontiguousarray(sample[:2]))
+    x = to_torch(contiguous(take(sample, slice(0, 2))))
     outs = {}
     for role, m in (("teacher", teacher), ("student", student)):
         try:
             with _eval_no_grad(m):
-                outs[role] = m(x)
-        except RuntimeError as e:
-            raise ShapeError(f"{role} '{arch_name(m)}' cannot take inputs of per-sample shape "
-                             f"{list(sample.shape[1:])}: {first_line(e, 200)}") from None
+                outs[role] = prediction(call_module(m, x))
+        except (RuntimeError, TypeError, IndexError) as e:
+            raise ShapeError(f"{role} '{arch_name(m)}' cannot take inputs of {_described(sample)}: "
+                             f"{first_line(e, 200)}") from None
         if outs[role].dim() != 2:
             raise ShapeError(f"{role} '{arch_name(m)}' returns {list(outs[role].shape)}; distillation needs "
                              "logits shaped [batch, classes]")
@@ -164,7 +173,7 @@ def check_outputs(teacher: nn.Module, student: nn.Module, sample: np.ndarray) ->
 
 def kd_loss_fn(teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.9, *, label_smoothing: float = 0.0,
                student: Optional[nn.Module] = None, sample: Optional[np.ndarray] = None, attention: Any = None,
-               hints: Any = None, attention_p: float = 2.0, cache_inputs: Optional[np.ndarray] = None,
+               hints: Any = None, attention_p: float = 2.0, cache_inputs: Optional[Inputs] = None,
                seed: int = 0) -> KDLoss:
     """A distillation ``loss_fn(model, x, y) -> (loss, logits)`` for :func:`edgekit.core.train.fit`.
 
@@ -205,7 +214,7 @@ def kd_loss_fn(teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.9,
 
 
 def _configure(loss: KDLoss, student: Optional[nn.Module], sample: Optional[np.ndarray], att: FeatureLossConfig,
-               hnt: FeatureLossConfig, attention_p: float, cache_inputs: Optional[np.ndarray], seed: int) -> None:
+               hnt: FeatureLossConfig, attention_p: float, cache_inputs: Optional[Inputs], seed: int) -> None:
     """Check the pairs and the models' outputs, hook the feature layers, build the teacher cache."""
     teacher = loss.teacher
     loss.attention_p = attention_p
@@ -230,12 +239,12 @@ def _configure(loss: KDLoss, student: Optional[nn.Module], sample: Optional[np.n
         loss.cache = TeacherCache.build(teacher, cache_inputs, extras_fn=extras_fn)
 
 
-def _build_and_check_features(loss: KDLoss, student: nn.Module, sample: np.ndarray, seed: int) -> None:
+def _build_and_check_features(loss: KDLoss, student: nn.Module, sample: Inputs, seed: int) -> None:
     """Dry-run both models on ``sample`` (eval mode, no grad): check feature shapes, create hint adapters."""
-    x = torch.from_numpy(np.ascontiguousarray(sample[:2]))
+    x = to_torch(contiguous(take(sample, slice(0, 2))))
     with _eval_no_grad(student, loss.teacher):
-        student(x)
-        loss.teacher(x)
+        call_module(student, x)
+        call_module(loss.teacher, x)
     s_feats, t_feats = loss.student_tap.pop(), loss.teacher_tap.pop()
     for s, t in loss.attention_pairs:
         attention_transfer_loss(attention_map(s_feats[s]), attention_map(t_feats[t]))  # raises ShapeError

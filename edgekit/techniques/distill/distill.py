@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 
 import torch.nn as nn
 
+from edgekit.core.tensors import take
 from edgekit.core.train import FitResult, fit
 from edgekit.data.splits import Split
 from edgekit.errors import ConfigError, validated_config
@@ -82,8 +83,9 @@ def distill(student: nn.Module, config: DistillConfig | dict | None = None, *, t
     student = copy.deepcopy(student)
     use_cache = cfg.cache_teacher_logits and not cfg.train.augment
     t0 = time.perf_counter()
+    sample = take(train.x, slice(0, 2))
     with kd_loss_fn(teacher, cfg.temperature, cfg.alpha, label_smoothing=cfg.train.label_smoothing, student=student,
-                    sample=train.x[:2], attention=cfg.attention, hints=cfg.hints, attention_p=cfg.attention_p,
+                    sample=sample, attention=cfg.attention, hints=cfg.hints, attention_p=cfg.attention_p,
                     cache_inputs=train.x if use_cache else None, seed=seed) as loss:
         if cfg.cache_teacher_logits and loss.cache is None:
             logger.info("distill: teacher outputs not cached (" + ("augmentation is on" if cfg.train.augment else

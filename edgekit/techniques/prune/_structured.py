@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,12 +24,22 @@ from edgekit.techniques.scope import Scope
 logger = logging.getLogger(__name__)
 
 
-def as_example(example_input: Any) -> torch.Tensor:
-    """One float32 sample batch ([1, ...]) from a numpy array or tensor batch."""
-    x = torch.as_tensor(np.asarray(example_input) if not isinstance(example_input, torch.Tensor) else example_input)
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ShapeError(f"example_input must be a non-empty batch [N, ...], got shape {list(x.shape)}")
-    return x[:1].detach().float().cpu().contiguous()
+def as_example(example_input: Any) -> Any:
+    """One sample batch ([1, ...]) from a numpy array or tensor batch: float inputs as float32, integer inputs
+    (token ids, masks) kept integer; a mapping of named inputs gives a dict of such tensors."""
+    if isinstance(example_input, Mapping):
+        if not example_input:
+            raise ShapeError("example_input is an empty mapping; give at least one named input batch")
+        return {k: _one_example(v, f"example_input['{k}']") for k, v in example_input.items()}
+    return _one_example(example_input, "example_input")
+
+
+def _one_example(a: Any, what: str) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
+    if x.dim() < 1 or x.shape[0] == 0 or (x.dim() < 2 and what == "example_input"):
+        raise ShapeError(f"{what} must be a non-empty batch [N, ...], got shape {list(x.shape)}")
+    x = x[:1].detach().cpu()
+    return (x.float() if x.is_floating_point() else x).contiguous()
 
 
 @dataclass

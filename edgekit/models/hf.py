@@ -1,0 +1,234 @@
+"""Hugging Face ``transformers`` models from local directories only, as edgekit models with a signature.
+
+A model loaded from a directory (``load_hf``) or built from a config (``create_model("hf", config=..., task=...)``)
+is stamped like every zoo model: ``edgekit_arch = {"name": "hf", "kwargs": {"config": <full config dict>, "task"}}``,
+so an edgekit checkpoint rebuilds it from plain data with ``torch.load(weights_only=True)`` — no directory, no
+download, no pickled code. Attention runs in ``eager`` mode (exports to ONNX; sdpa's mask shortcuts do not).
+
+Example:
+    >>> save_hf_model("models/bert4", {"model_type": "bert", "num_hidden_layers": 4, "hidden_size": 128,
+    ...                                "num_attention_heads": 4, "intermediate_size": 512, "vocab_size": 4000},
+    ...               task="sequence-classification", num_classes=5)
+    >>> model = load_hf("models/bert4", "sequence-classification")   # local_files_only, never the network
+    >>> model.edgekit_signature.describe()
+    'input_ids: int64[batch, sequence], attention_mask: int64[batch, sequence], token_type_ids: int64[batch, sequence]'
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch.nn as nn
+
+from edgekit.core.signature import InputSpec, Signature
+from edgekit.errors import ConfigError, InputFileError, first_line
+from edgekit.models.registry import register_model
+from edgekit.registry import Registry
+
+
+@dataclass(frozen=True)
+class HFTask:
+    """A ``transformers`` task: the Auto class that builds it and the inputs its models take."""
+
+    auto_class: str  # attribute of the transformers package, e.g. AutoModelForSequenceClassification
+    signature: Callable[[Any, nn.Module], Signature]  # (config, model) -> Signature
+    description: str = ""
+
+
+HF_TASKS: Registry[HFTask] = Registry("Hugging Face task")
+
+
+def _text_signature(config: Any, model: nn.Module) -> Signature:
+    takes = inspect.signature(model.forward).parameters
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in takes
+                                                and getattr(config, "type_vocab_size", 0) else [])
+    return Signature(tuple(InputSpec(n, "int64", ("batch", "sequence")) for n in names), output="logits",
+                     vocab_size=int(config.vocab_size), max_positions=getattr(config, "max_position_embeddings", None),
+                     token_inputs=("input_ids",))
+
+
+def _image_signature(config: Any, model: nn.Module) -> Signature:
+    size = getattr(config, "image_size", None)
+    size = size if isinstance(size, (list, tuple)) else (size, size)
+    shape = ("batch", int(getattr(config, "num_channels", 3)), *[int(s) for s in size])
+    return Signature((InputSpec("pixel_values", "float32", shape),), output="logits")
+
+
+HF_TASKS.register("sequence-classification")(HFTask(
+    "AutoModelForSequenceClassification", _text_signature, "text classifier: token ids → logits [batch, classes]"))
+HF_TASKS.register("image-classification")(HFTask(
+    "AutoModelForImageClassification", _image_signature, "image classifier: pixel_values → logits [batch, classes]"))
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("Hugging Face models need the 'transformers' package: pip install 'edgekit[hf]'") from None
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def _task(task: str) -> HFTask:
+    if task not in HF_TASKS:
+        raise ConfigError(f"model.task: {HF_TASKS.unknown_message(task)}")
+    return HF_TASKS.get(task)
+
+
+def config_dict(config: Any) -> Dict[str, Any]:
+    """The full config of a ``PretrainedConfig`` as plain JSON data (what checkpoints store)."""
+    return json.loads(config.to_json_string(use_diff=False))
+
+
+def make_config(config: Dict[str, Any], num_classes: Optional[int] = None, **data: Any) -> Any:
+    """A ``transformers`` config from a plain dict with ``model_type``; data-derived sizes fill what it leaves out.
+
+    Args:
+        config: ``{"model_type": "bert", "num_hidden_layers": 2, ...}`` (any ``PretrainedConfig`` field).
+        num_classes: sets ``num_labels`` unless the dict gives it (or ``id2label``).
+        data: other fields taken from the data when the dict leaves them out (``vocab_size``, ``image_size``,
+            ``num_channels``); None values are ignored.
+    """
+    tf = _transformers()
+    cfg = dict(config or {})
+    model_type = cfg.pop("model_type", None)
+    if not model_type:
+        raise ConfigError(f"model.config needs a 'model_type' (e.g. bert, vit, distilbert), got keys {sorted(cfg)}")
+    if num_classes and "num_labels" not in cfg and "id2label" not in cfg:
+        cfg["num_labels"] = int(num_classes)
+    for k, v in data.items():
+        if v is not None:
+            cfg.setdefault(k, v)
+    for k in ("transformers_version", "architectures", "_name_or_path"):
+        cfg.pop(k, None)
+    try:
+        return tf.AutoConfig.for_model(model_type, **cfg)
+    except ValueError as e:
+        raise ConfigError(f"model.config: {first_line(e, 200)}") from None
+
+
+def _build(config: Any, task: str) -> nn.Module:
+    tf = _transformers()
+    auto = getattr(tf, _task(task).auto_class)
+    try:
+        return auto.from_config(config, attn_implementation="eager")
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"model: {type(config).__name__} cannot build a {task} model: {first_line(e, 200)}") from None
+
+
+def _stamp(model: nn.Module, config: Any, task: str) -> nn.Module:
+    model.edgekit_arch = {"name": "hf", "kwargs": {"config": config_dict(config), "task": task}}
+    model.edgekit_signature = _task(task).signature(config, model)
+    return model
+
+
+def encoder_layers(model: nn.Module) -> List[str]:
+    """Names of the transformer blocks (the first ``ModuleList`` of layers), shallow to deep."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) and name.rsplit(".", 1)[-1] in ("layer", "layers", "h", "blocks"):
+            return [f"{name}.{i}" for i in range(len(m))]
+    return []
+
+
+def _classifier(model: nn.Module) -> Optional[str]:
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    heads = [n for n in names if n.split(".")[0] in ("classifier", "score", "lm_head")]
+    return heads[-1] if heads else (names[-1] if names else None)
+
+
+@register_model("hf", features=encoder_layers, classifier=_classifier)
+def hf(config: Dict[str, Any], task: str = "sequence-classification", num_classes: Optional[int] = None,
+       vocab_size: Optional[int] = None, image_size: Optional[int] = None,
+       in_channels: Optional[int] = None) -> nn.Module:
+    """A Hugging Face transformers model built from a config dict (random weights); needs ``transformers``.
+
+    ``config`` holds ``model_type`` plus any config field; the other arguments fill fields it leaves out
+    (a recipe takes them from the data). Example student: ``{name: hf, config: {model_type: bert,
+    num_hidden_layers: 2, hidden_size: 128, num_attention_heads: 4, intermediate_size: 512}}``.
+    """
+    cfg = make_config(config, num_classes, vocab_size=vocab_size, image_size=image_size, num_channels=in_channels)
+    return _stamp(_build(cfg, task), cfg, task)
+
+
+def _require_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise InputFileError(f"model.hf: Hugging Face model directory not found: {p} (edgekit loads local "
+                             "directories only; give model.config to create one)")
+    if not (p / "config.json").is_file():
+        raise InputFileError(f"model.hf: {p} has no config.json; expected a directory written by "
+                             "save_pretrained (config.json + model.safetensors)")
+    return p
+
+
+def load_hf(path: str | Path, task: str = "sequence-classification") -> nn.Module:
+    """Load a model saved with ``save_pretrained`` from a local directory (never the network).
+
+    Raises:
+        InputFileError: the directory or its config.json is missing, or its weights do not load.
+        ConfigError: unknown task, or an architecture ``transformers`` does not know.
+    """
+    tf = _transformers()
+    spec, p = _task(task), _require_dir(path)
+    try:
+        config = tf.AutoConfig.from_pretrained(str(p), local_files_only=True)
+    except (ValueError, KeyError, OSError) as e:
+        raise ConfigError(f"model.hf: {p}/config.json names an architecture transformers "
+                          f"{tf.__version__} does not know: {first_line(e, 200)}") from None
+    auto = getattr(tf, spec.auto_class)
+    try:
+        model = auto.from_pretrained(str(p), config=config, local_files_only=True, attn_implementation="eager")
+    except ValueError as e:
+        raise ConfigError(f"model.hf: {type(config).__name__} in {p} has no {task} model: "
+                          f"{first_line(e, 200)}") from None
+    except OSError as e:
+        raise InputFileError(f"model.hf: cannot read the weights in {p}: {first_line(e, 200)}") from None
+    return _stamp(model.eval(), model.config, task)
+
+
+def save_hf_model(path: str | Path, config: Dict[str, Any], task: str = "sequence-classification", *,
+                  num_classes: Optional[int] = None, tokenizer: Any = None, seed: Optional[int] = 0,
+                  **data: Any) -> Path:
+    """Build a randomly initialised model from ``config`` and ``save_pretrained`` it to ``path`` (atomically).
+
+    Args:
+        path: the directory to create (must not exist).
+        config: ``{"model_type": ..., <config fields>}``; ``num_classes`` and ``data`` (vocab_size, image_size,
+            num_channels) fill fields it leaves out.
+        tokenizer: a ``tokenizers.Tokenizer`` saved next to the model (``tokenizer.json``), optional.
+        seed: seeds the random initialisation (None: draw from torch's current random state, e.g. a recipe's
+            seeded stream).
+
+    Example:
+        >>> save_hf_model("models/vit", {"model_type": "vit", "patch_size": 4, "hidden_size": 64},
+        ...               "image-classification", num_classes=10, image_size=16, num_channels=1)
+    """
+    import torch
+
+    dest = Path(path)
+    if dest.exists():
+        raise InputFileError(f"{dest} already exists; edgekit does not overwrite a model directory")
+    cfg = make_config(config, num_classes, **data)
+    if seed is None:
+        model = _build(cfg, task)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _build(cfg, task)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save(str(tmp / "tokenizer.json"))
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
