@@ -54,8 +54,9 @@ def _train_student(method: str, teacher, splits, seed: int, epochs: int) -> dict
     if method == "scratch":
         fit(student, splits.train, splits.val, train, seed=seed, desc="scratch")
     else:
-        cfg = {**KD, "train": train, "attention": ATTENTION_WEIGHT if method == "KD + attention" else 0.0}
-        distill(teacher, student, splits.train, splits.val, cfg, seed=seed, desc=method)
+        cfg = {**KD, "train": train, "attention": {"weight": ATTENTION_WEIGHT if method == "KD + attention" else 0.0}}
+        student = distill(student, cfg, teacher=teacher, train=splits.train, val=splits.val, seed=seed,
+                          desc=method).model
     return {"method": method, "seed": seed, "test_accuracy": evaluate(student, splits.test),
             "seconds": time.perf_counter() - t0, "params": count_params(student)}
 
@@ -67,8 +68,8 @@ def _cache_speedup(teacher, splits, epochs: int = 1) -> dict:
         for cache in (True, False):
             student = _model(STUDENT, splits, 0)
             t0 = time.perf_counter()
-            distill(teacher, student, splits.train, None,
-                    {**KD, "cache_teacher_logits": cache, "train": {**STUDENT_TRAIN, "epochs": epochs}}, seed=0)
+            distill(student, {**KD, "cache_teacher_logits": cache, "train": {**STUDENT_TRAIN, "epochs": epochs}},
+                    teacher=teacher, train=splits.train, seed=0)
             times[cache].append(time.perf_counter() - t0)
     on, off = min(times[True]), min(times[False])
     return {"epochs": epochs, "cached_s": on, "uncached_s": off, "speedup": off / on}

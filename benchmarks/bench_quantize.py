@@ -33,7 +33,7 @@ DIGITS_MODELS = (("resnet18", 1.0, "ResNet-18, standard width (64–512 channels
                  ("resnet18-w0.5", 0.5, "ResNet-18 width 0.5 (32–256 channels; the demo recipe's teacher)",
                   {"epochs": 5, "lr": 0.05}))
 ACCEPTANCE = {"model": "resnet18", "threads": 2, "accuracy_drop": 0.5, "speedup": 2.5}
-PRUNE = {"macs_target": 0.5, "round_to": 16, "importance": "l1", "teacher": "original",
+PRUNE = {"macs_target": 0.5, "round_to": 16, "importance": "l1",
          "finetune": {"epochs": 3, "lr": 0.02, "batch_size": 64, "schedule": "cosine"}}
 
 
@@ -106,24 +106,27 @@ def _digits_model(work: Path, key: str, width: float, train: dict, threads: int,
                  "fp32_test": _acc(fp32, splits.test, threads), "methods": {}}
     artifacts = {"fp32": fp32}
     for method, kw in METHODS:
-        res = quantize(fp32, calib, work / f"digits_{key}_int8_cpu_{method}.onnx", target="cpu", method=method, **kw)
+        res = quantize(fp32, {"target": "cpu", "method": method, **kw}, calib=calib,
+                       out_path=work / f"digits_{key}_int8_cpu_{method}.onnx")
         if method == "minmax":
-            artifacts["int8-cpu"] = res.path
-        out["methods"][method] = {"int8_test": _acc(res.path, splits.test, threads),
+            artifacts["int8-cpu"] = res.artifact
+        out["methods"][method] = {"int8_test": _acc(res.artifact, splits.test, threads),
                                   "int8_mac_fraction": res.int8_mac_fraction}
-    trt = quantize(fp32, calib, work / f"digits_{key}_int8_tensorrt.onnx", target="tensorrt")
-    artifacts["int8-tensorrt"] = trt.path
-    out["tensorrt"] = {"int8_test": _acc(trt.path, splits.test, threads), "int8_mac_fraction": trt.int8_mac_fraction,
+    trt = quantize(fp32, {"target": "tensorrt"}, calib=calib, out_path=work / f"digits_{key}_int8_tensorrt.onnx")
+    artifacts["int8-tensorrt"] = trt.artifact
+    out["tensorrt"] = {"int8_test": _acc(trt.artifact, splits.test, threads),
+                       "int8_mac_fraction": trt.int8_mac_fraction,
                        "runtime_float_layers": len(trt.runtime_float_layers)}
     if key == ACCEPTANCE["model"]:
         x = splits.val.x[:8]
-        pr = prune(model, x, PRUNE, train=splits.train, val=splits.val, seed=0)
+        pr = prune(model, PRUNE, example_input=x, train=splits.train, val=splits.val, teacher=model, seed=0)
         pf = export_onnx(pr.model, x, work / f"digits_{key}_pruned_fp32.onnx").path
-        pq = quantize(pf, calib, work / f"digits_{key}_pruned_int8_cpu.onnx", target="cpu")
-        artifacts["pruned-fp32"], artifacts["pruned-int8-cpu"] = pf, pq.path
+        pq = quantize(pf, {"target": "cpu"}, calib=calib, out_path=work / f"digits_{key}_pruned_int8_cpu.onnx")
+        artifacts["pruned-fp32"], artifacts["pruned-int8-cpu"] = pf, pq.artifact
         out["pruned"] = {"macs_fraction": pr.macs_fraction, "params_after": pr.params_after,
                          "params_before": pr.params_before, "fp32_test": _acc(pf, splits.test, threads),
-                         "int8_test": _acc(pq.path, splits.test, threads), "int8_mac_fraction": pq.int8_mac_fraction}
+                         "int8_test": _acc(pq.artifact, splits.test, threads),
+                         "int8_mac_fraction": pq.int8_mac_fraction}
     specs = [ModelSpec(name, {"onnx": str(p)}) for name, p in artifacts.items()]
     bench = benchmark(specs, backends=("ort-cpu",), batches=(1, 8), threads=threads, baseline="fp32", plots=False,
                       **ctx.timing())
@@ -144,7 +147,8 @@ def measure(ctx) -> dict:
     from edgekit.data import load_data
     from edgekit.export import export_onnx
     from edgekit.models import create_model
-    from edgekit.techniques.quantize.ptq import quantize, quantize_dynamic_model
+    from edgekit.techniques.quantize.dynamic import quantize_dynamic_model
+    from edgekit.techniques.quantize.ptq import quantize
 
     work, threads = Path(ctx.work_dir), ctx.threads
     out: dict = {"threads": threads, "digits": {key: _digits_model(work, key, width, train, threads, ctx)
@@ -160,7 +164,7 @@ def measure(ctx) -> dict:
     lstm = create_model("rnn_classifier", input_size=8, hidden_size=128, num_classes=10)
     fit(lstm, seq.train, seq.val, {"epochs": 8, "lr": 0.01, "optimizer": "adam"}, seed=0, desc="train lstm")
     lstm_fp32 = export_onnx(lstm, seq.val.x[:32], work / "lstm_fp32.onnx").path
-    lstm_int8 = quantize_dynamic_model(lstm_fp32, work / "lstm_int8.onnx").path
+    lstm_int8 = quantize_dynamic_model(lstm_fp32, out_path=work / "lstm_int8.onnx").artifact
     lb = benchmark([ModelSpec("lstm-fp32", {"onnx": str(lstm_fp32)}), ModelSpec("lstm-int8", {"onnx": str(lstm_int8)})],
                    backends=("ort-cpu",), batches=(1, 8), threads=threads, baseline="lstm-fp32", plots=False,
                    **ctx.timing())
@@ -176,8 +180,9 @@ def measure(ctx) -> dict:
         m = create_model(arch, num_classes=1000, **kw).eval()
         x = rng.standard_normal((32, 3, 224, 224)).astype(np.float32)
         f = export_onnx(m, x[:2], work / f"{name}_fp32.onnx").path
-        q = quantize(f, x, work / f"{name}_int8.onnx", target="cpu", samples=32)
-        b = benchmark([ModelSpec(f"{name}-fp32", {"onnx": str(f)}), ModelSpec(f"{name}-int8", {"onnx": str(q.path)})],
+        q = quantize(f, {"target": "cpu", "samples": 32}, calib=x, out_path=work / f"{name}_int8.onnx")
+        b = benchmark([ModelSpec(f"{name}-fp32", {"onnx": str(f)}),
+                       ModelSpec(f"{name}-int8", {"onnx": str(q.artifact)})],
                       backends=("ort-cpu",), batches=(1,), threads=threads, baseline=f"{name}-fp32", plots=False,
                       **ctx.timing())
         out["big"][name] = {"int8_mac_fraction": q.int8_mac_fraction,

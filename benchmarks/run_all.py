@@ -94,7 +94,6 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every backend (default 2)")
     p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"), help="document to write")
     args = p.parse_args(argv)
-    os.environ.setdefault("EDGEKIT_QUIET", "0")
 
     from edgekit._io import write_text_atomic
     from edgekit._log import configure_cli_logging

@@ -7,9 +7,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
-from edgekit.errors import InputFileError, RunDirectoryError
+from edgekit.errors import ConfigError, InputFileError, RunDirectoryError
 
 
 @contextlib.contextmanager
@@ -126,3 +126,73 @@ def read_sidecar(artifact: str | os.PathLike) -> dict:
     """Return the sidecar dict of ``artifact``, or {} when it has none."""
     p = sidecar_path(artifact)
     return read_json(p) if p.is_file() else {}
+
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _head(path: Path, n: int = 8) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def check_npz_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """Return ``Path(path)`` if it is an existing .npz archive; a plain ``.npy`` array or anything else is named.
+
+    Example:
+        >>> check_npz_file("calib_data/digits32_rgb.npz", "stages[2].calibration")
+    """
+    p = require_file(path, what)
+    head = _head(p)
+    if head.startswith(NPY_MAGIC):
+        raise InputFileError(f"{what}: {p} is a single NumPy array (.npy), not an .npz archive; save it with "
+                             f"np.savez('{p.with_suffix('.npz').name}', x=..., y=...)")
+    if not head.startswith(ZIP_MAGIC):
+        raise InputFileError(f"{what}: {p} is not an .npz archive (np.savez output with arrays x and y)")
+    return p
+
+
+# what an existing file must look like for --out to replace it without --force
+_KIND_SNIFFERS = {
+    "onnx": lambda head: head[:1] == b"\x08",  # an ONNX protobuf starts with its ir_version field
+    "npz": lambda head: head.startswith(ZIP_MAGIC),
+    "checkpoint": lambda head: head.startswith(ZIP_MAGIC),  # torch.save's zip format
+    "text": lambda head: b"\x00" not in head,
+}
+KIND_SUFFIXES = {"onnx": (".onnx",), "npz": (".npz",), "checkpoint": (".pt", ".pth"), "text": (".yaml", ".yml"),
+                 "dir": ()}
+
+
+def check_output(out: str | os.PathLike | None, kind: str, *, inputs: Iterable[str | os.PathLike | None] = (),
+                 force: bool = False, what: str = "--out") -> Path | None:
+    """Refuse an output path that would destroy something: an input of the same command (always), an existing
+    file of another kind or a directory (unless ``force``), or a file name without the kind's suffix.
+
+    ``kind`` is one of :data:`KIND_SUFFIXES` (``"dir"`` for a folder of results: an existing *file* there is
+    refused). Call it before any expensive work; ``out=None`` (no output asked for) passes.
+
+    Example:
+        >>> check_output(args.out, "onnx", inputs=[args.checkpoint], force=args.force)
+    """
+    if out is None:
+        return None
+    p = Path(out)
+    for inp in inputs:
+        if inp and Path(inp).exists() and p.exists() and os.path.samefile(inp, p):
+            raise InputFileError(f"{what} {p} is an input of this command; edgekit never overwrites its input "
+                                 "— choose another output path")
+    suffixes = KIND_SUFFIXES[kind]
+    if kind == "dir":
+        if p.exists() and not p.is_dir():
+            raise InputFileError(f"{what} {p} is an existing file; give a directory for the results")
+        return p
+    if p.suffix.lower() not in suffixes:
+        raise ConfigError(f"{what} {p}: the output is {'an' if kind[0] in 'aeiou' else 'a'} {kind} file and must "
+                          f"end in {' or '.join(suffixes)}")
+    if p.is_dir():
+        raise InputFileError(f"{what} {p} is a directory; give a file path")
+    if p.exists() and not force and not _KIND_SNIFFERS[kind](_head(p)):
+        raise InputFileError(f"{what} {p} exists and is not {'an' if kind[0] in 'aeiou' else 'a'} {kind} file; "
+                             "refusing to overwrite it (pass --force to replace it)")
+    return p

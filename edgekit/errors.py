@@ -43,6 +43,10 @@ class RunDirectoryError(EdgekitError):
     """A run directory exists, is not writable or is not resumable."""
 
 
+class TrainingDivergedError(EdgekitError):
+    """Training produced a non-finite loss (too high a learning rate, or bad data): the model is not usable."""
+
+
 class ExportError(EdgekitError):
     """Export failed, or the exported model disagrees with PyTorch beyond tolerance."""
 
@@ -177,3 +181,47 @@ def _fields_at(model: Optional[type], loc: list) -> list:
             return []
         model = ann
     return list(getattr(model, "model_fields", {}))
+
+
+# errno -> what the user should know; the path comes from the exception itself
+_OS_PROBLEMS = {
+    "ENOSPC": "no space left on the device", "EDQUOT": "disk quota exceeded", "EROFS": "read-only file system",
+    "EACCES": "permission denied", "EPERM": "operation not permitted", "ENAMETOOLONG": "file name too long",
+    "ENOENT": "no such file or directory", "EISDIR": "is a directory", "ENOTDIR": "not a directory",
+    "EEXIST": "already exists", "EMFILE": "too many open files",
+}
+
+
+def as_edgekit_error(exc: BaseException) -> EdgekitError:
+    """The one-line :class:`EdgekitError` for an exception that escaped to the command line.
+
+    File-system errors name the path and the problem (full disk, read-only, name too long); a pydantic
+    ValidationError is listed per field; an exception from a library edgekit calls becomes a
+    :class:`LibraryError` naming it; anything else is an internal error with its first line.
+
+    Example:
+        >>> str(as_edgekit_error(OSError(28, "No space left on device", "runs/x/model.onnx")))
+        'runs/x/model.onnx: no space left on the device (ENOSPC)'
+    """
+    import errno as errno_mod
+
+    if isinstance(exc, EdgekitError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno is not None:
+        code = errno_mod.errorcode.get(exc.errno, str(exc.errno))
+        path = exc.filename if exc.filename is not None else ""
+        problem = _OS_PROBLEMS.get(code, exc.strerror or str(exc))
+        return RunDirectoryError(f"{_short_path(path)}: {problem} ({code})" if path else f"{problem} ({code})")
+    if isinstance(exc, MemoryError):
+        return EdgekitError("out of memory: the input is larger than this machine can hold")
+    if type(exc).__name__ == "ValidationError" and hasattr(exc, "errors"):
+        return ConfigError(format_validation_error(exc, str(getattr(exc, "title", "input"))))
+    library = type(exc).__module__.split(".")[0]
+    if library in LIBRARY_NAMES:
+        return library_error(library, exc)
+    return EdgekitError(f"internal error: {type(exc).__name__}: {first_line(exc, 300)} — {REPORT_HINT}")
+
+
+def _short_path(path: Any, limit: int = 200) -> str:
+    text = str(path)
+    return text if len(text) <= limit else text[:limit // 2] + "…" + text[-limit // 2:]

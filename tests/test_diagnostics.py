@@ -1,8 +1,8 @@
 """"Did it actually get faster?" diagnostics and the report's headline logic."""
-import torch
+from _helpers.models import misaligned_small_cnn
 
 from edgekit._io import write_sidecar
-from edgekit.models import create_model, save_checkpoint
+from edgekit.models import save_checkpoint
 from edgekit.pipeline.diagnostics import misaligned_channels, step_diagnostics
 from edgekit.pipeline.report import final_variant
 from edgekit.pipeline.stages import Variant
@@ -41,11 +41,7 @@ def test_qdq_for_another_target_and_low_coverage_and_float_layers(tmp_path):
 
 
 def test_misaligned_channels_are_named(tmp_path):
-    m = create_model("small_cnn", width=8, depth=2)
-    m[0][0] = torch.nn.Conv2d(3, 5, 3, 1, 1, bias=False)
-    m[0][1] = torch.nn.BatchNorm2d(5)
-    m[1][0] = torch.nn.Conv2d(5, 16, 3, 2, 1, bias=False)
-    path = save_checkpoint(m, tmp_path / "m.pt")
+    path = save_checkpoint(misaligned_small_cnn(), tmp_path / "m.pt")
     assert misaligned_channels(str(path)) == ["0.0:5"]
 
 

@@ -1,6 +1,7 @@
 """Reference architectures and self-describing checkpoints."""
 import pytest
 import torch
+from _helpers.models import misaligned_small_cnn
 
 from edgekit.errors import ConfigError, InputFileError
 from edgekit.models import count_params, create_model, load_checkpoint, model_names, save_checkpoint
@@ -49,12 +50,7 @@ def test_checkpoint_roundtrip_rebuilds_without_other_input(tmp_path):
 
 
 def test_checkpoint_of_resized_layers_rebuilds_at_new_size(tmp_path):
-    model = create_model("small_cnn", width=8, depth=2).eval()
-    # resize the first conv/bn and the next conv's input like structured pruning would
-    model[0][0] = torch.nn.Conv2d(3, 5, 3, 1, 1, bias=False)
-    model[0][1] = torch.nn.BatchNorm2d(5)
-    model[1][0] = torch.nn.Conv2d(5, 16, 3, 2, 1, bias=False)
-    model.eval()
+    model = misaligned_small_cnn()  # first conv/bn resized to 5 channels, as structured pruning would
     path = save_checkpoint(model, tmp_path / "p.pt")
     loaded, _ = load_checkpoint(path)
     assert loaded[0][0].out_channels == 5

@@ -80,8 +80,10 @@ def _parse_shape(text):
 
 def handler(args: argparse.Namespace) -> int:
     """Run the benchmark described by parsed ``args``; print the table; return the exit code."""
+    from edgekit._io import check_output
     from edgekit.bench.api import benchmark
 
+    check_output(args.out, "dir", inputs=args.models)
     res = benchmark(args.models, backends=args.backend, batches=args.batch, threads=args.threads,
                     warmup=args.warmup, iters=args.iters, min_time=args.min_time, rounds=args.rounds,
                     baseline=args.baseline, data=args.data, out_dir=args.out,

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgekit._io import check_output
+from edgekit.cli._args import bounded_float, bounded_int
 from edgekit.errors import ConfigError
 
 
@@ -42,6 +44,7 @@ def _cmd_export(args) -> int:
 
     from edgekit.export import export_onnx
 
+    check_output(args.out, "onnx", inputs=[args.checkpoint, args.data], force=args.force)
     model, meta = _load(args.checkpoint)
     if args.data:
         sample = _splits_for(args.data, meta["input_shape"], args.seed).val.x[:32]
@@ -55,6 +58,9 @@ def _cmd_export(args) -> int:
 def _cmd_prune(args) -> int:
     from edgekit.models import save_checkpoint
 
+    if args.out:
+        kind = "dir" if args.sensitivity else "checkpoint"
+        check_output(args.out, kind, inputs=[args.checkpoint, args.data], force=args.force)
     model, meta = _load(args.checkpoint)
     splits = _splits_for(args.data, meta["input_shape"], args.seed) if args.data else None
     if args.sensitivity:
@@ -103,6 +109,17 @@ def _cmd_quantize(args) -> int:
     return 0
 
 
+def _cmd_quantize_checked(args) -> int:
+    """`edgekit quantize` after its input and output paths are checked (never over its input, suffix .onnx)."""
+    from edgekit._io import require_file
+    from edgekit.errors import InputFileError
+
+    if require_file(args.model, "ONNX model").stat().st_size == 0:  # ONNX Runtime would print its own traceback
+        raise InputFileError(f"{args.model}: the file is empty (0 bytes), not an ONNX model")
+    check_output(args.out, "onnx", inputs=[args.model, args.calib], force=args.force)
+    return _cmd_quantize(args)
+
+
 def add_commands(subparsers: Any) -> None:
     """Add `export`, `prune` and `quantize` to the `edgekit` CLI."""
     from edgekit.techniques.prune.config import IMPORTANCES
@@ -110,37 +127,42 @@ def add_commands(subparsers: Any) -> None:
 
     e = subparsers.add_parser("export", help="export an edgekit checkpoint to ONNX (parity-checked)")
     e.add_argument("checkpoint")
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True, help="the .onnx file to write (never the input checkpoint)")
+    e.add_argument("--force", action="store_true", help="replace an existing file that is not ONNX")
     e.add_argument("--data", help="samples for the parity check: digits | digits_seq | file.npz (default: random)")
-    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--opset", type=bounded_int("--opset", 7, 30), default=17)
     e.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=bounded_int("--seed", 0, 2**32 - 1), default=0)
     e.set_defaults(func=_cmd_export)
 
     p = subparsers.add_parser("prune", help="structured channel pruning of a checkpoint, or --sensitivity analysis")
     p.add_argument("checkpoint")
     p.add_argument("--out", help="pruned checkpoint (.pt), or the folder for --sensitivity results")
+    p.add_argument("--force", action="store_true", help="replace an existing file that is not a checkpoint")
     p.add_argument("--data", help="digits | digits_seq | file.npz: KD fine-tune and accuracy")
-    p.add_argument("--ratio", type=float)
-    p.add_argument("--macs-target", type=float, help="fraction of the original MACs to keep")
-    p.add_argument("--speedup-target", type=float, help="measured ORT CPU speedup to reach")
+    p.add_argument("--ratio", type=bounded_float("--ratio", 0, 1))
+    p.add_argument("--macs-target", type=bounded_float("--macs-target", 0, 1),
+                   help="fraction of the original MACs to keep")
+    p.add_argument("--speedup-target", type=bounded_float("--speedup-target", 0, 1000),
+                   help="measured ORT CPU speedup to reach")
     p.add_argument("--importance", choices=IMPORTANCES.names(), default="l2")
-    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--round-to", type=bounded_int("--round-to", 1, 1024), default=8)
     p.add_argument("--exclude", help="comma-separated module names to leave untouched")
-    p.add_argument("--finetune-epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--finetune-epochs", type=bounded_int("--finetune-epochs", 0, 100_000), default=3)
+    p.add_argument("--lr", type=bounded_float("--lr", 0, 10), default=0.01)
     p.add_argument("--sensitivity", action="store_true", help="per-layer accuracy vs pruning ratio (table + plot)")
     p.add_argument("--ratios", default="0.25,0.5,0.75", help="ratios for --sensitivity")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=bounded_int("--seed", 0, 2**32 - 1), default=0)
     p.set_defaults(func=_cmd_prune)
 
     q = subparsers.add_parser("quantize", help="INT8 quantisation of an ONNX file for a target")
     q.add_argument("model")
-    q.add_argument("--out", required=True)
+    q.add_argument("--out", required=True, help="the .onnx file to write (never the input)")
+    q.add_argument("--force", action="store_true", help="replace an existing file that is not ONNX")
     q.add_argument("--calib", help="calibration .npz (array x), e.g. calib_data/digits32_rgb.npz")
     q.add_argument("--target", choices=TARGETS.names(), default="cpu", help="quantisation target")
     q.add_argument("--mode", choices=["static", "dynamic"], default="static")
     q.add_argument("--method", choices=CALIBRATION_METHODS.names(), default="minmax")
-    q.add_argument("--samples", type=int, default=128)
-    q.add_argument("--threads", type=int, default=2)
-    q.set_defaults(func=_cmd_quantize)
+    q.add_argument("--samples", type=bounded_int("--samples", 1, 1_000_000), default=128)
+    q.add_argument("--threads", type=bounded_int("--threads", 1, 1024), default=2)
+    q.set_defaults(func=_cmd_quantize_checked)

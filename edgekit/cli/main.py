@@ -14,7 +14,8 @@ import traceback
 from typing import List, Optional
 
 from edgekit._log import configure_cli_logging
-from edgekit.errors import EdgekitError
+from edgekit.cli._args import Parser, bounded_int
+from edgekit.errors import EdgekitError, as_edgekit_error
 
 # modules that add their own sub-commands with add_commands(subparsers)
 _COMMAND_MODULES = ["edgekit.cli.bench", "edgekit.cli.doctor", "edgekit.cli.compress"]
@@ -23,10 +24,13 @@ _COMMAND_MODULES = ["edgekit.cli.bench", "edgekit.cli.doctor", "edgekit.cli.comp
 def _cmd_run(args) -> int:
     from edgekit.pipeline import run_recipe
     from edgekit.pipeline.recipe import load_recipe
+    from edgekit.pipeline.rundir import check_run_name
 
+    if args.name is not None:
+        check_run_name(args.name, "--name")
     recipe = load_recipe(args.recipe)
     result = run_recipe(recipe, recipe_path=args.recipe, runs_dir=args.runs_dir, name=args.name, resume=args.resume,
-                        report=not args.no_report)
+                        report=not args.no_report, rerun_changed=args.rerun_changed)
     print(f"run directory: {result.run_dir}")
     if result.report:
         print(f"report: {result.report}")
@@ -36,10 +40,16 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_validate(args) -> int:
+    from edgekit.pipeline.preflight import imported_modules, preflight
     from edgekit.pipeline.recipe import load_recipe
+    from edgekit.pipeline.runner import _lazy_splits
 
     recipe = load_recipe(args.recipe)
+    preflight(recipe, _lazy_splits(recipe))
     print(f"{args.recipe}: valid ({len(recipe.stages)} stage(s): {', '.join(s.type for s in recipe.stages) or 'none'})")
+    modules = imported_modules(recipe)
+    if modules:
+        print(f"running it imports (and so executes) these modules: {', '.join(modules)}")
     return 0
 
 
@@ -56,6 +66,9 @@ def _cmd_template(args) -> int:
 
     text = render_template()
     if args.out:
+        from edgekit._io import check_output
+
+        check_output(args.out, "text", force=args.force)
         write_text_atomic(args.out, text)
         print(f"wrote {args.out}")
     else:
@@ -78,8 +91,10 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_make_calib(args) -> int:
+    from edgekit._io import check_output
     from edgekit.data import make_calibration
 
+    check_output(args.out, "npz", force=args.force)
     cfg = {"name": args.dataset}
     if args.image_size:
         cfg["image_size"] = args.image_size
@@ -94,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     from edgekit.data import DATASETS
 
-    p = argparse.ArgumentParser(prog="edgekit", description="Make neural networks small and fast for edge devices, "
+    p = Parser(prog="edgekit", description="Make neural networks small and fast for edge devices, "
                                 "and prove it with measurements.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
@@ -106,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="run name (default: timestamp); existing runs are never overwritten")
     r.add_argument("--resume", action="store_true", help="continue the named (or latest) run, skipping finished stages")
     r.add_argument("--runs-dir", default="runs", help="parent directory of runs (default: runs)")
+    r.add_argument("--rerun-changed", action="store_true",
+                   help="with --resume: copy the earlier run's finished stages into a NEW run and run the changed "
+                        "stages there (the earlier run is never modified)")
     r.add_argument("--no-report", action="store_true", help="run the stages only")
     r.set_defaults(func=_cmd_run)
 
@@ -117,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc = rec.add_parser("schema", help="print the recipe's JSON schema")
     sc.set_defaults(func=_cmd_schema)
     tp = rec.add_parser("template", help="print (or write) the commented template of every recipe field")
-    tp.add_argument("--out", help="write to this file instead of stdout")
+    tp.add_argument("--out", help="write to this file (.yaml) instead of stdout")
+    tp.add_argument("--force", action="store_true", help="replace an existing file that is not YAML text")
     tp.set_defaults(func=_cmd_template)
 
     m = sub.add_parser("models", help="list the reference architectures")
@@ -129,11 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     mc = d.add_parser("make-calib", help="write a calibration npz drawn from a dataset's training split")
     mc.add_argument("--dataset", default="digits", choices=DATASETS.names(),
                     help="a registered dataset (default: digits)")
-    mc.add_argument("--image-size", type=int)
+    mc.add_argument("--image-size", type=bounded_int("--image-size", 1, 4096))
     mc.add_argument("--channels", type=int, choices=[1, 3])
-    mc.add_argument("--samples", type=int, default=128)
-    mc.add_argument("--seed", type=int, default=0)
-    mc.add_argument("--out", required=True)
+    mc.add_argument("--samples", type=bounded_int("--samples", 1, 1_000_000), default=128)
+    mc.add_argument("--seed", type=bounded_int("--seed", 0, 2**32 - 1), default=0)
+    mc.add_argument("--out", required=True, help="the .npz to write")
+    mc.add_argument("--force", action="store_true", help="replace an existing file that is not an .npz")
     mc.set_defaults(func=_cmd_make_calib)
 
     for mod in _COMMAND_MODULES:
@@ -153,14 +173,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     configure_cli_logging(quiet=args.quiet)
     try:
         return int(args.func(args) or 0)
-    except EdgekitError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"edgekit: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("edgekit: interrupted (finished stages are kept; continue with --resume)", file=sys.stderr)
         return 130
+    except Exception as e:  # the one boundary: every failure becomes one line (traceback with --debug)
+        if args.debug:
+            traceback.print_exc()
+        err = e if isinstance(e, EdgekitError) else as_edgekit_error(e)
+        print(f"edgekit: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
+
+
+def one_line(message: str, limit: int = 2000) -> str:
+    """An error message as printed: several problems joined with '; ', cut to ``limit`` characters."""
+    text = ""
+    for part in (p.strip() for p in message.splitlines()):
+        if part:
+            text += part if not text else (" " if text.endswith(":") else "; ") + part
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 if __name__ == "__main__":

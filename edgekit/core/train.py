@@ -22,7 +22,7 @@ from torch.utils.data import BatchSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from edgekit._log import progress
-from edgekit.errors import ConfigError, ShapeError, first_line, validated_config
+from edgekit.errors import ConfigError, ShapeError, TrainingDivergedError, first_line, validated_config
 from edgekit.registry import Registry
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
@@ -197,6 +197,9 @@ class _Epochs:
             if self.cfg.augment:
                 x = _shift(x, self.gen)
             loss, logits = self.loss_fn(self.net, x, y)
+            if not math.isfinite(float(loss.detach())):  # a diverged model would train on silently to chance
+                raise TrainingDivergedError(f"training diverged: the loss is {float(loss.detach())} after {seen} "
+                                            f"samples of this epoch (lr {self.cfg.lr}); lower lr or set grad_clip")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self._sync_extra_grads()

@@ -1,35 +1,68 @@
 """Calibration sets: ``calib_data/*.npz`` with ``x`` (N × input shape, float32) and optional ``y``."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from edgekit._io import atomic_path
-from edgekit.data.datasets import DataConfig, load_data, read_npz
-from edgekit.errors import ConfigError, ShapeError
+from edgekit._io import atomic_path, check_npz_file
+from edgekit.data.datasets import DataConfig, load_data
+from edgekit.errors import ConfigError, InputFileError, ShapeError, first_line
+
+MAX_ABS = 1e6  # beyond this, int8 scales computed from the data would flush every ordinary value to zero
+RANGE_FACTOR = 100.0  # calibration values this many times beyond the training data's are a different kind of data
 
 
 def load_calibration(path: str | Path, input_shape: Optional[Sequence[Optional[int]]] = None,
-                     max_samples: Optional[int] = None) -> np.ndarray:
+                     max_samples: Optional[int] = None, reference: Optional[np.ndarray] = None) -> np.ndarray:
     """Read a calibration npz and check it fits a model input of per-sample ``input_shape``.
 
-    Raises ShapeError for wrong shape, non-finite values or an empty set, before any calibration runs.
+    The stored dtype is checked before any conversion (integer pixels would calibrate int8 scales for the wrong
+    range); ``reference`` (e.g. the training inputs) bounds the value range. Raises ShapeError/InputFileError
+    before any calibration runs.
+
+    Example:
+        >>> x = load_calibration("calib_data/digits32_rgb.npz", (3, 32, 32))
     """
-    x, _ = read_npz(str(path), "calibration")
-    return check_calibration(x, input_shape, str(path), max_samples)
+    p = check_npz_file(path, "calibration")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            if "x" not in f.files:
+                found = ", ".join(f.files) or "none"
+                raise InputFileError(f"{p}: npz must contain an array named 'x' (found: {found})")
+            x = f["x"]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputFileError(f"{p}: not a readable npz of plain arrays ({first_line(e, 200)})") from None
+    return check_calibration(x, input_shape, str(p), max_samples, reference=reference)
 
 
 def check_calibration(x: np.ndarray, input_shape: Optional[Sequence[Optional[int]]], where: str = "calibration data",
-                      max_samples: Optional[int] = None) -> np.ndarray:
-    """Validate calibration samples (non-empty, finite, numeric, per-sample shape) and return float32."""
+                      max_samples: Optional[int] = None, reference: Optional[np.ndarray] = None) -> np.ndarray:
+    """Validate calibration samples (non-empty, floating point *as stored*, finite, sane range, per-sample shape)
+    and return float32.
+
+    Example:
+        >>> check_calibration(np.zeros((8, 3, 32, 32), np.float32), (3, 32, 32)).shape
+        (8, 3, 32, 32)
+    """
     if x.ndim < 2 or x.shape[0] == 0:
         raise ShapeError(f"{where}: calibration data is empty or not batched (shape {list(x.shape)})")
     if not np.issubdtype(x.dtype, np.floating):
-        raise ShapeError(f"{where}: calibration data must be floating point, got dtype {x.dtype}")
+        raise ShapeError(f"{where}: calibration data must be floating point (preprocessed like the training data), "
+                         f"got dtype {x.dtype}; integer pixels would calibrate int8 for the wrong range")
     if not np.isfinite(x).all():
         raise ShapeError(f"{where}: calibration data contains NaN or infinite values")
+    peak = float(np.abs(x).max())
+    if peak > MAX_ABS:
+        raise ShapeError(f"{where}: calibration values reach {peak:.3g}; allowed |x| ≤ {MAX_ABS:.0e} "
+                         "(preprocess it like the training data)")
+    if reference is not None and len(reference):
+        ref = float(np.abs(reference).max())
+        if peak > RANGE_FACTOR * max(ref, 1e-6):
+            raise ShapeError(f"{where}: calibration values reach {peak:.3g} but the training data stays within "
+                             f"±{ref:.3g}; preprocess it like the training data")
     if input_shape is not None:
         want = list(input_shape)
         got = list(x.shape[1:])

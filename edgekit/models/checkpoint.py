@@ -138,11 +138,129 @@ def load_checkpoint(path: str | Path) -> Tuple[nn.Module, Dict[str, Any]]:
             f"{p}: not an edgekit checkpoint (expected format '{FORMAT}'); plain state_dicts can be loaded "
             "into a model you build yourself with model.load_state_dict(torch.load(path, weights_only=True))"
         )
+    check_payload(payload, str(p))
     arch = payload["arch"]
+    _check_sizes_on_meta(payload, str(p))
     model = create_model(arch["name"], **arch.get("kwargs", {}))
     apply_structure(model, payload.get("structure", {}))
     load_weights(model, payload["state_dict"], source=str(p))
     return model.eval(), dict(payload.get("meta", {}))
+
+
+_PLAIN = (str, int, float, bool, type(None))
+_STRUCTURE_TYPES = ("Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "LayerNorm")
+
+
+def check_payload(payload: dict, source: str) -> None:
+    """Check an edgekit checkpoint's payload schema before any tensor or module is built: ``arch`` names a
+    model with plain keyword arguments, ``state_dict`` maps names to tensors, ``meta`` is a mapping, and every
+    ``structure`` entry is a known layer type whose sizes match the tensors stored for it (so a crafted entry
+    cannot allocate more than the file holds)."""
+    arch = payload.get("arch")
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+        raise InputFileError(f"{source}: checkpoint 'arch' must be a mapping with a model 'name' (got "
+                             f"{type(arch).__name__})")
+    kwargs = arch.get("kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise InputFileError(f"{source}: checkpoint arch.kwargs must be a mapping of argument names to values "
+                             f"(got {type(kwargs).__name__})")
+    for k, v in kwargs.items():
+        if not (isinstance(v, _PLAIN) or (isinstance(v, (list, tuple)) and all(isinstance(i, _PLAIN) for i in v))):
+            raise InputFileError(f"{source}: checkpoint arch.kwargs.{k} must be a plain value, got {type(v).__name__}")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise InputFileError(f"{source}: checkpoint 'state_dict' must be a mapping of tensors (got "
+                             f"{type(state).__name__})")
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise InputFileError(f"{source}: checkpoint state_dict[{str(k)[:80]!r}] must be a tensor, got "
+                                 f"{type(v).__name__}")
+    if not isinstance(payload.get("meta", {}), dict):
+        raise InputFileError(f"{source}: checkpoint 'meta' must be a mapping (got {type(payload['meta']).__name__})")
+    structure = payload.get("structure", {})
+    if not isinstance(structure, dict):
+        raise InputFileError(f"{source}: checkpoint 'structure' must be a mapping of layer names to layer settings")
+    for name, spec in structure.items():
+        _check_structure_entry(str(name), spec, state, source)
+
+
+def _check_structure_entry(name: str, spec: Any, state: Dict[str, Any], source: str) -> None:
+    where = f"{source}: checkpoint structure['{name[:80]}']"
+    if not isinstance(spec, dict) or spec.get("type") not in _STRUCTURE_TYPES:
+        got = spec.get("type") if isinstance(spec, dict) else type(spec).__name__
+        raise InputFileError(f"{where}: layer type {got!r} is not one of {', '.join(_STRUCTURE_TYPES)}")
+    try:
+        t = spec["type"]
+        if t == "Conv2d":
+            k = [int(i) for i in spec["kernel_size"]]
+            per_group = int(spec["in_channels"]) // max(1, int(spec["groups"]))
+            key, want = "weight", [int(spec["out_channels"]), per_group, *k]
+        elif t == "Linear":
+            key, want = "weight", [int(spec["out_features"]), int(spec["in_features"])]
+        elif t.startswith("BatchNorm"):
+            key, want = "running_mean", [int(spec["num_features"])]
+        else:
+            key, want = "weight", [int(i) for i in spec["normalized_shape"]]
+            if not spec["elementwise_affine"]:
+                key = None
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputFileError(f"{where}: malformed {spec.get('type')} settings ({first_line(e, 80)})") from None
+    if key is None:
+        if any(d < 1 or d > 1 << 20 for d in want):
+            raise InputFileError(f"{where}: normalized_shape {want} is out of range")
+        return
+    tensor = state.get(f"{name}.{key}")
+    if tensor is None or list(tensor.shape) != want:
+        have = "no tensor" if tensor is None else f"tensor shape {list(tensor.shape)}"
+        raise InputFileError(f"{where}: settings imply {name}.{key} of shape {want}, but the state dict has {have}")
+
+
+SIZE_FACTOR, SIZE_FLOOR = 64, 50_000_000  # an architecture before its recorded pruning vs the values stored
+
+
+def _check_sizes_on_meta(payload: dict, source: str) -> None:
+    """Build the architecture on PyTorch's ``meta`` device (no memory): architecture arguments that would
+    allocate far more than the file holds, or tensor shapes that differ from the state dict, are refused before
+    the real build."""
+    from edgekit.models.registry import create_model
+
+    arch = payload["arch"]
+    stored = sum(t.numel() for t in payload["state_dict"].values())
+    try:
+        with torch.device("meta"):
+            model = create_model(arch["name"], **arch.get("kwargs", {}))
+            built = sum(t.numel() for t in model.state_dict().values())
+            if built > max(SIZE_FACTOR * stored, SIZE_FLOOR):
+                raise InputFileError(f"{source}: weights do not fit architecture '{arch['name']}': its arguments "
+                                     f"{arch.get('kwargs', {})} build {built:,} values but the checkpoint holds "
+                                     f"{stored:,}")
+            apply_structure(model, payload.get("structure", {}))
+    except (ConfigError, InputFileError):
+        raise
+    except Exception:  # an architecture that cannot be built on 'meta' is checked after the real build
+        return
+    load_weights_shapes(model, payload["state_dict"], source)
+
+
+def load_weights_shapes(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> None:
+    """Raise the same error as :func:`load_weights` when tensor names or shapes differ; copies nothing."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if own.keys() == state_dict.keys() and all(own[k] == tuple(state_dict[k].shape) for k in own):
+        return
+    stand_in = _ShapeOnly(own)
+    stand_in.edgekit_arch = getattr(model, "edgekit_arch", {"name": type(model).__name__})
+    load_weights(stand_in, state_dict, source)
+
+
+class _ShapeOnly(nn.Module):
+    """Stands in for a model in :func:`load_weights`'s mismatch message (its state dict of empty tensors)."""
+
+    def __init__(self, shapes: Dict[str, tuple]):
+        super().__init__()
+        self._shapes = shapes
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Dict[str, torch.Tensor]:  # type: ignore[override]
+        return {k: torch.empty(s, device="meta") for k, s in self._shapes.items()}
 
 
 def load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str = "checkpoint") -> None:

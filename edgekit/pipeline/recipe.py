@@ -5,11 +5,14 @@ and the benchmark settings. Every problem is reported with its field path and YA
 ``stages[2].ratio (line 14): must be less than 1``; unknown keys are errors with a "did you mean", keys
 that were renamed name their new name (``stages[2].protect (line 9): renamed to 'exclude'``).
 
-Loading goes: read the YAML → import the plugin modules of ``model.imports`` (they may register models,
-datasets, backends, quantisation targets and techniques) → build the schema from the registries → validate.
+Loading goes: read the YAML once through :mod:`edgekit.core.safe_yaml` (size limit, UTF-8, duplicate keys,
+alias bombs, non-finite numbers) → check the run name and the numbers a schema bound cannot express → import the
+plugin modules of ``model.imports`` (they may register models, datasets, backends, quantisation targets and
+techniques; **importing runs their code**) → build the schema from the registries → validate.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Optional, Tuple, Union
 
@@ -17,8 +20,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from edgekit.backends import BACKENDS, default_backend
+from edgekit.core.safe_yaml import load_yaml
 from edgekit.data.datasets import DataConfig
 from edgekit.errors import ConfigError, InputFileError, did_you_mean
+from edgekit.pipeline.rundir import check_run_name
 from edgekit.pipeline.stages import STAGES, load_stage_modules
 from edgekit.techniques.base import OneOf
 
@@ -85,8 +90,9 @@ class ReportSettings(BaseModel):
 _BASE_FIELDS = {
     "name": (Optional[str], Field(None, description="recipe name (default: file stem); runs go to runs/<name>/")),
     "description": (str, Field("", description="free text shown in the report")),
-    "seed": (int, Field(0, description="drives every random choice: splits, init, shuffling, calibration")),
-    "threads": (int, Field(2, gt=0, description="CPU threads for training, inference and benchmarks")),
+    "seed": (int, Field(0, ge=0, le=2**32 - 1, description="drives every random choice: splits, init, shuffling, "
+                        "calibration")),
+    "threads": (int, Field(2, gt=0, le=1024, description="CPU threads for training, inference and benchmarks")),
     "model": (ModelSource, Field(..., description="reference model source")),
     "data": (DataConfig, Field(default_factory=DataConfig, description="dataset and splits")),
     "targets": (List[Target], Field(default_factory=lambda: [Target(backend=default_backend("module", "cpu")),
@@ -109,7 +115,7 @@ def recipe_model() -> type:
 
 
 def load_recipe(path: str | Path) -> Any:
-    """Read, parse and validate a YAML recipe; raise ConfigError listing every problem.
+    """Read, parse (once) and validate a YAML recipe; raise ConfigError listing every problem.
 
     Example:
         >>> recipe = load_recipe("recipes/digits_resnet.yaml")
@@ -117,21 +123,19 @@ def load_recipe(path: str | Path) -> Any:
     """
     p = Path(path)
     if not p.is_file():
-        raise InputFileError(f"recipe not found: {p}")
-    text = p.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
+        raise InputFileError(f"recipe not found: {p}" if not p.exists() else f"recipe is not a file: {p}")
+    doc = load_yaml(p)
+    raw = doc.data
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: a recipe must be a mapping of fields (model, data, stages, ...), "
                           f"got {type(raw).__name__}")
-    raw.setdefault("name", p.stem)
-    return validate_recipe(raw, source=str(p), root=root)
+    if "name" not in raw:
+        raw["name"] = p.stem
+        try:
+            check_run_name(p.stem, f"{p}: the file name (the default recipe name)")
+        except ConfigError as e:
+            raise ConfigError(f"{e}; or add a 'name:' to the recipe") from None
+    return validate_recipe(raw, source=str(p), root=doc.root)
 
 
 def import_recipe_plugins(raw: dict) -> None:
@@ -148,9 +152,13 @@ def validate_recipe(raw: dict, source: str = "recipe", root: Any = None) -> Any:
 
     The plugin modules of ``model.imports`` are imported first, so what they register is part of the schema.
     """
+    problems = _check_front_door(raw, root)
+    if problems:  # a bad import name or run name is refused before any plugin code runs
+        raise ConfigError(f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:\n  "
+                          + "\n  ".join(problems))
     import_recipe_plugins(raw)
     model_cls = recipe_model()
-    problems = _check_stage_types(raw)
+    problems = _check_stage_types(raw) + _check_numbers(raw, root)
     renamed, stages = _renamed_keys(raw, root)
     problems += renamed
     checked, lines = raw, root
@@ -166,6 +174,78 @@ def validate_recipe(raw: dict, source: str = "recipe", root: Any = None) -> Any:
         return recipe
     n = len(problems)
     raise ConfigError(f"{source}: {n} problem{'s' if n > 1 else ''}:\n  " + "\n  ".join(problems))
+
+
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# (low, low inclusive, high): bounds a schema's own gt/ge cannot express, applied to these keys in any stage
+# (also nested, e.g. a prune stage's finetune.lr); beyond them a run trains to chance or overflows.
+NUMBER_BOUNDS = {"lr": (0.0, False, 10.0), "weight_decay": (0.0, True, 1.0), "epochs": (0, True, 100_000),
+                 "warmup_epochs": (0.0, True, 100_000), "batch_size": (1, True, 1 << 20)}
+
+
+def _where(path: List[Any], root: Any) -> str:
+    text = ""
+    for item in path:
+        text += f"[{item}]" if isinstance(item, int) else (f".{item}" if text else str(item))
+    line = _yaml_line(root, path)
+    return f"{text} (line {line})" if line else text
+
+
+def _check_front_door(raw: dict, root: Any) -> List[str]:
+    """The recipe name (it becomes a folder) and the plugin module names, checked before any import."""
+    problems = []
+    if raw.get("name") is not None:
+        try:
+            check_run_name(raw["name"], _where(["name"], root))
+        except ConfigError as e:
+            problems.append(str(e))
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    imports = model.get("imports")
+    if imports is not None and not isinstance(imports, list):
+        problems.append(f"{_where(['model', 'imports'], root)}: must be a list of module names")
+    for i, mod in enumerate(imports if isinstance(imports, list) else []):
+        if not isinstance(mod, str) or len(mod) > 200 or not MODULE_RE.match(mod):
+            problems.append(f"{_where(['model', 'imports', i], root)}: {str(mod)[:60]!r} is not a module name; "
+                            "use a dotted Python module name like my_pkg.models")
+    return problems
+
+
+def _check_numbers(raw: dict, root: Any) -> List[str]:
+    """Stage numbers outside :data:`NUMBER_BOUNDS` (e.g. ``weight_decay: 1e300``), with path and line."""
+    problems: List[str] = []
+
+    def walk(value: Any, path: List[Any]) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                bounds = NUMBER_BOUNDS.get(k)
+                number = _as_number(v)
+                if bounds and number is not None:
+                    low, inclusive, high = bounds
+                    v = number
+                    if not ((v >= low if inclusive else v > low) and v <= high):
+                        problems.append(f"{_where([*path, k], root)}: {v!r} is out of range; allowed "
+                                        f"{low} {'≤' if inclusive else '<'} {k} ≤ {high}")
+                else:
+                    walk(v, [*path, k])
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, [*path, i])
+
+    walk(raw.get("stages") if isinstance(raw.get("stages"), list) else [], ["stages"])
+    return problems
+
+
+def _as_number(value: Any) -> Optional[float]:
+    """A numeric setting as a number: YAML 1.1 reads ``1e300`` (no '.', no exponent sign) as a string that
+    pydantic converts later, so strings that parse as numbers count too."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _renamed_keys(raw: dict, root: Any) -> Tuple[List[str], List[Any]]:

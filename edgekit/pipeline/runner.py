@@ -2,9 +2,14 @@
 
 Layout of ``runs/<recipe>/<name>/``::
 
+    .lock                  held (fcntl/msvcrt) by the one process writing the run; holds its pid
     recipe.yaml            the recipe as given
     manifest.json          inputs (+sha256), versions, config, per-stage metrics/timings, variants
-    stages/NN-<type>/      each stage's artifacts + stage.json (its key, variants, metrics) once finished
+    stages/NN-<type>/      each stage's artifacts + stage.json (its key, variants with paths relative to the
+                           run directory, metrics, sha256 of every file) once finished
+
+A run is bound to its recipe: ``--resume`` continues only a run made by the same validated recipe and re-verifies
+every reused artifact's sha256; names are single path components confined to the runs directory.
     bench/                 benchmark results (json/csv/md/png)
     report.md, report.json, *.png
 """
@@ -27,6 +32,9 @@ import torch
 from edgekit._io import read_json, sha256_file, write_json_atomic, write_text_atomic
 from edgekit.core.threads import torch_threads
 from edgekit.errors import ConfigError, RunDirectoryError
+from edgekit.pipeline.preflight import check_benchmark_variants, preflight
+from edgekit.pipeline.rundir import RunLock, check_run_name, confined, recipe_changes, recipe_fingerprint
+from edgekit.pipeline.stage_record import read_record, verify_finished_stages, write_record
 from edgekit.pipeline.stages import STAGES, StageContext, StageOutput, Variant
 
 logger = logging.getLogger(__name__)
@@ -46,21 +54,43 @@ class RunResult:
 
 
 def resolve_run_dir(recipe: Any, runs_dir: str | Path, name: Optional[str], resume: bool) -> Path:
-    """Pick the run directory: a new one (never an existing one) or, with ``resume``, an existing one."""
-    base = Path(runs_dir) / recipe.name
+    """Pick the run directory: a new one (never an existing one) or, with ``resume``, an existing one.
+
+    Names are single path components (:func:`~edgekit.pipeline.rundir.check_run_name`) and the resolved path
+    must stay inside ``runs_dir``.
+    """
+    check_run_name(recipe.name, "name")
+    if name is not None:
+        check_run_name(name, "--name")
+    base = confined(Path(runs_dir), recipe.name)
     if resume and name is None:
         existing = sorted(d for d in base.glob("*") if (d / "manifest.json").is_file()) if base.is_dir() else []
         if not existing:
             raise RunDirectoryError(f"--resume: no earlier run of '{recipe.name}' under {base} to resume")
         return max(existing, key=lambda d: d.stat().st_mtime)
     name = name or datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = base / name
+    run_dir = confined(base, name)
     if run_dir.exists() and not resume:
         raise RunDirectoryError(f"run directory {run_dir} already exists; pick another --name or pass --resume "
                                 "to continue it (edgekit never overwrites a run)")
-    if resume and run_dir.exists() and not (run_dir / "manifest.json").is_file():
-        raise RunDirectoryError(f"{run_dir} is not an edgekit run (no manifest.json); refusing to write into it")
+    if resume and not (run_dir / "manifest.json").is_file():
+        what = "does not exist" if not run_dir.exists() else "is not an edgekit run (no manifest.json)"
+        raise RunDirectoryError(f"--resume: {run_dir} {what}; nothing to resume")
     return run_dir
+
+
+def check_same_recipe(recipe: Any, run_dir: Path) -> dict:
+    """The run's manifest, if ``run_dir`` was made by this very recipe (same validated config); else refuse,
+    naming what changed. Reads only: a refused resume leaves every byte of the run unchanged."""
+    manifest = read_json(run_dir / "manifest.json")
+    before = manifest.get("recipe") if isinstance(manifest, dict) else None
+    now = recipe.model_dump(mode="json")
+    if not isinstance(before, dict) or recipe_fingerprint(before) != recipe_fingerprint(now):
+        changes = recipe_changes(before, now) if isinstance(before, dict) else ["(no recipe recorded)"]
+        raise RunDirectoryError(f"--resume: {run_dir} was made by a different recipe (changed: {'; '.join(changes)}); "
+                                "it is left untouched — run under a new --name, or pass --resume --rerun-changed to "
+                                "write the changed stages into a new run")
+    return manifest
 
 
 def _versions() -> dict:
@@ -89,40 +119,6 @@ def _input_files(recipe: Any) -> Dict[str, str]:
     return {k: f"{v} sha256:{sha256_file(v)}" for k, v in files.items()}
 
 
-def _preflight(recipe: Any) -> None:
-    """Cheap checks before any expensive work: files exist, backends named exist, stage inputs resolvable."""
-    from edgekit._io import require_file
-    from edgekit.backends import backend_spec
-    from edgekit.pipeline.model_source import import_plugins
-
-    import_plugins(recipe.model.imports)
-    for key in ("checkpoint", "onnx"):
-        p = getattr(recipe.model, key)
-        if p:
-            require_file(p, f"model.{key}")
-    if recipe.data.name in ("npz",):
-        require_file(recipe.data.path or "", "data.path")
-    for t in recipe.targets:
-        backend_spec(t.backend)
-    from edgekit.pipeline.report import check_required_targets
-
-    check_required_targets(recipe)
-    names = ["reference"] if (recipe.model.checkpoint or recipe.model.onnx) else []
-    for i, st in enumerate(recipe.stages):
-        calib = getattr(st, "calibration", None)
-        if isinstance(calib, str):
-            require_file(calib, f"stages[{i}].calibration")
-        known = not any(n.startswith("<") for n in names)  # default names are decided by the stages themselves
-        if st.input is not None and known and st.input not in names and st.input != "reference":
-            raise ConfigError(f"stages[{i}].input: no earlier stage produces a variant named '{st.input}'; "
-                              f"earlier variants: {', '.join(names) or 'none'}")
-        names.append(st.name or f"<{st.type}>")
-    torch_stages = sorted(n for n, st in STAGES.items() if st.needs_torch)
-    if recipe.model.onnx and any(s.type in torch_stages for s in recipe.stages):
-        raise ConfigError(f"model.onnx: an ONNX reference cannot go through PyTorch stages ({'/'.join(torch_stages)}); "
-                          "start from model.name or model.checkpoint instead")
-
-
 def stage_key(index: int, cfg: Any, recipe: Any, variants: Dict[str, Variant],
               digests: Optional[Dict[str, str]] = None) -> str:
     """Hash of everything a stage's result depends on: its config, seed, data and the input artifacts.
@@ -144,17 +140,21 @@ def stage_key(index: int, cfg: Any, recipe: Any, variants: Dict[str, Variant],
 
 
 def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str | Path = "runs",
-               name: Optional[str] = None, resume: bool = False, report: bool = True) -> RunResult:
+               name: Optional[str] = None, resume: bool = False, report: bool = True,
+               rerun_changed: bool = False) -> RunResult:
     """Execute a recipe end to end and write its report.
 
     Args:
         recipe: a validated Recipe (``edgekit.pipeline.recipe.load_recipe``) or a path to a YAML recipe.
         recipe_path: the YAML file (copied into the run directory).
-        runs_dir: parent of ``<recipe name>/<run name>/``.
+        runs_dir: parent of ``<recipe name>/<run name>/``; nothing is written outside it.
         name: run name (default: a timestamp). An existing run is never overwritten.
-        resume: continue an existing run (the latest one when ``name`` is None); finished stages whose
-            inputs and config are unchanged are skipped.
+        resume: continue an existing run (the latest one when ``name`` is None) made by this same recipe;
+            finished stages whose inputs and files are unchanged are skipped. A run of a different (or edited)
+            recipe is refused, naming what changed.
         report: benchmark the variants and write the report after the stages.
+        rerun_changed: with ``resume``: copy the earlier run's finished stages into a **new** run and run the
+            changed ones there (the earlier run is only read).
 
     Example:
         >>> result = run_recipe("recipes/digits_resnet.yaml", name="try1")
@@ -165,27 +165,77 @@ def run_recipe(recipe: Any, *, recipe_path: Optional[str] = None, runs_dir: str 
     if isinstance(recipe, (str, Path)):
         recipe_path = str(recipe)
         recipe = load_recipe(recipe)
-    _preflight(recipe)
+    if rerun_changed and not resume:
+        raise ConfigError("--rerun-changed goes with --resume: it re-runs an earlier run's changed stages in a new run")
     splits = _lazy_splits(recipe)
-    _check_model_fits(recipe, splits)
-    _check_calibration_files(recipe, splits)
-    run_dir = _make_run_dir(recipe, runs_dir, name, resume, recipe_path)
-    manifest = {"schema": MANIFEST_SCHEMA, "recipe": recipe.model_dump(mode="json"), "recipe_file": recipe_path,
-                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
-                "inputs": _input_files(recipe), "stages": [], "variants": {}}
-    write_json_atomic(run_dir / "manifest.json", manifest)
-    with torch_threads(recipe.threads):
-        return _run_stages_and_report(recipe, run_dir, splits, manifest, report)
+    preflight(recipe, splits)
+    run_dir, lock = _claim_run_dir(recipe, runs_dir, name, resume, rerun_changed, recipe_path)
+    try:
+        manifest = {"schema": MANIFEST_SCHEMA, "recipe": recipe.model_dump(mode="json"),
+                    "recipe_sha256": recipe_fingerprint(recipe.model_dump(mode="json")), "recipe_file": recipe_path,
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
+                    "inputs": _input_files(recipe), "stages": [], "variants": {}}
+        write_json_atomic(run_dir / "manifest.json", manifest)
+        with torch_threads(recipe.threads):
+            strict = resume and not rerun_changed
+            return _run_stages_and_report(recipe, run_dir, splits, manifest, report, strict)
+    finally:
+        lock.release()
+
+
+def _claim_run_dir(recipe: Any, runs_dir: str | Path, name: Optional[str], resume: bool, rerun_changed: bool,
+                   recipe_path: Optional[str]) -> Tuple[Path, RunLock]:
+    """The run directory, locked for this process: an existing run of this same recipe (resume), or a new one
+    (copying an earlier run's finished stages with ``rerun_changed``)."""
+    if resume and not rerun_changed:
+        run_dir = resolve_run_dir(recipe, runs_dir, name, resume=True)
+        check_same_recipe(recipe, run_dir)  # before the lock file is touched: a refusal changes nothing
+        lock = RunLock(run_dir).acquire()
+        try:
+            check_same_recipe(recipe, run_dir)  # again, now that no other process can be writing it
+            verify_finished_stages(run_dir)
+        except BaseException:
+            lock.release()
+            raise
+        return run_dir, lock
+    source = resolve_run_dir(recipe, runs_dir, name, resume=True) if rerun_changed else None
+    run_dir = resolve_run_dir(recipe, runs_dir, None if rerun_changed else name, resume=False)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise RunDirectoryError(f"run directory {run_dir} already exists (another run started at the same moment?); "
+                                "pick another --name") from None
+    except OSError as e:
+        raise RunDirectoryError(f"cannot create run directory {run_dir}: {e.strerror}") from None
+    lock = RunLock(run_dir).acquire()
+    try:
+        if source is not None:
+            _copy_finished_stages(source, run_dir)
+        if recipe_path:
+            write_text_atomic(run_dir / "recipe.yaml", Path(recipe_path).read_text(encoding="utf-8"))
+    except BaseException:
+        lock.release()
+        raise
+    return run_dir, lock
+
+
+def _copy_finished_stages(source: Path, run_dir: Path) -> None:
+    """Copy ``source``'s stage directories into the new ``run_dir`` (the source is only read, under its lock)."""
+    if not (source / "stages").is_dir():
+        return
+    with RunLock(source):
+        shutil.copytree(source / "stages", run_dir / "stages", symlinks=True)
+    logger.info(f"--rerun-changed: new run {run_dir.name} from the finished stages of {source.name}")
 
 
 def _run_stages_and_report(recipe: Any, run_dir: Path, splits: Callable[[], Any], manifest: dict,
-                           report: bool) -> RunResult:
+                           report: bool, strict: bool) -> RunResult:
     variants: Dict[str, Variant] = _initial_variants(recipe, run_dir, splits)
     digests: Dict[str, str] = {}
     for i, cfg in enumerate(recipe.stages):
         t0 = time.perf_counter()
         key = stage_key(i, cfg, recipe, variants, digests)
-        out, status = _run_stage(i, cfg, key, recipe, run_dir, variants, splits)
+        out, status = _run_stage(i, cfg, key, recipe, run_dir, variants, splits, strict)
         for v in out.variants:
             variants[v.name] = v
         manifest["stages"].append({"index": i, "type": cfg.type, "key": key, "status": status,
@@ -194,6 +244,7 @@ def _run_stages_and_report(recipe: Any, run_dir: Path, splits: Callable[[], Any]
         manifest["variants"] = {n: v.to_dict() for n, v in variants.items()}
         write_json_atomic(run_dir / "manifest.json", manifest)
     result = RunResult(run_dir, variants, manifest)
+    check_benchmark_variants(recipe, list(variants))
     if report:
         from edgekit.pipeline.report import benchmark_and_report
 
@@ -217,31 +268,18 @@ def _lazy_splits(recipe: Any) -> Callable[[], Any]:
     return splits
 
 
-def _make_run_dir(recipe: Any, runs_dir: str | Path, name: Optional[str], resume: bool,
-                  recipe_path: Optional[str]) -> Path:
-    """Create (or, resuming, reuse) the run directory and copy the recipe file into it."""
-    run_dir = resolve_run_dir(recipe, runs_dir, name, resume)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=resume)
-    except OSError as e:
-        raise RunDirectoryError(f"cannot create run directory {run_dir}: {e.strerror}") from None
-    if recipe_path:
-        write_text_atomic(run_dir / "recipe.yaml", Path(recipe_path).read_text(encoding="utf-8"))
-    return run_dir
-
-
 def _run_stage(i: int, cfg: Any, key: str, recipe: Any, run_dir: Path, variants: Dict[str, Variant],
-               splits: Callable[[], Any]) -> Tuple[StageOutput, str]:
-    """Run stage ``i`` into its directory, or reuse its result when an earlier attempt finished with ``key``."""
+               splits: Callable[[], Any], strict: bool) -> Tuple[StageOutput, str]:
+    """Run stage ``i`` into its directory, or reuse its result when an earlier attempt finished with ``key`` and
+    its files are intact (see :mod:`edgekit.pipeline.stage_record`)."""
     stage_dir = run_dir / "stages" / f"{i:02d}-{cfg.type}"
-    done = stage_dir / "stage.json"
-    rec = read_json(done) if done.is_file() else {}
     n = len(recipe.stages)
-    if rec.get("key") == key:
+    cached = read_record(stage_dir, run_dir, key, strict=strict)
+    if cached is not None:
         logger.info(f"[{i + 1}/{n}] {cfg.type}: finished earlier, skipped (key {key})")
-        return StageOutput([Variant.from_dict(v) for v in rec["variants"]], rec.get("metrics", {})), "cached"
+        return cached, "cached"
     if stage_dir.exists():
-        shutil.rmtree(stage_dir)  # an interrupted attempt: start the stage afresh
+        shutil.rmtree(stage_dir)  # an interrupted attempt, or another recipe's stage in a --rerun-changed copy
     stage_dir.mkdir(parents=True)
     logger.info(f"[{i + 1}/{n}] {cfg.type} ...")
     t0 = time.perf_counter()
@@ -249,32 +287,8 @@ def _run_stage(i: int, cfg: Any, key: str, recipe: Any, run_dir: Path, variants:
     np.random.seed((recipe.seed + i) % 2**32)
     ctx = StageContext(run_dir, stage_dir, recipe.seed, recipe.threads, recipe, dict(variants), splits)
     out = STAGES.get(cfg.type).run(ctx, cfg)
-    write_json_atomic(done, {"key": key, "type": cfg.type, "variants": [v.to_dict() for v in out.variants],
-                             "metrics": out.metrics, "seconds": round(time.perf_counter() - t0, 2)})
+    write_record(stage_dir, run_dir, key, cfg.type, out, time.perf_counter() - t0)
     return out, "ran"
-
-
-def _check_calibration_files(recipe: Any, splits) -> None:
-    """Validate every stage's calibration npz against the data's sample shape before any training."""
-    from edgekit.data import load_calibration
-    from edgekit.errors import ShapeError
-
-    for i, st in enumerate(recipe.stages):
-        calib = getattr(st, "calibration", None)
-        if isinstance(calib, str):
-            try:
-                load_calibration(calib, splits().input_shape)
-            except ShapeError as e:
-                raise ShapeError(f"stages[{i}].calibration: {e}") from None
-
-
-def _check_model_fits(recipe: Any, splits) -> None:
-    from edgekit.pipeline.model_source import build_module, onnx_input_fits
-
-    if recipe.model.onnx:
-        onnx_input_fits(recipe.model.onnx, splits())
-    elif recipe.model.checkpoint:
-        build_module(recipe.model, splits())
 
 
 def _initial_variants(recipe: Any, run_dir: Path, splits) -> Dict[str, Variant]:
