@@ -128,3 +128,15 @@ def test_unfollowable_rnn_outputs_and_unsupported_targets_are_refused():
         prune(model, {"ratio": 0.5, "importance": "taylor", "finetune": NO_FT}, example_input=x)
     with pytest.raises(ConfigError, match="every LSTM/GRU layer"):
         prune(model, {"ratio": 0.5, "exclude": ["rnn"], "finetune": NO_FT}, example_input=x)
+
+
+def test_checkpoint_whose_rnn_sizes_disagree_with_its_tensors_is_refused(tmp_path):
+    from edgekit.errors import InputFileError
+
+    model = create_model("rnn_classifier", hidden_size=16, cell="lstm")
+    path = save_checkpoint(model, tmp_path / "m.pt", {})
+    payload = torch.load(path, weights_only=True)
+    payload["structure"]["rnn"]["hidden_size"] = 4096
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(InputFileError, match=r"structure\['rnn'\].*weight_ih_l0 of shape \[16384, 8\]"):
+        load_checkpoint(tmp_path / "bad.pt")

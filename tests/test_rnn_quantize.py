@@ -55,6 +55,7 @@ def test_dynamic_quantisation_of_a_gru_measures_both_forms_and_records_the_choic
     assert forms["unrolled"]["int8_mac_fraction"] == 1.0 and forms["op"]["int8_mac_fraction"] < 0.1
     best = max((f for f in forms if forms[f]["correct"]), key=lambda f: forms[f]["geomean_speedup"])
     assert record["chosen"] == best == res.metrics["rnn_form"]
+    assert record["faster_than_fp32"] == (forms[best]["geomean_speedup"] > 1.0)
     assert set(forms[best]["speedup_vs_fp32"]) == {"1", "8"}
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert ("GRU" in ops) == (best == "op")

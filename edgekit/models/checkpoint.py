@@ -154,7 +154,8 @@ def load_checkpoint(path: str | Path) -> Tuple[nn.Module, Dict[str, Any]]:
 
 
 _PLAIN = (str, int, float, bool, type(None))
-_STRUCTURE_TYPES = ("Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "LayerNorm")
+_STRUCTURE_TYPES = ("Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "LSTM", "GRU")
+_RNN_GATES = {"LSTM": 4, "GRU": 3}
 
 
 _MAX_DEPTH = 8  # a Hugging Face config is a mapping of mappings (e.g. id2label); deeper is not a config
@@ -223,6 +224,8 @@ def _check_structure_entry(name: str, spec: Any, state: Dict[str, Any], source: 
             key, want = "weight", [int(spec["out_features"]), int(spec["in_features"])]
         elif t.startswith("BatchNorm"):
             key, want = "running_mean", [int(spec["num_features"])]
+        elif t in _RNN_GATES:
+            key, want = "weight_ih_l0", [_RNN_GATES[t] * int(spec["hidden_size"]), int(spec["input_size"])]
         else:
             key, want = "weight", [int(i) for i in spec["normalized_shape"]]
             if not spec["elementwise_affine"]:

@@ -272,7 +272,8 @@ def quantize_dynamic_best(onnx_path: str | os.PathLike, cfg: QuantizeConfig, *, 
             shutil.copyfile(results[chosen].artifact, t)
     result = results[chosen]
     result.artifact = out_path
-    decision = {"chosen": chosen, "recurrent_ops": found, "batches": list(batches), "threads": threads,
+    decision = {"chosen": chosen, "faster_than_fp32": table[chosen]["geomean_speedup"] > 1.0,
+                "recurrent_ops": found, "batches": list(batches), "threads": threads,
                 "rounds": CHOICE_ROUNDS, "accuracy_tolerance": tol, "forms": table, **notes}
     result.sidecar["rnn_forms"] = decision
     result.metrics.update(rnn_form=chosen, **{f"speedup_b{b}": table[chosen]["speedup_vs_fp32"][str(b)]["speedup"]
