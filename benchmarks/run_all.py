@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # One entry per script, in document order (issue 3 reference, 4 distillation, 5 pruning, 6 quantisation,
 # 12 backends on the same files).
-SECTIONS = ["bench_reference", "bench_distill", "bench_prune", "bench_quantize", "bench_backends"]
+SECTIONS = ["bench_reference", "bench_distill", "bench_prune", "bench_quantize", "bench_backends", "bench_rnn"]
 
 HEADER = """# edgekit benchmarks
 
