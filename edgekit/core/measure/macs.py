@@ -160,8 +160,13 @@ def _symbolic_inference(model):
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError:
         return None
-    try:
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    try:  # its infer_shapes() would save 'sym_shape_infer_temp.onnx' into the current directory when incomplete
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference._preprocess(model)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        return inference.out_mp_
     except Exception as e:  # it raises plain Exceptions on graphs it cannot finish
         logger.info(f"symbolic shape inference failed: {str(e)[:160]}")
         return None

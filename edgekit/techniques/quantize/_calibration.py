@@ -128,11 +128,6 @@ def calibration_inputs(calib: Any, model_or_path: Any, samples: Optional[int] = 
     return take(x, slice(0, samples)) if samples is not None else x
 
 
-def array_reader(x: np.ndarray, input_name: str, batch_size: int = 16, desc: str = "calibrate"):
-    """An ``onnxruntime.quantization.CalibrationDataReader`` over ``x`` in batches, with a progress bar."""
-    return inputs_reader(x, input_name, batch_size, desc)
-
-
 def inputs_reader(x: Any, input_name: str, batch_size: int = 16, desc: str = "calibrate"):
     """An ``onnxruntime.quantization.CalibrationDataReader`` over one array (fed as ``input_name``) or named
     arrays (every input fed by its name), in batches, with a progress bar."""
