@@ -50,9 +50,15 @@ def test_npz_validation(tmp_path):
     assert split.x.dtype == np.float32 and split.y.dtype == np.int64 and split.x.shape == (10, 3, 4, 4)
     np.savez(tmp_path / "noy.npz", x=x)
     assert load_npz(tmp_path / "noy.npz").y is None
-    np.savez(tmp_path / "nox.npz", images=x)
-    with pytest.raises(InputFileError, match="needs an array 'x'.*images"):
-        load_npz(tmp_path / "nox.npz")
+    np.savez(tmp_path / "named.npz", images=x, mask=np.ones((10, 4), np.int64), y=np.arange(10))
+    named = load_npz(tmp_path / "named.npz")  # one array per model input name, dtypes kept
+    assert set(named.x) == {"images", "mask"} and named.x["mask"].dtype == np.int64 and len(named.y) == 10
+    np.savez(tmp_path / "onlyy.npz", y=np.arange(10))
+    with pytest.raises(InputFileError, match="needs an array 'x'.*or one array per model input"):
+        load_npz(tmp_path / "onlyy.npz")
+    np.savez(tmp_path / "ragged.npz", a=x, b=x[:4])
+    with pytest.raises(ShapeError, match="disagree on the number of samples"):
+        load_npz(tmp_path / "ragged.npz")
     np.savez(tmp_path / "bady.npz", x=x, y=np.arange(9))
     with pytest.raises(ShapeError, match=r"'y' must be integer labels of shape \[10\]"):
         load_npz(tmp_path / "bady.npz")

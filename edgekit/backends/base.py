@@ -28,7 +28,14 @@ from edgekit.registry import Registry
 
 
 class Runner(abc.ABC):
-    """Runs one model artifact on one backend."""
+    """Runs one model artifact on one backend.
+
+    Inputs are one array (a model with one input) or a mapping of input name to array (several named inputs,
+    dtypes kept: token ids stay integers). When the runner knows the model's :class:`Signature` (``signature``,
+    read from the ONNX graph, the engine or the checkpoint), every call is checked against it first: missing or
+    unexpected names, float data for an integer input, wrong rank or fixed sizes, token ids outside the
+    vocabulary are a ShapeError naming the input and what it takes.
+    """
 
     backend: str = ""
 
@@ -36,10 +43,34 @@ class Runner(abc.ABC):
         self.input_name: str = "input"
         self.input_shape: Tuple[Optional[int], ...] = ()
         self.input_dtype: np.dtype = np.dtype(np.float32)
+        self.signature: Optional[Any] = None  # edgekit.core.signature.Signature when known
         self.info: dict = {}
 
-    def prepare(self, x: np.ndarray) -> Any:
-        """Place a numpy batch where the backend reads it (device memory, tensors...)."""
+    def set_signature(self, signature: Optional[Any]) -> None:
+        """Adopt ``signature``; the first input's name, shape and dtype become ``input_name/shape/dtype``."""
+        self.signature = signature
+        if signature is None:
+            return
+        first = signature.inputs[0]
+        self.input_name = first.name
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in first.shape)
+        self.input_dtype = np.dtype(first.dtype)
+
+    @property
+    def input_names(self) -> Tuple[str, ...]:
+        """The model's input names in call order."""
+        return self.signature.names if self.signature is not None else (self.input_name,)
+
+    def prepare(self, x: Any) -> Any:
+        """Place a numpy batch (one array or named arrays) where the backend reads it (device memory, tensors...).
+
+        Floating data is cast to the input's float dtype and integers to the input's integer width; a float/int
+        mismatch never reaches here (``check_input`` refuses it).
+        """
+        if isinstance(x, Mapping):
+            if self.signature is None:
+                return {k: np.ascontiguousarray(v) for k, v in x.items()}
+            return {spec.name: np.ascontiguousarray(x[spec.name], dtype=spec.dtype) for spec in self.signature.inputs}
         return np.ascontiguousarray(x, dtype=self.input_dtype)
 
     @abc.abstractmethod
@@ -53,18 +84,25 @@ class Runner(abc.ABC):
     def synchronize(self) -> None:  # noqa: B027  (an optional hook: CPU backends have nothing to wait for)
         """Wait for queued device work (no-op on CPU backends)."""
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: Any) -> np.ndarray:
         self.check_input(x)
         return self.to_numpy(self.run_prepared(self.prepare(x)))
 
-    def check_input(self, x: np.ndarray) -> None:
-        """Raise ShapeError when ``x`` cannot be fed to this model."""
+    def check_input(self, x: Any) -> None:
+        """Raise ShapeError when ``x`` (one array or named arrays) cannot be fed to this model."""
         from edgekit.errors import ShapeError
 
+        where = self.info.get("artifact", "model")
+        if self.signature is not None and (isinstance(x, Mapping) or not self.signature.single):
+            self.signature.check(x, where=where)
+            return
+        if isinstance(x, Mapping):
+            raise ShapeError(f"{where} takes one input '{self.input_name}'; pass one array, not named inputs "
+                             f"{sorted(x)}")
+        x = np.asarray(x)
         want = self.input_shape
         if want and (x.ndim != len(want) or any(w is not None and w != g for w, g in zip(want[1:], x.shape[1:]))):
             shown = "x".join("N" if d is None else str(d) for d in want)
-            where = self.info.get("artifact", "model")
             raise ShapeError(f"input '{self.input_name}' of {where} expects shape {shown}, got {list(x.shape)}")
 
     def close(self) -> None:  # noqa: B027  (an optional hook)

@@ -90,9 +90,6 @@ class OpenVinoRunner(Runner):
         path_ = Path(path)
         core = ov.Core()
         model = _read_model(core, path_)
-        if len(model.inputs) != 1:
-            raise ConfigError(f"{path}: edgekit runners feed one input; this model has "
-                              f"{[i.get_any_name() for i in model.inputs]}")
         stored = _artifact_precision(model, path_)
         hint = self._inference_precision(path, stored, precision)
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": getattr(ov.Type, hint)}
@@ -108,6 +105,8 @@ class OpenVinoRunner(Runner):
         self.input_name = port.get_any_name()
         self.input_shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
         self.input_dtype = np.dtype(port.get_element_type().to_dtype())
+        self.set_signature(_signature(model, path_))
+        self._port_index = _port_indices(model, self.input_names)
         self.info = {
             "backend": self.backend,
             "precision": "bf16" if hint == "bf16" else stored,
@@ -131,13 +130,50 @@ class OpenVinoRunner(Runner):
             raise ConfigError(f"{path} is an int8 artifact; precision '{precision}' applies to float artifacts only")
         return _INFERENCE_PRECISION[precision]
 
-    def run_prepared(self, prepared: np.ndarray) -> np.ndarray:
+    def run_prepared(self, prepared: Any) -> np.ndarray:
         # inputs are read in place (like ONNX Runtime); outputs are copied out of OpenVINO's buffers
-        return self.request.infer({0: prepared}, share_inputs=True)[0]
+        feeds = ({self._port_index[k]: v for k, v in prepared.items()} if isinstance(prepared, dict)
+                 else {0: prepared})
+        return self.request.infer(feeds, share_inputs=True)[0]
 
     def close(self) -> None:
         self.request = None
         self.compiled = None
+
+
+def _signature(model: Any, path: Path):
+    """The model's signature: from the ONNX graph (token inputs, vocabulary) or from the IR's input ports.
+
+    OpenVINO may report a port by an alias (``/Concat_output_0``); ONNX names are matched among all its names.
+    """
+    if artifact_kind(path) == "onnx":
+        from edgekit.core.onnx_graph import onnx_signature
+
+        return onnx_signature(path)
+    from edgekit.core.signature import InputSpec, Signature, dtype_name
+
+    specs = []
+    for port in model.inputs:
+        try:
+            dtype = dtype_name(np.dtype(port.get_element_type().to_dtype()).name)
+        except ConfigError:
+            return None  # e.g. uint8 images: one plain array, checked by shape only
+        dims = [d.get_length() if d.is_static else ("batch" if i == 0 else f"dim{i}")
+                for i, d in enumerate(port.get_partial_shape())]
+        specs.append(InputSpec(port.get_any_name(), dtype, tuple(dims) or ("batch",)))
+    return Signature(tuple(specs))
+
+
+def _port_indices(model: Any, names: Any) -> dict:
+    """``{input name: port index}``, matching each name among all the names of a port."""
+    out = {}
+    for name in names:
+        idx = next((i for i, p in enumerate(model.inputs) if name in p.get_names()), None)
+        if idx is None:
+            raise InputFileError(f"OpenVINO reads no input named '{name}'; its inputs are "
+                                 f"{[sorted(p.get_names()) for p in model.inputs]}")
+        out[name] = idx
+    return out
 
 
 def compile_ir(onnx_path: Any, out_dir: Any, *, precision: Optional[str] = None) -> Path:

@@ -1,4 +1,17 @@
-"""ONNX Runtime CPU runner ('ort-cpu'): explicit thread count, full graph optimisation."""
+"""ONNX Runtime CPU runner ('ort-cpu'): explicit thread count, full graph optimisation, no idle spinning.
+
+Runner options (``open_runner(path, "ort-cpu", threads=2, spinning=False, optimized_model_path=None)``):
+
+- ``spinning`` (default False): let idle intra-op worker threads spin-wait for work
+  (``session.intra_op.allow_spinning``). Off by default: paired benchmarks keep several sessions open, and the
+  idle ones' spinning workers took the cores from the active one (transformer note, 6 sessions, 2 threads:
+  2.99 ms with spinning vs 1.39 ms without; an identical-copy control's p10-p90 ratio band 0.58-1.64 vs
+  0.77-1.12). Turn it on to time a single session the way a latency-tuned server would run it.
+- ``optimized_model_path``: also write ORT's optimised graph there (for inspection and profiling).
+
+Inputs are fed by name: one array for a one-input model, or ``{name: array}`` for several (dtypes as the graph
+declares them; checked against the graph's signature first).
+"""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -6,18 +19,21 @@ from typing import Any, Optional
 import numpy as np
 
 from edgekit.backends.base import BackendSpec, Runner, register_backend
-from edgekit.errors import InputFileError, first_line
+from edgekit.errors import ConfigError, InputFileError, first_line
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
                "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
-def session_options(threads: Optional[int] = None):
+def session_options(threads: Optional[int] = None, spinning: bool = False):
     """ORT SessionOptions for timing: full graph optimisation, sequential, explicit intra-op threads, quiet logs.
 
     Benchmarks keep many sessions alive and alternate between them; by default a session's idle workers keep
     spinning after run() returns and took a core from the next session's block (GEMM blocks ran at half
-    speed), so spinning stops on return. That costs nothing measurable per run here.
+    speed), so spinning stops on return and, unless ``spinning``, workers never spin-wait at all.
+
+    Example:
+        >>> so = session_options(threads=2)       # allow_spinning=0
     """
     import onnxruntime as ort
 
@@ -29,18 +45,21 @@ def session_options(threads: Optional[int] = None):
         so.inter_op_num_threads = 1
     so.log_severity_level = 3
     so.add_session_config_entry("session.force_spinning_stop", "1")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return so
 
 
 class OrtRunner(Runner):
-    """ONNX Runtime InferenceSession with one input and (first) output."""
+    """ONNX Runtime InferenceSession: named inputs (the graph's signature), first output."""
 
     def __init__(self, path: str, providers: list, threads: Optional[int] = None,
-                 optimized_model_path: Optional[str] = None, backend: str = "ort-cpu"):
+                 optimized_model_path: Optional[str] = None, backend: str = "ort-cpu", spinning: bool = False):
         super().__init__()
         import onnxruntime as ort
 
-        so = session_options(threads)
+        if not isinstance(spinning, bool):
+            raise ConfigError(f"ort option spinning must be true or false, got {spinning!r}")
+        so = session_options(threads, spinning)
         if optimized_model_path:
             so.optimized_model_filepath = str(optimized_model_path)
         try:
@@ -52,18 +71,34 @@ class OrtRunner(Runner):
         self.input_shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
         self.input_dtype = np.dtype(_ORT_DTYPES.get(inp.type, np.float32))
         self.output_name = self.session.get_outputs()[0].name
+        self.set_signature(_signature_of(path))
         self.backend = backend
         self.info = {
             "backend": backend,
             "precision": _precision_of(path),
             "device": "cpu" if backend == "ort-cpu" else "cuda",
             "threads": threads,
+            "spinning": spinning,
             "providers": self.session.get_providers(),
             "versions": {"onnxruntime": ort.__version__},
         }
 
-    def run_prepared(self, prepared: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: prepared})[0]
+    def feeds(self, prepared: Any) -> dict:
+        """``{input name: array}`` for ``session.run`` from a prepared array or mapping."""
+        return dict(prepared) if isinstance(prepared, dict) else {self.input_name: prepared}
+
+    def run_prepared(self, prepared: Any) -> np.ndarray:
+        return self.session.run([self.output_name], self.feeds(prepared))[0]
+
+
+def _signature_of(path: str):
+    """The graph's signature (None for inputs a signature cannot declare, e.g. uint8 images)."""
+    from edgekit.core.onnx_graph import onnx_signature
+
+    try:
+        return onnx_signature(path)
+    except InputFileError:
+        return None
 
 
 def _precision_of(path: str) -> str:
@@ -77,8 +112,10 @@ def _precision_of(path: str) -> str:
 
 
 def _open(artifact: Any, threads: Optional[int] = None, optimized_model_path: Optional[str] = None,
-          **_: Any) -> OrtRunner:
-    return OrtRunner(str(artifact), ["CPUExecutionProvider"], threads, optimized_model_path)
+          spinning: bool = False, **options: Any) -> OrtRunner:
+    if options:
+        raise ConfigError(f"unknown ort-cpu option(s) {sorted(options)}; allowed: spinning, optimized_model_path")
+    return OrtRunner(str(artifact), ["CPUExecutionProvider"], threads, optimized_model_path, spinning=spinning)
 
 
 def _probe():

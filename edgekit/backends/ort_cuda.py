@@ -30,15 +30,17 @@ class OrtDeviceRunner(OrtRunner):
         self.device_type, self.device_id = device_type, device_id
         self.info["device"] = device_type
 
-    def prepare(self, x: np.ndarray):
+    def prepare(self, x: Any):
         import onnxruntime as ort
 
-        arr = np.ascontiguousarray(x, dtype=self.input_dtype)
-        return ort.OrtValue.ortvalue_from_numpy(arr, self.device_type, self.device_id)
+        arrays = self.feeds(super().prepare(x))
+        return {name: ort.OrtValue.ortvalue_from_numpy(arr, self.device_type, self.device_id)
+                for name, arr in arrays.items()}
 
     def run_prepared(self, prepared):
         binding = self.session.io_binding()
-        binding.bind_ortvalue_input(self.input_name, prepared)
+        for name, value in prepared.items():
+            binding.bind_ortvalue_input(name, value)
         binding.bind_output(self.output_name, self.device_type, self.device_id)
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()[0]

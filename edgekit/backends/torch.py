@@ -22,7 +22,7 @@ class TorchRunner(Runner):
     """Eager PyTorch inference under ``torch.inference_mode``."""
 
     def __init__(self, module: torch.nn.Module, device: str = "cpu", precision: str = "fp32",
-                 threads: Optional[int] = None, input_shape=None):
+                 threads: Optional[int] = None, input_shape=None, signature: Any = None):
         super().__init__()
         from edgekit.errors import ConfigError
 
@@ -39,6 +39,10 @@ class TorchRunner(Runner):
         self.backend = "torch" if device == "cpu" else "torch-cuda"
         if input_shape is not None:
             self.input_shape = (None, *input_shape)
+        if signature is not None:  # named, typed inputs (checkpoint meta): called as module(**inputs)
+            from edgekit.core.signature import Signature
+
+            self.set_signature(signature if isinstance(signature, Signature) else Signature.from_dict(signature))
         self.info = {
             "backend": self.backend,
             "precision": precision,
@@ -50,24 +54,33 @@ class TorchRunner(Runner):
             self.info["tf32"] = {"cudnn": torch.backends.cudnn.allow_tf32,
                                  "matmul": torch.backends.cuda.matmul.allow_tf32}
 
-    def prepare(self, x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x))
-        if t.is_floating_point():
-            t = t.to(self.dtype)
-        return t.to(self.device)
+    def check_input(self, x: Any) -> None:
+        """As every runner; a module without a signature also takes named inputs (called as ``module(**x)``)."""
+        if self.signature is None and isinstance(x, dict):
+            return
+        super().check_input(x)
 
-    def run_prepared(self, prepared: torch.Tensor) -> torch.Tensor:
+    def prepare(self, x: Any) -> Any:
+        from edgekit.core.tensors import to_torch
+
+        if self.signature is not None:
+            x = super().prepare(x)  # integer widths as the signature declares
+        return to_torch(x, self.device, self.dtype)
+
+    def run_prepared(self, prepared: Any) -> torch.Tensor:
+        from edgekit.core.tensors import call_module, prediction
+
         previous = torch.get_num_threads()
         switch = self.threads is not None and self.threads != previous
         if switch:
             torch.set_num_threads(self.threads)
         try:
             with torch.inference_mode():
-                out = self.module(prepared)
+                out = call_module(self.module, prepared)
         finally:
             if switch:
                 torch.set_num_threads(previous)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        return prediction(out, self.signature.output if self.signature is not None else None)
 
     def to_numpy(self, out: torch.Tensor) -> np.ndarray:
         return out.float().cpu().numpy()
@@ -78,22 +91,25 @@ class TorchRunner(Runner):
 
 
 def _load_module(artifact: Any):
+    """(module, per-sample input shape, signature dict) of a module or an edgekit checkpoint."""
     if artifact_kind(artifact) == "module":
-        return artifact, None
+        return artifact, None, None
     from edgekit.models import load_checkpoint
 
     model, meta = load_checkpoint(artifact)
-    return model, meta.get("input_shape")
+    return model, meta.get("input_shape"), meta.get("signature")
 
 
-def _open_cpu(artifact: Any, threads: Optional[int] = None, precision: str = "fp32", **_: Any) -> TorchRunner:
-    module, shape = _load_module(artifact)
-    return TorchRunner(module, "cpu", precision, threads, shape)
+def _open_cpu(artifact: Any, threads: Optional[int] = None, precision: str = "fp32", signature: Any = None,
+              **_: Any) -> TorchRunner:
+    module, shape, stored = _load_module(artifact)
+    return TorchRunner(module, "cpu", precision, threads, shape, signature or stored)
 
 
-def _open_cuda(artifact: Any, threads: Optional[int] = None, precision: str = "fp32", **_: Any) -> TorchRunner:
-    module, shape = _load_module(artifact)
-    return TorchRunner(module, "cuda", precision, None, shape)
+def _open_cuda(artifact: Any, threads: Optional[int] = None, precision: str = "fp32", signature: Any = None,
+               **_: Any) -> TorchRunner:
+    module, shape, stored = _load_module(artifact)
+    return TorchRunner(module, "cuda", precision, None, shape, signature or stored)
 
 
 def _probe_cpu():

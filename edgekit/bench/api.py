@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
-from edgekit.bench.data import parse_batches
+from edgekit.bench.data import parse_batches, parse_inputs, parse_sequences
 from edgekit.bench.results import SCHEMA, BenchResult
 from edgekit.bench.specs import ModelSpec
 from edgekit.core.measure.latency import ROUND_STATS, validate_settings
@@ -51,7 +51,8 @@ def benchmark(models: Any, backends: Union[str, Sequence[str], None] = None, bat
               threads: Optional[int] = None, warmup: int = 10, iters: Optional[int] = None,
               min_time: Optional[float] = None, rounds: int = 20, baseline: Any = None, data: Any = None,
               out_dir: Union[str, os.PathLike, None] = None, input_shape: Optional[Sequence[int]] = None,
-              plots: bool = True, round_stat: str = "min") -> BenchResult:
+              plots: bool = True, round_stat: str = "min", inputs: Any = None,
+              sequences: Any = None) -> BenchResult:
     """Time models on backends and batch sizes, interleaved in rounds, with paired speedups.
 
     Args:
@@ -66,13 +67,19 @@ def benchmark(models: Any, backends: Union[str, Sequence[str], None] = None, bat
         iters / min_time: total timed iterations, or minimum timed seconds, per case (default 1 s).
         rounds: interleaved rounds; each gives one per-round speedup ratio.
         baseline: model name or path (optionally ``name@backend``); default the first model on the first backend.
-        data: held-out split (``.x`` float32 [N, ...], ``.y`` int64), an ``.npz`` path or ``"digits"``:
-            adds top-1 accuracy (%) measured through the same runner.
+        data: held-out split (``.x`` float32 [N, ...] or ``{input name: array}``, ``.y`` int64), an ``.npz``
+            path (``x``/``y``, or one array per input name + ``y``) or ``"digits"``: adds top-1 accuracy (%)
+            measured through the same runner.
         out_dir: when given, writes bench.json / .csv / .md and plots there.
         input_shape: per-sample input shape when the artifact does not fix it.
         plots: write PNG plots along with the tables (when ``out_dir`` is given).
         round_stat: per-round latency behind ratios and efficiency: "min" (default; robust to the
             additive noise of a shared machine), "p25" or "median".
+        inputs: synthetic inputs by name, ``["input_ids:int64:1x128", ...]`` or ``{name: (dtype, shape)}`` (shape
+            batch first; the batch sizes replace it). Integer inputs get valid values: token ids inside the
+            vocabulary (the embedding table's rows), masks of ones.
+        sequences: sequence lengths to sweep for models with a dynamic sequence axis ("32,128"); every row
+            then carries its ``sequence``.
 
     Returns:
         BenchResult with one row per model x backend x batch.
@@ -80,23 +87,28 @@ def benchmark(models: Any, backends: Union[str, Sequence[str], None] = None, bat
     Example:
         >>> res = benchmark(["a.onnx", "b.onnx"], batches="1,8", threads=2, iters=200)
         >>> res.rows[1]["speedup"]
+        >>> benchmark("bert.onnx", inputs=["input_ids:int64:1x128", "attention_mask:int64:1x128",
+        ...                                "token_type_ids:int64:1x128"], sequences="32,128")
     """
     from edgekit.bench.plan import make_plan
-    from edgekit.bench.rows import batch_rows, peak_summary
-    from edgekit.bench.run import run_plan
+    from edgekit.bench.rows import peak_summary
     from edgekit.core.platform import environment, load_average
 
     batch_list, min_time = _checked_settings(batches, warmup, iters, min_time, rounds, round_stat, threads)
-    env = environment()
+    input_specs, seq_list = parse_inputs(inputs) if inputs else None, parse_sequences(sequences)
+    if seq_list and data is not None:
+        raise ConfigError("a sequence sweep (sequences/--seq) uses synthetic inputs; it cannot be combined with data "
+                          "(whose sequence length is fixed)")
+    env, backend_list = environment(), _backend_names(backends)
     threads = threads or env["cores_usable"]
-    backend_list = _backend_names(backends)
-    plan = make_plan(models, backend_list, threads, data, input_shape, max(batch_list))
+    plan = make_plan(models, backend_list, threads, data, input_shape, max(batch_list), input_specs,
+                     seq_list[0] if seq_list else None)
     try:
         base_key = _match_baseline(baseline, plan.keys, plan.specs)
-        macs, accuracy = plan.macs(), plan.accuracy()
+        accuracy = plan.accuracy()
         t0, load_start = time.time(), load_average()
-        timings, peak_gpu = run_plan(plan, batch_list, warmup, iters, min_time, rounds, round_stat)
-        rows = [row for t in timings for row in batch_rows(plan, t, base_key, macs, accuracy, peak_gpu)]
+        rows, timings, peak_gpu, shapes = _sweep(plan, seq_list, batch_list, base_key, accuracy,
+                                                 (warmup, iters, min_time, rounds, round_stat))
         timing_s = time.time() - t0
     finally:
         plan.close()
@@ -105,7 +117,7 @@ def benchmark(models: Any, backends: Union[str, Sequence[str], None] = None, bat
         peak={"cpu": peak_summary(timings, threads), "gpu": peak_gpu},
         config={"backends": backend_list, "batches": batch_list, "threads": threads, "warmup": warmup,
                 "iters": iters, "min_time": min_time, "rounds": rounds, "round_stat": round_stat,
-                "input_shapes": {k: list(v) for k, v in plan.shapes.items()},
+                "input_shapes": shapes, "sequences": seq_list,
                 "data": None if plan.split is None else {"n": int(len(plan.split.x)),
                                                          "source": getattr(plan.split, "source", None)},
                 "timing_s": round(timing_s, 1), "peak_rss_mb": round(_peak_rss_mb(), 1),
@@ -115,6 +127,33 @@ def benchmark(models: Any, backends: Union[str, Sequence[str], None] = None, bat
     if out_dir is not None:
         result.write(out_dir, plots=plots)
     return result
+
+
+def _sweep(plan: Any, seq_list: Optional[List[int]], batch_list: List[int], base_key: Tuple[str, str],
+           accuracy: dict, timing: tuple) -> Tuple[List[dict], list, Optional[dict], dict]:
+    """Time the plan at every batch size (and sequence length): rows, timings, GPU peak, input shapes used."""
+    from edgekit.bench.rows import batch_rows
+    from edgekit.bench.run import run_plan
+
+    rows: List[dict] = []
+    timings: list = []
+    peak_gpu, shapes = None, {}
+    for seq in seq_list or [None]:
+        if seq is not None:
+            plan.set_sequence(seq)
+        macs = plan.macs()
+        batch_timings, peak_gpu = run_plan(plan, batch_list, *timing)
+        timings += batch_timings
+        for t in batch_timings:
+            rows += [{**row, **({"sequence": seq} if seq is not None else {})}
+                     for row in batch_rows(plan, t, base_key, macs, accuracy, peak_gpu)]
+        shapes.update({f"{k}@{seq}" if seq else k: _shown(v) for k, v in plan.shapes.items()})
+    return rows, timings, peak_gpu, shapes
+
+
+def _shown(shape: Any) -> Any:
+    """A per-sample shape (tuple) or ``{input: shape}`` as JSON-friendly lists."""
+    return {k: list(v) for k, v in shape.items()} if isinstance(shape, dict) else list(shape)
 
 
 def _checked_settings(batches: Any, warmup: int, iters: Optional[int], min_time: Optional[float], rounds: int,

@@ -19,7 +19,8 @@ from edgekit._io import write_json_atomic, write_text_atomic
 
 SCHEMA = "edgekit-bench/1"
 
-CSV_COLUMNS = ["model", "backend", "batch", "baseline", "precision", "device", "threads", "p50_ms", "p90_ms", "p99_ms",
+CSV_COLUMNS = ["model", "backend", "batch", "sequence", "baseline", "precision", "device", "threads", "p50_ms",
+               "p90_ms", "p99_ms",
                "mean_ms", "std_ms", "min_ms", "round_ms", "iters", "rounds", "throughput", "size_bytes", "mem_delta_mb",
                "macs",
                "int8_macs", "gops", "peak_gops", "efficiency", "accuracy", "speedup", "speedup_min", "speedup_max",
@@ -63,10 +64,10 @@ class BenchResult:
         raise KeyError(f"no row for model={model} backend={backend} batch={batch}")
 
     def ordered_rows(self) -> List[dict]:
-        """Rows grouped by batch, the baseline row first in each group, then in benchmark order."""
+        """Rows grouped by (sequence and) batch, the baseline row first in each group, then in benchmark order."""
         out = []
-        for b in sorted({r["batch"] for r in self.rows}):
-            group = [r for r in self.rows if r["batch"] == b]
+        for g in sorted({(r.get("sequence") or 0, r["batch"]) for r in self.rows}):
+            group = [r for r in self.rows if (r.get("sequence") or 0, r["batch"]) == g]
             out += [r for r in group if r.get("baseline")] + [r for r in group if not r.get("baseline")]
         return out
 
@@ -113,7 +114,8 @@ class BenchResult:
                 "MMACs", "GOP/s", "% peak"] + (["acc %"] if has_acc else []) + ["speedup (min–max)"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.ordered_rows():
-            cells = [f"**{r['model']}**" if r.get("baseline") else r["model"], r["backend"], str(r["batch"]),
+            batch = f"{r['batch']} × seq {r['sequence']}" if r.get("sequence") else str(r["batch"])
+            cells = [f"**{r['model']}**" if r.get("baseline") else r["model"], r["backend"], batch,
                      r.get("precision") or "–", _fmt(r["p50_ms"], ".3f"), _fmt(r["p90_ms"], ".3f"),
                      _fmt(r["p99_ms"], ".3f"), _fmt(r["throughput"], ",.0f"), _fmt(r.get("size_bytes"), ".2f", 2**-20),
                      _fmt(r.get("macs"), ",.1f", 1e-6), _fmt(r.get("gops"), ".1f"),

@@ -132,11 +132,14 @@ def model_macs(spec: ModelSpec, runners: Dict[str, Any], shape) -> Tuple[Optiona
         onnx_path = cand if cand and Path(cand).is_file() else None
     try:
         if onnx_path is not None:
-            rep = count_macs_onnx(onnx_path, shape)
+            rep = (count_macs_onnx(onnx_path, inputs=shape) if isinstance(shape, dict)
+                   else count_macs_onnx(onnx_path, shape))
+            if rep.shape_inference == "incomplete":
+                return None, None, "unavailable (shapes known only at run time: " + ", ".join(rep.unknown[:3]) + ")"
             return rep.total, rep.int8, "onnx"
         module = spec.artifacts.get("module") or next((getattr(r, "module", None) for r in runners.values()
                                                        if getattr(r, "module", None) is not None), None)
-        if module is not None:
+        if module is not None and not isinstance(shape, dict):
             return _macs_of_module(module, shape), 0, "onnx-export"
     except Exception as e:  # MACs are informative; never fail a benchmark on them
         logger.info(f"bench: could not count MACs of '{spec.name}': {first_line(e, 200)}")

@@ -2,6 +2,7 @@
 
 Example:
     $ edgekit bench fp32.onnx int8.onnx --batch 1,8 --threads 2 --out bench_out
+    $ edgekit bench bert.onnx --input input_ids:int64:1x128 --input attention_mask:int64:1x128 --seq 32,128
 """
 from __future__ import annotations
 
@@ -60,9 +61,16 @@ def add_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None,
                    help="baseline MODEL (path or name, optionally NAME@backend); default: first")
     p.add_argument("--data", default=None,
-                   help="held-out data for accuracy: an .npz with x,y or a dataset name (digits)")
+                   help="held-out data for accuracy: an .npz with x,y (or one array per model input name, plus y) "
+                        "or a dataset name (digits)")
     p.add_argument("--input-shape", default=None,
                    help="per-sample input shape when the model does not fix it, e.g. 3,224,224")
+    p.add_argument("--input", action="append", default=None, metavar="NAME:DTYPE:SHAPE", dest="inputs",
+                   help="a synthetic input by name, batch first (the --batch sizes replace it), repeatable, e.g. "
+                        "--input input_ids:int64:1x128 --input attention_mask:int64:1x128; integer inputs get "
+                        "token ids inside the vocabulary and masks of ones")
+    p.add_argument("--seq", default=None, metavar="LENGTHS",
+                   help="sweep the sequence length of models with a dynamic sequence axis, e.g. 32,128")
     p.add_argument("--out", default=None, help="write bench.json, bench.csv, bench.md and plots into this directory")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=handler)
@@ -88,7 +96,7 @@ def handler(args: argparse.Namespace) -> int:
                     warmup=args.warmup, iters=args.iters, min_time=args.min_time, rounds=args.rounds,
                     baseline=args.baseline, data=args.data, out_dir=args.out,
                     input_shape=_parse_shape(args.input_shape), plots=not args.no_plots,
-                    round_stat=args.round_stat)
+                    round_stat=args.round_stat, inputs=args.inputs, sequences=args.seq)
     print(res.environment_line())
     print()
     print(res.table())

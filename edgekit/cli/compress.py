@@ -5,6 +5,7 @@ Data for accuracy and fine-tuning comes from a dataset spec: ``digits`` (images,
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -98,14 +99,56 @@ def _cmd_prune(args) -> int:
     return 0
 
 
+def _exclude_scope(text: str) -> dict:
+    """``--exclude`` text → Scope fields: ``type:MatMul`` entries are op types, entries with ``*?[`` globs."""
+    entries = [t.strip() for t in text.split(",") if t.strip()]
+    scope: dict = {"names": [], "patterns": [], "types": []}
+    for e in entries:
+        if e.startswith("type:"):
+            scope["types"].append(e[5:])
+        elif any(c in e for c in "*?["):
+            scope["patterns"].append(e)
+        else:
+            scope["names"].append(e)
+    return {k: v for k, v in scope.items() if v}
+
+
 def _cmd_quantize(args) -> int:
+    from edgekit.bench.data import as_split
     from edgekit.techniques.quantize.ptq import quantize
 
     if args.mode == "static" and not args.calib:
-        raise ConfigError("static quantisation needs --calib (an .npz with array x drawn from training data)")
-    config = {"mode": args.mode, "target": args.target, "method": args.method, "samples": args.samples}
-    res = quantize(args.model, config, calib=args.calib, out_path=args.out, threads=args.threads)
-    print(f"wrote {res.artifact} (int8 MAC coverage {res.int8_mac_fraction:.0%})")
+        raise ConfigError("static quantisation needs --calib: an .npz drawn from training data, with an array x "
+                          "(one-input models) or one array per model input name (input_ids, attention_mask, ...)")
+    if args.max_accuracy_drop is not None and not args.val:
+        raise ConfigError("--max-accuracy-drop needs --val (labelled validation data: an .npz with y)")
+    config: dict = {"mode": args.mode, "target": args.target, "method": args.method, "samples": args.samples,
+                    "max_accuracy_drop": args.max_accuracy_drop}
+    if args.exclude:
+        config["exclude"] = _exclude_scope(args.exclude)
+    if args.op_types:
+        config["op_types"] = [t.strip() for t in args.op_types.split(",") if t.strip()]
+    if args.mode == "static":
+        config["speed_fallback"] = args.speed_fallback
+        if args.speed_batches:
+            config["speed_batches"] = _batches(args.speed_batches)
+    val = as_split(args.val) if args.val else None
+    if val is not None and val.y is None:
+        raise ConfigError(f"--val {args.val} has no labels: add an integer array y")
+    res = quantize(args.model, config, calib=args.calib, out_path=args.out, val=val, threads=args.threads)
+    acc = res.accuracy
+    extra = (f"; val accuracy fp32 {acc['fp32_val']:.2f}% → int8 {acc['int8_val']:.2f}%"
+             if "fp32_val" in acc and "int8_val" in acc else "")
+    floats = f"; {len(res.float_layers)} node(s) kept float" if res.float_layers else ""
+    print(f"wrote {res.artifact} ({res.mode} int8 for target {res.target}, int8 MAC coverage "
+          f"{res.int8_mac_fraction:.0%}{floats}{extra})")
+    if res.speed:
+        chosen = res.speed["speedup_vs_fp32"][res.speed["policy"]]
+        shown = ", ".join(f"{v['median']:.2f}× ({v['p10']:.2f}–{v['p90']:.2f}) vs fp32 at batch {b}"
+                          for b, v in chosen.items())
+        slow = res.speed["slower_than_fp32"]
+        print(f"speed check: policy {res.speed['policy']}, {len(res.speed['float_nodes'])} node(s) kept float for "
+              f"speed; {shown}" + (f"; STILL SLOWER than fp32 at batch {slow}" if slow else ""))
     return 0
 
 
@@ -116,8 +159,15 @@ def _cmd_quantize_checked(args) -> int:
 
     if require_file(args.model, "ONNX model").stat().st_size == 0:  # ONNX Runtime would print its own traceback
         raise InputFileError(f"{args.model}: the file is empty (0 bytes), not an ONNX model")
-    check_output(args.out, "onnx", inputs=[args.model, args.calib], force=args.force)
+    check_output(args.out, "onnx", inputs=[args.model, args.calib, args.val], force=args.force)
     return _cmd_quantize(args)
+
+
+def _batches(text: str) -> list:
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts or not all(t.isdigit() and int(t) > 0 for t in parts):
+        raise ConfigError(f"--speed-batches must be positive integers like 1,8,32; got '{text}'")
+    return [int(t) for t in parts]
 
 
 def add_commands(subparsers: Any) -> None:
@@ -156,13 +206,29 @@ def add_commands(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_prune)
 
     q = subparsers.add_parser("quantize", help="INT8 quantisation of an ONNX file for a target")
-    q.add_argument("model")
-    q.add_argument("--out", required=True, help="the .onnx file to write (never the input)")
+    q.add_argument("model", help="float ONNX model (one or several named inputs)")
+    q.add_argument("--out", required=True, help="where the int8 .onnx goes (with a .json sidecar; never the input)")
     q.add_argument("--force", action="store_true", help="replace an existing file that is not ONNX")
-    q.add_argument("--calib", help="calibration .npz (array x), e.g. calib_data/digits32_rgb.npz")
+    q.add_argument("--calib", help="calibration .npz from training data: array x, or one array per model input "
+                                   "name (input_ids, attention_mask, ...); needed for --mode static")
     q.add_argument("--target", choices=TARGETS.names(), default="cpu", help="quantisation target")
-    q.add_argument("--mode", choices=["static", "dynamic"], default="static")
+    q.add_argument("--mode", choices=["static", "dynamic"], default="static",
+                   help="static (calibrated QDQ) | dynamic (int8 weights, activations at run time: transformers, "
+                        "LSTM/GRU)")
     q.add_argument("--method", choices=CALIBRATION_METHODS.names(), default="minmax")
-    q.add_argument("--samples", type=bounded_int("--samples", 1, 1_000_000), default=128)
-    q.add_argument("--threads", type=bounded_int("--threads", 1, 1024), default=2)
+    q.add_argument("--samples", type=bounded_int("--samples", 1, 1_000_000), default=128,
+                   help="calibration samples used (default 128)")
+    q.add_argument("--exclude", help="nodes kept float, comma-separated: names, globs ('/m/*/attention/*') or "
+                                     "op types ('type:MatMul')")
+    q.add_argument("--op-types", help="op types quantised in --mode dynamic, e.g. MatMul,Gemm (default: "
+                                      "LSTM,GRU,MatMul,Gemm,Attention)")
+    q.add_argument("--val", help="labelled validation .npz (x or named arrays, plus y): measures fp32/int8 accuracy")
+    q.add_argument("--max-accuracy-drop", type=float, default=None,
+                   help="accuracy budget in points on --val; the most sensitive layers fall back to float")
+    q.add_argument("--speed-fallback", action=argparse.BooleanOptionalAction, default=True,
+                   help="static: profile fp32 vs int8 kernels on ONNX Runtime CPU, keep slower-in-int8 layers float "
+                        "and ship the fastest policy, timed against fp32 (default on)")
+    q.add_argument("--speed-batches", help="batch sizes the speed check measures (default 1,8,32)")
+    q.add_argument("--threads", type=bounded_int("--threads", 1, 1024), default=2,
+                   help="ONNX Runtime threads for accuracy and speed measurements")
     q.set_defaults(func=_cmd_quantize_checked)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-from edgekit.errors import InputFileError, ShapeError
+from edgekit.errors import ConfigError, InputFileError, ShapeError
 
 # Q/DQ pairs: explicit quantisation (static QDQ artifacts, TensorRT's explicit-precision input).
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
@@ -138,6 +138,100 @@ def fix_input_shapes(model, input_shape: Optional[Sequence[int]], where: str) ->
     return want
 
 
+# ONNX TensorProto element type -> edgekit signature dtype (the dtypes a signature can declare)
+_SIGNATURE_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool"}
+_GATHER_OPS = ("Gather", "GatherElements")
+
+
+def _dim_names(inp) -> List[Any]:
+    """An input's dims: ints where fixed, the ``dim_param`` (or ``dim<i>``) where dynamic; first = ``batch``."""
+    dims: List[Any] = []
+    for i, d in enumerate(inp.type.tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        else:
+            dims.append("batch" if i == 0 else (d.dim_param or f"dim{i}"))
+    return dims or ["batch"]
+
+
+def _embedding_rows(model) -> Dict[str, int]:
+    """``{graph input: rows of the table it indexes}`` for inputs fed (maybe via Cast) into a Gather of an
+    initializer: token ids index the word embedding, so its rows are the vocabulary size."""
+    inits = {i.name: list(i.dims) for i in model.graph.initializer}
+    consts = {n.output[0]: list(a.t.dims) for n in model.graph.node if n.op_type == "Constant"
+              for a in n.attribute if a.name == "value"}
+    table = {**consts, **inits}
+    alias = {i.name: i.name for i in model.graph.input}
+    for n in model.graph.node:  # follow Cast/Identity/Unsqueeze-free chains from the input
+        if n.op_type in ("Cast", "Identity") and n.input and n.input[0] in alias:
+            alias[n.output[0]] = alias[n.input[0]]
+    rows: Dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in _GATHER_OPS and len(n.input) > 1 and n.input[1] in alias and n.input[0] in table:
+            dims = table[n.input[0]]
+            if len(dims) == 2 and dims[0] > 1:
+                name = alias[n.input[1]]
+                rows[name] = min(rows.get(name, dims[0]), int(dims[0]))
+    return rows
+
+
+def position_rows(path_or_model: Any) -> Optional[int]:
+    """A hint for the longest sequence a text graph takes: the rows of the embedding tables it gathers with
+    indices it computes itself (position tables), smallest first; None when there is none. Only a hint (used
+    to pick a default sequence length), never a check.
+
+    Example:
+        >>> position_rows("bert.onnx")
+        512
+    """
+    model = load_model(path_or_model)
+    inits = {i.name: list(i.dims) for i in model.graph.initializer}
+    fed = _embedding_rows(model)
+    inputs = {i.name for i in model.graph.input}
+    rows = [inits[n.input[0]][0] for n in model.graph.node
+            if n.op_type in _GATHER_OPS and len(n.input) > 1 and n.input[0] in inits and len(inits[n.input[0]]) == 2
+            and n.input[1] not in inputs and n.input[1] not in fed and inits[n.input[0]][0] > 2]
+    return min(rows) if rows else None
+
+
+def onnx_signature(path_or_model: Any, *, output: Optional[str] = None):
+    """The :class:`~edgekit.core.signature.Signature` of an ONNX graph: its inputs in order, each with dtype and
+    shape (dynamic dims by their ``dim_param`` name, the first one ``batch``).
+
+    Integer inputs that index an embedding table (a ``Gather`` on an initializer) are token inputs: the table's
+    row count is the vocabulary size (the smallest such table when several inputs share it), so synthetic ids
+    and data checks stay inside it. Returns None when an input has a dtype a signature cannot declare
+    (e.g. uint8 images): such models are fed as one plain array.
+
+    Raises:
+        InputFileError: the file is missing or unreadable. ShapeError: the graph has no inputs.
+
+    Example:
+        >>> onnx_signature("bert.onnx").describe()
+        'input_ids: int64[batch, sequence], attention_mask: int64[batch, sequence], token_type_ids: ...'
+    """
+    from edgekit.core.signature import InputSpec, Signature
+
+    model = load_model(path_or_model)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if not inputs:
+        raise ShapeError("the ONNX graph has no inputs")
+    specs = []
+    for inp in inputs:
+        dtype = _SIGNATURE_DTYPES.get(int(inp.type.tensor_type.elem_type))
+        if dtype is None:
+            return None
+        try:
+            specs.append(InputSpec(inp.name, dtype, tuple(_dim_names(inp))))
+        except ConfigError:
+            return None
+    rows = _embedding_rows(model)
+    tokens = tuple(s.name for s in specs if not s.is_float and s.name in rows and "type" not in s.name)
+    vocab = min((rows[t] for t in tokens), default=None)
+    return Signature(tuple(specs), output=output, vocab_size=vocab, token_inputs=tokens)
+
+
 def op_types(path_or_model: Any, functions: bool = True) -> set:
     """The op types of the graph's nodes (and of its local functions' nodes when ``functions``)."""
     model = load_model(path_or_model)
@@ -165,5 +259,5 @@ def onnx_precision(path_or_model: Any) -> str:
     return "int8" if op_types(path_or_model, functions=False) & QUANTISED_OPS else "fp32"
 
 
-__all__ = ["GraphInput", "INT8_KERNEL_OPS", "QDQ_OPS", "QUANTISED_OPS", "fix_input_shapes", "graph_inputs",
-           "has_qdq", "load_model", "onnx_precision", "op_types", "single_input"]
+__all__ = ["GraphInput", "INT8_KERNEL_OPS", "QDQ_OPS", "QUANTISED_OPS", "fix_input_shapes",
+           "graph_inputs", "has_qdq", "load_model", "onnx_precision", "onnx_signature", "op_types", "single_input"]

@@ -67,14 +67,16 @@ class TensorRTRunner(Runner):
         io = io_tensors(self.engine)
         inputs = [t for t in io if t["mode"] == "INPUT"]
         self.outputs = [t for t in io if t["mode"] == "OUTPUT"]
-        if len(inputs) != 1 or not self.outputs:
-            raise ConfigError(f"{engine_path}: edgekit runners feed one input and read outputs; this engine has inputs "
+        if not inputs or not self.outputs:
+            raise ConfigError(f"{engine_path}: edgekit runners feed inputs and read outputs; this engine has inputs "
                               f"{[t['name'] for t in inputs]} and outputs {[t['name'] for t in self.outputs]}")
+        self._inputs = inputs
         inp = inputs[0]
         self.input_name = inp["name"]
         self.input_shape = tuple(None if d < 0 else d for d in inp["shape"])
-        self._in_torch = getattr(torch, torch_dtype_name(inp["dtype"]))
+        self._in_torch = {t["name"]: getattr(torch, torch_dtype_name(t["dtype"])) for t in inputs}
         self.input_dtype = np.dtype(_NUMPY_OF_TORCH.get(torch_dtype_name(inp["dtype"]), np.float32))
+        self.set_signature(_engine_signature(inputs))
         self._out_torch = {t["name"]: getattr(torch, torch_dtype_name(t["dtype"])) for t in self.outputs}
         self.device, self.stream = self._device_and_stream()
         self._bound: list = []  # keeps the tensors of the last call alive until the next one
@@ -96,16 +98,23 @@ class TensorRTRunner(Runner):
     def _on_stream(self):
         return self._torch.cuda.stream(self.stream)
 
-    def prepare(self, x: np.ndarray):
+    def prepare(self, x: Any):
+        """One CUDA tensor (one-input engine) or ``{name: tensor}``, each in its engine dtype, on the stream."""
+        arrays = x if isinstance(x, dict) else {self.input_name: x}
         with self._on_stream():
-            return self._torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self._in_torch, non_blocking=True)
+            placed = {name: self._torch.from_numpy(np.ascontiguousarray(a)).to(self.device, self._in_torch[name],
+                                                                                  non_blocking=True)
+                      for name, a in arrays.items()}
+        return placed if isinstance(x, dict) else placed[self.input_name]
 
     def run_prepared(self, prepared):
         ctx = self.context
-        if not ctx.set_input_shape(self.input_name, tuple(prepared.shape)):
-            raise ShapeError(f"input '{self.input_name}' shape {list(prepared.shape)} is outside the engine's "
-                             f"optimisation profile {self.info.get('profile')}; rebuild with a wider batch_range")
-        ctx.set_tensor_address(self.input_name, prepared.data_ptr())
+        feeds = prepared if isinstance(prepared, dict) else {self.input_name: prepared}
+        for name, tensor in feeds.items():
+            if not ctx.set_input_shape(name, tuple(tensor.shape)):
+                raise ShapeError(f"input '{name}' shape {list(tensor.shape)} is outside the engine's "
+                                 f"optimisation profile {self.info.get('profile')}; rebuild with a wider batch_range")
+            ctx.set_tensor_address(name, tensor.data_ptr())
         outs = []
         with self._on_stream():
             for t in self.outputs:
@@ -115,7 +124,7 @@ class TensorRTRunner(Runner):
                 outs.append(buf)
         if not ctx.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.info['engine']}")
-        self._bound = [prepared, *outs]
+        self._bound = [*feeds.values(), *outs]
         return outs[0]
 
     def to_numpy(self, out) -> np.ndarray:
@@ -129,6 +138,19 @@ class TensorRTRunner(Runner):
         self.stream.synchronize()
         self._bound = []
         self.context = None
+
+
+def _engine_signature(inputs: list):
+    """The engine's signature from its input tensors (None when a dtype has no signature name, e.g. int8)."""
+    from edgekit.core.signature import InputSpec, Signature, dtype_name
+
+    try:
+        specs = [InputSpec(t["name"], dtype_name(torch_dtype_name(t["dtype"])),
+                           tuple(("batch" if i == 0 else f"dim{i}") if d < 0 else d for i, d in enumerate(t["shape"]))
+                           or ("batch",)) for t in inputs]
+    except ConfigError:
+        return None
+    return Signature(tuple(specs))
 
 
 def io_tensors(engine: Any) -> list:

@@ -13,13 +13,16 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from edgekit.errors import InputFileError, ShapeError
+
+logger = logging.getLogger(__name__)
 
 _INT8_OPS = {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm", "DynamicQuantizeMatMul",
              "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
@@ -43,7 +46,9 @@ class MacReport:
     total: int
     int8: int
     per_node: List[NodeMacs] = field(default_factory=list)
-    input_shape: Optional[List[int]] = None
+    input_shape: Optional[List[int]] = None  # per sample, first input
+    input_shapes: Dict[str, List[int]] = field(default_factory=dict)  # per sample, every input
+    shape_inference: str = "onnx"  # onnx | symbolic (ORT's symbolic inference) | incomplete (see ``unknown``)
 
     @property
     def float(self) -> int:
@@ -83,37 +88,88 @@ def _load(path_or_model: Any):
         raise InputFileError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:120]})") from None
 
 
-def _fix_input_shapes(model, input_shape: Optional[Sequence[int]], where: str) -> List[int]:
-    """Set the first input to [1, *input_shape] (other inputs: dynamic dims -> 1); return it."""
+def _set_dims(inp, dims: Sequence[int]) -> None:
+    shape = inp.type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        shape.dim.add().dim_value = int(d)
+
+
+def _fix_inputs(model, input_shape: Optional[Sequence[int]], inputs: Optional[Mapping[str, Sequence[int]]],
+                sequence: Optional[int], where: str) -> Dict[str, List[int]]:
+    """Give every graph input a concrete shape with batch 1; returns ``{name: shape}``.
+
+    ``inputs`` (per-sample shapes by name) fix the inputs they name; else ``input_shape`` fixes the first input
+    (as :func:`edgekit.core.onnx_graph.fix_input_shapes` does). A dynamic axis of another input takes the size
+    bound to the same axis name (``sequence`` of ``input_ids`` fixes ``sequence`` of ``attention_mask``), else
+    ``sequence``, else 1.
+    """
+    from edgekit.core.onnx_graph import fix_input_shapes
+
     inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if not inputs:
-        raise ShapeError(f"{where}: the graph has no inputs")
-    first = inputs[0]
-    dims = first.type.tensor_type.shape.dim
-    if input_shape is not None:
-        want = [1, *[int(d) for d in input_shape]]
-        if len(dims) and len(dims) != len(want):
-            shown = "x".join(d.dim_param or str(d.dim_value) if (d.dim_param or d.dim_value) else "?" for d in dims)
-            raise ShapeError(f"{where}: input '{first.name}' has rank {len(dims)} ({shown}); "
-                             f"input_shape {list(input_shape)} gives rank {len(want)} with the batch")
-        for idx, (d, w) in enumerate(zip(dims, want)):
-            if idx and d.dim_value and d.dim_value != w:
-                raise ShapeError(f"{where}: input '{first.name}' has fixed size {d.dim_value} where input_shape "
-                                 f"asks {w} (shape {want[1:]} per sample)")
-    else:
-        want = [1] + [d.dim_value if d.dim_value > 0 else -1 for d in list(dims)[1:]]
-        if any(w < 0 for w in want):
-            raise ShapeError(f"{where}: input '{first.name}' has dynamic dimensions besides the batch; "
-                             "pass input_shape (per sample, e.g. (3, 224, 224))")
-    del first.type.tensor_type.shape.dim[:]
-    for w in want:
-        first.type.tensor_type.shape.dim.add().dim_value = w
-    for other in inputs[1:]:
-        for d in other.type.tensor_type.shape.dim:
-            if not d.dim_value:
-                d.dim_value = 1
-    return want
+    graph_in = [i for i in model.graph.input if i.name not in inits]
+    given = dict(inputs or {})
+    unknown = sorted(set(given) - {i.name for i in graph_in})
+    if unknown:
+        raise ShapeError(f"{where}: shapes given for {unknown}, which are not inputs of the model; it takes "
+                         f"{[i.name for i in graph_in]}")
+    original = {i.name: [(d.dim_value, d.dim_param) for d in i.type.tensor_type.shape.dim] for i in graph_in}
+    fixed: Dict[str, List[int]] = {}
+    if not given and (input_shape is not None or sequence is None):
+        fixed[graph_in[0].name] = fix_input_shapes(model, input_shape, where)
+    for inp in graph_in:
+        if inp.name in given:
+            dims = inp.type.tensor_type.shape.dim
+            want = [1, *[int(d) for d in given[inp.name]]]
+            if len(dims) and len(dims) != len(want):
+                raise ShapeError(f"{where}: input '{inp.name}' has rank {len(dims)}; shape {want[1:]} per sample "
+                                 f"gives rank {len(want)} with the batch")
+            bad = [(d.dim_value, w) for i, (d, w) in enumerate(zip(dims, want))
+                   if i and d.dim_value and d.dim_value != w]
+            if bad:
+                raise ShapeError(f"{where}: input '{inp.name}' has fixed size {bad[0][0]} where {bad[0][1]} was asked")
+            _set_dims(inp, want)
+            fixed[inp.name] = want
+    bound = {p: v for n, dims in fixed.items() for (_, p), v in zip(original[n], dims) if p}
+    for inp in graph_in:
+        if inp.name in fixed:
+            continue
+        dims = []
+        for i, (value, param) in enumerate(original[inp.name]):
+            dims.append(1 if i == 0 else value if value > 0 else bound.get(param, sequence or 1))
+        _set_dims(inp, dims)
+        fixed[inp.name] = dims
+    return fixed
+
+
+def _contraction_unknown(model) -> bool:
+    """True when some contraction node still lacks an operand or output shape after inference."""
+    shapes = _shape_map(model)
+    for node in model.graph.node:
+        count = _COUNTERS.get(node.op_type)
+        if count is not None and count(node, lambda n: shapes.get(n) if n else None) is None:
+            return True
+    return False
+
+
+def _symbolic_inference(model):
+    """ONNX Runtime's symbolic shape inference (pure Python, runs no session): it folds the Shape → Gather →
+    Concat → Reshape chains a torchscript export builds, which ONNX's own inference leaves as unknown dims.
+    Returns None when it is not installed or fails on the graph."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:
+        return None
+    try:  # its infer_shapes() would save 'sym_shape_infer_temp.onnx' into the current directory when incomplete
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference._preprocess(model)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        return inference.out_mp_
+    except Exception as e:  # it raises plain Exceptions on graphs it cannot finish
+        logger.info(f"symbolic shape inference failed: {str(e)[:160]}")
+        return None
 
 
 def _shape_map(model) -> Dict[str, List[int]]:
@@ -258,21 +314,31 @@ _COUNTERS: Dict[str, Callable[[Any, Shapes], Optional[int]]] = {
 _QDQ_INT8_OPS = {"Conv", "FusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm"}
 
 
-def _inferred(path_or_model: Any, input_shape: Optional[Sequence[int]]) -> Tuple[Any, List[int], str]:
-    """The model with its first input fixed to ``[1, *input_shape]`` and shapes inferred; the fixed shape; its name."""
+def _inferred(path_or_model: Any, input_shape: Optional[Sequence[int]],
+              inputs: Optional[Mapping[str, Sequence[int]]] = None, sequence: Optional[int] = None
+              ) -> Tuple[Any, Dict[str, List[int]], str, str]:
+    """The model with every input fixed (batch 1) and shapes inferred; the fixed shapes; its name; and which
+    inference resolved the contractions (``onnx``, ``symbolic``, or ``incomplete``)."""
     import onnx
 
     model, where = _load(path_or_model)
-    fixed = _fix_input_shapes(model, input_shape, where)
+    fixed = _fix_inputs(model, input_shape, inputs, sequence, where)
     del model.graph.value_info[:]  # drop stale symbolic shapes; inference recomputes them
     for out in model.graph.output:
         out.type.tensor_type.ClearField("shape")
+    shown = {k: v for k, v in fixed.items()}
     try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as e:
         msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-        raise ShapeError(f"{where}: shape inference failed for input shape {fixed}: {msg}") from None
-    return model, fixed, where
+        raise ShapeError(f"{where}: shape inference failed for input shapes {shown}: {msg}") from None
+    if not _contraction_unknown(inferred):
+        return inferred, fixed, where, "onnx"
+    symbolic = _symbolic_inference(model)
+    if symbolic is not None and not _contraction_unknown(symbolic):
+        return symbolic, fixed, where, "symbolic"
+    logger.info(f"{where}: some MatMul/Conv shapes are only known at run time; their MACs are not counted")
+    return (symbolic or inferred), fixed, where, "incomplete"
 
 
 def _node_macs(i: int, node, shapes: Shapes, producers: Dict[str, Any]) -> Optional[NodeMacs]:
@@ -286,13 +352,22 @@ def _node_macs(i: int, node, shapes: Shapes, producers: Dict[str, Any]) -> Optio
     return NodeMacs(node.name or f"{op}_{i}", op, int(macs or 0), int8, macs is not None)
 
 
-def count_macs_onnx(path_or_model: Any, input_shape: Optional[Sequence[int]] = None) -> MacReport:
+def count_macs_onnx(path_or_model: Any, input_shape: Optional[Sequence[int]] = None, *,
+                    inputs: Optional[Mapping[str, Sequence[int]]] = None,
+                    sequence: Optional[int] = None) -> MacReport:
     """Count MACs per sample of an ONNX model.
+
+    Shapes come from ONNX shape inference with every input fixed (batch 1). Where a graph computes shapes at
+    run time (a torchscript BERT builds its attention reshapes from ``Shape`` ops) and ONNX's inference leaves
+    them unknown, ONNX Runtime's symbolic shape inference (pure Python, no session) resolves them;
+    ``shape_inference`` says which one did, or ``incomplete`` with the uncounted nodes in ``unknown``.
 
     Args:
         path_or_model: path to a ``.onnx`` file (external data is not loaded) or an ``onnx.ModelProto``.
         input_shape: per-sample shape of the first input, e.g. ``(3, 224, 224)``. Needed when the
             model has dynamic dimensions other than the batch; the batch is always fixed to 1.
+        inputs: per-sample shapes by input name (several inputs), e.g. ``{"input_ids": (128,), ...}``.
+        sequence: size of dynamic axes no given shape binds (e.g. the sequence length of a text model).
 
     Returns:
         MacReport with ``total`` and ``int8`` MACs and ``per_node`` entries (name, op_type, macs, int8).
@@ -303,8 +378,10 @@ def count_macs_onnx(path_or_model: Any, input_shape: Optional[Sequence[int]] = N
     Example:
         >>> count_macs_onnx("resnet18.onnx", (3, 224, 224)).total
         1814073344
+        >>> count_macs_onnx("bert.onnx", inputs={"input_ids": (128,)}).shape_inference
+        'symbolic'
     """
-    model, fixed, _where = _inferred(path_or_model, input_shape)
+    model, fixed, _where, how = _inferred(path_or_model, input_shape, inputs, sequence)
     shape_map = _shape_map(model)
     producers = {o: n for n in model.graph.node for o in n.output}
 
@@ -314,4 +391,6 @@ def count_macs_onnx(path_or_model: Any, input_shape: Optional[Sequence[int]] = N
     per_node = [m for i, node in enumerate(model.graph.node) if (m := _node_macs(i, node, shapes, producers))]
     total = sum(n.macs for n in per_node)
     int8_total = sum(n.macs for n in per_node if n.int8)
-    return MacReport(total=total, int8=int8_total, per_node=per_node, input_shape=fixed[1:])
+    first = next(iter(fixed.values()))
+    return MacReport(total=total, int8=int8_total, per_node=per_node, input_shape=first[1:],
+                     input_shapes={k: v[1:] for k, v in fixed.items()}, shape_inference=how)

@@ -118,6 +118,24 @@ class QuantizeConfig(TechniqueConfig):
         None, ge=0, description="budget in accuracy points on the validation split (null = no check)")
     max_fallback_layers: int = Field(8, ge=0, description="most layers the accuracy budget may fall back to float")
     sensitivity_samples: int = Field(256, gt=0, description="validation samples used to rank layer sensitivity")
+    transformer_scope: bool = Field(
+        True, description="static int8 on a graph with Softmax/LayerNormalization (a transformer): quantise only "
+                          "the contractions with constant weights and keep the attention products (activation x "
+                          "activation MatMuls) float; quantising every op collapses transformer accuracy")
+    speed_fallback: bool = Field(
+        True, description="static int8 for a CPU target: profile fp32 vs int8 kernels on ONNX Runtime, keep the "
+                          "layers whose int8 form is slower in float, and ship the fastest of all-int8 and two "
+                          "fallback policies (timed paired against fp32) within the accuracy budget")
+    speed_batches: Tuple[int, ...] = Field((1, 8, 32), min_length=1,
+                                           description="batch sizes the speed fallback measures (each must not be "
+                                                       "slower than fp32, or the sidecar flags it)")
+
+    @model_validator(mode="after")
+    def _positive_speed_batches(self) -> QuantizeConfig:
+        bad = [b for b in self.speed_batches if b < 1]
+        if bad:
+            raise ValueError(f"speed_batches must be positive batch sizes, got {list(self.speed_batches)}")
+        return self
 
     @model_validator(mode="after")
     def _dynamic_target(self) -> QuantizeConfig:

@@ -21,7 +21,7 @@ import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 # ops whose execution is an integer kernel (ORT contrib and standard)
 INT8_RUNTIME_OPS = {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm", "DynamicQuantizeMatMul",
@@ -109,12 +109,16 @@ def _weight_root(node, producers: Dict[str, Any]) -> Optional[str]:
     return name
 
 
-def int8_coverage(onnx_path: str | os.PathLike, input_shape: Optional[Sequence[int]] = None) -> CoverageReport:
+def int8_coverage(onnx_path: str | os.PathLike, input_shape: Optional[Sequence[int]] = None, *,
+                  inputs: Optional[Mapping[str, Sequence[int]]] = None,
+                  sequence: Optional[int] = None) -> CoverageReport:
     """Measure which MACs of ``onnx_path`` execute in int8 once ONNX Runtime (CPU, ORT_ENABLE_ALL) optimised it.
 
     Args:
         onnx_path: a (quantised or float) ONNX model.
         input_shape: per-sample input shape when the model has dynamic dims besides the batch.
+        inputs / sequence: per-sample shapes by input name, and the size of other dynamic axes (several
+            inputs, e.g. a text model's sequence length); see ``count_macs_onnx``.
 
     Returns:
         CoverageReport with total/int8 MACs per sample, per-layer classification and the optimised op counts.
@@ -127,7 +131,7 @@ def int8_coverage(onnx_path: str | os.PathLike, input_shape: Optional[Sequence[i
 
     from edgekit.core.measure.macs import count_macs_onnx
 
-    macs = count_macs_onnx(onnx_path, input_shape)
+    macs = count_macs_onnx(onnx_path, input_shape, inputs=inputs, sequence=sequence)
     model = onnx.load(os.fspath(onnx_path), load_external_data=False)
     with tempfile.TemporaryDirectory(prefix="edgekit-cov-") as d:
         opt = optimized_graph(onnx_path, Path(d) / "optimized.onnx")

@@ -44,18 +44,22 @@ def quantize_dynamic_model(onnx_path: str | os.PathLike, config: QuantizeConfig 
     raw = config.model_dump() if isinstance(config, QuantizeConfig) else dict(config or {})
     cfg = validated_config(QuantizeConfig, {**raw, "mode": "dynamic"}, "quantize")
     t0 = time.perf_counter()
-    _, excluded = check_request(onnx_path, out_path, cfg, val)
+    model, excluded = check_request(onnx_path, out_path, cfg, val)
     src, out_path = Path(onnx_path), Path(out_path)
+    _check_something_to_quantise(model, cfg, excluded, src)
+    shapes = _mac_shapes(model, val)
+    del model
     tmp_root = out_path.parent if out_path.parent.is_dir() else None
     with tempfile.TemporaryDirectory(prefix="edgekit-dynq-", dir=tmp_root) as d:
         pre = preprocess(src, Path(d) / "preprocessed.onnx")
         tmp_out = _dynamic(pre, Path(d) / "int8.onnx", cfg, excluded)
+        from edgekit.core.onnx_graph import onnx_precision
         from edgekit.techniques.quantize.coverage import int8_coverage
 
-        cov = int8_coverage(tmp_out)
-        if cov.int8_macs == 0:
-            raise ConfigError(f"{src}: dynamic quantisation found nothing to quantise among op types "
-                              f"{list(cfg.op_types)} (use static quantisation for CNNs)")
+        if onnx_precision(tmp_out) != "int8":
+            raise QuantizationError(f"{src}: ONNX Runtime's quantize_dynamic left every {list(cfg.op_types)} node "
+                                    "in float (no int8 op in its output)")
+        cov = int8_coverage(tmp_out, **shapes)
         accuracy = _accuracy(pre, tmp_out, val, threads) if val is not None else {}
         with atomic_path(out_path, suffix=".onnx") as tmp:
             shutil.copyfile(tmp_out, tmp)
@@ -71,6 +75,39 @@ def quantize_dynamic_model(onnx_path: str | os.PathLike, config: QuantizeConfig 
     return result
 
 
+def _check_something_to_quantise(model, cfg: QuantizeConfig, excluded: list, src: Path) -> None:
+    """ConfigError unless the graph holds a node of ``cfg.op_types`` with int8-able weights (decided by the ops
+    present, not by a MAC count: MACs can be unknown where shapes are computed at run time)."""
+    from edgekit.techniques.quantize._ort import weighted_nodes
+
+    found = [n for n in weighted_nodes(model, cfg.op_types) if n not in set(excluded)]
+    if not found:
+        present = sorted({n.op_type for n in model.graph.node})
+        raise ConfigError(f"{src}: dynamic quantisation found nothing to quantise: no {'/'.join(cfg.op_types)} node "
+                          f"with constant weights{' outside exclude' if excluded else ''} (the graph has "
+                          f"{', '.join(present[:12])}{' ...' if len(present) > 12 else ''}); use static "
+                          "quantisation for CNNs (Conv)")
+
+
+def _mac_shapes(model, val: Any) -> dict:
+    """Shapes for the int8 MAC count: the validation data's per-sample shapes, else a text model's sequence
+    length (``DEFAULT_SEQUENCE`` for a dynamic sequence axis)."""
+    from edgekit.core.onnx_graph import onnx_signature, position_rows
+    from edgekit.core.tensors import sample_shapes
+    from edgekit.techniques.quantize._ort import DEFAULT_SEQUENCE
+
+    if val is not None:
+        shapes = sample_shapes(val.x)
+        if isinstance(shapes, dict):
+            return {"inputs": shapes}
+        return {"input_shape": shapes}
+    sig = onnx_signature(model)
+    dynamic = sig is not None and any(isinstance(d, str) for spec in sig.inputs for d in spec.sample_shape)
+    if not dynamic or all(s.is_float for s in sig.inputs):
+        return {}
+    return {"sequence": min(DEFAULT_SEQUENCE, position_rows(model) or DEFAULT_SEQUENCE)}
+
+
 def _dynamic(pre: Path, out: Path, cfg: QuantizeConfig, excluded: list) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -79,7 +116,7 @@ def _dynamic(pre: Path, out: Path, cfg: QuantizeConfig, excluded: list) -> Path:
             quantize_dynamic(str(pre), str(out), op_types_to_quantize=list(cfg.op_types), per_channel=cfg.per_channel,
                              weight_type=QuantType.QInt8, nodes_to_exclude=list(excluded))
         except Exception as e:
-            raise QuantizationError(f"{pre.name}: ONNX Runtime quantize_dynamic failed: {str(e)[:240]}") from None
+            raise QuantizationError(f"ONNX Runtime quantize_dynamic failed: {str(e)[:240]}") from None
     return out
 
 

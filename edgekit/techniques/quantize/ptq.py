@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from edgekit._io import atomic_path, write_sidecar
 from edgekit.backends import default_backend
+from edgekit.core.tensors import num_samples
 from edgekit.errors import ConfigError, EdgekitError, validated_config
 from edgekit.techniques.base import Result, Technique, register_technique
 from edgekit.techniques.quantize._ort import (
@@ -59,6 +60,7 @@ class QuantizeResult(Result):
     accuracy: Dict[str, float] = field(default_factory=dict)  # fp32_val / int8_val when a val split was given
     seconds: float = 0.0
     source: str = ""
+    speed: Optional[Dict[str, Any]] = None  # the speed check's measurements and decision (speed.SpeedDecision)
 
     def __post_init__(self) -> None:
         self.sidecar = {
@@ -67,6 +69,7 @@ class QuantizeResult(Result):
             "int8_mac_fraction": round(self.int8_mac_fraction, 6),
             "int8_mac_fraction_backend": default_backend("onnx", "cpu"),
             "runtime_float_layers": self.runtime_float_layers, "fallback": self.fallback, "accuracy": self.accuracy,
+            "speed": self.speed,
             "coverage": {k: self.coverage.get(k) for k in ("total_macs", "int8_macs", "optimized_ops")},
             "source": self.source}
         self.metrics = {"int8_mac_fraction": self.int8_mac_fraction, "float_layers": len(self.float_layers),
@@ -124,29 +127,37 @@ def quantize(onnx_path: str | os.PathLike, config: QuantizeConfig | dict | None 
         from edgekit.techniques.quantize._rnn import quantize_dynamic_best  # GRU: op or unrolled, the faster
 
         return quantize_dynamic_best(onnx_path, cfg, out_path=out_path, val=val, threads=threads)
-    from edgekit.techniques.quantize._calibration import model_input, prepare_calibration
+    from edgekit.core.onnx_graph import graph_inputs
+    from edgekit.core.tensors import sample_shapes, take
+    from edgekit.techniques.quantize._calibration import calibration_inputs
 
     t0 = time.perf_counter()
     model, excluded = check_request(onnx_path, out_path, cfg, val)
     if calib is None:
-        raise ConfigError("static quantisation needs calibration data: calib= an .npz path, an array or a Split")
+        raise ConfigError("static quantisation needs calibration data: calib= an .npz path (an array x, or one "
+                          "array per model input), an array, named arrays or a Split")
     where = str(calib) if isinstance(calib, (str, os.PathLike)) else None
-    x = prepare_calibration(calib, model, cfg.samples, where=where)
+    x = calibration_inputs(calib, model, cfg.samples, where=where)
     if val is not None:
-        prepare_calibration(val.x[:1], model, where="validation split")  # same shape as the model input
-    input_name = model_input(model)[0]
+        calibration_inputs(take(val.x, slice(0, 1)), model, where="validation split")  # fits the model inputs
+    input_name = graph_inputs(model)[0].name
+    shapes = sample_shapes(x)
     del model
-    out = _quantize_static(Path(onnx_path), Path(out_path), cfg, x, input_name, excluded, val, threads)
-    calibration = {"method": cfg.method, "samples": int(len(x)), "batch_size": cfg.batch_size,
+    out = _quantize_static(Path(onnx_path), Path(out_path), cfg, x, input_name, excluded, val, threads,
+                           shapes if isinstance(shapes, dict) else {input_name: shapes})
+    calibration = {"method": cfg.method, "samples": int(num_samples(x)), "batch_size": cfg.batch_size,
                    **({"percentile": cfg.percentile} if cfg.method == "percentile" else {}),
-                   "source": where or "array"}
+                   "source": where or "array", "inputs": sorted(x) if isinstance(x, dict) else [input_name]}
+    scheme = {**TARGETS.get(cfg.target).to_dict(), "per_channel": cfg.per_channel}
+    if out["op_types"]:
+        scheme["op_types"] = out["op_types"]
     result = QuantizeResult(
-        artifact=Path(out_path), target=cfg.target, mode="static",
-        scheme={**TARGETS.get(cfg.target).to_dict(), "per_channel": cfg.per_channel}, calibration=calibration,
-        float_layers=[*excluded, *(step["layer"] for step in out["fallback"])],
+        artifact=Path(out_path), target=cfg.target, mode="static", scheme=scheme, calibration=calibration,
+        float_layers=[*out["excluded"], *(step["layer"] for step in out["fallback"]),
+                      *((out["speed"] or {}).get("float_nodes") or [])],
         int8_mac_fraction=out["coverage"].int8_fraction, coverage=out["coverage"].to_dict(),
         runtime_float_layers=out["coverage"].float_layers, fallback=out["fallback"], accuracy=out["accuracy"],
-        seconds=time.perf_counter() - t0, source=str(onnx_path))
+        seconds=time.perf_counter() - t0, source=str(onnx_path), speed=out["speed"])
     write_sidecar(out_path, result.sidecar)
     logger.info(f"quantised {Path(onnx_path).name} -> {Path(out_path).name} (target {cfg.target}, {cfg.method}): "
                 f"{out['coverage'].summary()}")
@@ -154,10 +165,12 @@ def quantize(onnx_path: str | os.PathLike, config: QuantizeConfig | dict | None 
 
 
 def _quantize_static(src: Path, out_path: Path, cfg: QuantizeConfig, x: Any, input_name: str,
-                     excluded: Sequence[str], val: Any, threads: Optional[int]) -> Dict[str, Any]:
+                     excluded: Sequence[str], val: Any, threads: Optional[int],
+                     shapes: Dict[str, Any]) -> Dict[str, Any]:
     """Pre-process, calibrate and quantise (with budget fallback when ``val`` is given); copy the chosen model to
-    ``out_path``. Returns its coverage report, fallback history and accuracies."""
-    from edgekit.techniques.quantize._calibration import array_reader
+    ``out_path``. Returns its coverage report, fallback history, accuracies, the op types quantised (None = the
+    target's) and every node kept float by rule (user exclusions, attention products of a transformer)."""
+    from edgekit.techniques.quantize._calibration import inputs_reader
     from edgekit.techniques.quantize.budget import budget_error, enforce_budget, history
     from edgekit.techniques.quantize.coverage import int8_coverage
 
@@ -165,13 +178,16 @@ def _quantize_static(src: Path, out_path: Path, cfg: QuantizeConfig, x: Any, inp
     with tempfile.TemporaryDirectory(prefix="edgekit-quant-", dir=tmp_root) as d:
         work = Path(d)
         pre = preprocess(src, work / "preprocessed.onnx")
+        op_types, excluded = static_policy(pre, cfg, excluded)
         cache = work / "calibration.json"
-        first = _static(pre, work / "int8.onnx", cfg, array_reader(x, input_name, cfg.batch_size), cache, excluded)
-        coverage = functools.lru_cache(maxsize=None)(int8_coverage)  # the last fallback step is also the result
+        build = functools.partial(_static, pre, cfg=cfg, reader=None, cache=cache, op_types=op_types)
+        first = _static(pre, work / "int8.onnx", cfg, inputs_reader(x, input_name, cfg.batch_size), cache, excluded,
+                        op_types)
+        coverage = functools.lru_cache(maxsize=None)(lambda p: int8_coverage(p, inputs=shapes))
         chosen, fallback, accuracy = first, [], {}
         if val is not None:
             budget = cfg.max_accuracy_drop if cfg.max_accuracy_drop is not None else float("inf")
-            res = enforce_budget(lambda excl, path: _static(pre, path, cfg, None, cache, excl), pre, first, val,
+            res = enforce_budget(lambda excl, path: build(path, exclude=excl), pre, first, val,
                                  budget, candidates=[n for n in quantised_nodes(first) if n not in excluded],
                                  coverage_fn=lambda p: coverage(p).int8_fraction, work_dir=work,
                                  base_exclude=excluded, max_layers=cfg.max_fallback_layers,
@@ -182,17 +198,110 @@ def _quantize_static(src: Path, out_path: Path, cfg: QuantizeConfig, x: Any, inp
             if not res.met:
                 raise budget_error(res, str(src))
             fallback, chosen = history(res), res.path
+        speed = None
+        if cfg.speed_fallback and cfg.target == _timed_target():
+            base = [*excluded, *(step["layer"] for step in fallback)]
+            decision = _speed_check(pre, chosen, cfg, x, input_name, val, threads, work, base, op_types, accuracy)
+            chosen, speed = decision.path, decision.to_dict()
+            if val is not None and decision.accuracy:
+                accuracy["int8_val"] = decision.accuracy[decision.policy]
         cov = coverage(chosen)
         with atomic_path(out_path, suffix=".onnx") as tmp:
             shutil.copyfile(chosen, tmp)
-    return {"coverage": cov, "fallback": fallback, "accuracy": accuracy}
+    return {"coverage": cov, "fallback": fallback, "accuracy": accuracy, "op_types": op_types,
+            "excluded": list(excluded), "speed": speed}
 
 
-def _static(pre: Path, out: Path, cfg: QuantizeConfig, reader, cache: Path, exclude: Sequence[str]) -> Path:
+def _timed_target() -> Optional[str]:
+    """The quantisation target the speed check can time here: the one the default CPU ONNX backend wants."""
+    from edgekit.backends import backend_spec
+
+    return backend_spec(default_backend("onnx", "cpu")).quant_target
+
+
+def _speed_check(pre: Path, chosen: Path, cfg: QuantizeConfig, x: Any, input_name: str, val: Any,
+                 threads: Optional[int], work: Path, base: Sequence[str], op_types: Optional[Sequence[str]],
+                 accuracy: Dict[str, float]):
+    """Run :func:`speed.choose_speed_policy` on ``chosen`` with the two fallback policies built from ``pre``."""
+    import numpy as np
+    import onnx
+
+    from edgekit.core.tensors import num_samples
+    from edgekit.techniques.quantize.speed import CONTRACTIONS, choose_speed_policy, float_closure
+
+    model = onnx.load(str(pre), load_external_data=False)
+    cache = work / "calibration.json"
+
+    def policies(flagged: Sequence[str]):
+        closure = float_closure(model, [*base, *flagged])
+        keep = set(base) | set(flagged)
+        contractions = [n.name for n in model.graph.node if n.op_type in CONTRACTIONS and n.name not in keep]
+        return {"exclude-flagged": ([n for n in closure if n not in base],
+                                    lambda p: _static(pre, p, cfg, None, cache, closure, op_types)),
+                "contractions-only": (list(flagged), lambda p: _static(pre, p, cfg, None, cache, sorted(keep),
+                                                                       list(CONTRACTIONS), contractions))}
+
+    n = num_samples(x)
+    named = isinstance(x, dict)
+
+    def sample(batch: int) -> Any:
+        idx = np.arange(batch) % n
+        return {k: np.ascontiguousarray(v[idx]) for k, v in x.items()} if named else np.ascontiguousarray(x[idx])
+
+    acc_fn = (lambda p: _val_accuracy(p, val, threads)) if val is not None else None
+    budget = cfg.max_accuracy_drop if val is not None else None
+    return choose_speed_policy(pre, chosen, policies, sample, cfg.speed_batches, work, threads=threads,
+                               accuracy_fn=acc_fn, max_drop=budget)
+
+
+def _val_accuracy(path: Path, val: Any, threads: Optional[int]) -> float:
+    """Top-1 accuracy (%) of an ONNX model on ``val`` (one array or named arrays) through ORT CPU."""
+    import numpy as np
+
+    from edgekit.backends import open_runner
+    from edgekit.core.tensors import num_samples, take
+
+    with open_runner(path, default_backend("onnx", "cpu"), threads=threads) as runner:
+        n = num_samples(val.x)
+        logits = np.concatenate([np.asarray(runner(take(val.x, slice(i, i + 256)))).reshape(min(256, n - i), -1)
+                                 for i in range(0, n, 256)])
+    return float(100.0 * (logits.argmax(1) == np.asarray(val.y)).mean())
+
+
+def static_policy(pre: Path, cfg: QuantizeConfig, excluded: Sequence[str]):
+    """(op types to quantise or None for the target's, nodes kept float) for a pre-processed float model.
+
+    A transformer graph quantised op by op collapses (LayerNorm, Softmax, GELU and residual Adds in int8), and
+    its attention products Q·Kᵀ, P·V (two activations) lose the most; so on a target that quantises every op,
+    a graph with Softmax/LayerNormalization gets its contractions with constant weights only (MatMul, Gemm,
+    Conv), the activation×activation MatMuls kept float.
+    """
+    import onnx
+
+    from edgekit.techniques.quantize._ort import CONTRACTION_OPS, activation_matmuls, is_transformer
+
+    if not cfg.transformer_scope or TARGETS.get(cfg.target).op_types is not None:
+        return None, list(excluded)
+    model = onnx.load(str(pre), load_external_data=False)
+    if not is_transformer(model):
+        return None, list(excluded)
+    extra = [n for n in activation_matmuls(model) if n not in excluded]
+    if extra:
+        logger.info(f"transformer graph: quantising {sorted(CONTRACTION_OPS)} only; {len(extra)} attention "
+                    "MatMuls (activation x activation) stay float")
+    return sorted(CONTRACTION_OPS), [*excluded, *extra]
+
+
+def _static(pre: Path, out: Path, cfg: QuantizeConfig, reader, cache: Path, exclude: Sequence[str],
+            op_types: Optional[Sequence[str]] = None, only_nodes: Optional[Sequence[str]] = None) -> Path:
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     args = TARGETS.get(cfg.target).ort_arguments()
     args["per_channel"] = cfg.per_channel
+    if op_types:
+        args["op_types_to_quantize"] = list(op_types)
+    if only_nodes is not None:
+        args["nodes_to_quantize"] = list(only_nodes)
     cal = CALIBRATION_METHODS.get(cfg.method).ort_arguments(cfg.percentile)
     extra = {**args.pop("extra_options"), **cal.pop("extra_options")}
     if exclude:  # float layers get their float inputs back (float_inputs): every Relu must stay explicit
@@ -204,7 +313,7 @@ def _static(pre: Path, out: Path, cfg: QuantizeConfig, reader, cache: Path, excl
         except EdgekitError:
             raise
         except Exception as e:
-            raise QuantizationError(f"{pre.name}: ONNX Runtime quantize_static failed: "
+            raise QuantizationError(f"ONNX Runtime quantize_static failed on {cfg.target} int8: "
                                     f"{type(e).__name__}: {str(e)[:240]}") from None
     float_inputs(out, exclude)
     return out
