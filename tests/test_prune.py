@@ -42,10 +42,12 @@ def test_ratio_removes_channels_aligned_and_keeps_original(trained_resnet8):
 
 
 def test_macs_target_is_met_within_tolerance(trained_resnet8):
-    res = prune(trained_resnet8.module, {"macs_target": 0.5, "finetune": NO_FT},
+    res = prune(trained_resnet8.module, {"macs_target": 0.5, "finetune": NO_FT, "round_to": 8},
                 example_input=trained_resnet8.splits.val.x[:4])
-    assert 0.38 <= res.macs_fraction <= 0.5, res.macs_fraction
-    assert res.search and res.search[-1]["macs_fraction"] <= 0.5
+    assert abs(res.macs_fraction - 0.5) <= 0.05, res.macs_fraction
+    chosen = [c for c in res.search if c.get("chosen")]
+    assert len(res.search) >= 8 and len(chosen) == 1  # bisection over really pruned, counted candidates
+    assert chosen[0]["macs_fraction"] == round(res.macs_fraction, 5)
 
 
 @pytest.mark.parametrize("arch,kwargs,size", [
@@ -108,12 +110,12 @@ def test_global_and_taylor_and_bn_scale_importances(trained_resnet8):
 @pytest.mark.slow
 def test_iterative_kd_finetune_recovers_accuracy(trained_resnet8):
     sp = trained_resnet8.splits
-    cfg = {"macs_target": 0.5, "steps": 2, "finetune": {"epochs": 4, "lr": 0.05}}
+    cfg = {"macs_target": 0.5, "steps": 2, "round_to": 8, "finetune": {"epochs": 4, "lr": 0.05}}
     res = prune(trained_resnet8.module, cfg, train=sp.train, val=sp.val, teacher=trained_resnet8.module, seed=0)
     assert [h["step"] for h in res.history] == [1, 2]
     assert all(h["kd"] for h in res.history)
     assert res.history[0]["macs"] > res.history[1]["macs"]  # the schedule prunes in two steps
-    assert res.macs_fraction <= 0.5
+    assert abs(res.macs_fraction - 0.5) <= 0.05 and res.aligned
     assert evaluate(res.model, sp.test) >= trained_resnet8.test_accuracy - 6.0
 
 
@@ -178,7 +180,7 @@ def test_speedup_target_is_searched_by_measuring_ort_candidates():
     assert chosen and chosen[-1]["speedup"] >= 1.3  # the kept candidate was measured meeting the target
     assert res.macs_after < res.macs_before
     with pytest.raises(ConfigError, match="unreachable"):
-        prune(model, {**cfg, "speedup_target": 40.0}, example_input=x)
+        prune(model, {**cfg, "speedup_target": 1e4}, example_input=x)  # 40x was measured under load (2 threads)
 
 
 def test_unsupported_architecture_fails_with_config_error():

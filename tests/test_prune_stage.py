@@ -6,6 +6,7 @@ import pytest
 from edgekit.errors import ConfigError
 from edgekit.models import load_checkpoint
 from edgekit.pipeline.stages import STAGES, StageContext, Variant, load_stage_modules
+from edgekit.techniques.prune.config import default_round_to
 
 load_stage_modules()
 PruneStage, run_prune = STAGES.get("prune").config, STAGES.get("prune").run
@@ -37,9 +38,10 @@ def test_prune_stage_produces_pruned_variant(trained_resnet8, tmp_path):
     model, meta = load_checkpoint(v.checkpoint)
     assert meta["prune"]["sparsity"] == "structured" and meta["input_shape"] == [3, 16, 16]
     assert v.onnx.endswith(".onnx") and (tmp_path / "stages" / "01-prune" / "reference-pruned.onnx").is_file()
-    assert v.meta["aligned"] and v.meta["round_to"] == 8 and v.meta["teacher"] == "reference"
-    assert all(r["after"] % 8 == 0 for r in v.meta["channels"] if r["after"] < r["before"])
-    assert v.metrics["macs_fraction"] <= 0.5 and v.metrics["params"] < v.metrics["params_before"]
+    rt = default_round_to("ort-cpu")[0]  # unset round_to: the speed backend's alignment (16 on AVX-512)
+    assert v.meta["aligned"] and v.meta["round_to"] == rt and v.meta["teacher"] == "reference"
+    assert all(w % rt == 0 for r in v.meta["channels"] for w in r["widths"].values() if r["after"] < r["before"])
+    assert abs(v.metrics["macs_fraction"] - 0.5) <= 0.05 and v.metrics["params"] < v.metrics["params_before"]
     assert v.metrics["test_accuracy_torch"] > 60.0 and "val_accuracy" in v.metrics
     assert v.metrics["parent_test_accuracy_torch"] == pytest.approx(trained_resnet8.test_accuracy)
 
@@ -98,5 +100,5 @@ def test_prune_stage_latency_only_recipe_shape(tmp_path):
     cfg = PruneStage(type="prune", name="pruned", macs_target=0.5, importance="l2", teacher=None,
                      finetune={"epochs": 0})
     (v,) = run_prune(ctx, cfg).variants
-    assert v.metrics["macs_fraction"] <= 0.5 and "test_accuracy_torch" not in v.metrics
+    assert abs(v.metrics["macs_fraction"] - 0.5) <= 0.05 and "test_accuracy_torch" not in v.metrics
     assert v.meta["teacher"] is None and np.isfinite(v.metrics["params"])

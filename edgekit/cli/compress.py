@@ -56,7 +56,28 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _prune_config(args, with_data: bool) -> dict:
+    """The prune config from the command line: only what was given, so every default is PruneConfig's (the recipe's)."""
+    given = [k for k in ("ratio", "macs_target", "speedup_target", "sparsity") if getattr(args, k) is not None]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of --ratio, --macs-target, --speedup-target (structured) or --sparsity "
+                          "(--method unstructured)")
+    cfg: dict = {given[0]: getattr(args, given[0]), "method": args.method,
+                 "finetune": {"epochs": args.finetune_epochs if with_data else 0, "lr": args.lr}}
+    for key in ("importance", "round_to", "steps", "max_ratio", "alpha", "temperature"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    for key in ("global_pruning", "compare_scratch"):
+        if getattr(args, key):
+            cfg[key] = True
+    if args.exclude:
+        cfg["exclude"] = args.exclude.split(",")
+    return cfg
+
+
 def _cmd_prune(args) -> int:
+    import numpy as np
+
     from edgekit.models import save_checkpoint
 
     if args.out:
@@ -65,13 +86,15 @@ def _cmd_prune(args) -> int:
     model, meta = _load(args.checkpoint)
     splits = _splits_for(args.data, meta["input_shape"], args.seed) if args.data else None
     if args.sensitivity:
+        from edgekit.techniques.prune.config import default_round_to
         from edgekit.techniques.prune.sensitivity import sensitivity
 
         if splits is None:
             raise ConfigError("--sensitivity measures accuracy: give --data (digits, digits_seq or an .npz)")
         out_dir = Path(args.out or "sensitivity")
         res = sensitivity(model, splits.val.x[:8], splits.val, ratios=[float(r) for r in args.ratios.split(",")],
-                          importance=args.importance, round_to=args.round_to, out_dir=out_dir)
+                          importance=args.importance or "l1", round_to=args.round_to or default_round_to("ort-cpu")[0],
+                          out_dir=out_dir)
         print(res.to_markdown())
         print(f"wrote {', '.join(res.files.values()) or out_dir}")
         return 0
@@ -79,23 +102,24 @@ def _cmd_prune(args) -> int:
         raise ConfigError("--out is required: where the pruned checkpoint goes (e.g. pruned.pt)")
     from edgekit.techniques.prune.prune import prune
 
-    cfg: dict = {"importance": args.importance, "round_to": args.round_to,
-                 "finetune": {"epochs": args.finetune_epochs if splits else 0, "lr": args.lr}}
-    given = [k for k in ("ratio", "macs_target", "speedup_target") if getattr(args, k) is not None]
-    if len(given) != 1:
-        raise ConfigError("give exactly one of --ratio, --macs-target, --speedup-target")
-    cfg[given[0]] = getattr(args, given[0])
-    if args.exclude:
-        cfg["exclude"] = args.exclude.split(",")
-    import numpy as np
-
+    cfg = _prune_config(args, splits is not None)
+    if args.compare_scratch and splits is None:
+        raise ConfigError("--compare-scratch trains the pruned architecture from scratch: give --data")
     example = splits.val.x[:8] if splits else np.zeros((1, *meta["input_shape"]), np.float32)
     res = prune(model, cfg, example_input=example, train=splits.train if splits else None,
                 val=splits.val if splits else None, teacher=model if splits else None, seed=args.seed)
-    save_checkpoint(res.model, args.out, {**meta, "pruned": {"macs_fraction": res.macs_fraction}})
-    acc = f", val accuracy {res.val_accuracy:.1f}%" if res.val_accuracy is not None else ""
-    print(f"wrote {args.out}: MACs {res.macs_before:,} → {res.macs_after:,} ({res.macs_fraction:.0%}), "
-          f"params {res.params_before:,} → {res.params_after:,}{acc}")
+    save_checkpoint(res.model, args.out, {**meta, "pruned": {"macs_fraction": res.macs_fraction}
+                                          if hasattr(res, "macs_fraction") else res.sidecar})
+    acc = f", val accuracy {res.val_accuracy:.1f}%" if getattr(res, "val_accuracy", None) is not None else ""
+    if hasattr(res, "macs_fraction"):
+        scratch = getattr(res, "scratch", None)
+        acc += f" (same architecture from scratch: {scratch['val_accuracy']:.1f}%)" if scratch else ""
+        aligned = "aligned" if res.aligned else f"NOT aligned: {', '.join(res.unaligned_layers[:5])}"
+        print(f"wrote {args.out}: MACs {res.macs_before:,} → {res.macs_after:,} ({res.macs_fraction:.1%}), "
+              f"params {res.params_before:,} → {res.params_after:,}, widths multiples of round_to="
+              f"{res.config.round_to} ({aligned}){acc}")
+    else:
+        print(f"wrote {args.out}: {res.metrics}{acc}")
     return 0
 
 
@@ -174,6 +198,7 @@ def add_commands(subparsers: Any) -> None:
     """Add `export`, `prune` and `quantize` to the `edgekit` CLI."""
     from edgekit.techniques.prune.config import IMPORTANCES
     from edgekit.techniques.quantize.config import CALIBRATION_METHODS, TARGETS
+    from edgekit.techniques.sparsity.config import SPARSITY_PATTERNS
 
     e = subparsers.add_parser("export", help="export an edgekit checkpoint to ONNX (parity-checked)")
     e.add_argument("checkpoint")
@@ -190,13 +215,28 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--out", help="pruned checkpoint (.pt), or the folder for --sensitivity results")
     p.add_argument("--force", action="store_true", help="replace an existing file that is not a checkpoint")
     p.add_argument("--data", help="digits | digits_seq | file.npz: KD fine-tune and accuracy")
-    p.add_argument("--ratio", type=bounded_float("--ratio", 0, 1))
+    p.add_argument("--method", choices=["structured", *SPARSITY_PATTERNS.names()], default="structured")
+    p.add_argument("--ratio", type=bounded_float("--ratio", 0, 1), help="channel fraction removed from every group")
     p.add_argument("--macs-target", type=bounded_float("--macs-target", 0, 1),
-                   help="fraction of the original MACs to keep")
+                   help="fraction of the original MACs to keep (searched, measured)")
     p.add_argument("--speedup-target", type=bounded_float("--speedup-target", 0, 1000),
                    help="measured ORT CPU speedup to reach")
-    p.add_argument("--importance", choices=IMPORTANCES.names(), default="l2")
-    p.add_argument("--round-to", type=bounded_int("--round-to", 1, 1024), default=8)
+    p.add_argument("--sparsity", type=bounded_float("--sparsity", 0, 1),
+                   help="fraction of weights zeroed (--method unstructured)")
+    p.add_argument("--importance", choices=IMPORTANCES.names(), help="channel importance (default: as in recipes)")
+    p.add_argument("--round-to", type=bounded_int("--round-to", 1, 1024),
+                   help="widths are multiples of this (default: the backend's channel "
+                                                "alignment, 16 on AVX-512 CPUs)")
+    p.add_argument("--global", dest="global_pruning", action="store_true", help="rank channels across layers")
+    p.add_argument("--steps", type=bounded_int("--steps", 1, 1000),
+                   help="iterative pruning steps, fine-tuning after each")
+    p.add_argument("--max-ratio", type=bounded_float("--max-ratio", 0, 1),
+                   help="no group loses more than this fraction")
+    p.add_argument("--alpha", type=bounded_float("--alpha", 0, 1), help="KD soft-loss weight during fine-tuning")
+    p.add_argument("--temperature", type=bounded_float("--temperature", 0, 1000),
+                   help="KD temperature during fine-tuning")
+    p.add_argument("--compare-scratch", action="store_true",
+                   help="also train the pruned architecture from scratch with the same budget and report both")
     p.add_argument("--exclude", help="comma-separated module names to leave untouched")
     p.add_argument("--finetune-epochs", type=bounded_int("--finetune-epochs", 0, 100_000), default=3)
     p.add_argument("--lr", type=bounded_float("--lr", 0, 10), default=0.01)

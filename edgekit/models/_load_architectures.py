@@ -1,2 +1,2 @@
 """Importing this module registers every built-in architecture."""
-from edgekit.models import cnn, hf, mobilenet, resnet, sequence, vit  # noqa: F401
+from edgekit.models import cnn, concat_se, hf, mobilenet, resnet, sequence, vit  # noqa: F401

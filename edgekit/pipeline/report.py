@@ -57,17 +57,22 @@ def benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Variant
                                 recipe.report.min_int8_coverage)
     parity = artifact_parity({v.name: v for v in chosen}, s.test.x, s.test.y if s.labelled else None, backends,
                              recipe.threads)
-    headline = _headline(chosen, rows, base_backend, s.labelled)
+    flags = variant_flags(chosen, rows, s.labelled, getattr(s, "num_classes", None))
+    warnings = timing_warnings(bench, rows)
+    headline = _headline(chosen, rows, base_backend, s.labelled, flags, warnings)
     pairs = backend_pairs(rows)
     report = {"schema": REPORT_SCHEMA, "recipe": recipe.name, "description": recipe.description,
               "baseline": {"variant": chosen[0].name, "backend": base_backend,
                            "meaning": _baseline_meaning(chosen[0].name, base_backend)},
               "variants": [_variant_summary(v) for v in chosen], "benchmark": bench.to_dict(),
               "skipped_targets": skipped + bench.skipped, "diagnostics": findings, "parity": parity,
-              "backend_pairs": pairs, "headline": headline, "stages": manifest.get("stages", [])}
+              "backend_pairs": pairs, "headline": headline, "flags": flags, "warnings": warnings,
+              "speedup_ci": [{"model": r["model"], "backend": r["backend"], "batch": r["batch"], "level": CI_LEVEL,
+                              "ci": ratio_ci(r.get("speedup_rounds"))} for r in rows if not r.get("baseline")],
+              "step_ratios": _all_steps(chosen, rows), "stages": manifest.get("stages", [])}
     write_json_atomic(run_dir / "report.json", report)
     md = _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, headline, s.labelled, run_dir,
-                   pairs)
+                   pairs, flags, warnings)
     path = write_text_atomic(run_dir / "report.md", md)
     manifest["report"] = {"markdown": str(path), "json": str(run_dir / "report.json"), "headline": headline}
     return path, headline
@@ -116,17 +121,160 @@ def final_variant(chosen: List[Variant], backend: str) -> Variant:
     return chosen[-1]
 
 
-def _headline(chosen: List[Variant], rows: List[dict], base_backend: str, labelled: bool) -> List[str]:
-    base = next((r for r in rows if r.get("baseline") and r["batch"] == min(x["batch"] for x in rows)), None)
-    lines = []
+# -- honesty checks: confidence intervals, failed measurements, which variants qualify for the headline -------------
+CI_LEVEL = 0.95
+MAX_ACCURACY_DROP = 5.0  # points below the baseline beyond which a variant never headlines
+NOISY_BASELINE = 1.5  # baseline p50 / min above this: its timing is dominated by interference
+
+
+def ratio_ci(ratios: Optional[List[float]], level: float = CI_LEVEL, resamples: int = 2000) -> Optional[tuple]:
+    """Bootstrap percentile interval of the median of paired per-round ratios (None with fewer than 3 rounds).
+
+    Seeded, so the same rounds always give the same interval.
+
+    Example:
+        >>> lo, hi = ratio_ci([2.0, 2.1, 1.9, 2.05, 1.95])
+        >>> lo <= 2.0 <= hi
+        True
+    """
+    import numpy as np
+
+    r = np.asarray([v for v in ratios or [] if v is not None and np.isfinite(v)], float)
+    if r.size < 3:
+        return None
+    rng = np.random.default_rng(0)
+    meds = np.median(r[rng.integers(0, r.size, size=(resamples, r.size))], axis=1)
+    lo, hi = np.quantile(meds, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def format_ratio_ci(median: Optional[float], ratios: Optional[List[float]]) -> str:
+    """``2.00× [95% CI 1.95–2.05]`` (or ``2.00× (n<3 rounds, no CI)``)."""
+    if median is None:
+        return "–"
+    ci = ratio_ci(ratios)
+    if ci is None:
+        return f"{median:.2f}× (no CI: < 3 rounds)"
+    return f"{median:.2f}× [{CI_LEVEL:.0%} CI {ci[0]:.2f}–{ci[1]:.2f}]"
+
+
+def format_speedup_ci(row: dict) -> str:
+    """A row's speedup over the baseline with its confidence interval; the baseline reads ``1.00× (baseline)``."""
+    if row.get("baseline"):
+        return "1.00× (baseline)"
+    return format_ratio_ci(row.get("speedup"), row.get("speedup_rounds"))
+
+
+def measured_efficiency(row: dict) -> Optional[str]:
+    """The efficiency cell: a percentage, or why it is a failed measurement (above 100 % of the measured peak, or a
+    zero / missing peak). None when the row has no efficiency."""
+    eff, peak = row.get("efficiency"), row.get("peak_gops")
+    if eff is None:
+        return None
+    if not peak or peak <= 0:
+        return "failed (peak 0)"
+    if eff > 1.0:
+        return "failed (> 100% of peak)"
+    return f"{eff:.0%}"
+
+
+def step_ratios(rows: List[dict], child: str, parent: str) -> List[dict]:
+    """Per backend and batch: the child's paired speedup over its parent (per-round ratios parent / child, from the
+    same rounds, so the baseline cancels), with its CI."""
+    out = []
+    by_key = {(r["model"], r["backend"], r["batch"]): r for r in rows}
     for r in rows:
-        final = final_variant(chosen, r["backend"])
-        if r["model"] != final.name or base is None or r["batch"] != base["batch"] or r.get("speedup") is None:
+        if r["model"] != child:
             continue
+        p = by_key.get((parent, r["backend"], r["batch"]))
+        if p is None or not r.get("speedup_rounds") or not p.get("speedup_rounds"):
+            continue
+        rounds = [c / b for c, b in zip(r["speedup_rounds"], p["speedup_rounds"]) if b]
+        if not rounds:
+            continue
+        rounds.sort()
+        med = rounds[len(rounds) // 2] if len(rounds) % 2 else 0.5 * (rounds[len(rounds) // 2 - 1]
+                                                                      + rounds[len(rounds) // 2])
+        out.append({"backend": r["backend"], "batch": r["batch"], "ratio": med, "ci": ratio_ci(rounds),
+                    "rounds": rounds})
+    return out
+
+
+def variant_flags(chosen: List[Variant], rows: List[dict], labelled: bool, num_classes: Optional[int],
+                  max_drop: float = MAX_ACCURACY_DROP) -> Dict[str, List[str]]:
+    """{variant: [reasons it must not headline]}: INT8 slower than its float parent at some backend and batch, an
+    accuracy drop beyond ``max_drop`` points, accuracy at chance."""
+    names = {v.name: v for v in chosen}
+    base = next((r for r in rows if r.get("baseline")), None)
+    flags: Dict[str, List[str]] = {v.name: [] for v in chosen}
+    for v in chosen:
+        parent = names.get(v.parent) if v.parent else None
+        if v.meta.get("precision") == "int8" and parent is not None and parent.meta.get("precision") != "int8":
+            for s in step_ratios(rows, v.name, parent.name):
+                if s["ratio"] < 1.0:
+                    flags[v.name].append(f"INT8 slower than its float parent {parent.name} on {s['backend']} at "
+                                         f"batch {s['batch']}: {format_ratio_ci(s['ratio'], s['rounds'])}")
+        accs = [r["accuracy"] for r in rows if r["model"] == v.name and r.get("accuracy") is not None]
+        if not labelled or not accs:
+            continue
+        acc = min(accs)
+        if base is not None and base.get("accuracy") is not None and base["accuracy"] - acc > max_drop:
+            flags[v.name].append(f"accuracy {acc:.1f}% is {base['accuracy'] - acc:.1f} pt below the baseline "
+                                 f"(allowed {max_drop:g})")
+        if num_classes and acc <= 100.0 / num_classes + 5.0:
+            flags[v.name].append(f"accuracy {acc:.1f}% is at chance ({100.0 / num_classes:.1f}% for "
+                                 f"{num_classes} classes): the model did not learn")
+    return flags
+
+
+def timing_warnings(bench: Any, rows: List[dict]) -> List[str]:
+    """Warnings that make every ratio suspect: machine load above its cores, a baseline whose p50 is far above
+    its minimum (interference during its timing)."""
+    out = []
+    load = bench.load_warning() if hasattr(bench, "load_warning") else None
+    if load:
+        out.append(load)
+    for r in rows:
+        if r.get("baseline") and r.get("min_ms") and r.get("p50_ms") and r["p50_ms"] > NOISY_BASELINE * r["min_ms"]:
+            out.append(f"Warning: the baseline's p50 at batch {r['batch']} ({r['p50_ms']:.3f} ms) is "
+                       f"{r['p50_ms'] / r['min_ms']:.1f}× its minimum ({r['min_ms']:.3f} ms): its timing was "
+                       "disturbed, "
+                       "so speedups against it are inflated; rerun on a quiet machine")
+    return out
+
+
+def _made_for(v: Variant, backend: str) -> bool:
+    from edgekit.backends import BACKENDS
+
+    target = v.recorded("target")
+    return target is None or backend not in BACKENDS or target == BACKENDS.get(backend).quant_target
+
+
+def _headline(chosen: List[Variant], rows: List[dict], base_backend: str, labelled: bool,
+              flags: Dict[str, List[str]], warnings: List[str]) -> List[str]:
+    """Per backend, the fastest variant (made for it) that qualifies -- never one flagged by
+    :func:`variant_flags` -- with its CI; a line saying so when none qualifies; timing warnings first."""
+    if not rows:
+        return list(warnings)
+    b0 = min(r["batch"] for r in rows)
+    base = next((r for r in rows if r.get("baseline") and r["batch"] == b0), None)
+    names = {v.name: v for v in chosen}
+    lines = [w.split(". ")[0].rstrip(".") + " (see report.md)" for w in warnings]
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        cands = [r for r in rows if r["backend"] == backend and r["batch"] == b0 and not r.get("baseline")
+                 and r.get("speedup") is not None and r["model"] in names and _made_for(names[r["model"]], backend)]
+        ok = [r for r in cands if not flags.get(r["model"])]
+        if base is None or not cands:
+            continue
+        if not ok:
+            why = "; ".join(f"{r['model']}: {flags[r['model']][0]}" for r in cands)
+            lines.append(f"no variant qualifies on {backend} ({why})")
+            continue
+        r = max(ok, key=lambda x: x["speedup"])
         acc = ""
         if labelled and r.get("accuracy") is not None and base.get("accuracy") is not None:
             acc = f", {r['accuracy'] - base['accuracy']:+.1f} pt accuracy ({r['accuracy']:.1f}%)"
-        lines.append(f"{final.name} on {r['backend']}: {r['speedup']:.1f}× faster than the float baseline "
+        lines.append(f"{r['model']} on {backend}: {format_speedup_ci(r)} faster than the float baseline "
                      f"({base['model']} on {base_backend}) at batch {r['batch']}{acc}")
     return lines
 
@@ -206,10 +354,51 @@ def _fmt_int(n: Optional[float], unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
+def _all_steps(chosen: List[Variant], rows: List[dict]) -> List[dict]:
+    names = {v.name for v in chosen}
+    return [{"variant": v.name, "parent": v.parent, **{k: x[k] for k in ("backend", "batch", "ratio", "ci")}}
+            for v in chosen if v.parent in names for x in step_ratios(rows, v.name, v.parent)]
+
+
+def _payoff_section(recipe: Any, chosen: List[Variant], rows: List[dict], findings: List[dict]) -> List[str]:
+    """Every step against its parent at every benchmarked batch and backend (paired, with CI), then the causes."""
+    steps = _all_steps(chosen, rows)
+    slow = [x for x in steps if x["ratio"] < recipe.report.min_speedup]
+    out = ["## Did each step pay off?", ""]
+    if steps:
+        out += ["Each variant against its parent, per backend and batch: median of the per-round ratios "
+                f"parent / variant from the same interleaved rounds, with a {CI_LEVEL:.0%} bootstrap CI.", "",
+                "| variant | parent | backend | batch | step speedup | pays off? |", "|---|---|---|---|---|---|"]
+        for x in steps:
+            cell = "–" if x["ci"] is None else f"[{x['ci'][0]:.2f}–{x['ci'][1]:.2f}]"
+            verdict = "**no**" if x["ratio"] < recipe.report.min_speedup else "yes"
+            out.append(f"| {x['variant']} | {x['parent']} | {x['backend']} | {x['batch']} | {x['ratio']:.2f}× {cell} "
+                       f"| {verdict} |")
+        out.append("")
+    for f in findings:
+        out.append(f"- **{f['variant']}** vs {f['parent']} on {f['backend']} (batch {f['batch']}): "
+                   f"{f['step_speedup']:.2f}× — " + "; ".join(f["causes"]))
+    if not findings and not slow and steps:
+        out.append(f"Every step was at least {recipe.report.min_speedup:.2f}× faster than its parent at every "
+                   f"benchmarked batch on every target, with int8 coverage ≥ {recipe.report.min_int8_coverage:.0%} "
+                   "where quantised.")
+    elif slow and not findings:
+        out.append(f"{len(slow)} step(s) above are below {recipe.report.min_speedup:.2f}× at some batch.")
+    return out
+
+
+def _flags_section(flags: Dict[str, List[str]], warnings: List[str]) -> List[str]:
+    flagged = [(v, why) for v, reasons in flags.items() for why in reasons]
+    if not flagged and not warnings:
+        return []
+    out = ["## Flags", ""] + [f"- {w}" for w in warnings]
+    out += [f"- **{v}** (never a headline): {why}" for v, why in flagged]
+    return out + [""]
+
+
 def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, headline, labelled, run_dir,
-              pairs) -> str:
+              pairs, flags, warnings) -> str:
     from edgekit.backends import default_backend
-    from edgekit.bench.results import format_speedup
 
     rows, batches = bench.rows, sorted({r["batch"] for r in bench.rows})
     onnx_cpu = default_backend("onnx", "cpu")
@@ -218,11 +407,12 @@ def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, he
     if recipe.description:
         out += [recipe.description.strip(), ""]
     out += ["## Headline", ""] + [f"- **{h}**" for h in headline] + [""]
+    out += _flags_section(flags, warnings)
     meaning = _baseline_meaning(chosen[0].name, base_backend)
     out += [f"Float baseline: **{chosen[0].name} on {base_backend}** ({meaning}). "
-            "Speedups are medians of per-round paired ratios measured interleaved in one process; the range is "
-            "the min–max over rounds. `vs ORT fp32` divides by the reference on ONNX Runtime fp32, separating the "
-            "gain from compression from the gain of switching runtime.", ""]
+            "Speedups are medians of per-round paired ratios measured interleaved in one process, with a "
+            f"{CI_LEVEL:.0%} bootstrap confidence interval over the rounds. `vs ORT fp32` divides by the reference "
+            "on ONNX Runtime fp32, separating the gain from compression from the gain of switching runtime.", ""]
     hdr = ["variant", "backend", "precision", "params", "MACs", "size", "accuracy"]
     for b in batches:
         hdr += [f"p50 b{b} (ms)", f"p99 b{b} (ms)"]
@@ -241,9 +431,10 @@ def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, he
             ref = ort_ref.get(batches[0])
             vs_ort = (f"{r0['speedup'] / ref['speedup']:.2f}×" if ref and ref.get("speedup") and r0.get("speedup")
                       else "–")
-            eff = f"{r0['efficiency']:.0%}" if r0.get("efficiency") is not None else "–"
+            eff = measured_efficiency(r0) or "–"
             floats = v.recorded("float_layers") or []
-            cells += [format_speedup(r0), vs_ort, eff, ", ".join(floats[:3]) + ("…" if len(floats) > 3 else "") or "–"]
+            floats_cell = ", ".join(floats[:3]) + ("…" if len(floats) > 3 else "") or "–"
+            cells += [format_speedup_ci(r0), vs_ort, eff, floats_cell]
             out.append("| " + " | ".join(str(c) for c in cells) + " |")
     out.append("")
     for name in ("latency.png", "pareto.png", "throughput.png"):
@@ -251,15 +442,7 @@ def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, he
             out += [f"![{name[:-4]}](bench/{name})", ""]
     out += _pairs_section(chosen, pairs)
     out += _quantisation_section(chosen)
-    out += ["## Did each step pay off?", ""]
-    if findings:
-        for f in findings:
-            out.append(f"- **{f['variant']}** vs {f['parent']} on {f['backend']} (batch {f['batch']}): "
-                       f"{f['step_speedup']:.2f}× — " + "; ".join(f["causes"]))
-    else:
-        out.append("Every step was at least "
-                   f"{recipe.report.min_speedup:.2f}× faster than its parent on every target, with int8 coverage "
-                   f"≥ {recipe.report.min_int8_coverage:.0%} where quantised.")
+    out += _payoff_section(recipe, chosen, rows, findings)
     out += ["", "## Accuracy parity across artifacts", ""]
     if parity:
         out += ["| variant | artifact | accuracy | top-1 agreement | flagged |", "|---|---|---|---|---|"]

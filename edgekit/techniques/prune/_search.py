@@ -1,13 +1,14 @@
 """Searching the pruning ratio: to meet a MACs target (counted) or a speedup target (measured on a backend).
 
 Both searches bisect one scalar ``s`` (the channel ratio, or the scale of per-layer ratios) between 0 and
-its maximum; ``evaluate(s)`` prunes a copy of the model. MACs fall as ``s`` grows (in steps, because
-channel counts are rounded), so the search returns the smallest ``s`` that meets the target.
+its maximum; every candidate is a really pruned copy of the model, counted or timed. Channel counts are rounded,
+so MACs fall in steps as ``s`` grows; the MACs search returns the closest measured candidate.
 """
 from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -20,49 +21,58 @@ from edgekit.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def search_macs(estimate_of: Callable[[float], float], real_of: Callable[[float], float], target: float,
-                s_max: float, excluded: List[str], tol: float = 0.002) -> Tuple[float, List[dict]]:
-    """Smallest ``s`` in (0, s_max] whose pruned model keeps at most ``target`` of the original MACs.
+MACS_TOLERANCE = 0.05  # |reached - macs_target| beyond this is reported with a warning
 
-    ``estimate_of(s)`` is a fast MACs-fraction estimate used for bisection; ``real_of(s)`` prunes a copy and
-    counts (Torch-Pruning's counter); the answer is checked, and nudged up, with ``real_of``.
+
+def search_macs(macs_of: Callable[[float], float], target: float, s_max: float, excluded: List[str], round_to: int,
+                iterations: int = 12) -> Tuple[float, List[dict]]:
+    """The ``s`` in (0, s_max] whose pruned copy keeps the fraction of MACs closest to ``target`` (at or below it
+    when two are equally close), found by bisection on ``s`` where every candidate is pruned and counted.
+
+    Nothing assumes the counts are monotone: the answer is the best *measured* candidate; a warning says when it is
+    more than :data:`MACS_TOLERANCE` from the target (rounding to ``round_to`` makes the reachable set discrete).
 
     Raises:
-        ConfigError: even ``s_max`` keeps more than ``target`` of the MACs (with the excluded layers).
+        ConfigError: even ``s_max`` keeps more than ``target + MACS_TOLERANCE`` of the MACs.
 
     Example:
-        >>> f = lambda s: (1 - s) ** 2
-        >>> s, tried = search_macs(f, f, 0.5, 0.9, [])
+        >>> s, tried = search_macs(lambda s: (1 - s) ** 2, 0.5, 0.9, [], 8)
+        >>> round((1 - s) ** 2, 2)
+        0.5
     """
     history: List[dict] = []
+    exact: List[float] = []
 
     def real(s: float) -> float:
-        f = real_of(s)
+        f = macs_of(s)
         history.append({"ratio": round(s, 5), "macs_fraction": round(f, 5)})
+        exact.append(s)
         return f
 
-    best = real(s_max)
-    if best > target:
+    if real(s_max) > target + MACS_TOLERANCE:
         where = f" with excluded layers {', '.join(excluded)}" if excluded else ""
+        best = history[-1]["macs_fraction"]
         raise ConfigError(f"macs_target {target} is unreachable{where}: pruning every group to its limit "
-                          f"(max_ratio, one round_to multiple) still keeps {best:.3f} of the MACs; "
+                          f"(max_ratio, one round_to={round_to} multiple) still keeps {best:.3f} of the MACs; "
                           f"allowed: macs_target >= {best:.3f}, or exclude fewer layers / lower round_to")
-    scale, hi = 1.0, s_max
-    for _ in progress(range(4), desc="prune: MACs search", total=4):
-        lo, hi = 0.0, s_max
-        while hi - lo > tol:  # bisect the fast estimate, calibrated by the last real count
-            mid = 0.5 * (lo + hi)
-            if estimate_of(mid) * scale <= target:
-                hi = mid
-            else:
-                lo = mid
-        f = real(hi)
-        if f <= target or hi >= s_max:
-            return hi, history
-        scale = f / max(estimate_of(hi), 1e-12)
-    while hi < s_max and real(hi) > target:
-        hi = min(s_max, hi + 0.01)
-    return hi, history
+    lo, hi = 0.0, s_max
+    for _ in progress(range(iterations), desc="prune: MACs search", total=iterations):
+        mid = 0.5 * (lo + hi)
+        if real(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    i = min(range(len(history)), key=lambda j: (abs(history[j]["macs_fraction"] - target)
+                                                + (0 if history[j]["macs_fraction"] <= target else 1e-6), exact[j]))
+    best = history[i]
+    best["chosen"] = True
+    if abs(best["macs_fraction"] - target) > MACS_TOLERANCE:
+        warnings.warn(f"prune: macs_target {target}: the closest pruned candidate keeps {best['macs_fraction']:.3f} "
+                      f"of the MACs (channel counts are multiples of round_to={round_to}); lower round_to to get "
+                      "closer", stacklevel=2)
+    logger.info(f"prune: macs_target {target} -> ratio {best['ratio']:.3f} keeps {best['macs_fraction']:.3f} "
+                f"({len(history)} candidates measured)")
+    return exact[i], history
 
 
 def _open_timed(model: nn.Module, sample: np.ndarray, backend: str, threads: Optional[int], tmp: Path, stem: str):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from edgekit.errors import BackendUnavailableError, ConfigError, ShapeError
 from edgekit.techniques.prune import _graph as pg
+from edgekit.techniques.prune import _plan as pp
 from edgekit.techniques.prune import _search
 from edgekit.techniques.prune.config import IMPORTANCES, PruneConfig
 from edgekit.techniques.recovery import recover
@@ -89,7 +90,7 @@ def prepare(model: nn.Module, cfg: PruneConfig, example_input: Any, train: Any) 
     work = copy.deepcopy(model).cpu().eval()
     dg = pg.trace(work, example)
     groups = pg.list_groups(work, dg, classifier, excluded)
-    if not any(not g.excluded and g.channels > cfg.round_to for g in groups):
+    if not any(not g.excluded and any(len(x.idxs) > cfg.round_to for x in g.segments) for g in groups):
         raise ConfigError(f"prune: nothing to prune in {type(model).__name__}: structured pruning removes output "
                           "channels of Conv/Linear layers, and every such group is excluded, is the classifier or has "
                           f"at most round_to={cfg.round_to} channels (LSTM/GRU layers are not pruned structurally)")
@@ -110,24 +111,26 @@ def fill_taylor_grads(model: nn.Module, train: Any, batches: int, seed: int, bat
 
 
 def plan_fn(cfg: PruneConfig, w: Work, scores: Optional[Dict[str, torch.Tensor]]) -> Callable[[float], Dict[str, int]]:
-    """``s -> {group root: kept channels}`` for the configured kind of target."""
+    """``s -> {segment: kept channels}`` for the configured kind of target."""
     kind, per_layer, groups = cfg.target_kind, w.per_layer, w.groups
+    searched = kind in ("macs", "speed")  # fine MACs steps for a search; a given ratio rounds plainly
 
     def plan(s: float) -> Dict[str, int]:
         if cfg.global_pruning:
-            return pg.global_plan(groups, scores, s, cfg.round_to, cfg.max_ratio)
+            return pp.global_plan(groups, scores, s, cfg.round_to, cfg.max_ratio)
         if kind == "ratio" or not per_layer:
-            return pg.uniform_plan(groups, per_layer, s, cfg.round_to, cfg.max_ratio)
+            return pp.uniform_plan(groups, per_layer, s, cfg.round_to, cfg.max_ratio, searched)
         if kind == "per_layer":
-            return pg.uniform_plan(groups, per_layer, 0.0, cfg.round_to, cfg.max_ratio)
+            return pp.uniform_plan(groups, per_layer, 0.0, cfg.round_to, cfg.max_ratio)
         scaled = {k: min(cfg.max_ratio, v * s) for k, v in per_layer.items()}
-        return pg.uniform_plan(groups, scaled, 0.0, cfg.round_to, cfg.max_ratio)
+        return pp.uniform_plan(groups, scaled, 0.0, cfg.round_to, cfg.max_ratio, searched)
 
     return plan
 
 
 def choose_ratio(w: Work, cfg: PruneConfig, plan_of: Callable[[float], Dict[str, int]]) -> float:
-    """The given ratio, or the smallest one meeting the MACs / speed target (candidates recorded in ``w.search``)."""
+    """The given ratio, or the one whose pruned copy comes closest to the MACs / speed target (every candidate
+    really pruned and measured; candidates recorded in ``w.search``)."""
     s_max = cfg.max_ratio
     if w.per_layer and cfg.target_kind in ("macs", "speed") and any(w.per_layer.values()):
         s_max = cfg.max_ratio / min(v for v in w.per_layer.values() if v > 0)  # every scaled ratio reaches max_ratio
@@ -140,24 +143,27 @@ def choose_ratio(w: Work, cfg: PruneConfig, plan_of: Callable[[float], Dict[str,
         key = tuple(sorted(plan.items()))
         if key not in cache:
             m = copy.deepcopy(w.model)
-            pg.apply_plan(m, w.example, w.groups, plan, cheap, w.classifier)
+            pp.apply_plan(m, w.example, plan, cheap, w.classifier, w.excluded)
             cache.clear()
             cache[key] = m
         return cache[key]
 
+    macs_of: Dict[tuple, float] = {}
+
+    def macs_fraction(s: float) -> float:
+        key = tuple(sorted(plan_of(s).items()))
+        if key not in macs_of:
+            macs_of[key] = pg.count(prune_copy(s), w.example)[0] / w.macs0
+        return macs_of[key]
+
     s = cfg.ratio if cfg.ratio is not None else 1.0
     if cfg.target_kind == "macs":
-        est = pg.macs_estimator(w.model, w.example, w.groups)
-        full = est({})
-        s, w.search = _search.search_macs(lambda v: est(plan_of(v)) / full,
-                                          lambda v: pg.count(prune_copy(v), w.example)[0] / w.macs0,
-                                          cfg.macs_target, s_max, w.excluded)
+        s, w.search = _search.search_macs(macs_fraction, cfg.macs_target, s_max, w.excluded, cfg.round_to)
     elif cfg.target_kind == "speed":
         sample = np.repeat(w.example.numpy(), cfg.speed_batch, axis=0)
         s, w.search = _search.search_speed(prune_copy, w.model, sample, cfg.speedup_target, s_max, cfg.speed_backend,
                                            cfg.speed_threads, cfg.speed_rounds)
-    plan = plan_of(s)
-    if all(plan[g.root] >= g.channels for g in w.groups):
+    if pp.removes_nothing(w.groups, plan_of(s)):
         raise ConfigError(f"prune: ratio {s:.3f} removes no channel once counts are rounded to multiples of "
                           f"round_to={cfg.round_to}; raise the ratio or lower round_to")
     return float(s)
@@ -188,6 +194,6 @@ def prune_and_recover(w: Work, cfg: PruneConfig, plan: Dict[str, int], importanc
         logger.info(f"prune: step {i + 1}/{cfg.steps}: MACs {row['macs'] / w.macs0:.3f} of original"
                     + (f", val {w.val_accuracy:.2f}%" if w.val_accuracy is not None else ""))
 
-    pg.apply_plan(w.model, w.example, w.groups, plan, importance, w.classifier, steps=cfg.steps, before_step=before,
-                  after_step=after)
+    pp.apply_plan(w.model, w.example, plan, importance, w.classifier, w.excluded, steps=cfg.steps,
+                  before_step=before, after_step=after)
     w.model.zero_grad(set_to_none=True)

@@ -45,6 +45,7 @@ class PruneResult(Result):
     history: List[dict] = field(default_factory=list)  # pruning steps and their fine-tuning
     search: List[dict] = field(default_factory=list)  # candidates tried by a MACs / speed target search
     val_accuracy: Optional[float] = None
+    scratch: Optional[dict] = None  # compare_scratch: the same architecture trained alone with the same budget
     seconds: float = 0.0
 
     @property
@@ -59,8 +60,13 @@ class PruneResult(Result):
 
     @property
     def aligned(self) -> bool:
-        """True when every pruned group's channel count is a multiple of ``round_to``."""
-        return all(r["aligned"] or r["after"] == r["before"] for r in self.layers)
+        """True when every pruned layer's width (every member of every group) is a multiple of ``round_to``."""
+        return all(r["aligned"] for r in self.layers)
+
+    @property
+    def unaligned_layers(self) -> List[str]:
+        """Layers whose width is not a multiple of ``round_to`` (pruned or left as they were)."""
+        return sorted({n for r in self.layers for n in r.get("unaligned", [])})
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -70,9 +76,12 @@ class PruneResult(Result):
         chosen = [c for c in self.search if "speedup" in c and abs(c["ratio"] - round(self.ratio, 5)) < 1e-9]
         if chosen:
             self.metrics["search_speedup"] = chosen[-1]["speedup"]
+        if self.scratch is not None:
+            self.metrics["scratch_val_accuracy"] = self.scratch["val_accuracy"]
         self.sidecar = {"method": "structured", "sparsity": "structured", "round_to": cfg.round_to,
-                        "aligned": self.aligned, "channels": self.layers, "ratio": self.ratio, "search": self.search,
-                        "target": cfg.target_kind, "history": self.history}
+                        "aligned": self.aligned, "unaligned_layers": self.unaligned_layers, "channels": self.layers,
+                        "ratio": self.ratio, "search": self.search, "target": cfg.target_kind,
+                        "history": self.history, "scratch": self.scratch}
 
 
 def prune(model: nn.Module, config: Union[PruneConfig, dict, None] = None, *, example_input: Any = None,
@@ -112,6 +121,7 @@ def prune(model: nn.Module, config: Union[PruneConfig, dict, None] = None, *, ex
                         example_input=example_input)
     from edgekit.techniques.prune import _rnn
 
+    cfg = cfg.resolved()
     if _rnn.recurrent_layers(model):  # LSTM/GRU hidden units: Torch-Pruning cannot prune them
         return _rnn.prune_rnn(model, cfg, example_input, train, val, teacher, seed)
     return _structured(model, cfg, example_input, train, val, teacher, seed)
@@ -120,6 +130,7 @@ def prune(model: nn.Module, config: Union[PruneConfig, dict, None] = None, *, ex
 def _structured(model: nn.Module, cfg: PruneConfig, example_input: Any, train: Any, val: Any,
                 teacher: Optional[nn.Module], seed: int) -> PruneResult:
     from edgekit.techniques.prune import _graph as pg
+    from edgekit.techniques.prune import _plan as pp
     from edgekit.techniques.prune import _structured as st
     from edgekit.techniques.prune.config import IMPORTANCES
 
@@ -133,11 +144,17 @@ def _structured(model: nn.Module, cfg: PruneConfig, example_input: Any, train: A
     ratio = st.choose_ratio(w, cfg, plan_of)
     st.prune_and_recover(w, cfg, plan_of(ratio), importance, train=train, val=val,
                          teacher=teacher if cfg.finetune.epochs > 0 else None, seed=seed)
+    scratch = None
+    if cfg.compare_scratch:
+        from edgekit.techniques.recovery import scratch_baseline
+
+        scratch = scratch_baseline(w.model, train, val, cfg.finetune, seed=seed, desc="prune: scratch baseline")
     macs1, params1 = pg.count(w.model, w.example)
     return PruneResult(model=w.model.eval(), config=cfg, ratio=ratio,
-                       layers=pg.channel_table(w.model, w.groups, cfg.round_to), macs_before=w.macs0,
+                       layers=pp.channel_table(w.model, w.groups, cfg.round_to), macs_before=w.macs0,
                        macs_after=macs1, params_before=w.params0, params_after=params1, history=w.history,
-                       search=w.search, val_accuracy=w.val_accuracy, seconds=time.perf_counter() - t0)
+                       search=w.search, val_accuracy=w.val_accuracy, scratch=scratch,
+                       seconds=time.perf_counter() - t0)
 
 
 register_technique(Technique(

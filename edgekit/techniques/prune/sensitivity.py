@@ -22,6 +22,7 @@ from edgekit._io import atomic_path, write_json_atomic, write_text_atomic
 from edgekit._log import progress
 from edgekit.errors import ConfigError
 from edgekit.techniques.prune import _graph as pg
+from edgekit.techniques.prune import _plan as pp
 from edgekit.techniques.scope import Scope
 
 
@@ -36,6 +37,7 @@ class SensitivityResult:
     files: Dict[str, str] = field(default_factory=dict)
     _estimate: Optional[Callable[[Dict[str, int]], int]] = field(default=None, repr=False)
     _channels: Dict[str, int] = field(default_factory=dict, repr=False)
+    _groups: list = field(default_factory=list, repr=False)  # the traced groups (their segments plan the channels)
 
     def table(self) -> Dict[str, Dict[float, float]]:
         """{group: {ratio: accuracy}}."""
@@ -95,21 +97,20 @@ def sensitivity(model: nn.Module, example_input: Any, val, *, ratios: Sequence[f
                           f"<= round_to={round_to} channels")
     val = val.take(max_samples)
     imp = pg.make_importance(importance)
-    estimate = pg.macs_estimator(work, example, groups)
+    estimate = pp.macs_estimator(work, example, groups)
     full = estimate({})
     base = evaluate(work, val)
     rows = []
     jobs = [(g, r) for g in groups for r in sorted(ratios)]
     for g, r in progress(jobs, desc="sensitivity", total=len(jobs)):
-        keep = pg.aligned_keep(g.channels, r, round_to, 0.99)
-        plan = {x.root: x.channels for x in groups}
-        plan[g.root] = keep
+        plan = pp.segment_plan(groups, {g.root: r}, round_to, 0.99)
+        keep = sum(plan[s.key] for s in g.segments)
         m = copy.deepcopy(work)
-        pg.apply_plan(m, example, groups, plan, imp, classifier)
+        pp.apply_plan(m, example, plan, imp, classifier, excluded)
         rows.append({"group": g.root, "layers": g.members, "channels": g.channels, "ratio": float(r), "kept": keep,
                      "accuracy": evaluate(m, val), "macs_fraction": estimate(plan) / full})
     res = SensitivityResult(base, [float(r) for r in sorted(ratios)], rows, round_to, _estimate=estimate,
-                            _channels={g.root: g.channels for g in groups})
+                            _channels={g.root: g.channels for g in groups}, _groups=groups)
     if out_dir is not None:
         res.files = _write(res, Path(out_dir))
     return res
@@ -166,7 +167,7 @@ def allocate_ratios(result: SensitivityResult, macs_target: float,
     est, full = result._estimate, result._estimate({})
 
     def plan(lv: Dict[str, int]) -> Dict[str, int]:
-        return {g: pg.aligned_keep(result._channels[g], grid[i], result.round_to, 0.99) for g, i in lv.items()}
+        return pp.segment_plan(result._groups, {g: grid[i] for g, i in lv.items()}, result.round_to, 0.99)
 
     def acc(g: str, i: int) -> float:
         return result.baseline_accuracy if i == 0 else table[g][grid[i]]
