@@ -17,7 +17,7 @@ from edgekit._log import configure_cli_logging
 from edgekit.errors import EdgekitError
 
 # modules that add their own sub-commands with add_commands(subparsers)
-_COMMAND_MODULES = ["edgekit.cli.bench", "edgekit.cli.doctor", "edgekit.cli.compress"]
+_COMMAND_MODULES = ["edgekit.cli.bench", "edgekit.cli.doctor", "edgekit.cli.compress", "edgekit.cli.search"]
 
 
 def _cmd_run(args) -> int:
