@@ -201,6 +201,7 @@ def test_unmeetable_constraint_names_closest_trials_and_the_failed_constraint(tm
 @pytest.mark.distributed
 def test_search_on_a_local_ray_cluster(tmp_path):
     """Head + one worker node on 127.0.0.1, started and shut down here; two trials run as Ray tasks."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep Ray on 127.0.0.1 (read when ray is imported)
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 

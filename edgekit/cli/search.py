@@ -55,7 +55,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=_positive_int("--workers"), default=None,
                    help="trials at once (override search.workers); local processes, or Ray tasks with --ray")
     p.add_argument("--strategy", default=None, help="override search.strategy (tpe-hyperband, random)")
-    p.add_argument("--seed", type=int, default=None, help="override the recipe's seed (sampler, data, training)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampler seed (override search.seed; the recipe's seed still drives data and training)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run trials on the Ray cluster at HOST:PORT (pip install 'edgekit[distributed]')")
     p.add_argument("--cache", default=None, help="stage cache directory shared by trials (default: <out>/cache)")

@@ -52,7 +52,8 @@ def run_search(recipe_path: str | Path, *, out_dir: Optional[str | Path] = None,
         ray_address: run trials as tasks on this Ray cluster (``host:port``) instead of local processes.
         cache_dir: stage cache shared by trials (default ``<out_dir>/cache``); searches may share one.
         compare: ``{name: artifact}`` re-measured with the Pareto set (e.g. a hand-written recipe's result).
-        **overrides: ``trials``, ``wall_time_s``, ``strategy``, ``workers``, ``seed`` replace the recipe's values.
+        **overrides: ``trials``, ``wall_time_s``, ``strategy``, ``workers``, ``seed`` (the sampler's) replace the
+            search section's values.
 
     Example:
         >>> res = run_search("recipes/digits_search.yaml", trials=8, workers=2)

@@ -119,6 +119,8 @@ class SearchConfig(BaseModel):
     budget: Budget = Field(default_factory=Budget, description="trials and wall time")
     strategy: str = Field("tpe-hyperband", description="search strategy (see edgekit.search.STRATEGIES)")
     fidelity: Fidelity = Field(default_factory=Fidelity, description="multi-fidelity rungs")
+    seed: Optional[int] = Field(None, description="sampler seed (default: the recipe's seed, which also drives "
+                                "data, training and calibration)")
     workers: int = Field(1, gt=0, description="trials run at once (local processes, or Ray tasks with --ray)")
     measure: Measure = Field(default_factory=Measure, description="timing settings")
     resources: Dict[str, float] = Field(default_factory=dict, description="Ray resources a trial needs, e.g. "

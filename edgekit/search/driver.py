@@ -56,7 +56,7 @@ def prepare_search(recipe_path: str | Path, out_dir: Optional[str | Path] = None
                    cache_dir: Optional[str | Path] = None, **overrides: Any) -> SearchSetup:
     """Read and check everything before any training: the recipe, its ``search:`` section, the space's paths and
     values, the objective's backend, the folders. ``overrides`` replace search fields (trials, wall_time_s,
-    strategy, workers, seed)."""
+    strategy, workers, seed: the sampler's)."""
     from edgekit.backends import probe_backend
     from edgekit.pipeline.recipe import validate_recipe
 
@@ -64,8 +64,6 @@ def prepare_search(recipe_path: str | Path, out_dir: Optional[str | Path] = None
     raw, search_raw, _ = split_search_section(recipe_path)
     search_raw = _with_overrides(search_raw, overrides)
     cfg = parse_search_config(search_raw, source)
-    if "seed" in overrides and overrides["seed"] is not None:
-        raw["seed"] = int(overrides["seed"])
     recipe = validate_recipe(raw, source=source)
     dims = resolve_space(cfg.space, raw)
     check_space_values(raw, dims, source)
@@ -74,7 +72,8 @@ def prepare_search(recipe_path: str | Path, out_dir: Optional[str | Path] = None
         raise ConfigError(f"{source}: search.objective.backend '{cfg.objective.backend}' is unavailable: {reason}")
     _check_files(recipe)
     search_dir = Path(out_dir) if out_dir else Path("runs") / recipe.name / "search"
-    fingerprint = hashlib.sha256(json.dumps({"raw": raw, "search": search_raw}, sort_keys=True,
+    kept = {k: v for k, v in search_raw.items() if k not in ("budget", "workers")}  # may change on --resume
+    fingerprint = hashlib.sha256(json.dumps({"raw": raw, "search": kept}, sort_keys=True,
                                             default=str).encode()).hexdigest()[:16]
     _check_search_dir(search_dir, resume, fingerprint)
     cache = Path(cache_dir) if cache_dir else search_dir / "cache"
@@ -89,7 +88,7 @@ def _with_overrides(search_raw: dict, overrides: Dict[str, Any]) -> dict:
             budget[key] = overrides[key]
     if budget:
         out["budget"] = budget
-    for key in ("strategy", "workers"):
+    for key in ("strategy", "workers", "seed"):
         if overrides.get(key) is not None:
             out[key] = overrides[key]
     return out
@@ -229,7 +228,8 @@ def run_study(setup: SearchSetup, ray_address: Optional[str] = None, on_trial: A
     write_json_atomic(setup.search_dir / "search-setup.json",
                       {"fingerprint": setup.fingerprint, "source": setup.source, "recipe": setup.raw,
                        "search": cfg.model_dump(mode="json"), "cache_dir": str(setup.cache_dir)})
-    sampler, pruner, rungs = STRATEGIES.get(cfg.strategy)(seed=setup.recipe.seed, trials=cfg.budget.trials,
+    seed = setup.recipe.seed if cfg.seed is None else cfg.seed
+    sampler, pruner, rungs = STRATEGIES.get(cfg.strategy)(seed=seed, trials=cfg.budget.trials,
                                                           fidelity=cfg.fidelity)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=f"sqlite:///{setup.search_dir / 'study.db'}", study_name="search",

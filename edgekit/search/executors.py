@@ -70,6 +70,10 @@ def ray_pool(address: str, resources: Optional[Dict[str, float]] = None) -> Iter
     """Run each job as a Ray task on the cluster at ``address`` (1 CPU each, plus ``resources`` such as a device
     label, so latency is measured on the node that has that device)."""
     check_ray_address(address)
+    if address.rpartition(":")[0] in ("127.0.0.1", "localhost", "ray://127.0.0.1", "ray://localhost"):
+        # a cluster started on the loopback address: otherwise Ray rewrites 127.0.0.1 to this host's network
+        # address, where such a cluster does not listen (read when ray is imported)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = _ray_import()
     env = {k: os.environ[k] for k in ("PYTHONPATH", "KMP_BLOCKTIME") if k in os.environ}
     ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env} if env else None,
