@@ -132,6 +132,29 @@ def test_timing_waits_for_running_compute():
     assert events == ["compute done", "timing"]
 
 
+def _row(trial, ratio, acc, feasible=True, fidelity=1.0, state="complete"):
+    return {"trial": trial, "state": state, "fidelity": fidelity, "latency_ratio": ratio, "val_accuracy": acc,
+            "feasible": feasible, "artifact": f"t{trial}.onnx", "excess": {}}
+
+
+def test_pareto_front_keeps_the_fastest_feasible_trial_and_scores_penalise_misses():
+    from edgekit.search.config import SearchConfig
+    from edgekit.search.driver import constraint_excess, score
+    from edgekit.search.results import pareto_rows
+
+    rows = [_row(0, 0.5, 99.0), _row(1, 0.3, 98.0, feasible=False), _row(2, 0.4, 97.0), _row(3, 0.2, 95.0, False),
+            _row(4, 0.1, 99.5, fidelity=0.5, state="pruned")]
+    front = [r["trial"] for r in pareto_rows(rows)]
+    assert front[:3] == [3, 1, 0] and 2 in front and 4 not in front  # 2: dominated only by infeasible trials
+    cfg = SearchConfig(space={"a.b": [1]}, constraints={"max_accuracy_drop": 0.5, "max_size_mb": 1.0})
+    metrics = {"accuracy_drop": 1.5, "latency_ms": 2.0, "size_mb": 0.5, "latency_ratio": 0.4, "val_accuracy": 97.0}
+    excess = constraint_excess(metrics, cfg)
+    assert excess == {"max_accuracy_drop": 1.0, "max_size_mb": -0.5}
+    assert score(metrics, excess, cfg) == pytest.approx(0.8)  # one point over the drop budget doubles the ratio
+    assert score({**metrics, "accuracy_drop": 0.2}, constraint_excess({**metrics, "accuracy_drop": 0.2}, cfg),
+                 cfg) == pytest.approx(0.4)
+
+
 # --- real searches on a tiny model ------------------------------------------------------------------------------
 
 def _rows(search_dir: Path) -> list:

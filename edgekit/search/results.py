@@ -62,7 +62,8 @@ def full_fidelity(rows: List[dict]) -> List[dict]:
 
 
 def pareto_rows(rows: List[dict]) -> List[dict]:
-    """Full-fidelity trials not dominated in (lower latency ratio, higher validation accuracy); one per artifact."""
+    """Full-fidelity trials not dominated in (lower latency ratio, higher validation accuracy), one per artifact,
+    plus the fastest trial that meets every constraint when trials missing a size or latency limit dominate it."""
     from edgekit.bench.plots import pareto_front
 
     seen, unique = set(), []
@@ -71,7 +72,12 @@ def pareto_rows(rows: List[dict]) -> List[dict]:
             seen.add(r["artifact"])
             unique.append(r)
     idx = pareto_front([(r["latency_ratio"], r["val_accuracy"]) for r in unique])
-    return [unique[i] for i in idx]
+    front = [unique[i] for i in idx]
+    feasible = [r for r in unique if r["feasible"]]
+    fastest = min(feasible, key=lambda r: r["latency_ratio"]) if feasible else None
+    if fastest is not None and fastest not in front:  # dominated only by trials that miss a size/latency limit
+        front.append(fastest)
+    return front
 
 
 def closest_trials(rows: List[dict], n: int = 3) -> List[dict]:
