@@ -155,6 +155,37 @@ def test_pareto_front_keeps_the_fastest_feasible_trial_and_scores_penalise_misse
                  cfg) == pytest.approx(0.4)
 
 
+def test_successive_halving_prunes_at_short_fidelity_and_records_constraints(tmp_path):
+    """The strategy loop with a stand-in worker: slow configs stop at the first rung; constraints reach TPE."""
+    import optuna
+
+    from edgekit.search.driver import _run_trial, prepare_search
+    from edgekit.search.strategies import STRATEGIES
+
+    setup = prepare_search(_recipe(tmp_path, space={"student.student.width": [2, 4, 8, 16]},
+                                   fidelity={"min_fraction": 0.25, "reduction_factor": 2}), out_dir=tmp_path / "s")
+    calls = []
+
+    def fake_worker(job):  # wider = slower; accuracy grows with epochs
+        width, frac = job["raw"]["stages"][1]["student"]["width"], job["fraction"]
+        calls.append((width, frac, job["raw"]["stages"][1]["train"]["epochs"]))
+        drop = 40.0 if width == 2 else 10.0 * (1 - frac)
+        return {"val_accuracy": 90.0 - drop, "teacher_val_accuracy": 90.0, "accuracy_drop": drop,
+                "latency_ratio": width / 16, "latency_ms": width / 10, "size_mb": 0.01, "stages": []}
+
+    sampler, pruner, rungs = STRATEGIES.get("tpe-hyperband")(seed=0, trials=12, fidelity=setup.config.fidelity)
+    assert rungs == [0.25, 0.5, 1.0]
+    study = optuna.create_study(sampler=sampler, pruner=pruner)
+    study.optimize(lambda t: _run_trial(t, setup, rungs, fake_worker, 1), n_trials=12)
+    states = [t.state.name for t in study.trials]
+    assert "PRUNED" in states and "COMPLETE" in states
+    assert {e for _, f, e in calls if f == 0.25} == {1} and {e for _, f, e in calls if f == 1.0} == {2}
+    assert sum(f for _, f, _ in calls) < 12 * 1.75  # less work than running every trial through every rung
+    width2 = [t for t in study.trials if t.params["student.student.width"] == 2 and t.state.name == "COMPLETE"]
+    for t in width2:  # 40 points over a 60-point budget is still met; the constraint value is recorded
+        assert t.system_attrs and any(v == pytest.approx(-20.0) for v in t.system_attrs.values())
+
+
 # --- real searches on a tiny model ------------------------------------------------------------------------------
 
 def _rows(search_dir: Path) -> list:

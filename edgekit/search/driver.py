@@ -178,12 +178,19 @@ def _run_trial(trial: Any, setup: SearchSetup, rungs: List[float], run_job, work
                      "cached_stages": sum(s["status"] == "cached" for s in metrics["stages"])})
         trial.set_user_attr(f"rung{r}", slim)
         trial.set_user_attr("metrics", slim)
-        trial.set_user_attr("constraint_excess", [excess[k] for k in sorted(excess)] or [0.0])
         trial.set_user_attr("excess", excess)
         trial.report(value, step=max(1, round(fraction / base)))
         if r < len(rungs) - 1 and trial.should_prune():
+            _set_constraints(trial, excess)
             raise optuna.TrialPruned(f"rung {r} (epochs ×{fraction:g}): score {value:.4f}")
+    _set_constraints(trial, excess)
     return value
+
+
+def _set_constraints(trial: Any, excess: Dict[str, float]) -> None:
+    """What the constraint-aware sampler reads (once per trial: at its last rung)."""
+    for key, value in excess.items():
+        trial.set_constraint(key, float(value))
 
 
 def _requeue_interrupted(study: Any) -> int:

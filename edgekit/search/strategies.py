@@ -9,17 +9,12 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Tuple
 
 from edgekit.registry import Registry
 
 StrategyFn = Callable[..., Tuple[Any, Any, List[float]]]
 STRATEGIES: Registry[StrategyFn] = Registry("search strategy")
-
-
-def constraint_values(frozen_trial: Any) -> Sequence[float]:
-    """Optuna ``constraints_func``: the trial's constraint excesses (<= 0 everywhere means feasible)."""
-    return frozen_trial.user_attrs.get("constraint_excess", [1.0])
 
 
 @STRATEGIES.register("tpe-hyperband")
@@ -28,9 +23,8 @@ def tpe_hyperband(seed: int, trials: int, fidelity: Any) -> Tuple[Any, Any, List
     import optuna
 
     rungs = fidelity.fractions()
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, trials // 4),
-                                         constraints_func=constraint_values, multivariate=True,
-                                         warn_independent_sampling=False)
+    # constraint-aware: each trial records its constraint excesses with Trial.set_constraint (<= 0: met)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, trials // 4), multivariate=True)
     pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=fidelity.reduction_factor,
                                                     min_early_stopping_rate=0)
     return sampler, pruner, rungs
@@ -44,4 +38,4 @@ def random_search(seed: int, trials: int, fidelity: Any) -> Tuple[Any, Any, List
     return optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner(), [1.0]
 
 
-__all__ = ["STRATEGIES", "constraint_values"]
+__all__ = ["STRATEGIES"]
