@@ -166,10 +166,13 @@ def _run_trial(trial: Any, setup: SearchSetup, rungs: List[float], run_job, work
         try:
             metrics = run_job(trial_job(setup, params, fraction, workers))
         except Exception as e:  # recorded, so --resume can tell a failed trial from an interrupted one
-            from edgekit.errors import first_line
+            from edgekit.errors import EdgekitError, first_line
 
             trial.set_user_attr("error", f"{type(e).__name__}: {first_line(e, 300)}")
-            logger.warning(f"trial {trial.number} failed: {type(e).__name__}: {first_line(e, 300)}")
+            logger.warning(f"trial {trial.number}: {type(e).__name__}: {first_line(e, 300)}")
+            if isinstance(e, EdgekitError):  # a point of the space a stage rejects (e.g. an unreachable
+                trial.set_constraint("stage_rejects", 1.0)  # macs_target): counted, and the sampler avoids it
+                raise optuna.TrialPruned(f"a stage rejected this configuration: {first_line(e, 200)}") from None
             raise
         excess = constraint_excess(metrics, setup.config)
         value = score(metrics, excess, setup.config)
@@ -238,7 +241,7 @@ def run_study(setup: SearchSetup, ray_address: Optional[str] = None, on_trial: A
     seed = setup.recipe.seed if cfg.seed is None else cfg.seed
     sampler, pruner, rungs = STRATEGIES.get(cfg.strategy)(seed=seed, trials=cfg.budget.trials,
                                                           fidelity=cfg.fidelity)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged once, by _run_trial
     study = optuna.create_study(storage=f"sqlite:///{setup.search_dir / 'study.db'}", study_name="search",
                                 sampler=sampler, pruner=pruner, direction="minimize", load_if_exists=True)
     requeued = _requeue_interrupted(study)

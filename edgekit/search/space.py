@@ -43,7 +43,8 @@ class Dimension:
             return trial.suggest_categorical(self.path, list(self.choices))
         if self.integer:
             return trial.suggest_int(self.path, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(self.path, self.low, self.high, step=self.step, log=self.log)
+        value = trial.suggest_float(self.path, self.low, self.high, step=self.step, log=self.log)
+        return round(value, 10) if self.step else value  # 0.6000000000000001 -> 0.6 in recipes and tables
 
     def probes(self) -> List[Any]:
         """Values checked against the stage schema before the search starts."""
