@@ -55,6 +55,8 @@ def run_search(recipe_path: str | Path, *, out_dir: Optional[str | Path] = None,
         **overrides: ``trials``, ``wall_time_s``, ``strategy``, ``workers``, ``seed`` (the sampler's) replace the
             search section's values.
 
+    Local workers are spawned processes: in a script, call this under ``if __name__ == "__main__":``.
+
     Example:
         >>> res = run_search("recipes/digits_search.yaml", trials=8, workers=2)
         >>> res.chosen["latency_ratio"], res.chosen_recipe
