@@ -170,8 +170,8 @@ def test_pydoc_lm_is_a_registered_dataset():
     splits = load_data({"name": "pydoc_lm", "normalize": False, "shape": [64]}, seed=0)
     assert splits.train.x.dtype == np.int64 and splits.train.x.shape[1] == 65 and not splits.labelled
     assert 4000 < splits.num_classes <= 8000 and splits.train.x.max() < splits.num_classes  # the trained BPE vocab
-    with pytest.raises(ConfigError, match="normalize must be false"):
-        load_data({"name": "pydoc_lm"}, seed=0)
+    default = load_data({"name": "pydoc_lm", "shape": [64]}, seed=0)  # normalize (default on) leaves token ids alone
+    assert default.train.x.dtype == np.int64 and np.array_equal(default.train.x, splits.train.x)
 
 
 def test_text_that_is_not_utf8_is_refused(tmp_path):

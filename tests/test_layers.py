@@ -14,7 +14,7 @@ import edgekit
 
 ROOT = Path(edgekit.__file__).resolve().parent
 LAYERS = {"errors": 0, "registry": 0, "_io": 0, "_log": 0, "core": 1, "models": 2, "data": 2, "backends": 2,
-          "export": 2, "techniques": 3, "bench": 4, "pipeline": 5, "cli": 6}
+          "export": 2, "techniques": 3, "bench": 4, "pipeline": 5, "search": 5.5, "cli": 6}
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)

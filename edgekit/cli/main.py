@@ -18,7 +18,7 @@ from edgekit.cli._args import Parser, bounded_int
 from edgekit.errors import EdgekitError, as_edgekit_error
 
 # modules that add their own sub-commands with add_commands(subparsers)
-_COMMAND_MODULES = ["edgekit.cli.bench", "edgekit.cli.doctor", "edgekit.cli.compress"]
+_COMMAND_MODULES = ["edgekit.cli.bench", "edgekit.cli.doctor", "edgekit.cli.compress", "edgekit.cli.search"]
 
 
 def _cmd_run(args) -> int:

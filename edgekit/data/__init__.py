@@ -1,5 +1,6 @@
 """Datasets (digits, synthetic, npz, image folders, documentation topics, JSONL/CSV text), deterministic splits
 and calibration sets."""
+from edgekit.data import text_lm  # noqa: F401  (registers pydoc_lm and text_lm)
 from edgekit.data.calibration import check_calibration, load_calibration, make_calibration
 from edgekit.data.datasets import DATASETS, DataConfig, load_data, read_npz
 from edgekit.data.splits import Split, Splits, make_splits, split_indices

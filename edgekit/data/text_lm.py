@@ -215,10 +215,7 @@ def _as_splits(corpus: LMCorpus) -> Splits:
 
 
 def _lm_splits(config: DataConfig, seed: int, path: Optional[str]) -> Splits:
-    if config.normalize:
-        raise ConfigError(f"data.normalize must be false for the token dataset '{config.name}' (token ids are "
-                          "integers, not features)")
-    block = 128
+    block = 128  # data.normalize never applies: load_data scales float inputs only, token ids stay integers
     if config.shape:
         if len(config.shape) != 1 or config.shape[0] < 2:
             raise ConfigError(f"data.shape for '{config.name}' is [block_size] (>= 2), got {config.shape}")

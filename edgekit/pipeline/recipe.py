@@ -112,6 +112,9 @@ _BASE_FIELDS = {
                                                 "baseline")),
     "benchmark": (BenchmarkSettings, Field(default_factory=BenchmarkSettings, description="timing settings")),
     "report": (ReportSettings, Field(default_factory=ReportSettings, description="report settings")),
+    "search": (Optional[Dict[str, Any]], Field(None, description="`edgekit search` settings (objective, "
+                                               "constraints, space, budget; checked by edgekit search, see "
+                                               "docs/SEARCH.md); `edgekit run` ignores them")),
 }
 
 

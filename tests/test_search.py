@@ -1,0 +1,290 @@
+"""`edgekit search`: bad input caught before work, a tiny end-to-end search (tables, Pareto, chosen model and its
+recipe), killing and resuming, constraints no trial meets, Ray (a local two-node cluster) and fast failure on a
+dead Ray address."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from _helpers.runs import run_cli
+
+from edgekit.errors import BackendUnavailableError, ConfigError, RunDirectoryError
+
+TINY = {
+    "seed": 0, "threads": 2,
+    "model": {"name": "small_cnn", "kwargs": {"width": 8, "depth": 2}},
+    "data": {"name": "digits", "image_size": 8, "channels": 1},
+    "stages": [
+        {"type": "train", "name": "reference", "epochs": 2, "lr": 0.1},
+        {"type": "distill", "name": "student", "student": {"name": "small_cnn", "width": 8, "depth": 2},
+         "train": {"epochs": 2, "lr": 0.1}},
+        {"type": "quantize", "name": "student-int8", "target": "cpu", "samples": 32},
+    ],
+    "targets": [{"backend": "ort-cpu"}],
+    "search": {
+        "objective": {"minimize": "latency", "batch": 1, "backend": "ort-cpu"},
+        "constraints": {"max_accuracy_drop": 60},
+        "space": {"student.student.width": [2, 4, 8]},
+        "budget": {"trials": 3},
+        "fidelity": {"min_fraction": 0.5, "reduction_factor": 2},
+        "measure": {"rounds": 3, "warmup": 2, "min_time": 0.03, "final_rounds": 4},
+    },
+}
+
+
+def _recipe(tmp_path: Path, name: str = "tiny_search", **search) -> Path:
+    raw = json.loads(json.dumps(TINY))
+    raw["search"].update(search)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _env() -> dict:
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+
+
+# --- bad input, caught before any training -------------------------------------------------------------------
+
+def test_empty_space_is_an_error(tmp_path):
+    from edgekit.search.driver import prepare_search
+
+    with pytest.raises(ConfigError, match=r"search.space is empty"):
+        prepare_search(_recipe(tmp_path, space={}), out_dir=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("path, message", [
+    ("student.temprature", r"stage 'student' \(distill\) has no field 'temprature' \(did you mean 'temperature'\?\)"),
+    ("student.train.epoch", r"has no field 'epoch' \(did you mean 'epochs'\?\)"),
+    ("student.student.widht", r"architecture 'small_cnn' has no argument 'widht' \(did you mean 'width'\?\)"),
+    ("studnet.alpha", r"no stage 'studnet' \(did you mean 'student'\?\)"),
+    ("stages[7].alpha", r"the recipe has 3 stages, no stages\[7\]"),
+])
+def test_unknown_field_gets_did_you_mean(tmp_path, path, message):
+    from edgekit.search.driver import prepare_search
+
+    with pytest.raises(ConfigError, match=message):
+        prepare_search(_recipe(tmp_path, space={path: [1, 2]}), out_dir=tmp_path / "s")
+
+
+def test_values_the_stage_rejects_and_unknown_search_keys(tmp_path):
+    from edgekit.search.driver import prepare_search
+
+    with pytest.raises(ConfigError, match=r"search.space\['student.alpha'\] = 2.0: .*alpha"):
+        prepare_search(_recipe(tmp_path, space={"student.alpha": {"low": 0.5, "high": 2.0}}), out_dir=tmp_path / "s")
+    with pytest.raises(ConfigError, match=r"search.budjet: unknown field \(did you mean 'budget'\?\)"):
+        prepare_search(_recipe(tmp_path, budjet={"trials": 2}), out_dir=tmp_path / "s")
+    with pytest.raises(ConfigError, match=r"unknown strategy 'tpe'; allowed: random, tpe-hyperband"):
+        prepare_search(_recipe(tmp_path, strategy="tpe"), out_dir=tmp_path / "s")
+
+
+def test_dead_ray_address_fails_within_seconds_and_starts_nothing(tmp_path):
+    recipe = _recipe(tmp_path)
+    t0 = time.time()
+    proc = run_cli("search", str(recipe), "--out", str(tmp_path / "s"), "--ray", "127.0.0.1:9")
+    assert proc.returncode == 2, proc.stderr
+    assert "no Ray head answers" in proc.stderr and "Nothing was started" in proc.stderr
+    assert time.time() - t0 < 60  # interpreter start + recipe checks; the probe itself is bounded by 3 s
+    assert not (tmp_path / "s").exists()
+
+
+def test_fidelity_rungs_and_epoch_scaling(tmp_path):
+    from edgekit.pipeline.recipe import validate_recipe
+    from edgekit.search.config import Fidelity
+    from edgekit.search.space import scale_epochs
+
+    assert Fidelity(min_fraction=0.25, reduction_factor=2).fractions() == [0.25, 0.5, 1.0]
+    assert Fidelity(min_fraction=0.1, reduction_factor=3).fractions() == pytest.approx([1 / 9, 1 / 3, 1.0])
+    raw = {k: v for k, v in json.loads(json.dumps(TINY)).items() if k != "search"}
+    raw["stages"][1]["train"]["epochs"] = 8
+    scaled = scale_epochs(raw, validate_recipe(raw), start=1, fraction=0.25)
+    assert scaled["stages"][0]["epochs"] == 2  # the shared teacher keeps its epochs
+    assert scaled["stages"][1]["train"]["epochs"] == 2
+
+
+def test_timing_waits_for_running_compute():
+    from edgekit.search.locks import compute_slot, timing_slot
+
+    events = []
+    lock_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgekit-locks-{os.getpid()}"
+
+    def timer():
+        with timing_slot(lock_dir):
+            events.append("timing")
+
+    with compute_slot(lock_dir):
+        t = threading.Thread(target=timer)
+        t.start()
+        time.sleep(0.3)
+        events.append("compute done")
+    t.join(5)
+    assert events == ["compute done", "timing"]
+
+
+def _row(trial, ratio, acc, feasible=True, fidelity=1.0, state="complete"):
+    return {"trial": trial, "state": state, "fidelity": fidelity, "latency_ratio": ratio, "val_accuracy": acc,
+            "feasible": feasible, "artifact": f"t{trial}.onnx", "excess": {}}
+
+
+def test_pareto_front_keeps_the_fastest_feasible_trial_and_scores_penalise_misses():
+    from edgekit.search.config import SearchConfig
+    from edgekit.search.driver import constraint_excess, score
+    from edgekit.search.results import pareto_rows
+
+    rows = [_row(0, 0.5, 99.0), _row(1, 0.3, 98.0, feasible=False), _row(2, 0.4, 97.0), _row(3, 0.2, 95.0, False),
+            _row(4, 0.1, 99.5, fidelity=0.5, state="pruned")]
+    front = [r["trial"] for r in pareto_rows(rows)]
+    assert front[:3] == [3, 1, 0] and 2 in front and 4 not in front  # 2: dominated only by infeasible trials
+    cfg = SearchConfig(space={"a.b": [1]}, constraints={"max_accuracy_drop": 0.5, "max_size_mb": 1.0})
+    metrics = {"accuracy_drop": 1.5, "latency_ms": 2.0, "size_mb": 0.5, "latency_ratio": 0.4, "val_accuracy": 97.0}
+    excess = constraint_excess(metrics, cfg)
+    assert excess == {"max_accuracy_drop": 1.0, "max_size_mb": -0.5}
+    assert score(metrics, excess, cfg) == pytest.approx(0.8)  # one point over the drop budget doubles the ratio
+    assert score({**metrics, "accuracy_drop": 0.2}, constraint_excess({**metrics, "accuracy_drop": 0.2}, cfg),
+                 cfg) == pytest.approx(0.4)
+
+
+def test_successive_halving_prunes_at_short_fidelity_and_records_constraints(tmp_path):
+    """The strategy loop with a stand-in worker: slow configs stop at the first rung; constraints reach TPE."""
+    import optuna
+
+    from edgekit.search.driver import _run_trial, prepare_search
+    from edgekit.search.strategies import STRATEGIES
+
+    setup = prepare_search(_recipe(tmp_path, space={"student.student.width": [2, 4, 8, 16]},
+                                   fidelity={"min_fraction": 0.25, "reduction_factor": 2}), out_dir=tmp_path / "s")
+    calls = []
+
+    def fake_worker(job):  # wider = slower; accuracy grows with epochs
+        width, frac = job["raw"]["stages"][1]["student"]["width"], job["fraction"]
+        if width == 16:
+            raise ConfigError("macs_target 0.2 is unreachable")  # a point of the space a stage rejects
+        calls.append((width, frac, job["raw"]["stages"][1]["train"]["epochs"]))
+        drop = 40.0 if width == 2 else 10.0 * (1 - frac)
+        return {"val_accuracy": 90.0 - drop, "teacher_val_accuracy": 90.0, "accuracy_drop": drop,
+                "latency_ratio": width / 16, "latency_ms": width / 10, "size_mb": 0.01, "stages": []}
+
+    sampler, pruner, rungs = STRATEGIES.get("tpe-hyperband")(seed=0, trials=12, fidelity=setup.config.fidelity)
+    assert rungs == [0.25, 0.5, 1.0]
+    study = optuna.create_study(sampler=sampler, pruner=pruner)
+    study.optimize(lambda t: _run_trial(t, setup, rungs, fake_worker, 1), n_trials=12)
+    states = [t.state.name for t in study.trials]
+    assert "PRUNED" in states and "COMPLETE" in states
+    assert {e for _, f, e in calls if f == 0.25} == {1} and {e for _, f, e in calls if f == 1.0} == {2}
+    short, full = sum(f == 0.25 for _, f, _ in calls), sum(f == 1.0 for _, f, _ in calls)
+    assert short > full  # some trials stopped after their short fine-tune
+    rejected = [t for t in study.trials if t.params["student.student.width"] == 16]
+    assert rejected and all(t.state.name == "PRUNED" and "unreachable" in t.user_attrs["error"] for t in rejected)
+    width2 = [t for t in study.trials if t.params["student.student.width"] == 2 and t.state.name == "COMPLETE"]
+    for t in width2:  # 40 points over a 60-point budget is still met; the constraint value is recorded
+        assert t.system_attrs and any(v == pytest.approx(-20.0) for v in t.system_attrs.values())
+
+
+# --- real searches on a tiny model ------------------------------------------------------------------------------
+
+def _rows(search_dir: Path) -> list:
+    with open(search_dir / "search.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_search_kill_resume_outputs_and_chosen_recipe(tmp_path):
+    """Killed after its first trial, the search resumes without re-running it and writes every output."""
+    recipe, out = _recipe(tmp_path, budget={"trials": 4}), tmp_path / "s"
+    cmd = [sys.executable, "-m", "edgekit.cli", "--quiet", "search", str(recipe), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "search.csv").is_file() and any(r["state"] in ("complete", "pruned") for r in _rows(out)):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the search ended before it could be killed: " + proc.stderr.read().decode()[-400:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its worker processes, as a killed terminal would
+    proc.wait(30)
+    before = {r["trial"]: r for r in json.loads((out / "search.json").read_text())["trials"]
+              if r["state"] in ("complete", "pruned")}
+    assert before
+    again = run_cli("search", str(recipe), "--out", str(out))
+    assert again.returncode == 2 and "--resume" in again.stderr  # never overwritten
+    resumed = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trials = json.loads((out / "search.json").read_text())["trials"]
+    done = [r for r in trials if r["state"] in ("complete", "pruned")]
+    assert len(done) == 4
+    for number, row in before.items():  # finished trials kept exactly as they were measured
+        assert next(r for r in trials if r["trial"] == number)["rungs"] == row["rungs"]
+    assert sum(r["cached_stages"] for r in done) >= len(done)  # the teacher is built once and shared
+    assert {r["fidelity"] for r in done} <= {0.5, 1.0}
+    for f in ("search.csv", "pareto.md", "pareto.png", "chosen/model.onnx", "chosen/recipe.yaml", "study.db"):
+        assert (out / f).is_file(), f
+    assert "chosen:" in resumed.stdout and "reproduce: edgekit run" in resumed.stdout
+    summary = json.loads((out / "search.json").read_text())
+    chosen = next(r for r in trials if r["trial"] == summary["chosen"]["trial"])
+    plain = yaml.safe_load((out / "chosen" / "recipe.yaml").read_text())
+    assert "search" not in plain
+    assert plain["stages"][1]["student"]["width"] == chosen["params"]["student.student.width"]
+    from edgekit.pipeline.recipe import validate_recipe
+
+    validate_recipe(plain)
+    assert summary["chosen"]["latency_ratio_ci"][0] <= summary["chosen"]["latency_ratio"]
+
+
+@pytest.mark.slow
+def test_unmeetable_constraint_names_closest_trials_and_the_failed_constraint(tmp_path):
+    from edgekit.search import run_search
+
+    recipe = _recipe(tmp_path, constraints={"max_accuracy_drop": 60, "max_size_mb": 0.000001},
+                     budget={"trials": 2}, strategy="random")
+    with pytest.raises(ConfigError) as e:
+        run_search(recipe, out_dir=tmp_path / "s")
+    msg = str(e.value)
+    assert "none of 2 measured trial(s) met" in msg and "closest" in msg
+    assert "failed max_size_mb 1e-06 (got" in msg and "failed max_accuracy_drop" not in msg
+    assert len(_rows(tmp_path / "s")) == 2 and not (tmp_path / "s" / "chosen").exists()
+    with pytest.raises(RunDirectoryError, match="pass --resume"):
+        run_search(recipe, out_dir=tmp_path / "s")
+
+
+@pytest.mark.distributed  # not `slow`: CI runs it wherever ray is installed (the dev extra), ~1 min
+def test_search_on_a_local_ray_cluster(tmp_path):
+    """Head + one worker node on 127.0.0.1, started and shut down here; two trials run as Ray tasks."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep Ray on 127.0.0.1 (read when ray is imported)
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from edgekit.search import run_search
+
+    os.environ["PYTHONPATH"] = _env()["PYTHONPATH"]  # the Ray workers import edgekit from this checkout
+    t0 = time.time()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+                                                            "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        res = run_search(_recipe(tmp_path, budget={"trials": 2}, strategy="random"), out_dir=tmp_path / "s",
+                         ray_address=cluster.address, workers=2)
+    finally:
+        cluster.shutdown()
+    assert len([r for r in res.rows if r["state"] == "complete"]) == 2
+    assert res.chosen_artifact.is_file() and (tmp_path / "s" / "pareto.png").is_file()
+    assert time.time() - t0 < 180
+
+
+def test_ray_error_type_for_bad_address_form():
+    from edgekit.search.executors import check_ray_address
+
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        check_ray_address("localhost")
+    with pytest.raises(BackendUnavailableError, match="no Ray head answers"):
+        check_ray_address("127.0.0.1:9", timeout_s=1)
