@@ -172,8 +172,10 @@ def test_recipe_targets_and_compile_stage(tmp_path):
     for variant in ("reference", "reference-int8-cpu"):
         assert f"| {variant} | ort-cpu |" in md and f"| {variant} | openvino |" in md
     assert "## Backends on the same file (vs ort-cpu)" in md and "| reference-int8-cpu | openvino |" in md
-    # the last variant made for the CPU target, here the IR, heads the openvino line
-    assert any(h.startswith("reference-int8-cpu-ov-int8 on openvino:") for h in result.headline)
+    # one headline line per backend; on this tiny model int8 may lose to fp32, so the line names the fastest that
+    # qualifies, whichever it is
+    ov = [h for h in result.headline if " on openvino: " in h]
+    assert len(ov) == 1 and ov[0].split(" on ")[0] in {"reference", "reference-int8-cpu", compiled[0]["name"]}
     bench = json.loads((result.run_dir / "bench" / "bench.json").read_text())["rows"]
     ir_row = next(r for r in bench if r["model"] == compiled[0]["name"] and r["backend"] == "openvino")
     xml = compiled[0]["artifacts"]["engine"]

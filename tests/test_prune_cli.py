@@ -29,7 +29,7 @@ def test_prune_command_macs_target_round_to_and_compare_scratch(tmp_path, concat
 
 
 def test_prune_command_rejects_compare_scratch_without_data(tmp_path, concat_checkpoint):
-    p = run_cli("prune", str(concat_checkpoint), "--ratio", "0.5", "--compare-scratch", "--out", str(tmp_path / "x"))
+    p = run_cli("prune", str(concat_checkpoint), "--ratio", "0.5", "--compare-scratch", "--out", str(tmp_path / "x.pt"))
     assert p.returncode == 2 and "--compare-scratch" in p.stderr and "Traceback" not in p.stderr
 
 

@@ -6,7 +6,7 @@ by :func:`edgekit.pipeline.recipe.validate_recipe`, so the base recipe stays a p
 Example::
 
     search:
-      objective: {minimize: latency, batch: 1, backend: ort-cpu}
+      objective: {minimize: latency, batch: 1}   # backend: the default ONNX backend on CPU
       constraints: {max_accuracy_drop: 0.5}
       space:
         student.student.width: [0.5, 0.75, 1.0]          # a list: one of these values
@@ -16,19 +16,25 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Annotated, Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edgekit.backends import BACKENDS, default_backend
 from edgekit.errors import ConfigError, InputFileError, format_validation_error
 from edgekit.registry import Registry
+from edgekit.techniques.base import OneOf
 
 # objective name -> (optuna direction of the raw metric, the trial metric it reads)
 OBJECTIVES: Registry[Tuple[str, str]] = Registry("search objective")
 OBJECTIVES.register("latency")(("minimize", "latency_ratio"))
 OBJECTIVES.register("accuracy")(("maximize", "val_accuracy"))
 
+
+
+def _load_backends() -> None:
+    from edgekit.backends import _builtin  # noqa: F401  (fills the registry)
 
 class Objective(BaseModel):
     """What the search optimises: minimise latency (default) or maximise accuracy, at one batch on one backend."""
@@ -38,7 +44,9 @@ class Objective(BaseModel):
     minimize: Optional[str] = Field(None, description="metric to minimise: latency")
     maximize: Optional[str] = Field(None, description="metric to maximise: accuracy")
     batch: int = Field(1, gt=0, description="batch size the latency is measured at")
-    backend: str = Field("ort-cpu", description="backend the artifacts are deployed and timed on")
+    backend: Annotated[str, OneOf(BACKENDS, _load_backends)] = Field(
+        default_factory=lambda: default_backend("onnx", "cpu"),
+        description="backend the artifacts are deployed and timed on (default: the ONNX backend for CPU)")
 
     @field_validator("minimize", "maximize")
     @classmethod

@@ -8,7 +8,8 @@ other worker of the search computes meanwhile; the trial's latency is the median
 baseline's median per-round latency.
 
 Example:
-    >>> m = measure_candidate(built, {"backend": "ort-cpu", "batch": 1, "measure": {...}}, cache_dir, lock_dir)
+    >>> objective = {"backend": default_backend("onnx", "cpu"), "batch": 1, "measure": {...}}
+    >>> m = measure_candidate(built, objective, cache_dir, lock_dir)
     >>> m["latency_ratio"], m["val_accuracy"]
 """
 from __future__ import annotations

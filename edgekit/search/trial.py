@@ -8,7 +8,7 @@ the work (:data:`edgekit.pipeline.stages.STAGES`), so a trial is exactly what ``
 
 Example:
     >>> metrics = run_rung({"raw": raw_recipe, "cache_dir": "search/cache", "lock_dir": "search/locks",
-    ...                     "backend": "ort-cpu", "batch": 1, "measure": {"rounds": 5, ...}})
+    ...                     "backend": default_backend("onnx", "cpu"), "batch": 1, "measure": {"rounds": 5, ...}})
 """
 from __future__ import annotations
 
