@@ -9,27 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edgekit.cli._args import bounded_float, bounded_int
 from edgekit.core.measure.latency import ROUND_STATS
 from edgekit.errors import ConfigError
-
-
-def _positive_int(what: str):
-    def parse(text: str) -> int:
-        if not text.strip().isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"{what} must be a positive integer, got '{text}'")
-        return int(text)
-
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"--min-time must be a positive number of seconds, got '{text}'")
-    return v
 
 
 def add_commands(subparsers) -> argparse.ArgumentParser:
@@ -46,14 +28,16 @@ def add_commands(subparsers) -> argparse.ArgumentParser:
                    help="comma-separated backends, e.g. torch,ort-cpu (default: the default ONNX backend on the CPU, "
                         "ort-cpu); see `edgekit doctor`")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,8,32 (default 1)")
-    p.add_argument("--threads", type=_positive_int("--threads"), default=None,
+    p.add_argument("--threads", type=bounded_int("--threads", 1, 1024), default=None,
                    help="intra-op CPU threads (default: all CPUs this process may use); recorded in the result")
-    p.add_argument("--warmup", type=_positive_int("--warmup"), default=10,
+    p.add_argument("--warmup", type=bounded_int("--warmup", 1, 10_000_000), default=10,
                    help="untimed iterations per case (default 10)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--iters", type=_positive_int("--iters"), default=None, help="timed iterations per case")
-    g.add_argument("--min-time", type=_seconds, default=None, help="minimum timed seconds per case (default 1)")
-    p.add_argument("--rounds", type=_positive_int("--rounds"), default=20,
+    g.add_argument("--iters", type=bounded_int("--iters", 1, 10_000_000), default=None,
+                   help="timed iterations per case")
+    g.add_argument("--min-time", type=bounded_float("--min-time", 0, 1e7), default=None,
+                   help="minimum timed seconds per case (default 1)")
+    p.add_argument("--rounds", type=bounded_int("--rounds", 1, 10_000_000), default=20,
                    help="interleaved rounds, each giving one paired ratio (default 20)")
     p.add_argument("--round-stat", choices=list(ROUND_STATS), default="min",
                    help="per-round latency behind the paired ratios: the block's fastest iteration (default; "

@@ -9,26 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgekit.cli._args import bounded_float, bounded_int
 from edgekit.errors import ConfigError
-
-
-def _positive_int(what: str):
-    def parse(text: str) -> int:
-        if not text.strip().isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"{what} must be a positive integer, got '{text}'")
-        return int(text)
-
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"--wall-time must be a positive number of seconds, got '{text}'")
-    return v
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -50,9 +32,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("recipe", help="a recipe YAML with a search: section")
     p.add_argument("--out", default=None, help="search directory (default: runs/<recipe name>/search)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out: finished trials are kept")
-    p.add_argument("--trials", type=_positive_int("--trials"), default=None, help="override search.budget.trials")
-    p.add_argument("--wall-time", type=_seconds, default=None, help="override search.budget.wall_time_s")
-    p.add_argument("--workers", type=_positive_int("--workers"), default=None,
+    p.add_argument("--trials", type=bounded_int("--trials", 1, 10_000_000), default=None,
+                   help="override search.budget.trials")
+    p.add_argument("--wall-time", type=bounded_float("--wall-time", 0, 1e7), default=None,
+                   help="override search.budget.wall_time_s")
+    p.add_argument("--workers", type=bounded_int("--workers", 1, 10_000_000), default=None,
                    help="trials at once (override search.workers); local processes, or Ray tasks with --ray")
     p.add_argument("--strategy", default=None, help="override search.strategy (tpe-hyperband, random)")
     p.add_argument("--seed", type=int, default=None,
