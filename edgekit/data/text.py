@@ -55,15 +55,22 @@ DOC_TOPIC_GROUPS: Dict[str, Tuple[str, ...]] = {
 }
 
 
+def pydoc_documents() -> Dict[str, str]:
+    """CPython's documentation topics (``pydoc_data.topics``, ~465 KB of English), ``{topic: text}``."""
+    try:
+        import pydoc_data.topics as topics
+    except ImportError:  # some distributions strip it
+        raise InputFileError("this Python has no pydoc_data.topics module; give data.path to a text file") from None
+    return dict(topics.topics)
+
+
 def doc_topic_paragraphs(min_chars: int = 40) -> Tuple[List[str], np.ndarray, List[str]]:
     """``(paragraphs, labels, group names)`` of the documentation-topics set (see module docstring)."""
-    import pydoc_data.topics as topics
-
     group_of = {t: g for g, ts in DOC_TOPIC_GROUPS.items() for t in ts}
     names = list(DOC_TOPIC_GROUPS)
     seen: Dict[str, set] = {}
     order: List[str] = []
-    for topic, text in topics.topics.items():
+    for topic, text in pydoc_documents().items():
         group = group_of.get(topic)
         if group is None:
             continue

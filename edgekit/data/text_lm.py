@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.data.datasets import DATASETS, DataConfig
 from edgekit.data.splits import Split, Splits, split_indices
+from edgekit.data.text import load_tokenizer, pydoc_documents
 from edgekit.errors import ConfigError, InputFileError, validated_config
 
 logger = logging.getLogger(__name__)
@@ -105,15 +106,6 @@ class LMCorpus:
         return self.ids[split]
 
 
-def pydoc_documents() -> Dict[str, str]:
-    """CPython's documentation topics (``pydoc_data.topics``, ~465 KB of English), ``{topic: text}``."""
-    try:
-        import pydoc_data.topics as topics
-    except ImportError:  # some distributions strip it
-        raise InputFileError("this Python has no pydoc_data.topics module; give data.path to a text file") from None
-    return dict(topics.topics)
-
-
 def read_text_documents(path: str | Path) -> Dict[str, str]:
     """A UTF-8 text file as documents (paragraphs separated by blank lines), ``{"doc00000": text, ...}``."""
     p = Path(path)
@@ -151,19 +143,6 @@ def train_bpe(texts: List[str], vocab_size: int = 8000, min_frequency: int = 2):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
     return tok
-
-
-def load_tokenizer(path: str | Path):
-    """A tokenizer saved by :meth:`LMCorpus.save_tokenizer` (``tokenizer.json``)."""
-    from tokenizers import Tokenizer
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputFileError(f"tokenizer file not found: {p}")
-    try:
-        return Tokenizer.from_file(str(p))
-    except Exception as e:  # tokenizers raises a bare Exception on a malformed file
-        raise InputFileError(f"{p}: not a tokenizers JSON file ({str(e)[:160]})") from None
 
 
 def load_lm_corpus(config: LMDataConfig | dict | None = None, seed: int = 0, tokenizer=None) -> LMCorpus:
