@@ -24,7 +24,7 @@ def preflight(recipe: Any, splits: Callable[[], Any]) -> None:
 
     import_plugins(recipe.model.imports)
     problems: List[str] = []
-    _collect(problems, _check_files, recipe)
+    _collect(problems, check_input_files, recipe)
     _collect(problems, _check_backends, recipe)
     problems += _check_variant_names(recipe)
     if not problems:
@@ -49,7 +49,8 @@ def _collect(problems: List[str], check: Callable[..., Any], *args: Any) -> None
         problems.append(str(e))
 
 
-def _check_files(recipe: Any) -> None:
+def check_input_files(recipe: Any) -> None:
+    """The files a recipe names exist and are of the right kind (model checkpoint/ONNX, npz data, calibration)."""
     for key in ("checkpoint", "onnx"):
         p = getattr(recipe.model, key)
         if p:

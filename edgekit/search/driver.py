@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 
 from edgekit._io import read_json, write_json_atomic
 from edgekit.errors import ConfigError, RunDirectoryError
+from edgekit.pipeline.preflight import check_input_files
 from edgekit.search.config import SearchConfig, parse_search_config, split_search_section
 from edgekit.search.space import (
     Dimension,
@@ -70,7 +71,7 @@ def prepare_search(recipe_path: str | Path, out_dir: Optional[str | Path] = None
     ok, reason = probe_backend(cfg.objective.backend)
     if not ok:
         raise ConfigError(f"{source}: search.objective.backend '{cfg.objective.backend}' is unavailable: {reason}")
-    _check_files(recipe)
+    check_input_files(recipe)  # the same file checks as `edgekit run`
     search_dir = Path(out_dir) if out_dir else Path("runs") / recipe.name / "search"
     kept = {k: v for k, v in search_raw.items() if k not in ("budget", "workers")}  # may change on --resume
     fingerprint = hashlib.sha256(json.dumps({"raw": raw, "search": kept}, sort_keys=True,
@@ -92,18 +93,6 @@ def _with_overrides(search_raw: dict, overrides: Dict[str, Any]) -> dict:
         if overrides.get(key) is not None:
             out[key] = overrides[key]
     return out
-
-
-def _check_files(recipe: Any) -> None:
-    from edgekit._io import require_file
-
-    for key in ("checkpoint", "onnx"):
-        if getattr(recipe.model, key):
-            require_file(getattr(recipe.model, key), f"model.{key}")
-    for i, st in enumerate(recipe.stages):
-        calib = getattr(st, "calibration", None)
-        if isinstance(calib, str):
-            require_file(calib, f"stages[{i}].calibration")
 
 
 def _check_search_dir(search_dir: Path, resume: bool, fingerprint: str) -> None:
