@@ -76,3 +76,23 @@ def test_float_baseline_comes_from_the_backend_specs(tmp_path):
     assert float_baseline_backend(["ort-cpu", "torch"], Variant("ref", onnx="r.onnx")) == "ort-cpu"
     assert _baseline_meaning("ref", "torch") == "PyTorch eager fp32 of the reference model"
     assert _baseline_meaning("ref", "ort-cpu") == "ref on ort-cpu: the recipe has no float-baseline target (torch)"
+
+
+def test_pay_off_check_uses_the_alignment_pruning_defaults_to_on_this_cpu(tmp_path, monkeypatch):
+    """24 channels are a multiple of ORT's declared 8 but not of the 16 that AVX-512 kernels block by."""
+    import torch.nn as nn
+
+    import edgekit.core.platform as platform
+    from edgekit.models import create_model
+
+    model = create_model("small_cnn", width=8, depth=2)
+    model[0][0], model[0][1] = nn.Conv2d(3, 24, 3, 1, 1, bias=False), nn.BatchNorm2d(24)
+    model[1][0] = nn.Conv2d(24, 16, 3, 2, 1, bias=False)
+    ckpt = save_checkpoint(model.eval(), tmp_path / "m.pt")
+    v = {"a": Variant("a"), "b": Variant("b", parent="a", checkpoint=str(ckpt))}
+    rows = rows_for("a", "ort-cpu", {1: 1.0}, 1.0, True) + rows_for("b", "ort-cpu", {1: 1.0}, 1.0)
+    real = platform.environment()
+    for flags, flagged in ((["avx2"], False), (["avx2", "avx512f"], True)):
+        monkeypatch.setattr(platform, "environment", lambda f=flags: {**real, "isa_flags": f})
+        causes = " ".join(c for f in step_diagnostics(v, rows) for c in f["causes"])
+        assert ("not multiples of 16" in causes and "0.0:24" in causes) is flagged, causes

@@ -65,13 +65,16 @@ def _step_ratio(parent: dict, child: dict) -> float:
 def _causes(v: Any, parent: Any, backend: str, rows: List[dict], batches: List[int], coverage: Optional[float],
             min_cov: float) -> List[str]:
     from edgekit.backends import backend_spec
+    from edgekit.techniques.prune.config import default_round_to
 
     spec = backend_spec(backend)
     causes = []
-    bad = misaligned_channels(v.checkpoint, spec.channel_alignment)
+    # the alignment pruning defaults to on this machine (16 on AVX-512 CPUs), not only the backend's declared one
+    align, _ = default_round_to(backend)
+    bad = misaligned_channels(v.checkpoint, align)
     if bad:
-        causes.append(f"channel counts not multiples of {spec.channel_alignment}, the alignment {backend}'s kernels "
-                      f"want ({', '.join(bad[:4])}{'…' if len(bad) > 4 else ''})")
+        causes.append(f"channel counts not multiples of {align}, the alignment {backend}'s kernels "
+                      f"want here ({', '.join(bad[:4])}{'…' if len(bad) > 4 else ''})")
     target = v.recorded("target")
     if target and spec.quant_target and target != spec.quant_target:
         causes.append(f"QDQ flavour made for target '{target}' runs on {backend}, which wants target "
