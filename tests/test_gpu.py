@@ -269,3 +269,32 @@ def test_ort_cuda_matches_ort_cpu(tmp_path):
     runner = open_runner(path, backend="ort-cuda")
     assert runner.run_prepared(runner.prepare(x)).device_name().lower() == "cuda"
     np.testing.assert_allclose(runner(x), open_runner(path, backend="ort-cpu")(x), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_trt
+def test_three_input_bert_engine_takes_named_int64_inputs_at_every_sequence_length(tmp_path):
+    """A BERT export (input_ids, attention_mask, token_type_ids: int64[batch, sequence]) builds with one profile
+    for the shared sequence axis (from the position table) and matches ONNX Runtime at two lengths."""
+    from _helpers.hf_models import tiny_bert_dir
+
+    from edgekit.core.tensors import NamedInputs
+    from edgekit.export import export_onnx
+    from edgekit.models.hf import load_hf
+
+    model = load_hf(tiny_bert_dir(tmp_path / "bert"), "sequence-classification").eval()
+    rng = np.random.default_rng(0)
+
+    def batch(n, t):
+        return NamedInputs(input_ids=rng.integers(0, 50, (n, t)).astype(np.int64),
+                           attention_mask=np.ones((n, t), np.int64), token_type_ids=np.zeros((n, t), np.int64))
+
+    path = export_onnx(model, batch(2, 16), tmp_path / "bert.onnx").path
+    runner = open_runner(path, backend="tensorrt", precision="fp32", batch_range=(1, 4, 8),
+                         cache_dir=str(tmp_path / "c"))
+    assert runner.info["profile"]["input_ids"] == {"min": [1, 1], "opt": [4, 64], "max": [8, 64]}
+    ref = open_runner(path, backend="ort-cpu")
+    for n, t in ((1, 8), (4, 64)):
+        x = batch(n, t)
+        np.testing.assert_allclose(runner(x), ref(x), rtol=1e-3, atol=1e-3)

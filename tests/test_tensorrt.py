@@ -97,13 +97,65 @@ def test_static_batch_uses_its_shape_and_rejects_a_conflicting_range():
 
 def test_dynamic_non_batch_dims_need_an_explicit_profile():
     inputs = [("x", [None, 3, None, 32])]
-    with pytest.raises(ConfigError, match=r"dynamic dims \[2\].*explicit profile"):
+    with pytest.raises(ConfigError, match=r"dynamic dim 2 besides the batch.*explicit profile"):
         trt_profile.compute_profile(inputs, (1, 1, 8))
     prof = trt_profile.compute_profile(inputs, {"x": {"min": [1, 3, 16, 32], "opt": [4, 3, 32, 32],
                                                       "max": [8, 3, 64, 32]}})
     assert prof["x"]["opt"] == [4, 3, 32, 32]
     as_tuple = trt_profile.compute_profile(inputs, {"x": ([1, 3, 16, 32], [1, 3, 16, 32], [2, 3, 16, 32])})
     assert as_tuple["x"]["max"][0] == 2
+
+
+BERT_INPUTS = [(n, ["batch", "sequence"]) for n in ("input_ids", "attention_mask", "token_type_ids")]
+
+
+def test_named_axes_get_one_range_shared_by_every_input():
+    prof = trt_profile.compute_profile(BERT_INPUTS, (1, 4, 8), axis_ranges={"sequence": (16, 128, 256)})
+    assert set(prof) == {"attention_mask", "input_ids", "token_type_ids"}
+    for shapes in prof.values():
+        assert shapes == {"min": [1, 16], "opt": [4, 128], "max": [8, 256]}
+
+
+def test_named_axes_without_a_range_and_bad_ranges_are_clear_errors():
+    with pytest.raises(ConfigError, match=r"dim 1 \('sequence'\) besides the batch.*axis_ranges=\{'sequence'"):
+        trt_profile.compute_profile(BERT_INPUTS, (1, 1, 8))
+    with pytest.raises(ConfigError, match=r"axis 'sequense'.*did you mean 'sequence'"):
+        trt_profile.compute_profile(BERT_INPUTS, (1, 1, 8), axis_ranges={"sequense": (1, 8, 8)})
+    with pytest.raises(ConfigError, match=r"axis_ranges\['sequence'\].*min <= opt <= max"):
+        trt_profile.compute_profile(BERT_INPUTS, (1, 1, 8), axis_ranges={"sequence": (64, 8, 128)})
+    explicit = {n: {"min": [1, 8], "opt": [1, 8], "max": [1, 8]} for n, _ in BERT_INPUTS}
+    with pytest.raises(ConfigError, match="either an explicit per-input profile or batch_range with axis_ranges"):
+        trt_profile.compute_profile(BERT_INPUTS, explicit, axis_ranges={"sequence": (1, 8, 8)})
+
+
+def token_onnx(path, max_positions=None):
+    """input_ids, attention_mask: int64[batch, sequence] -> Gather(embedding 50×4) * mask -> y[batch, sequence, 4]."""
+    import numpy as np
+    from _helpers.onnx_models import onnx_model, value_info
+    from onnx import numpy_helper
+
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["e"]),
+             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["m", "ax"], ["m3"]), helper.make_node("Mul", ["e", "m3"], ["y"])]
+    inits = [numpy_helper.from_array(np.ones((50, 4), np.float32), "emb"),
+             numpy_helper.from_array(np.array([2], np.int64), "ax")]
+    inputs = [value_info(n, ["batch", "sequence"], TensorProto.INT64) for n in ("input_ids", "attention_mask")]
+    onnx.save(onnx_model(nodes, inputs, [value_info("y", ["batch", "sequence", 4])], inits), str(path))
+    if max_positions:
+        write_sidecar(path, {"signature": {"inputs": [], "max_positions": max_positions}})
+    return path
+
+
+def test_a_token_model_builds_with_the_sequence_range_of_its_position_table(tmp_path, fake_trt):
+    onnx_path = token_onnx(tmp_path / "tok.onnx", max_positions=64)
+    r = trtx.build_engine(onnx_path, precision="fp16", batch_range=(1, 2, 8), cache_dir=tmp_path / "c")
+    want = {"min": [1, 1], "opt": [2, 64], "max": [8, 64]}
+    assert fake_trt[-1]["profile"] == r.sidecar["profile"] == {"attention_mask": want, "input_ids": want}
+    r = trtx.build_engine(onnx_path, precision="fp16", batch_range=(1, 2, 8), axis_ranges={"sequence": (8, 16, 32)},
+                          cache_dir=tmp_path / "c")
+    assert r.sidecar["profile"]["input_ids"] == {"min": [1, 8], "opt": [2, 16], "max": [8, 32]}
+    with pytest.raises(ConfigError, match=r"'sequence'.*axis_ranges"):  # no position table known: ask for a range
+        trtx.build_engine(token_onnx(tmp_path / "bare.onnx"), precision="fp16", cache_dir=tmp_path / "c")
 
 
 def test_explicit_profile_is_validated():

@@ -28,6 +28,9 @@ class CompileStage(StageConfig):
                                      "(TensorRT fp16; OpenVINO the artifact's own). int8 needs a Q/DQ ONNX")
     sparse_weights: bool = Field(False, description="TensorRT: let it use 2:4 sparse kernels (prune kind: 2:4 first)")
     batch_range: List[int] = Field([1, 1, 32], description="TensorRT: optimisation profile batch sizes [min, opt, max]")
+    axis_ranges: Optional[Dict[str, List[int]]] = Field(
+        None, description="TensorRT: [min, opt, max] of named dynamic axes besides the batch, e.g. {sequence: [16, "
+                          "128, 256]} for a transformer (default for token inputs: 1 to the position table size)")
     workspace_mb: int = Field(2048, gt=0, description="TensorRT: builder workspace limit (MiB)")
     required: bool = Field(False, description="fail the run when the backend is unavailable (else skip this stage)")
 
@@ -36,6 +39,14 @@ class CompileStage(StageConfig):
     def _ordered(cls, v: List[int]) -> List[int]:
         if len(v) != 3 or not (0 < v[0] <= v[1] <= v[2]):
             raise ValueError(f"batch_range must be [min, opt, max] with 0 < min <= opt <= max, got {v}")
+        return v
+
+    @field_validator("axis_ranges")
+    @classmethod
+    def _ordered_axes(cls, v: Optional[Dict[str, List[int]]]) -> Optional[Dict[str, List[int]]]:
+        for axis, r in (v or {}).items():
+            if len(r) != 3 or not (0 < r[0] <= r[1] <= r[2]):
+                raise ValueError(f"axis_ranges.{axis} must be [min, opt, max] with 0 < min <= opt <= max, got {r}")
         return v
 
     @field_validator("backend")

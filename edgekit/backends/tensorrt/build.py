@@ -48,7 +48,7 @@ from edgekit.backends.tensorrt.cache import (
     validate_sidecar,
 )
 from edgekit.backends.tensorrt.profile import BatchRange, BuilderFlags, compute_profile, precision_flags
-from edgekit.core.onnx_graph import graph_inputs, has_qdq
+from edgekit.core.onnx_graph import graph_inputs, has_qdq, onnx_signature, position_rows
 from edgekit.errors import BackendUnavailableError, ConfigError, EngineBuildError
 
 logger = logging.getLogger(__name__)
@@ -148,9 +148,30 @@ def _build_serialized(onnx_path: Path, flags: BuilderFlags, profile: Mapping, wo
     return bytes(serialized)
 
 
+def _named_inputs(onnx_path: Path, batch_range: Optional[BatchRange], axis_ranges: Optional[Mapping[str, Any]]):
+    """``(inputs with symbolic axis names, batch_range, axis_ranges)`` for ``compute_profile``; the token inputs'
+    named axes default to the position table's range."""
+    sig = onnx_signature(onnx_path)
+    if sig is None:  # a dtype a signature can't declare: dynamic dims stay unnamed
+        return [(i.name, i.dims) for i in graph_inputs(onnx_path)], batch_range, axis_ranges
+    inputs = [(i.name, [i.shape[0] if isinstance(i.shape[0], int) else None, *i.shape[1:]]) for i in sig.inputs]
+    ranges = dict(axis_ranges or {})
+    side = read_sidecar(onnx_path) or {}
+    exported = side.get("signature") if isinstance(side.get("signature"), Mapping) else {}
+    # the export's sidecar knows the HF config; a third-party file shows its position table
+    max_positions = sig.max_positions or exported.get("max_positions") or position_rows(onnx_path)
+    if max_positions and not (isinstance(batch_range, Mapping) and not set(batch_range) <= {"min", "opt", "max"}):
+        p = int(max_positions)
+        for name, dims in inputs:
+            for d in dims[1:] if name in sig.token_inputs else ():
+                if isinstance(d, str):
+                    ranges.setdefault(d, (1, min(128, p), p))
+    return inputs, batch_range, ranges or None
+
+
 def build_engine(onnx_path: Union[str, Path], out_path: Union[str, Path, None] = None, *, precision: str = "fp16",
                  sparse_weights: bool = False, batch_range: Optional[BatchRange] = None,
-                 workspace_mb: int = DEFAULT_WORKSPACE_MB, timing_cache: Union[str, Path, None] = None,
+                 axis_ranges: Optional[Mapping[str, Any]] = None, workspace_mb: int = DEFAULT_WORKSPACE_MB, timing_cache: Union[str, Path, None] = None,
                  cache_dir: Union[str, Path, None] = None) -> EngineResult:
     """Build (or reuse) a TensorRT engine for an ONNX model.
 
@@ -165,6 +186,9 @@ def build_engine(onnx_path: Union[str, Path], out_path: Union[str, Path, None] =
         precision: "fp32", "fp16" or "int8" (int8 needs Q/DQ nodes: implicit calibration is deprecated).
         sparse_weights: allow 2:4 structured-sparse kernels (BuilderFlag.SPARSE_WEIGHTS).
         batch_range: ``(min, opt, max)`` batch or explicit profile, see ``compute_profile``.
+        axis_ranges: ``{axis: (min, opt, max)}`` for named dynamic axes besides the batch (``sequence`` of a
+            transformer export); a token input's axes default to ``(1, min(128, P), P)`` with P the model's
+            position-table size when the graph shows it.
         workspace_mb: builder workspace memory pool limit.
         timing_cache: timing cache file loaded before and saved (atomically) after the build; None = one
             per TensorRT version and GPU inside ``cache_dir``.
@@ -180,7 +204,7 @@ def build_engine(onnx_path: Union[str, Path], out_path: Union[str, Path, None] =
         raise ConfigError(f"workspace_mb must be a positive integer (MiB), got {workspace_mb!r}")
     if precision == "int8" and not has_qdq(onnx_path):
         raise ConfigError(f"{onnx_path}: {INT8_NEEDS_QDQ}")
-    profile = compute_profile([(i.name, i.dims) for i in graph_inputs(onnx_path)], batch_range)
+    profile = compute_profile(*_named_inputs(onnx_path, batch_range, axis_ranges))
     identity = current_identity()
     onnx_sha = sha256_file(onnx_path)
     key = engine_cache_key(onnx_sha, identity["tensorrt_version"], identity["gpu_name"],

@@ -113,7 +113,8 @@ class TensorRTRunner(Runner):
         for name, tensor in feeds.items():
             if not ctx.set_input_shape(name, tuple(tensor.shape)):
                 raise ShapeError(f"input '{name}' shape {list(tensor.shape)} is outside the engine's "
-                                 f"optimisation profile {self.info.get('profile')}; rebuild with a wider batch_range")
+                                 f"optimisation profile {self.info.get('profile')}; rebuild with a wider batch_range "
+                                 "(or axis_ranges for a sequence axis)")
             ctx.set_tensor_address(name, tensor.data_ptr())
         outs = []
         with self._on_stream():
@@ -184,7 +185,7 @@ def _open_tensorrt(artifact: Any, threads: Optional[int] = None, precision: Opti
     from edgekit.backends.tensorrt.build import build_engine
     from edgekit.core.onnx_graph import has_qdq
 
-    allowed = {"out_path", "sparse_weights", "batch_range", "workspace_mb", "timing_cache", "cache_dir"}
+    allowed = {"out_path", "sparse_weights", "batch_range", "axis_ranges", "workspace_mb", "timing_cache", "cache_dir"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigError(f"unknown tensorrt option(s) {unknown}; allowed: precision, {', '.join(sorted(allowed))}")
@@ -206,7 +207,7 @@ def compile_engine(onnx_path: Any, out_dir: Any, *, precision: str = "fp16", **o
     """The backend's ``compile`` hook: build (or reuse) an engine in ``out_dir``; returns its path.
 
     ``precision`` fp32/fp16/int8 (int8 needs Q/DQ ONNX); other options as ``build_engine`` (sparse_weights,
-    batch_range, workspace_mb, timing_cache, cache_dir). The engine's sidecar records precision, TensorRT
+    batch_range, axis_ranges, workspace_mb, timing_cache, cache_dir). The engine's sidecar records precision, TensorRT
     version, GPU, cache key and build time.
 
     Example:
@@ -215,7 +216,7 @@ def compile_engine(onnx_path: Any, out_dir: Any, *, precision: str = "fp16", **o
     """
     from edgekit.backends.tensorrt.build import build_engine
 
-    allowed = {"sparse_weights", "batch_range", "workspace_mb", "timing_cache", "cache_dir"}
+    allowed = {"sparse_weights", "batch_range", "axis_ranges", "workspace_mb", "timing_cache", "cache_dir"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigError(f"unknown tensorrt compile option(s) {unknown}; allowed: precision, "
