@@ -171,7 +171,8 @@ def _named_inputs(onnx_path: Path, batch_range: Optional[BatchRange], axis_range
 
 def build_engine(onnx_path: Union[str, Path], out_path: Union[str, Path, None] = None, *, precision: str = "fp16",
                  sparse_weights: bool = False, batch_range: Optional[BatchRange] = None,
-                 axis_ranges: Optional[Mapping[str, Any]] = None, workspace_mb: int = DEFAULT_WORKSPACE_MB, timing_cache: Union[str, Path, None] = None,
+                 axis_ranges: Optional[Mapping[str, Any]] = None, workspace_mb: int = DEFAULT_WORKSPACE_MB,
+                 timing_cache: Union[str, Path, None] = None,
                  cache_dir: Union[str, Path, None] = None) -> EngineResult:
     """Build (or reuse) a TensorRT engine for an ONNX model.
 

@@ -160,4 +160,5 @@ def compute_profile(inputs: Sequence[Tuple[str, Sequence[Dim]]], batch_range: Op
     return dict(sorted(profile.items()))
 
 
-__all__ = ["BatchRange", "Dim", "BuilderFlags", "DEFAULT_BATCH_RANGE", "PRECISIONS", "compute_profile", "precision_flags"]
+__all__ = ["BatchRange", "BuilderFlags", "DEFAULT_BATCH_RANGE", "Dim", "PRECISIONS", "compute_profile",
+           "precision_flags"]
