@@ -153,3 +153,31 @@ def test_tokenizer_larger_than_the_models_vocabulary_is_refused(tmp_path):
     tiny_bert_dir(tmp_path / "short", vocab_size=long.vocab_size, num_classes=5)
     with pytest.raises(ShapeError, match="sequence length 80, longer than the model's 64 positions"):
         build_module(ModelSource(hf=str(tmp_path / "short")), long)
+
+
+def test_a_text_run_keeps_its_tokenizer_and_is_bound_to_the_users_model_directory(tmp_path):
+    """The run directory holds the tokenizer the model was trained with; new weights in the user's model
+    directory change every stage key (the stage is not silently reused) and the manifest records the digest."""
+    from edgekit.data import load_data
+    from edgekit.pipeline import run_recipe
+    from edgekit.pipeline.recipe import validate_recipe
+    from edgekit.pipeline.runner import stage_key
+
+    vocab = load_data({"name": "doc_topics", "max_length": 16}, seed=0).vocab_size
+    bert = tiny_bert_dir(tmp_path / "bert", vocab_size=vocab, num_classes=5)
+    recipe = validate_recipe({
+        "name": "tiny_text", "seed": 0, "threads": 1,
+        "model": {"hf": str(bert), "task": "sequence-classification"},
+        "data": {"name": "doc_topics", "max_length": 16},
+        "stages": [{"type": "train", "name": "reference", "epochs": 1, "optimizer": "adamw", "lr": 1e-4}]})
+    result = run_recipe(recipe, runs_dir=tmp_path / "runs", name="a", report=False)
+    saved = result.run_dir / "tokenizer.json"
+    splits = load_data({"name": "doc_topics", "max_length": 16}, seed=0)
+    assert saved.read_text() == splits.tokenizer.to_str()
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["inputs"]["model.hf"].startswith(f"{bert} sha256:") and manifest["tokenizer"].startswith(
+        "tokenizer.json sha256:")
+    before = stage_key(0, recipe.stages[0], recipe, {})
+    weights = next(p for p in bert.iterdir() if p.suffix in (".safetensors", ".bin"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    assert stage_key(0, recipe.stages[0], recipe, {}) != before

@@ -116,7 +116,30 @@ def _input_files(recipe: Any) -> Dict[str, str]:
         calib = getattr(st, "calibration", None)
         if isinstance(calib, str) and Path(calib).is_file():
             files[f"stages[{i}].calibration"] = calib
-    return {k: f"{v} sha256:{sha256_file(v)}" for k, v in files.items()}
+    out = {k: f"{v} sha256:{sha256_file(v)}" for k, v in files.items()}
+    tok = getattr(recipe.data, "tokenizer", None)
+    for key, path in (("model.hf", _users_hf_dir(recipe)), ("data.tokenizer", tok)):
+        if path and Path(path).is_dir():
+            out[key] = f"{path} sha256:{directory_digest(path)}"
+        elif path and Path(path).is_file():
+            out[key] = f"{path} sha256:{sha256_file(path)}"
+    return out
+
+
+def _users_hf_dir(recipe: Any) -> Optional[str]:
+    """``model.hf`` when it is the user's own directory; one edgekit creates from ``model.config`` is derived from
+    the recipe (already in every stage key) and may not exist yet."""
+    hf = getattr(recipe.model, "hf", None)
+    return hf if hf and not getattr(recipe.model, "config", None) else None
+
+
+def directory_digest(path: str | Path) -> str:
+    """sha256 over the relative names and contents of every file under ``path`` (a saved Hugging Face model)."""
+    h = hashlib.sha256()
+    root = Path(path)
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(f"{f.relative_to(root).as_posix()}:{sha256_file(f)}\n".encode())
+    return h.hexdigest()
 
 
 def stage_key(index: int, cfg: Any, recipe: Any, variants: Dict[str, Variant],
@@ -131,6 +154,11 @@ def stage_key(index: int, cfg: Any, recipe: Any, variants: Dict[str, Variant],
     h.update(json.dumps({"i": index, "stage": cfg.model_dump(mode="json"), "seed": recipe.seed,
                          "data": recipe.data.model_dump(mode="json"), "model": recipe.model.model_dump(mode="json"),
                          "threads": recipe.threads}, sort_keys=True).encode())
+    hf = _users_hf_dir(recipe)
+    if hf and Path(hf).is_dir():  # new weights in the user's model directory invalidate every stage
+        if f"dir:{hf}" not in digests:
+            digests[f"dir:{hf}"] = directory_digest(hf)
+        h.update(f"model.hf:{digests[f'dir:{hf}']}".encode())
     for v in variants.values():
         for kind, path in sorted(v.artifacts().items()):
             if path not in digests:
@@ -243,6 +271,7 @@ def _run_stages_and_report(recipe: Any, run_dir: Path, splits: Callable[[], Any]
                                    "produced": [v.name for v in out.variants]})
         manifest["variants"] = {n: v.to_dict() for n, v in variants.items()}
         write_json_atomic(run_dir / "manifest.json", manifest)
+    _save_tokenizer(run_dir, splits, manifest)
     result = RunResult(run_dir, variants, manifest)
     check_benchmark_variants(recipe, list(variants))
     if report:
@@ -252,6 +281,18 @@ def _run_stages_and_report(recipe: Any, run_dir: Path, splits: Callable[[], Any]
     manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json_atomic(run_dir / "manifest.json", manifest)
     return result
+
+
+def _save_tokenizer(run_dir: Path, splits: Callable[[], Any], manifest: dict) -> None:
+    """Text data: the tokenizer the run's models were trained with (``tokenizer.json``), so the run's
+    artifacts can be fed new text without the recipe."""
+    tok = getattr(splits(), "tokenizer", None)
+    if tok is None:
+        return
+    path = run_dir / "tokenizer.json"
+    write_text_atomic(path, tok.to_str())
+    manifest["tokenizer"] = f"{path.name} sha256:{sha256_file(path)}"
+    write_json_atomic(run_dir / "manifest.json", manifest)
 
 
 def _lazy_splits(recipe: Any) -> Callable[[], Any]:
