@@ -51,7 +51,7 @@ def test_int8_slower_than_parent_at_batch_8_is_flagged_and_never_the_headline():
     flags = variant_flags(chosen, rows, labelled=True, num_classes=10)
     assert any("slower than its float parent pruned on ort-cpu at batch 8" in f for f in flags["pruned-int8"])
     assert not any("batch 1" in f for f in flags["pruned-int8"])  # it did pay off at batch 1
-    headline = _headline(chosen, rows, "ort-cpu", True, flags, [])
+    headline, _ = _headline(chosen, rows, "ort-cpu", True, flags, [])
     assert len(headline) == 1 and headline[0].startswith("pruned on ort-cpu: 1.80× [95% CI")
     assert "pruned-int8" not in headline[0]
 
@@ -62,18 +62,38 @@ def test_collapsed_and_chance_variants_never_headline():
     assert any("65.0 pt below the baseline" in f for f in flags["collapsed-int8"])
     assert any("at chance" in f for f in flags["chance"])
     assert flags["pruned"] == [] and flags["ref"] == []
-    headline = _headline(chosen, rows, "ort-cpu", True, flags, [])
+    headline, _ = _headline(chosen, rows, "ort-cpu", True, flags, [])
     assert not any("collapsed" in h or "chance" in h for h in headline)
     only_bad = [chosen[0], chosen[3]]
     bad_rows = [r for r in rows if r["model"] in ("ref", "collapsed-int8")]
-    (line,) = _headline(only_bad, bad_rows, "ort-cpu", True, variant_flags(only_bad, bad_rows, True, 10), [])
-    assert line.startswith("no variant qualifies on ort-cpu") and "65.0 pt" in line
+    (line,), qualified = _headline(only_bad, bad_rows, "ort-cpu", True, variant_flags(only_bad, bad_rows, True, 10),
+                                   [])
+    assert line.startswith("no variant qualifies on ort-cpu") and "65.0 pt" in line and qualified == {"ort-cpu": None}
+
+
+def test_the_recipes_accuracy_budget_and_speed_gate_decide_what_qualifies():
+    from edgekit.pipeline.report import gate_failures
+
+    chosen, rows, bench = _run()
+    strict = variant_flags(chosen, rows, labelled=True, num_classes=10, max_drop=0.4)
+    assert any("0.5 pt below the baseline (allowed 0.4)" in f for f in strict["pruned"])
+    (line,), qualified = _headline(chosen, rows, "ort-cpu", True, strict, [])
+    assert line.startswith("no variant qualifies on ort-cpu") and qualified == {"ort-cpu": None}
+    gate = gate_failures(rows, {1: 2.0, 8: 1.5})
+    assert gate[("pruned", "ort-cpu")] == ["1.80× at batch 1, below the gate's 2×"]
+    assert ("pruned-int8", "ort-cpu") in gate and ("collapsed-int8", "ort-cpu") not in gate
+    flags = variant_flags(chosen, rows, labelled=True, num_classes=10)
+    (line,), qualified = _headline(chosen, rows, "ort-cpu", True, flags, [], gate)
+    assert qualified == {"ort-cpu": None} and "pruned: 1.80× at batch 1, below the gate's 2×" in line
+    assert gate_failures(rows, {32: 1.0})[("pruned", "ort-cpu")] == ["no speed-up measured at batch 32 (gate 1×)"]
+    _, qualified = _headline(chosen, rows, "ort-cpu", True, flags, [], gate_failures(rows, {8: 1.5}))
+    assert qualified == {"ort-cpu": "pruned"}
 
 
 def test_report_markdown_shows_cis_flags_and_every_batch(tmp_path):
     chosen, rows, bench = _run()
     flags = variant_flags(chosen, rows, labelled=True, num_classes=10)
-    headline = _headline(chosen, rows, "ort-cpu", True, flags, [])
+    headline, _ = _headline(chosen, rows, "ort-cpu", True, flags, [])
     recipe = SimpleNamespace(name="t", description="", report=SimpleNamespace(min_speedup=1.1, min_int8_coverage=0.8))
     md = _markdown(recipe, chosen, bench, "ort-cpu", [], [], [], headline, True, tmp_path, [], flags, [])
     assert "| pruned-int8 | pruned | ort-cpu | 8 | 0.63× [" in md and "| **no** |" in md  # every batch checked
@@ -93,7 +113,7 @@ def test_disturbed_timing_warns_in_report_and_headline(case, tmp_path):
     warnings = timing_warnings(bench, rows)
     assert len(warnings) == 1 and needle in warnings[0]
     flags = variant_flags(chosen, rows, labelled=True, num_classes=10)
-    headline = _headline(chosen, rows, "ort-cpu", True, flags, warnings)
+    headline, _ = _headline(chosen, rows, "ort-cpu", True, flags, warnings)
     assert needle in headline[0]
     recipe = SimpleNamespace(name="t", description="", report=SimpleNamespace(min_speedup=1.1, min_int8_coverage=0.8))
     md = _markdown(recipe, chosen, bench, "ort-cpu", [], [], [], headline, True, tmp_path, [], flags, warnings)

@@ -15,8 +15,9 @@ from typing import List, Optional
 
 from edgekit._log import configure_cli_logging
 from edgekit.cli._args import Parser, bounded_int
-from edgekit.errors import EdgekitError, as_edgekit_error
+from edgekit.errors import ConfigError, EdgekitError, as_edgekit_error
 
+GATE_FAILED = 3  # `run --gate` found nothing to ship (2 is a user error)
 # modules that add their own sub-commands with add_commands(subparsers)
 _COMMAND_MODULES = ["edgekit.cli.bench", "edgekit.cli.doctor", "edgekit.cli.compress", "edgekit.cli.search"]
 
@@ -28,6 +29,8 @@ def _cmd_run(args) -> int:
 
     if args.name is not None:
         check_run_name(args.name, "--name")
+    if args.gate and args.no_report:
+        raise ConfigError("--gate decides from the benchmark report; it cannot go with --no-report")
     recipe = load_recipe(args.recipe)
     result = run_recipe(recipe, recipe_path=args.recipe, runs_dir=args.runs_dir, name=args.name, resume=args.resume,
                         report=not args.no_report, rerun_changed=args.rerun_changed)
@@ -36,6 +39,13 @@ def _cmd_run(args) -> int:
         print(f"report: {result.report}")
     for line in result.headline:
         print(line)
+    if args.gate:
+        qualified = result.manifest.get("report", {}).get("qualified", {})
+        if not any(qualified.values()):
+            print("edgekit: gate: no variant qualifies on any target (accuracy budget report.max_accuracy_drop, "
+                  "speed gate report.gate_speedup, INT8 never slower than its parent); see the report", file=sys.stderr)
+            return GATE_FAILED
+        print("gate: passed (" + ", ".join(f"{b}: {v}" for b, v in qualified.items() if v) + ")")
     return 0
 
 
@@ -125,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --resume: copy the earlier run's finished stages into a NEW run and run the changed "
                         "stages there (the earlier run is never modified)")
     r.add_argument("--no-report", action="store_true", help="run the stages only")
+    r.add_argument("--gate", action="store_true",
+                   help=f"exit {GATE_FAILED} when no variant qualifies on any target (for CI): within the recipe's "
+                        "report.max_accuracy_drop, at report.gate_speedup, INT8 never slower than its parent")
     r.set_defaults(func=_cmd_run)
 
     rec = sub.add_parser("recipe", help="recipe tools").add_subparsers(dest="recipe_cmd", metavar="ACTION")

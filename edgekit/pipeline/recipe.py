@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Dict, List, Optional, Tuple, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from edgekit.backends import BACKENDS, default_backend
 from edgekit.core.safe_yaml import load_yaml
@@ -96,6 +96,20 @@ class ReportSettings(BaseModel):
     plots: bool = Field(True, description="write PNG plots next to report.md")
     min_speedup: float = Field(1.1, gt=0, description="a step faster than its parent by less than this is flagged")
     min_int8_coverage: float = Field(0.8, ge=0, le=1, description="int8 MAC fraction below this is flagged")
+    max_accuracy_drop: float = Field(5.0, ge=0, description="ship gate: a variant more than this many accuracy "
+                                     "points below the float baseline does not qualify (headline, --gate)")
+    gate_speedup: Dict[int, float] = Field(
+        default_factory=dict, description="ship gate: {batch: speed-up} a variant must reach over the float "
+                                          "baseline at each listed batch to qualify on a backend, e.g. "
+                                          "{1: 2.0, 8: 1.5}")
+
+    @field_validator("gate_speedup")
+    @classmethod
+    def _positive_gate(cls, v: Dict[int, float]) -> Dict[int, float]:
+        bad = {b: s for b, s in v.items() if b < 1 or s <= 0}
+        if bad:
+            raise ValueError(f"gate_speedup needs positive batch sizes and speed-ups, got {bad}")
+        return v
 
 
 _BASE_FIELDS = {

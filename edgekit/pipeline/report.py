@@ -57,9 +57,10 @@ def benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Variant
                                 recipe.report.min_int8_coverage)
     parity = artifact_parity({v.name: v for v in chosen}, s.test.x, s.test.y if s.labelled else None, backends,
                              recipe.threads)
-    flags = variant_flags(chosen, rows, s.labelled, getattr(s, "num_classes", None))
+    flags = variant_flags(chosen, rows, s.labelled, getattr(s, "num_classes", None), recipe.report.max_accuracy_drop)
+    gate = gate_failures(rows, recipe.report.gate_speedup)
     warnings = timing_warnings(bench, rows)
-    headline = _headline(chosen, rows, base_backend, s.labelled, flags, warnings)
+    headline, qualified = _headline(chosen, rows, base_backend, s.labelled, flags, warnings, gate)
     pairs = backend_pairs(rows)
     report = {"schema": REPORT_SCHEMA, "recipe": recipe.name, "description": recipe.description,
               "baseline": {"variant": chosen[0].name, "backend": base_backend,
@@ -67,6 +68,9 @@ def benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Variant
               "variants": [_variant_summary(v) for v in chosen], "benchmark": bench.to_dict(),
               "skipped_targets": skipped + bench.skipped, "diagnostics": findings, "parity": parity,
               "backend_pairs": pairs, "headline": headline, "flags": flags, "warnings": warnings,
+              "gate": {"max_accuracy_drop": recipe.report.max_accuracy_drop,
+                       "gate_speedup": dict(recipe.report.gate_speedup), "qualified": qualified,
+                       "below_speed_gate": {f"{m} on {b}": why for (m, b), why in gate.items()}},
               "speedup_ci": [{"model": r["model"], "backend": r["backend"], "batch": r["batch"], "level": CI_LEVEL,
                               "ci": ratio_ci(r.get("speedup_rounds"))} for r in rows if not r.get("baseline")],
               "step_ratios": _all_steps(chosen, rows), "stages": manifest.get("stages", [])}
@@ -74,7 +78,8 @@ def benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Variant
     md = _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, headline, s.labelled, run_dir,
                    pairs, flags, warnings)
     path = write_text_atomic(run_dir / "report.md", md)
-    manifest["report"] = {"markdown": str(path), "json": str(run_dir / "report.json"), "headline": headline}
+    manifest["report"] = {"markdown": str(path), "json": str(run_dir / "report.json"), "headline": headline,
+                          "qualified": qualified}
     return path, headline
 
 
@@ -123,7 +128,6 @@ def final_variant(chosen: List[Variant], backend: str) -> Variant:
 
 # -- honesty checks: confidence intervals, failed measurements, which variants qualify for the headline -------------
 CI_LEVEL = 0.95
-MAX_ACCURACY_DROP = 5.0  # points below the baseline beyond which a variant never headlines
 NOISY_BASELINE = 1.5  # baseline p50 / min above this: its timing is dominated by interference
 
 
@@ -201,9 +205,9 @@ def step_ratios(rows: List[dict], child: str, parent: str) -> List[dict]:
 
 
 def variant_flags(chosen: List[Variant], rows: List[dict], labelled: bool, num_classes: Optional[int],
-                  max_drop: float = MAX_ACCURACY_DROP) -> Dict[str, List[str]]:
+                  max_drop: float = 5.0) -> Dict[str, List[str]]:
     """{variant: [reasons it must not headline]}: INT8 slower than its float parent at some backend and batch, an
-    accuracy drop beyond ``max_drop`` points, accuracy at chance."""
+    accuracy drop beyond ``max_drop`` points (the recipe's ``report.max_accuracy_drop``), accuracy at chance."""
     names = {v.name: v for v in chosen}
     base = next((r for r in rows if r.get("baseline")), None)
     flags: Dict[str, List[str]] = {v.name: [] for v in chosen}
@@ -225,6 +229,23 @@ def variant_flags(chosen: List[Variant], rows: List[dict], labelled: bool, num_c
             flags[v.name].append(f"accuracy {acc:.1f}% is at chance ({100.0 / num_classes:.1f}% for "
                                  f"{num_classes} classes): the model did not learn")
     return flags
+
+
+def gate_failures(rows: List[dict], gate_speedup: Dict[int, float]) -> Dict[Tuple[str, str], List[str]]:
+    """{(variant, backend): [why]} for variants below the recipe's per-batch speed-up gate over the float baseline
+    on that backend (a batch that was not benchmarked fails the gate: it was asked for)."""
+    out: Dict[Tuple[str, str], List[str]] = {}
+    if not gate_speedup:
+        return out
+    for m, backend in dict.fromkeys((r["model"], r["backend"]) for r in rows if not r.get("baseline")):
+        by_batch = {r["batch"]: r for r in rows if r["model"] == m and r["backend"] == backend}
+        for b, need in sorted(gate_speedup.items()):
+            got = by_batch.get(b, {}).get("speedup")
+            if got is None:
+                out.setdefault((m, backend), []).append(f"no speed-up measured at batch {b} (gate {need:g}×)")
+            elif got < need:
+                out.setdefault((m, backend), []).append(f"{got:.2f}× at batch {b}, below the gate's {need:g}×")
+    return out
 
 
 def timing_warnings(bench: Any, rows: List[dict]) -> List[str]:
@@ -251,11 +272,15 @@ def _made_for(v: Variant, backend: str) -> bool:
 
 
 def _headline(chosen: List[Variant], rows: List[dict], base_backend: str, labelled: bool,
-              flags: Dict[str, List[str]], warnings: List[str]) -> List[str]:
+              flags: Dict[str, List[str]], warnings: List[str],
+              gate: Optional[Dict[Tuple[str, str], List[str]]] = None) -> Tuple[List[str], Dict[str, Optional[str]]]:
     """Per backend, the fastest variant (made for it) that qualifies -- never one flagged by
-    :func:`variant_flags` -- with its CI; a line saying so when none qualifies; timing warnings first."""
+    :func:`variant_flags` nor below the speed gate (:func:`gate_failures`) -- with its CI; a line saying so when
+    none qualifies; timing warnings first. Also returns ``{backend: qualifying variant or None}``."""
+    gate = gate or {}
+    qualified: Dict[str, Optional[str]] = {}
     if not rows:
-        return list(warnings)
+        return list(warnings), qualified
     b0 = min(r["batch"] for r in rows)
     base = next((r for r in rows if r.get("baseline") and r["batch"] == b0), None)
     names = {v.name: v for v in chosen}
@@ -263,20 +288,23 @@ def _headline(chosen: List[Variant], rows: List[dict], base_backend: str, labell
     for backend in dict.fromkeys(r["backend"] for r in rows):
         cands = [r for r in rows if r["backend"] == backend and r["batch"] == b0 and not r.get("baseline")
                  and r.get("speedup") is not None and r["model"] in names and _made_for(names[r["model"]], backend)]
-        ok = [r for r in cands if not flags.get(r["model"])]
+        reasons = {r["model"]: flags.get(r["model"], []) + gate.get((r["model"], backend), []) for r in cands}
+        ok = [r for r in cands if not reasons[r["model"]]]
         if base is None or not cands:
             continue
         if not ok:
-            why = "; ".join(f"{r['model']}: {flags[r['model']][0]}" for r in cands)
+            qualified[backend] = None
+            why = "; ".join(f"{r['model']}: {reasons[r['model']][0]}" for r in cands)
             lines.append(f"no variant qualifies on {backend} ({why})")
             continue
         r = max(ok, key=lambda x: x["speedup"])
+        qualified[backend] = r["model"]
         acc = ""
         if labelled and r.get("accuracy") is not None and base.get("accuracy") is not None:
             acc = f", {r['accuracy'] - base['accuracy']:+.1f} pt accuracy ({r['accuracy']:.1f}%)"
         lines.append(f"{r['model']} on {backend}: {format_speedup_ci(r)} faster than the float baseline "
                      f"({base['model']} on {base_backend}) at batch {r['batch']}{acc}")
-    return lines
+    return lines, qualified
 
 
 def _pairs_section(chosen: List[Variant], pairs: List[dict]) -> List[str]:
