@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 from pathlib import Path
 from typing import Dict, List
 
@@ -131,12 +132,23 @@ def to_markdown(res: dict) -> str:
     return "\n".join(out)
 
 
+def run(ctx) -> str:
+    """The ``benchmarks/run_all.py`` interface."""
+    res = measure("quick" if ctx.quick else "full")
+    write_json_atomic(Path(ctx.results_dir) / "kd_grid.json", res)
+    return to_markdown(res)
+
+
 def main(argv: List[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seeds", type=int)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--from-json", type=Path, help="re-render the markdown from a saved results file")
     a = p.parse_args(argv)
+    if a.from_json:
+        print(to_markdown(json.loads(a.from_json.read_text())))
+        return 0
     res = measure("quick" if a.quick else "full", a.seeds)
     write_json_atomic(a.out, res)
     print(to_markdown(res))

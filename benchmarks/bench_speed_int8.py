@@ -18,6 +18,7 @@ Raw figures go to ``benchmarks/results/speed_int8.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from typing import Dict, List
@@ -111,10 +112,18 @@ def to_markdown(res: dict) -> str:
            "| artifact | test % | batch 1 | batch 8 | batch 32 |", "|---|---|---|---|---|"]
     for k, r in res["rows"].items():
         lat = r["latency"]
-        out.append(f"| {k} | {r['test_accuracy']:.1f} | " + " | ".join(_cell(lat[b]) for b in BATCHES) + " |")
+        cells = (_cell(lat[b] if b in lat else lat[str(b)]) for b in BATCHES)  # str keys after a JSON round trip
+        out.append(f"| {k} | {r['test_accuracy']:.1f} | " + " | ".join(cells) + " |")
     out += ["", f"Default policy chosen: **{res['default_policy']}**; kept float for speed: "
             f"{', '.join(res['float_nodes']) or 'none'}.", ""]
     return "\n".join(out)
+
+
+def run(ctx) -> str:
+    """The ``benchmarks/run_all.py`` interface."""
+    res = measure("quick" if ctx.quick else "full")
+    write_json_atomic(Path(ctx.results_dir) / "speed_int8.json", res)
+    return to_markdown(res)
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -122,7 +131,11 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--from-json", type=Path, help="re-render the markdown from a saved results file")
     a = p.parse_args(argv)
+    if a.from_json:
+        print(to_markdown(json.loads(a.from_json.read_text())))
+        return 0
     res = measure("quick" if a.quick else "full", a.threads)
     write_json_atomic(a.out, res)
     print(to_markdown(res))

@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # One entry per script, in document order (issue 3 reference, 4 distillation, 5 pruning, 6 quantisation,
-# 12 backends on the same files).
-SECTIONS = ["bench_reference", "bench_distill", "bench_prune", "bench_quantize", "bench_backends", "bench_rnn"]
+# 12 backends on the same files, 19 recurrent nets, 14 concat pruning / speed-aware INT8 / KD defaults).
+SECTIONS = ["bench_reference", "bench_distill", "bench_prune", "bench_quantize", "bench_backends", "bench_rnn",
+            "bench_prune_concat", "bench_speed_int8", "bench_kd_grid"]
 
 HEADER = """# edgekit benchmarks
 
