@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import traceback
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -61,10 +61,13 @@ def user_frame(tb) -> str:
     return f" at {os.path.basename(f.filename)}:{f.lineno} in {f.name}(): `{(f.line or '').strip()}`"
 
 
-def forward_error(model: nn.Module, example: torch.Tensor, what: str) -> Optional[str]:
+def forward_error(model: nn.Module, example: Any, what: str) -> Optional[str]:
+    """Why ``model`` cannot run ``example`` (one tensor or named tensors), located in user code; None if it runs."""
+    from edgekit.core.tensors import call_module
+
     try:
         with torch.no_grad():
-            model.eval()(example)
+            call_module(model.eval(), example)
     except Exception as e:  # noqa: BLE001 - any failure of user code is reported with its location
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         return f"{what}: {type(e).__name__}{user_frame(e.__traceback__)}: {msg}"
@@ -180,9 +183,15 @@ def group_importance(model: nn.Module, dg, groups: List[Group], importance, clas
     return out
 
 
-def count(model: nn.Module, example: torch.Tensor) -> Tuple[int, int]:
-    """(MACs, params) at batch 1, counted by ``torch_pruning.utils.count_ops_and_params``."""
+def count(model: nn.Module, example: Any) -> Tuple[int, int]:
+    """(MACs, params) at batch 1, counted by ``torch_pruning.utils.count_ops_and_params``; ``example`` is one
+    tensor or a mapping of named tensors (token ids stay integer)."""
+    import contextlib
+    import io
+
     import torch_pruning as tp
 
-    macs, params = tp.utils.count_ops_and_params(model, example[:1])
+    one = {k: v[:1] for k, v in example.items()} if isinstance(example, Mapping) else example[:1]
+    with contextlib.redirect_stdout(io.StringIO()):  # its notes on keyword-only inputs
+        macs, params = tp.utils.count_ops_and_params(model, one)
     return int(macs), int(params)

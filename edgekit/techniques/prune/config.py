@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Dict, Optional
+from typing import Annotated, Any, Callable, Dict, List, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -70,6 +70,24 @@ for _imp in (Importance("l1", _magnitude(1), "L1 norm of each channel group's we
              Importance("taylor", _taylor, "first-order Taylor estimate of the loss change (needs labelled data)",
                         needs_gradients=True, search_proxy="l1")):
     IMPORTANCES.register(_imp.name)(_imp)
+
+
+@dataclass(frozen=True)
+class HeadImportance:
+    """A registered importance of attention heads and FFN neurons (computed by
+    :mod:`edgekit.techniques.prune._transformer` from a calibration pass)."""
+
+    name: str
+    description: str
+    needs_labels: bool = False
+
+
+HEAD_IMPORTANCES: Registry[HeadImportance] = Registry("head importance")
+for _himp in (HeadImportance("l1", "mean |output| of each head (its slice of the attention context) and of each FFN "
+                                   "neuron over the calibration batches (no labels needed)"),
+              HeadImportance("taylor", "|d loss / d mask| of a per-head / per-neuron mask (Michel et al. 2019) over "
+                                       "labelled training batches", needs_labels=True)):
+    HEAD_IMPORTANCES.register(_himp.name)(_himp)
 
 
 AVX512_ALIGNMENT = 16  # NCHWc block of ORT / oneDNN fp32 convs on AVX-512: 24 or 40 channels cost as much as 32 or 48
@@ -135,7 +153,17 @@ class PruneConfig(RecoveryConfig):
     compare_scratch: bool = Field(False, description="also train the pruned architecture from freshly initialised "
                                   "weights with the same fine-tune budget (no teacher) and report both accuracies: "
                                   "does pruning + KD beat training the small model alone?")
-    taylor_batches: int = Field(4, ge=1, description="training batches whose gradients feed taylor importance")
+    taylor_batches: int = Field(4, ge=1, description="training batches whose gradients feed taylor importance "
+                                "(and the calibration batches of head_importance)")
+    heads: Optional[float] = Field(None, gt=0, lt=1, description="transformers: fraction of the attention heads "
+                                   "removed from every layer (rounded to whole heads; at least one head stays)")
+    ffn: Optional[float] = Field(None, gt=0, lt=1, description="transformers: fraction of the FFN intermediate "
+                                 "neurons removed from every layer (kept width a multiple of round_to)")
+    layers: List[int] = Field(default_factory=list, description="transformers: encoder layers (0-based indices) "
+                              "removed whole")
+    head_importance: Annotated[str, OneOf(HEAD_IMPORTANCES)] = Field(
+        "l1", description="transformers: how heads and FFN neurons are ranked: l1 (output norms over calibration "
+                          "batches) or taylor (head-mask gradients, needs labels)")
 
     @field_validator("per_layer_ratios")
     @classmethod
@@ -148,7 +176,8 @@ class PruneConfig(RecoveryConfig):
     @model_validator(mode="after")
     def _one_target(self) -> PruneConfig:
         if self.method != "structured":
-            given = [k for k in ("ratio", "macs_target", "speedup_target", "per_layer_ratios") if getattr(self, k)]
+            given = [k for k in ("ratio", "macs_target", "speedup_target", "per_layer_ratios", "heads", "ffn",
+                                 "layers") if getattr(self, k)]
             if given:
                 raise ValueError(f"{', '.join(given)} apply to method 'structured', not '{self.method}'")
             check_amount(self.method, self.sparsity)
@@ -156,6 +185,8 @@ class PruneConfig(RecoveryConfig):
         if self.sparsity is not None:
             raise ValueError("sparsity applies to method 'unstructured'; structured pruning takes ratio, "
                              "macs_target, speedup_target or per_layer_ratios")
+        if self.transformer:
+            return self._transformer_target()
         given = [k for k in ("ratio", "macs_target", "speedup_target") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give one pruning target, not {' and '.join(given)}")
@@ -170,6 +201,27 @@ class PruneConfig(RecoveryConfig):
                              "global_pruning")
         return self
 
+    def _transformer_target(self) -> PruneConfig:
+        clash = [k for k in ("ratio", "speedup_target", "per_layer_ratios", "global_pruning") if getattr(self, k)]
+        if clash:
+            raise ValueError(f"heads / ffn / layers prune a transformer's heads, FFN neurons and layers; "
+                             f"{', '.join(clash)} apply to channel pruning: give one or the other")
+        if self.macs_target is not None and not (self.heads or self.ffn):
+            raise ValueError("macs_target with transformer pruning scales heads / ffn; give heads and/or ffn")
+        if self.steps > 1:
+            raise ValueError("steps applies to channel pruning; transformer heads / ffn are pruned in one step")
+        if len(set(self.layers)) != len(self.layers) or any(i < 0 for i in self.layers):
+            raise ValueError(f"layers must be distinct layer indices >= 0, got {self.layers}")
+        if self.compare_scratch and self.finetune.epochs == 0:
+            raise ValueError("compare_scratch trains the pruned architecture with the fine-tune budget; set "
+                             "finetune.epochs > 0")
+        return self
+
+    @property
+    def transformer(self) -> bool:
+        """True when heads, FFN neurons or whole layers of a transformer are pruned."""
+        return bool(self.heads or self.ffn or self.layers)
+
     def resolved(self) -> PruneConfig:
         """This config with ``round_to`` filled in (see :func:`default_round_to`) when it was left unset."""
         if self.round_to is not None:
@@ -181,6 +233,8 @@ class PruneConfig(RecoveryConfig):
         """'ratio', 'macs', 'speed' or 'per_layer' (structured), else the sparsity pattern."""
         if self.method != "structured":
             return self.method
+        if self.transformer and self.macs_target is None:
+            return "transformer"
         if self.macs_target is not None:
             return "macs"
         if self.speedup_target is not None:
