@@ -270,7 +270,7 @@ def _drop_layers(model: nn.Module, names: List[str], drop: Sequence[int]) -> Non
     parent_name = names[0].rpartition(".")[0]
     parent = model.get_submodule(parent_name)
     kept = [m for i, m in enumerate(parent) if i not in set(drop)]
-    new = type(parent)(kept)
+    new = nn.Sequential(*kept) if isinstance(parent, nn.Sequential) else type(parent)(kept)
     for i, layer in enumerate(kept):
         for m in layer.modules():
             if hasattr(m, "layer_idx"):
