@@ -180,3 +180,26 @@ def test_unsupported_attention_and_inconsistent_heads_name_what_is_supported():
     with pytest.raises(ConfigError, match="no transformer encoder layers edgekit recognises"):
         prune(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)),
               {"heads": 0.5, "finetune": NO_FT}, example_input=np.zeros((2, 4), np.float32))
+
+
+class _FixedWidth(torch.nn.Module):
+    """A user's layer that scales a Linear's output by a fixed-width buffer (which pruning cannot shrink)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 64)
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 64))
+
+    def forward(self, x):
+        return self.proj(x) * self.scale
+
+
+def test_a_pruned_graph_that_no_longer_runs_names_the_layer_and_suggests_exclude():
+    net = torch.nn.Sequential(_FixedWidth(), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    x = np.zeros((2, 8), np.float32)
+    with pytest.raises(ConfigError, match=r"Sequential no longer runs once pruned: layer '0' fails at "
+                                          r"test_prune_transformers.py:\d+ in forward\(\).*\(RuntimeError: The size "
+                                          r".*Protect it \(prune.exclude: \{names: \['0'\]\}\)"):
+        prune(net, {"ratio": 0.5, "round_to": 8, "finetune": NO_FT}, example_input=x)
+    with pytest.raises(ConfigError, match="nothing to prune"):  # excluded as suggested: nothing else to prune
+        prune(net, {"ratio": 0.5, "round_to": 8, "finetune": NO_FT, "exclude": {"names": ["0"]}}, example_input=x)
