@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _helpers.hf_models import TINY_BERT, TINY_VIT, token_split
+from _helpers.hf_models import TINY_BERT, TINY_VIT, tiny_bert_dir, token_split
 
 from edgekit.errors import ConfigError
 from edgekit.models import create_model, load_checkpoint, save_checkpoint
@@ -203,3 +203,38 @@ def test_a_pruned_graph_that_no_longer_runs_names_the_layer_and_suggests_exclude
         prune(net, {"ratio": 0.5, "round_to": 8, "finetune": NO_FT}, example_input=x)
     with pytest.raises(ConfigError, match="nothing to prune"):  # excluded as suggested: nothing else to prune
         prune(net, {"ratio": 0.5, "round_to": 8, "finetune": NO_FT, "exclude": {"names": ["0"]}}, example_input=x)
+
+
+@pytest.mark.slow
+def test_tiny_text_recipe_trains_distils_prunes_heads_and_quantises_the_pruned_variant(tmp_path):
+    import onnx
+
+    from edgekit.data import load_data
+    from edgekit.pipeline import run_recipe
+    from edgekit.pipeline.recipe import validate_recipe
+
+    vocab = load_data({"name": "doc_topics", "max_length": 16}, seed=0).vocab_size
+    bert = tiny_bert_dir(tmp_path / "bert", vocab_size=vocab, num_classes=5, num_attention_heads=4)
+    student = {"name": "hf", "config": {**BERT4, "num_hidden_layers": 1}}
+    fit = {"epochs": 1, "optimizer": "adamw", "lr": 1e-4, "batch_size": 64}
+    recipe = validate_recipe({
+        "name": "tiny_text_prune", "seed": 0, "threads": 1,
+        "model": {"hf": str(bert), "task": "sequence-classification"},
+        "data": {"name": "doc_topics", "max_length": 16},
+        "stages": [{"type": "train", "name": "reference", **fit},
+                   {"type": "distill", "name": "student", "student": student, "train": fit},
+                   {"type": "prune", "input": "student", "heads": 0.5, "ffn": 0.5, "round_to": 16,
+                    "finetune": fit},
+                   {"type": "export", "input": "student-pruned"},
+                   {"type": "quantize", "input": "student-pruned", "name": "student-pruned-int8", "mode": "dynamic"}]})
+    variants = run_recipe(recipe, runs_dir=tmp_path / "runs", name="a", report=False).variants
+    pruned = variants["student-pruned"]
+    assert pruned.meta["target"] == "transformer" and pruned.meta["teacher"] == "student"
+    dims = {i.name.split("layer.0.")[-1]: list(i.dims) for i in onnx.load(pruned.onnx).graph.initializer}
+    assert dims["attention.self.query.bias"] == dims["attention.self.value.bias"] == [16]  # 2 heads x 8 of 4 x 8
+    assert dims["intermediate.dense.bias"] == [32]  # FFN 64 -> 32 neurons
+    assert sorted(d for d in dims.values() if d in ([32, 16], [16, 32])) == [[16, 32], [32, 16], [32, 16], [32, 16]]
+    model, _ = load_checkpoint(pruned.checkpoint)
+    att = model.bert.encoder.layer[0].attention.self
+    assert att.num_attention_heads == 2 and model.bert.encoder.layer[0].intermediate.dense.out_features == 32
+    assert variants["student-pruned-int8"].onnx.endswith(".onnx")
