@@ -213,7 +213,7 @@ def pg_forward_error(model: nn.Module, example: Any) -> Optional[str]:
 
 register_technique(Technique(
     "prune", PruneConfig, consumes="module", produces="module", apply=prune,
-    description="structured channel pruning to a ratio, MACs or measured speed target (or a sparsity pattern), "
-                "with KD recovery",
+    description="structured channel pruning to a ratio, MACs or measured speed target, transformer heads / FFN "
+                "neurons / layers, or a sparsity pattern, with KD recovery",
     teacher="optional", uses_teacher=lambda config: config.finetune.epochs > 0,
     variant_suffix=lambda config: "pruned" if config.method == "structured" else "sparse"))
