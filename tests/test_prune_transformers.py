@@ -238,3 +238,20 @@ def test_tiny_text_recipe_trains_distils_prunes_heads_and_quantises_the_pruned_v
     att = model.bert.encoder.layer[0].attention.self
     assert att.num_attention_heads == 2 and model.bert.encoder.layer[0].intermediate.dense.out_features == 32
     assert variants["student-pruned-int8"].onnx.endswith(".onnx")
+
+
+def test_cli_prunes_heads_ffn_and_layers_of_a_hf_checkpoint(tmp_path):
+    from _helpers.runs import run_cli
+
+    src = save_checkpoint(_bert(num_hidden_layers=3), tmp_path / "bert.pt")
+    out = tmp_path / "pruned.pt"
+    p = run_cli("prune", str(src), "--heads", "0.5", "--ffn", "0.5", "--layers", "2", "--round-to", "16",
+                "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    assert "MACs" in p.stdout and str(out) in p.stdout
+    model, meta = load_checkpoint(out)
+    assert len(model.bert.encoder.layer) == 2 and meta["signature"]["inputs"][0]["dtype"] == "int64"
+    assert {m.attention.self.num_attention_heads for m in model.bert.encoder.layer} == {2}
+    bad = run_cli("prune", str(src), "--heads", "0.5", "--layers", "7", "--out", str(tmp_path / "x.pt"))
+    assert bad.returncode == 2 and "has 3 encoder layers (0..2); [7] are outside" in bad.stderr
+    assert not (tmp_path / "x.pt").exists()
