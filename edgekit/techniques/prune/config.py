@@ -9,12 +9,17 @@
   :func:`edgekit.techniques.prune.sensitivity.allocate_ratios`).
 
 ``per_layer_ratios`` combined with ``macs_target`` / ``speedup_target`` is scaled by one factor until the target is met.
+
+Transformer encoders (Hugging Face BERT-family / ViT / DistilBERT, zoo ViT) are pruned with ``heads`` (fraction of
+attention heads removed per layer), ``ffn`` (fraction of FFN neurons) and ``layers`` (indices removed whole), ranked
+by ``head_importance``; ``macs_target`` with them scales ``heads`` / ``ffn`` (see docs/PRUNING.md, Transformers).
 The other methods are the sparsity patterns of :mod:`edgekit.techniques.sparsity` (``unstructured`` with
 ``sparsity``, ``2:4``).
 
 Example:
     >>> PruneConfig(macs_target=0.5, importance="l1", round_to=8, finetune={"epochs": 3, "lr": 0.01})
     >>> PruneConfig(method="2:4", exclude={"patterns": ["stem.*"]})
+    >>> PruneConfig(heads=0.5, ffn=0.5, head_importance="taylor", finetune={"epochs": 3, "lr": 2e-4})
 """
 from __future__ import annotations
 
