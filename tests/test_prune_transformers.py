@@ -138,6 +138,17 @@ def test_macs_target_scales_heads_and_ffn_to_the_measured_target():
     assert res.sidecar["target"] == "macs"
 
 
+@pytest.mark.slow
+def test_speedup_target_scales_heads_and_ffn_until_the_measured_speedup_is_met():
+    m = _bert(hidden_size=64, intermediate_size=256)
+    x = token_split(n=4, t=32).x
+    res = prune(m, {"heads": 0.5, "ffn": 0.5, "speedup_target": 1.15, "speed_rounds": 3, "round_to": 16,
+                    "speed_backend": "ort-cpu", "speed_threads": 1, "finetune": NO_FT}, example_input=x)
+    chosen = [c for c in res.search if abs(c["ratio"] - round(res.ratio, 5)) < 1e-9]
+    assert res.sidecar["target"] == "speed" and chosen and chosen[-1]["speedup"] >= 1.15
+    assert res.macs_after < res.macs_before
+
+
 @pytest.mark.parametrize("cfg,match", [
     ({"heads": 0.9}, r"removes all 4 heads of layer bert\.encoder\.layer\.0.*at least one head stays"),
     ({"heads": 0.1}, r"remove nothing .* whole heads"),
@@ -156,7 +167,8 @@ def test_bad_transformer_pruning_is_refused_before_any_work(cfg, match):
     ({"heads": 0.5, "ratio": 0.3}, "ratio apply to channel pruning"),
     ({"heads": 0.5, "steps": 2}, "pruned in one step"),
     ({"layers": [0, 0]}, "distinct layer indices"),
-    ({"layers": [1], "macs_target": 0.5}, "give heads and/or ffn"),
+    ({"layers": [1], "macs_target": 0.5}, "macs_target with transformer pruning .* give heads and/or ffn"),
+    ({"layers": [1], "speedup_target": 1.5}, "speedup_target with transformer pruning .* give heads and/or ffn"),
     ({"method": "unstructured", "sparsity": 0.5, "heads": 0.5}, "heads apply to method 'structured'"),
 ])
 def test_transformer_fields_that_clash_are_config_errors(cfg, match):

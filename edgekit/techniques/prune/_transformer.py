@@ -350,8 +350,8 @@ def macs(model: nn.Module, example: Any) -> Tuple[int, int]:
 
 def choose(model: nn.Module, blocks: List[TransformerBlock], cfg: PruneConfig, scores: Scores, example: Any,
            excluded: Sequence[str], macs0: int) -> Tuple[Plan, float, List[dict]]:
-    """The plan for the given fractions, or (``macs_target``) for the scale ``s`` of both fractions whose pruned
-    copy keeps the MACs fraction closest to the target; every candidate is pruned and counted."""
+    """The plan for the given fractions, or (``macs_target`` / ``speedup_target``) for the scale ``s`` of both
+    fractions whose pruned copy comes closest to the target; every candidate is pruned and counted or timed."""
     from edgekit.techniques.prune import _search
 
     def plan_of(s: float, cap: bool) -> Plan:
@@ -359,6 +359,7 @@ def choose(model: nn.Module, blocks: List[TransformerBlock], cfg: PruneConfig, s
                          min(cfg.max_ratio, (cfg.ffn or 0) * s), cfg.round_to, excluded, cfg.layers, cap)
 
     s, search = 1.0, []
+    s_max = cfg.max_ratio / max(cfg.heads or 0, cfg.ffn or 0, 1e-9)
     if cfg.macs_target is not None:
         counted: Dict[str, float] = {}
 
@@ -369,9 +370,15 @@ def choose(model: nn.Module, blocks: List[TransformerBlock], cfg: PruneConfig, s
                 counted[key] = macs(prune_copy(model, blocks, plan), example)[0] / macs0
             return counted[key]
 
-        s_max = cfg.max_ratio / max(cfg.heads or 0, cfg.ffn or 0)
         s, search = _search.search_macs(macs_fraction, cfg.macs_target, s_max, list(excluded), cfg.round_to)
-    plan = plan_of(s, cfg.macs_target is not None)
+    elif cfg.speedup_target is not None:
+        sample = {k: np.repeat(v.numpy(), cfg.speed_batch, axis=0) for k, v in example.items()} \
+            if isinstance(example, dict) else np.repeat(example.numpy(), cfg.speed_batch, axis=0)
+        s, search = _search.search_speed(lambda s: prune_copy(model, blocks, plan_of(s, True)), model, sample,
+                                         cfg.speedup_target, s_max, cfg.speed_backend, cfg.speed_threads,
+                                         cfg.speed_rounds)
+    searched = cfg.macs_target is not None or cfg.speedup_target is not None
+    plan = plan_of(s, searched)
     if removes_nothing(plan):
         raise ConfigError(f"prune: heads={cfg.heads}, ffn={cfg.ffn} remove nothing from {_where(model)} once heads "
                           f"are rounded to whole heads and FFN widths to multiples of round_to={cfg.round_to}; "

@@ -12,7 +12,8 @@
 
 Transformer encoders (Hugging Face BERT-family / ViT / DistilBERT, zoo ViT) are pruned with ``heads`` (fraction of
 attention heads removed per layer), ``ffn`` (fraction of FFN neurons) and ``layers`` (indices removed whole), ranked
-by ``head_importance``; ``macs_target`` with them scales ``heads`` / ``ffn`` (see docs/PRUNING.md, Transformers).
+by ``head_importance``; ``macs_target`` / ``speedup_target`` with them scales ``heads`` / ``ffn`` (see
+docs/PRUNING.md, Transformers).
 The other methods are the sparsity patterns of :mod:`edgekit.techniques.sparsity` (``unstructured`` with
 ``sparsity``, ``2:4``).
 
@@ -207,12 +208,15 @@ class PruneConfig(RecoveryConfig):
         return self
 
     def _transformer_target(self) -> PruneConfig:
-        clash = [k for k in ("ratio", "speedup_target", "per_layer_ratios", "global_pruning") if getattr(self, k)]
+        clash = [k for k in ("ratio", "per_layer_ratios", "global_pruning") if getattr(self, k)]
         if clash:
             raise ValueError(f"heads / ffn / layers prune a transformer's heads, FFN neurons and layers; "
                              f"{', '.join(clash)} apply to channel pruning: give one or the other")
-        if self.macs_target is not None and not (self.heads or self.ffn):
-            raise ValueError("macs_target with transformer pruning scales heads / ffn; give heads and/or ffn")
+        target = "macs_target" if self.macs_target is not None else "speedup_target" if self.speedup_target else None
+        if target and not (self.heads or self.ffn):
+            raise ValueError(f"{target} with transformer pruning scales heads / ffn; give heads and/or ffn")
+        if self.macs_target is not None and self.speedup_target is not None:
+            raise ValueError("give one pruning target, not macs_target and speedup_target")
         if self.steps > 1:
             raise ValueError("steps applies to channel pruning; transformer heads / ffn are pruned in one step")
         if len(set(self.layers)) != len(self.layers) or any(i < 0 for i in self.layers):
@@ -238,7 +242,7 @@ class PruneConfig(RecoveryConfig):
         """'ratio', 'macs', 'speed' or 'per_layer' (structured), else the sparsity pattern."""
         if self.method != "structured":
             return self.method
-        if self.transformer and self.macs_target is None:
+        if self.transformer and self.macs_target is None and self.speedup_target is None:
             return "transformer"
         if self.macs_target is not None:
             return "macs"
