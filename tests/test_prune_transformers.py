@@ -101,6 +101,23 @@ def test_checkpoint_of_a_pruned_bert_rebuilds_with_uneven_heads_and_fewer_layers
     assert _linear_shapes(back, "bert.encoder") == _linear_shapes(p, "bert.encoder")
 
 
+def test_depth_removes_the_layer_whose_absence_changes_the_outputs_least(tmp_path):
+    m = _bert(num_hidden_layers=3)
+    with torch.no_grad():  # layer 1 adds nothing to the residual stream: post-LN of an LN output is ~ identity
+        for lin in (m.bert.encoder.layer[1].attention.output.dense, m.bert.encoder.layer[1].output.dense):
+            lin.weight.zero_()
+            lin.bias.zero_()
+        m.classifier.weight.mul_(100)  # logits far from uniform, so KL tells layers apart
+    x = token_split(n=16)
+    res = prune(m, {"depth": 2, "finetune": NO_FT}, example_input=x.x, train=x)
+    kl = res.history[0]["layer_kl"]
+    assert res.history[0]["dropped_layers"] == [1] and kl[1] < 1e-3 * min(kl[0], kl[2])
+    assert len(res.model.bert.encoder.layer) == 2 and res.model.config.num_hidden_layers == 2
+    np.testing.assert_allclose(_logits(res.model, x), _logits(m, x), atol=1e-3)
+    back, _ = load_checkpoint(save_checkpoint(res.model, tmp_path / "d.pt"))
+    np.testing.assert_array_equal(_logits(back, x), _logits(res.model, x))
+
+
 def test_kd_recovery_and_taylor_importance_run_on_named_int64_inputs():
     m = _bert()
     train, val = token_split(n=32), token_split(n=16, seed=1)
@@ -155,6 +172,7 @@ def test_speedup_target_scales_heads_and_ffn_until_the_measured_speedup_is_met()
     ({"layers": [5]}, r"has 2 encoder layers \(0\.\.1\); \[5\] are outside"),
     ({"layers": [0, 1]}, r"removes all 2 encoder layers"),
     ({"ffn": 0.5, "round_to": 64}, r"at most round_to=64 neurons"),
+    ({"depth": 2}, r"depth 2 keeps all 2 encoder layers .* allowed: 1\.\.1"),
     ({"heads": 0.5, "head_importance": "taylor"}, r"'taylor' needs labelled training data"),
 ])
 def test_bad_transformer_pruning_is_refused_before_any_work(cfg, match):
@@ -167,6 +185,7 @@ def test_bad_transformer_pruning_is_refused_before_any_work(cfg, match):
     ({"heads": 0.5, "ratio": 0.3}, "ratio apply to channel pruning"),
     ({"heads": 0.5, "steps": 2}, "pruned in one step"),
     ({"layers": [0, 0]}, "distinct layer indices"),
+    ({"layers": [0], "depth": 1}, "layers .* or depth .*, not both"),
     ({"layers": [1], "macs_target": 0.5}, "macs_target with transformer pruning .* give heads and/or ffn"),
     ({"layers": [1], "speedup_target": 1.5}, "speedup_target with transformer pruning .* give heads and/or ffn"),
     ({"method": "unstructured", "sparsity": 0.5, "heads": 0.5}, "heads apply to method 'structured'"),

@@ -59,12 +59,12 @@ def _cmd_export(args) -> int:
 def _prune_config(args, with_data: bool) -> dict:
     """The prune config from the command line: only what was given, so every default is PruneConfig's (the recipe's)."""
     given = [k for k in ("ratio", "macs_target", "speedup_target", "sparsity") if getattr(args, k) is not None]
-    transformer = {k: getattr(args, k) for k in ("heads", "ffn") if getattr(args, k) is not None}
+    transformer = {k: getattr(args, k) for k in ("heads", "ffn", "depth") if getattr(args, k) is not None}
     if args.layers:
         transformer["layers"] = _int_list(args.layers, "--layers")
     if len(given) > 1 or not (given or transformer):
         raise ConfigError("give exactly one of --ratio, --macs-target, --speedup-target (structured) or --sparsity "
-                          "(--method unstructured); or, for a transformer, --heads / --ffn / --layers (with "
+                          "(--method unstructured); or, for a transformer, --heads / --ffn / --layers / --depth (with "
                           "--macs-target to scale --heads / --ffn)")
     cfg: dict = {**{k: getattr(args, k) for k in given}, **transformer, "method": args.method,
                  "finetune": {"epochs": args.finetune_epochs if with_data else 0, "lr": args.lr}}
@@ -111,7 +111,8 @@ def _cmd_prune(args) -> int:
         check_output(args.out, kind, inputs=[args.checkpoint, args.data], force=args.force)
     from edgekit.models import load_checkpoint
 
-    model, meta = load_checkpoint(args.checkpoint) if args.heads or args.ffn or args.layers else _load(args.checkpoint)
+    model, meta = load_checkpoint(args.checkpoint) if args.heads or args.ffn or args.layers or args.depth \
+        else _load(args.checkpoint)
     splits = _splits_for(args.data, meta.get("input_shape") or [], args.seed) if args.data else None
     if args.sensitivity:
         from edgekit.techniques.prune.config import default_round_to
@@ -245,6 +246,8 @@ def _add_prune(subparsers: Any) -> None:
     p.add_argument("--ffn", type=bounded_float("--ffn", 0, 1),
                    help="transformers: fraction of the FFN neurons removed from every layer")
     p.add_argument("--layers", help="transformers: comma-separated encoder layer indices removed whole (e.g. 1,3)")
+    p.add_argument("--depth", type=bounded_int("--depth", 1, 10_000),
+                   help="transformers: encoder layers kept (the least important ones are removed)")
     p.add_argument("--head-importance", choices=HEAD_IMPORTANCES.names(),
                    help="transformers: l1 (output norms) or taylor (head-mask gradients, needs --data)")
     p.add_argument("--round-to", type=bounded_int("--round-to", 1, 1024),

@@ -71,6 +71,9 @@ def check_blocks(model: nn.Module, cfg: PruneConfig, excluded: Sequence[str]) ->
             raise ConfigError(f"prune.ffn: every FFN of {_where(model)} has at most round_to={cfg.round_to} "
                               "neurons; nothing to remove (lower round_to)")
     _check_layers(model, blocks, cfg.layers)
+    if cfg.depth is not None and cfg.depth >= len(blocks):
+        raise ConfigError(f"prune.depth {cfg.depth} keeps all {len(blocks)} encoder layers of {_where(model)}; "
+                          f"allowed: 1..{len(blocks) - 1}")
     return blocks
 
 
@@ -348,15 +351,35 @@ def macs(model: nn.Module, example: Any) -> Tuple[int, int]:
     return pg.count(model, example)
 
 
+def layers_to_drop(model: nn.Module, blocks: List[TransformerBlock], cfg: PruneConfig, example: Any, train: Any,
+                   seed: int) -> Tuple[List[int], List[float]]:
+    """The ``len(blocks) - depth`` layers whose removal changes the model's outputs least: mean KL divergence of
+    the unpruned outputs from those of a copy without that one layer, over the calibration batches."""
+    names = [b.name for b in blocks]
+    batches = [x for x, _ in _batches(example, train, cfg.taylor_batches, seed, False)]
+    model.eval()
+    with torch.no_grad():
+        ref = [F.log_softmax(prediction(call_module(model, x)).float(), -1) for x in batches]
+        kl = []
+        for i in range(len(blocks)):
+            m = copy.deepcopy(model)
+            _drop_layers(m, names, [i])
+            kl.append(float(np.mean([F.kl_div(F.log_softmax(prediction(call_module(m, x)).float(), -1), r,
+                                              log_target=True, reduction="batchmean").item()
+                                     for x, r in zip(batches, ref)])))
+    order = sorted(range(len(blocks)), key=lambda i: (kl[i], i))
+    return sorted(order[: len(blocks) - cfg.depth]), kl
+
+
 def choose(model: nn.Module, blocks: List[TransformerBlock], cfg: PruneConfig, scores: Scores, example: Any,
-           excluded: Sequence[str], macs0: int) -> Tuple[Plan, float, List[dict]]:
+           excluded: Sequence[str], macs0: int, drop: Sequence[int]) -> Tuple[Plan, float, List[dict]]:
     """The plan for the given fractions, or (``macs_target`` / ``speedup_target``) for the scale ``s`` of both
     fractions whose pruned copy comes closest to the target; every candidate is pruned and counted or timed."""
     from edgekit.techniques.prune import _search
 
     def plan_of(s: float, cap: bool) -> Plan:
         return make_plan(blocks, scores, min(cfg.max_ratio, (cfg.heads or 0) * s),
-                         min(cfg.max_ratio, (cfg.ffn or 0) * s), cfg.round_to, excluded, cfg.layers, cap)
+                         min(cfg.max_ratio, (cfg.ffn or 0) * s), cfg.round_to, excluded, drop, cap)
 
     s, search = 1.0, []
     s_max = cfg.max_ratio / max(cfg.heads or 0, cfg.ffn or 0, 1e-9)

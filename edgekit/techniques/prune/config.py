@@ -11,7 +11,8 @@
 ``per_layer_ratios`` combined with ``macs_target`` / ``speedup_target`` is scaled by one factor until the target is met.
 
 Transformer encoders (Hugging Face BERT-family / ViT / DistilBERT, zoo ViT) are pruned with ``heads`` (fraction of
-attention heads removed per layer), ``ffn`` (fraction of FFN neurons) and ``layers`` (indices removed whole), ranked
+attention heads removed per layer), ``ffn`` (fraction of FFN neurons), ``layers`` (indices removed whole) or ``depth``
+(layers kept, the least important removed), ranked
 by ``head_importance``; ``macs_target`` / ``speedup_target`` with them scales ``heads`` / ``ffn`` (see
 docs/PRUNING.md, Transformers).
 The other methods are the sparsity patterns of :mod:`edgekit.techniques.sparsity` (``unstructured`` with
@@ -167,6 +168,8 @@ class PruneConfig(RecoveryConfig):
                                  "neurons removed from every layer (kept width a multiple of round_to)")
     layers: List[int] = Field(default_factory=list, description="transformers: encoder layers (0-based indices) "
                               "removed whole")
+    depth: Optional[int] = Field(None, ge=1, description="transformers: encoder layers kept; the layers whose "
+                                 "removal changes the model's calibration outputs least (KL) are removed")
     head_importance: Annotated[str, OneOf(HEAD_IMPORTANCES)] = Field(
         "l1", description="transformers: how heads and FFN neurons are ranked: l1 (output norms over calibration "
                           "batches) or taylor (head-mask gradients, needs labels)")
@@ -183,7 +186,7 @@ class PruneConfig(RecoveryConfig):
     def _one_target(self) -> PruneConfig:
         if self.method != "structured":
             given = [k for k in ("ratio", "macs_target", "speedup_target", "per_layer_ratios", "heads", "ffn",
-                                 "layers") if getattr(self, k)]
+                                 "layers", "depth") if getattr(self, k)]
             if given:
                 raise ValueError(f"{', '.join(given)} apply to method 'structured', not '{self.method}'")
             check_amount(self.method, self.sparsity)
@@ -219,6 +222,8 @@ class PruneConfig(RecoveryConfig):
             raise ValueError("give one pruning target, not macs_target and speedup_target")
         if self.steps > 1:
             raise ValueError("steps applies to channel pruning; transformer heads / ffn are pruned in one step")
+        if self.depth is not None and self.layers:
+            raise ValueError("give layers (which to remove) or depth (how many to keep), not both")
         if len(set(self.layers)) != len(self.layers) or any(i < 0 for i in self.layers):
             raise ValueError(f"layers must be distinct layer indices >= 0, got {self.layers}")
         if self.compare_scratch and self.finetune.epochs == 0:
@@ -229,7 +234,7 @@ class PruneConfig(RecoveryConfig):
     @property
     def transformer(self) -> bool:
         """True when heads, FFN neurons or whole layers of a transformer are pruned."""
-        return bool(self.heads or self.ffn or self.layers)
+        return bool(self.heads or self.ffn or self.layers or self.depth)
 
     def resolved(self) -> PruneConfig:
         """This config with ``round_to`` filled in (see :func:`default_round_to`) when it was left unset."""

@@ -181,9 +181,13 @@ def _transformer(model: nn.Module, cfg: PruneConfig, example_input: Any, train: 
         raise ConfigError(f"prune: {err}")
     macs0, params0 = tr.macs(work, example)
     scores = tr.importance(work, blocks, cfg, example, train, seed)
-    plan, s, search = tr.choose(work, blocks, cfg, scores, example, excluded, macs0)
+    drop, layer_kl = (tr.layers_to_drop(work, blocks, cfg, example, train, seed) if cfg.depth
+                      else (list(cfg.layers), None))
+    plan, s, search = tr.choose(work, blocks, cfg, scores, example, excluded, macs0, drop)
     tr.apply_plan(work, blocks, plan)
-    history, val_acc = [{"step": 1, "macs": tr.macs(work, example)[0]}], None
+    history, val_acc = [{"step": 1, "macs": tr.macs(work, example)[0], "dropped_layers": drop}], None
+    if layer_kl is not None:
+        history[0]["layer_kl"] = [float(f"{k:.4g}") for k in layer_kl]
     if cfg.finetune.epochs > 0:
         res = recover(work, teacher, train, val, cfg.finetune, temperature=cfg.temperature, alpha=cfg.alpha,
                       seed=seed, desc="prune finetune")
