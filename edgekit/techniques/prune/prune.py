@@ -32,7 +32,10 @@ class PruneResult(Result):
     """A structurally pruned model (``model``) and what was done to it.
 
     ``layers`` has one row per coupled channel group: ``group`` (root layer), ``layers`` (its members),
-    ``before``/``after`` channels, ``aligned`` (after % round_to == 0) and ``excluded``.
+    ``before``/``after`` channels, ``aligned`` (after % round_to == 0) and ``excluded``. Transformer pruning
+    (``heads`` / ``ffn`` / ``layers`` / ``depth``) gives one row per layer and ``kind`` (``heads``: head counts and
+    the ``kept`` head indices; ``ffn``: neurons; ``layer``: removed), and ``ratio`` is the scale applied to
+    ``heads`` / ``ffn`` (1.0 unless a MACs or speed target searched it).
     """
 
     config: PruneConfig
