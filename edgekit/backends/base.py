@@ -142,6 +142,7 @@ class BackendSpec:
     tag: str = ""  # short name in variant and file names, e.g. "trt" (default: the name)
     describe: Optional[Callable[[], Dict[str, Any]]] = None  # -> {"version", "devices", ...} for `edgekit doctor`
     compile: Optional[Callable[..., Path]] = None  # (onnx_path, out_dir, **options) -> deployable artifact path
+    contrib_ops: bool = False  # runs ONNX Runtime's com.microsoft ops (fused transformer graphs: Attention, ...)
 
     @property
     def label(self) -> str:
@@ -300,11 +301,25 @@ def open_runner(artifact: Any, backend: str = "ort-cpu", threads: Optional[int] 
     ok, reason = spec.probe()
     if not ok:
         raise BackendUnavailableError(f"backend '{backend}' is unavailable here: {reason}")
+    if kind == "onnx" and not spec.contrib_ops:
+        artifact = unfused_sibling(artifact)
     runner = spec.open(artifact, threads=threads, **options)
     runner.info.setdefault("backend", backend)
     runner.info.setdefault("threads", threads)
     runner.info.setdefault("artifact", "<nn.Module>" if kind == "module" else str(artifact))
     return runner
+
+
+def unfused_sibling(path: Union[str, os.PathLike]) -> Union[str, os.PathLike]:
+    """The unfused graph a fused transformer export keeps beside it (its sidecar's ``fusion.unfused``), for a
+    backend that cannot run ONNX Runtime's contrib ops; ``path`` itself when it is not a fused export."""
+    from edgekit._io import read_sidecar
+
+    fusion = read_sidecar(path).get("fusion") or {}
+    if not fusion.get("applied") or not fusion.get("unfused"):
+        return path
+    sibling = Path(path).with_name(fusion["unfused"])
+    return sibling if sibling.is_file() else path
 
 
 def target_warning(artifact_or_sidecar: Union[str, os.PathLike, Mapping, None], backend: str) -> Optional[str]:

@@ -43,6 +43,7 @@ def _load(path: str):
 def _cmd_export(args) -> int:
     import numpy as np
 
+    from edgekit._io import read_sidecar
     from edgekit.export import export_onnx
 
     check_output(args.out, "onnx", inputs=[args.checkpoint, args.data], force=args.force)
@@ -51,8 +52,13 @@ def _cmd_export(args) -> int:
         sample = _splits_for(args.data, meta["input_shape"], args.seed).val.x[:32]
     else:
         sample = np.random.default_rng(args.seed).standard_normal((4, *meta["input_shape"])).astype(np.float32)
-    res = export_onnx(model, sample, args.out, opset=args.opset, exporter=args.exporter)
+    fuse = {"auto": "auto", "on": True, "off": False}[args.fuse]
+    res = export_onnx(model, sample, args.out, opset=args.opset, exporter=args.exporter, fuse=fuse)
     print(f"wrote {res.path} (max |ONNX − PyTorch| {res.max_abs_diff:.1e}, top-1 agreement {res.top1_agreement:.1f}%)")
+    fusion = read_sidecar(res.path).get("fusion") or {}
+    if fusion.get("applied"):
+        print(f"fused {fusion['counts']}; unfused graph for backends without ONNX Runtime contrib ops: "
+              f"{fusion['unfused']}")
     return 0
 
 
@@ -208,6 +214,9 @@ def add_commands(subparsers: Any) -> None:
     e.add_argument("--opset", type=bounded_int("--opset", 7, 30), default=17)
     e.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     e.add_argument("--seed", type=bounded_int("--seed", 0, 2**32 - 1), default=0)
+    e.add_argument("--fuse", choices=["auto", "on", "off"], default="auto",
+                   help="ONNX Runtime transformer fusion (auto: transformer encoders only; the unfused graph is kept "
+                        "beside a fused one for TensorRT)")
     e.set_defaults(func=_cmd_export)
 
     p = subparsers.add_parser("prune", help="structured channel pruning of a checkpoint, or --sensitivity analysis")
