@@ -111,6 +111,7 @@ def _mac_shapes(model, val: Any) -> dict:
 def _dynamic(pre: Path, out: Path, cfg: QuantizeConfig, excluded: list) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    _infer_contrib_types(pre)
     with quiet():
         try:
             quantize_dynamic(str(pre), str(out), op_types_to_quantize=list(cfg.op_types), per_channel=cfg.per_channel,
@@ -118,6 +119,26 @@ def _dynamic(pre: Path, out: Path, cfg: QuantizeConfig, excluded: list) -> Path:
         except Exception as e:
             raise QuantizationError(f"ONNX Runtime quantize_dynamic failed: {str(e)[:240]}") from None
     return out
+
+
+def _infer_contrib_types(path: Path) -> None:
+    """Give the tensors of a fused transformer graph their types: ONNX's shape inference skips ONNX Runtime's
+    contrib ops (Attention, SkipLayerNormalization, ...), and the dynamic quantiser needs the type of every
+    tensor it quantises; ONNX Runtime's symbolic shape inference knows them. Graphs without contrib ops are
+    left as they are."""
+    import onnx
+
+    model = onnx.load(str(path))
+    if not any(n.domain == "com.microsoft" for n in model.graph.node):
+        return
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+    except Exception as e:  # it raises plain Exceptions on graphs it cannot finish
+        raise QuantizationError(f"{path.name}: symbolic shape inference of the fused graph failed "
+                                f"({str(e)[:160]}); quantise the unfused export instead") from None
+    onnx.save(inferred, str(path))
 
 
 def _accuracy(fp32: Path, int8: Path, val: Any, threads: Optional[int]) -> dict:

@@ -61,6 +61,8 @@ class QuantizeResult(Result):
     seconds: float = 0.0
     source: str = ""
     speed: Optional[Dict[str, Any]] = None  # the speed check's measurements and decision (speed.SpeedDecision)
+    kept_float: List[Dict[str, Any]] = field(default_factory=list)  # {node, op_type, reason} per float node
+    quantised_graph: str = ""  # the file quantised when it is not ``source`` (a fused export's unfused sibling)
 
     def __post_init__(self) -> None:
         self.sidecar = {
@@ -69,7 +71,8 @@ class QuantizeResult(Result):
             "int8_mac_fraction": round(self.int8_mac_fraction, 6),
             "int8_mac_fraction_backend": default_backend("onnx", "cpu"),
             "runtime_float_layers": self.runtime_float_layers, "fallback": self.fallback, "accuracy": self.accuracy,
-            "speed": self.speed,
+            "speed": self.speed, "kept_float": self.kept_float,
+            **({"quantised_graph": self.quantised_graph} if self.quantised_graph else {}),
             "coverage": {k: self.coverage.get(k) for k in ("total_macs", "int8_macs", "optimized_ops")},
             "source": self.source}
         self.metrics = {"int8_mac_fraction": self.int8_mac_fraction, "float_layers": len(self.float_layers),
@@ -132,6 +135,7 @@ def quantize(onnx_path: str | os.PathLike, config: QuantizeConfig | dict | None 
     from edgekit.techniques.quantize._calibration import calibration_inputs
 
     t0 = time.perf_counter()
+    given, onnx_path = onnx_path, static_source(onnx_path)
     model, excluded = check_request(onnx_path, out_path, cfg, val)
     if calib is None:
         raise ConfigError("static quantisation needs calibration data: calib= an .npz path (an array x, or one "
@@ -157,7 +161,9 @@ def quantize(onnx_path: str | os.PathLike, config: QuantizeConfig | dict | None 
                       *((out["speed"] or {}).get("float_nodes") or [])],
         int8_mac_fraction=out["coverage"].int8_fraction, coverage=out["coverage"].to_dict(),
         runtime_float_layers=out["coverage"].float_layers, fallback=out["fallback"], accuracy=out["accuracy"],
-        seconds=time.perf_counter() - t0, source=str(onnx_path), speed=out["speed"])
+        seconds=time.perf_counter() - t0, source=str(given), speed=out["speed"],
+        kept_float=kept_float_reasons(out, excluded),
+        quantised_graph=Path(onnx_path).name if Path(onnx_path) != Path(given) else "")
     write_sidecar(out_path, result.sidecar)
     logger.info(f"quantised {Path(onnx_path).name} -> {Path(out_path).name} (target {cfg.target}, {cfg.method}): "
                 f"{out['coverage'].summary()}")
@@ -178,7 +184,7 @@ def _quantize_static(src: Path, out_path: Path, cfg: QuantizeConfig, x: Any, inp
     with tempfile.TemporaryDirectory(prefix="edgekit-quant-", dir=tmp_root) as d:
         work = Path(d)
         pre = preprocess(src, work / "preprocessed.onnx")
-        op_types, excluded = static_policy(pre, cfg, excluded)
+        op_types, excluded, rules = static_policy(pre, cfg, excluded)
         cache = work / "calibration.json"
         build = functools.partial(_static, pre, cfg=cfg, reader=None, cache=cache, op_types=op_types)
         first = _static(pre, work / "int8.onnx", cfg, inputs_reader(x, input_name, cfg.batch_size), cache, excluded,
@@ -209,7 +215,32 @@ def _quantize_static(src: Path, out_path: Path, cfg: QuantizeConfig, x: Any, inp
         with atomic_path(out_path, suffix=".onnx") as tmp:
             shutil.copyfile(chosen, tmp)
     return {"coverage": cov, "fallback": fallback, "accuracy": accuracy, "op_types": op_types,
-            "excluded": list(excluded), "speed": speed}
+            "excluded": list(excluded), "speed": speed, "rules": rules}
+
+
+def static_source(onnx_path: Any) -> Any:
+    """The graph static INT8 quantises: a fused transformer export's unfused sibling (ONNX Runtime's QDQ quantiser
+    has no static form of the fused Attention op, so it would leave the QKV projections float), else the file."""
+    from edgekit.backends.base import unfused_sibling
+
+    chosen = unfused_sibling(onnx_path)
+    if chosen != onnx_path:
+        logger.info(f"{Path(onnx_path).name} is a fused graph: static INT8 quantises its unfused sibling "
+                    f"{Path(chosen).name}")
+    return chosen
+
+
+def kept_float_reasons(out: Dict[str, Any], user: Sequence[str]) -> List[Dict[str, Any]]:
+    """Every node the static INT8 model keeps float, with why: the user's exclusions, the transformer rules
+    (normalisation, Softmax, GELU, residual Adds, embeddings, attention products), the accuracy budget's
+    fallback and the speed check's float layers."""
+    rows = [{"node": n, "reason": "quantize.exclude (user)"} for n in user]
+    rows += [r for r in out["rules"] if r["node"] not in set(user)]
+    rows += [{"node": step["layer"], "reason": f"accuracy budget: fell back to float (sensitivity "
+                                               f"{step.get('sensitivity', 0):.2f} points)"} for step in out["fallback"]]
+    rows += [{"node": n, "reason": "speed: its int8 kernel is slower than fp32 on ONNX Runtime CPU"}
+             for n in (out["speed"] or {}).get("float_nodes") or []]
+    return rows
 
 
 def _timed_target() -> Optional[str]:
@@ -269,27 +300,33 @@ def _val_accuracy(path: Path, val: Any, threads: Optional[int]) -> float:
 
 
 def static_policy(pre: Path, cfg: QuantizeConfig, excluded: Sequence[str]):
-    """(op types to quantise or None for the target's, nodes kept float) for a pre-processed float model.
+    """(op types to quantise or None for the target's, nodes kept float, rule rows) for a pre-processed model.
 
     A transformer graph quantised op by op collapses (LayerNorm, Softmax, GELU and residual Adds in int8), and
     its attention products Q·Kᵀ, P·V (two activations) lose the most; so on a target that quantises every op,
     a graph with Softmax/LayerNormalization gets its contractions with constant weights only (MatMul, Gemm,
-    Conv), the activation×activation MatMuls kept float.
+    Conv): LayerNorm, Softmax, GELU, residual Adds, embedding Gathers and the activation x activation MatMuls
+    stay float, each listed with its reason (``transformer_scope: false`` quantises every op: the naive form).
     """
     import onnx
 
-    from edgekit.techniques.quantize._ort import CONTRACTION_OPS, activation_matmuls, is_transformer
+    from edgekit.techniques.quantize._ort import (
+        CONTRACTION_OPS,
+        activation_matmuls,
+        is_transformer,
+        transformer_float_nodes,
+    )
 
     if not cfg.transformer_scope or TARGETS.get(cfg.target).op_types is not None:
-        return None, list(excluded)
+        return None, list(excluded), []
     model = onnx.load(str(pre), load_external_data=False)
     if not is_transformer(model):
-        return None, list(excluded)
+        return None, list(excluded), []
     extra = [n for n in activation_matmuls(model) if n not in excluded]
-    if extra:
-        logger.info(f"transformer graph: quantising {sorted(CONTRACTION_OPS)} only; {len(extra)} attention "
-                    "MatMuls (activation x activation) stay float")
-    return sorted(CONTRACTION_OPS), [*excluded, *extra]
+    rules = transformer_float_nodes(model)
+    logger.info(f"transformer graph: quantising {sorted(CONTRACTION_OPS)} only; {len(rules)} nodes stay float "
+                f"(LayerNorm, Softmax, GELU, residual Adds, embeddings, {len(extra)} attention MatMuls)")
+    return sorted(CONTRACTION_OPS), [*excluded, *extra], rules
 
 
 def _static(pre: Path, out: Path, cfg: QuantizeConfig, reader, cache: Path, exclude: Sequence[str],
