@@ -214,9 +214,7 @@ def add_commands(subparsers: Any) -> None:
     e.add_argument("--opset", type=bounded_int("--opset", 7, 30), default=17)
     e.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     e.add_argument("--seed", type=bounded_int("--seed", 0, 2**32 - 1), default=0)
-    e.add_argument("--fuse", choices=["auto", "on", "off"], default="auto",
-                   help="ONNX Runtime transformer fusion (auto: transformer encoders only; the unfused graph is kept "
-                        "beside a fused one for TensorRT)")
+    e.add_argument("--fuse", choices=["auto", "on", "off"], default="auto", help="ORT transformer fusion")
     e.set_defaults(func=_cmd_export)
 
     p = subparsers.add_parser("prune", help="structured channel pruning of a checkpoint, or --sensitivity analysis")
