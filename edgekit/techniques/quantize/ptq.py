@@ -62,6 +62,7 @@ class QuantizeResult(Result):
     source: str = ""
     speed: Optional[Dict[str, Any]] = None  # the speed check's measurements and decision (speed.SpeedDecision)
     kept_float: List[Dict[str, Any]] = field(default_factory=list)  # {node, op_type, reason} per float node
+    smoothquant: Optional[Dict[str, Any]] = None  # SmoothQuant's report (alpha, smoothed tensors, ranges)
     quantised_graph: str = ""  # the file quantised when it is not ``source`` (a fused export's unfused sibling)
 
     def __post_init__(self) -> None:
@@ -71,7 +72,7 @@ class QuantizeResult(Result):
             "int8_mac_fraction": round(self.int8_mac_fraction, 6),
             "int8_mac_fraction_backend": default_backend("onnx", "cpu"),
             "runtime_float_layers": self.runtime_float_layers, "fallback": self.fallback, "accuracy": self.accuracy,
-            "speed": self.speed, "kept_float": self.kept_float,
+            "speed": self.speed, "kept_float": self.kept_float, "smoothquant": self.smoothquant,
             **({"quantised_graph": self.quantised_graph} if self.quantised_graph else {}),
             "coverage": {k: self.coverage.get(k) for k in ("total_macs", "int8_macs", "optimized_ops")},
             "source": self.source}
@@ -162,7 +163,7 @@ def quantize(onnx_path: str | os.PathLike, config: QuantizeConfig | dict | None 
         int8_mac_fraction=out["coverage"].int8_fraction, coverage=out["coverage"].to_dict(),
         runtime_float_layers=out["coverage"].float_layers, fallback=out["fallback"], accuracy=out["accuracy"],
         seconds=time.perf_counter() - t0, source=str(given), speed=out["speed"],
-        kept_float=kept_float_reasons(out, excluded),
+        kept_float=kept_float_reasons(out, excluded), smoothquant=out["smoothquant"],
         quantised_graph=Path(onnx_path).name if Path(onnx_path) != Path(given) else "")
     write_sidecar(out_path, result.sidecar)
     logger.info(f"quantised {Path(onnx_path).name} -> {Path(out_path).name} (target {cfg.target}, {cfg.method}): "
@@ -184,6 +185,8 @@ def _quantize_static(src: Path, out_path: Path, cfg: QuantizeConfig, x: Any, inp
     with tempfile.TemporaryDirectory(prefix="edgekit-quant-", dir=tmp_root) as d:
         work = Path(d)
         pre = preprocess(src, work / "preprocessed.onnx")
+        smooth = _smooth(pre, work, cfg, x, input_name)
+        pre = smooth.path if smooth is not None else pre
         op_types, excluded, rules = static_policy(pre, cfg, excluded)
         cache = work / "calibration.json"
         build = functools.partial(_static, pre, cfg=cfg, reader=None, cache=cache, op_types=op_types)
@@ -215,7 +218,21 @@ def _quantize_static(src: Path, out_path: Path, cfg: QuantizeConfig, x: Any, inp
         with atomic_path(out_path, suffix=".onnx") as tmp:
             shutil.copyfile(chosen, tmp)
     return {"coverage": cov, "fallback": fallback, "accuracy": accuracy, "op_types": op_types,
-            "excluded": list(excluded), "speed": speed, "rules": rules}
+            "excluded": list(excluded), "speed": speed, "rules": rules,
+            "smoothquant": smooth.to_dict() if smooth is not None else None}
+
+
+def _smooth(pre: Path, work: Path, cfg: QuantizeConfig, x: Any, input_name: str):
+    """SmoothQuant the pre-processed graph when ``cfg.smoothquant`` asks for it (its report), else None."""
+    if cfg.smoothquant is None:
+        return None
+    from edgekit.core.tensors import is_named, num_samples, take
+    from edgekit.techniques.quantize.smoothquant import smooth_onnx
+
+    named = x if is_named(x) else {input_name: x}
+    n = num_samples(named)
+    feeds = [dict(take(named, slice(i, i + cfg.batch_size))) for i in range(0, n, cfg.batch_size)]
+    return smooth_onnx(pre, work / "smoothed.onnx", feeds, alpha=cfg.smoothquant.alpha)
 
 
 def static_source(onnx_path: Any) -> Any:
