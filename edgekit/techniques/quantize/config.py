@@ -107,9 +107,10 @@ class QuantizeConfig(TechniqueConfig):
 
     renamed = {"exclude_nodes": "exclude"}
 
-    mode: Literal["static", "dynamic"] = Field(
-        "static", description="static (calibrated QDQ) | dynamic (int8 weights, activations quantised at run time: "
-                              "LSTM/GRU/Transformer on the CPU)")
+    mode: Optional[Literal["static", "dynamic"]] = Field(
+        None, description="static (calibrated QDQ) | dynamic (int8 weights, activations quantised at run time: "
+                          "LSTM/GRU/Transformer on the CPU) | null (default): dynamic for a transformer graph on a "
+                          "target that runs it (cpu), static otherwise (and whenever smoothquant is set)")
     target: Annotated[str, OneOf(TARGETS)] = Field("cpu", description="quantisation target: the QDQ flavour the "
                                                                       "deploying runtime runs fast")
     method: Annotated[str, OneOf(CALIBRATION_METHODS)] = Field("minmax", description="calibration method (static)")

@@ -126,7 +126,7 @@ def quantize(onnx_path: str | os.PathLike, config: QuantizeConfig | dict | None 
         >>> res.int8_mac_fraction
         0.99
     """
-    cfg = validated_config(QuantizeConfig, config, "quantize")
+    cfg = resolve_mode(onnx_path, validated_config(QuantizeConfig, config, "quantize"))
     if cfg.mode == "dynamic":
         from edgekit.techniques.quantize._rnn import quantize_dynamic_best  # GRU: op or unrolled, the faster
 
@@ -233,6 +233,24 @@ def _smooth(pre: Path, work: Path, cfg: QuantizeConfig, x: Any, input_name: str)
     n = num_samples(named)
     feeds = [dict(take(named, slice(i, i + cfg.batch_size))) for i in range(0, n, cfg.batch_size)]
     return smooth_onnx(pre, work / "smoothed.onnx", feeds, alpha=cfg.smoothquant.alpha)
+
+
+def resolve_mode(onnx_path: Any, cfg: QuantizeConfig) -> QuantizeConfig:
+    """``cfg`` with its mode decided when it was left out (null): dynamic INT8 for a transformer graph (Softmax /
+    LayerNormalization / fused Attention) on a target that runs dynamic INT8 — it holds accuracy without
+    calibration, where all-op static INT8 collapses — else static (always static when smoothquant is set)."""
+    if cfg.mode is not None:
+        return cfg
+    mode = "static"
+    if cfg.smoothquant is None and TARGETS.get(cfg.target).dynamic:
+        from edgekit.techniques.quantize._ort import is_transformer
+
+        model = load_float_model(Path(onnx_path))
+        mode = "dynamic" if is_transformer(model) else "static"
+        if mode == "dynamic":
+            logger.info(f"{Path(onnx_path).name} is a transformer: quantize mode defaults to dynamic INT8 "
+                        "(set mode: static for calibrated INT8 with transformer exclusions)")
+    return cfg.model_copy(update={"mode": mode})
 
 
 def static_source(onnx_path: Any) -> Any:
@@ -378,4 +396,4 @@ register_technique(Technique(
     description="INT8 post-training quantisation of an ONNX model for a target (static calibrated QDQ with an "
                 "accuracy budget, or dynamic)",
     needs_torch=False,
-    variant_suffix=lambda config: f"{'int8' if config.mode == 'static' else 'int8-dynamic'}-{config.target}"))
+    variant_suffix=lambda config: f"{'int8-dynamic' if config.mode == 'dynamic' else 'int8'}-{config.target}"))
