@@ -79,6 +79,14 @@ def test_fuse_off_and_cnns_stay_unfused(bert, tmp_path):
         export_onnx(cnn, np.zeros((2, 1, 16, 16), np.float32), tmp_path / "c2.onnx", fuse="yes")
 
 
+def test_export_stage_fuse_field():
+    from edgekit.pipeline.stage_export import ExportStage
+
+    assert ExportStage().fuse == "auto" and ExportStage(fuse=False).fuse is False
+    with pytest.raises(ValueError):
+        ExportStage(fuse="sometimes")
+
+
 def test_macs_of_the_fused_graph_match_the_unfused_count(bert):
     from edgekit.core.measure.macs import count_macs_onnx
 
@@ -105,6 +113,8 @@ def test_static_int8_keeps_transformer_ops_float_with_reasons_and_naive_switch(b
     reasons = " ".join(r["reason"] for r in side["kept_float"])
     assert "residual Add" in reasons and "embedding" in reasons and "attention product" in reasons
     assert 0.5 < side["int8_mac_fraction"] < 1.0  # attention products float
+    assert side["fusion"]["counts"]["SkipLayerNormalization"] == 4  # fused again around the int8 MatMuls
+    np.testing.assert_allclose(_logits(d / "excl.onnx", cal), _logits(path, cal), atol=0.05)
     naive = quantize(path, {"mode": "static", "speed_fallback": False, "transformer_scope": False}, calib=cal,
                      out_path=d / "naive.onnx").sidecar
     assert naive["kept_float"] == [] and naive["int8_mac_fraction"] > side["int8_mac_fraction"]

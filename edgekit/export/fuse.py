@@ -200,3 +200,28 @@ def artifact_for_backend(path: str | os.PathLike, backend: str) -> Path:
     from edgekit.backends.base import unfused_sibling
 
     return Path(path) if backend_spec(backend).contrib_ops else Path(unfused_sibling(path))
+
+
+def fuse_like(src: Path, dst: Path, settings: Mapping[str, Any], feeds: Optional[Mapping[str, np.ndarray]] = None,
+              atol: float = 1e-4) -> Optional[Dict[str, int]]:
+    """Fuse ``src`` into ``dst`` with an fp32 export's optimizer ``settings`` (its sidecar ``fusion`` entry).
+
+    Used on a static INT8 graph quantised from a fused export's unfused sibling: LayerNorm, SkipLayerNorm and
+    Gelu fuse around the float ops the transformer rules keep (attention stays unfused: its MatMuls carry Q/DQ).
+    Returns the fused op counts, or None (``dst`` not written) when nothing fused or the outputs moved by more
+    than ``atol`` on ``feeds``.
+    """
+    with tempfile.TemporaryDirectory(prefix=".edgekit-fuse-", dir=dst.parent) as d:
+        tmp = Path(d) / dst.name
+        try:
+            counts = optimize_file(src, tmp, settings.get("model_type", "bert"), int(settings.get("num_heads", 0)),
+                                   int(settings.get("hidden_size", 0)), int(settings.get("opt_level", 0)))
+        except ExportError as e:
+            logger.info(f"{src.name}: fusion skipped ({e})")
+            return None
+        if not contrib_ops(tmp):
+            return None
+        if feeds is not None and not _max_diff(src, tmp, feeds)[0] <= atol:
+            return None
+        os.replace(tmp, dst)
+    return counts

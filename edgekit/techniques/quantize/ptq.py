@@ -63,6 +63,7 @@ class QuantizeResult(Result):
     speed: Optional[Dict[str, Any]] = None  # the speed check's measurements and decision (speed.SpeedDecision)
     kept_float: List[Dict[str, Any]] = field(default_factory=list)  # {node, op_type, reason} per float node
     smoothquant: Optional[Dict[str, Any]] = None  # SmoothQuant's report (alpha, smoothed tensors, ranges)
+    fusion: Optional[Dict[str, Any]] = None  # ORT transformer fusions applied to the int8 graph
     quantised_graph: str = ""  # the file quantised when it is not ``source`` (a fused export's unfused sibling)
 
     def __post_init__(self) -> None:
@@ -73,6 +74,7 @@ class QuantizeResult(Result):
             "int8_mac_fraction_backend": default_backend("onnx", "cpu"),
             "runtime_float_layers": self.runtime_float_layers, "fallback": self.fallback, "accuracy": self.accuracy,
             "speed": self.speed, "kept_float": self.kept_float, "smoothquant": self.smoothquant,
+            **({"fusion": self.fusion} if self.fusion else {}),
             **({"quantised_graph": self.quantised_graph} if self.quantised_graph else {}),
             "coverage": {k: self.coverage.get(k) for k in ("total_macs", "int8_macs", "optimized_ops")},
             "source": self.source}
@@ -163,7 +165,7 @@ def quantize(onnx_path: str | os.PathLike, config: QuantizeConfig | dict | None 
         int8_mac_fraction=out["coverage"].int8_fraction, coverage=out["coverage"].to_dict(),
         runtime_float_layers=out["coverage"].float_layers, fallback=out["fallback"], accuracy=out["accuracy"],
         seconds=time.perf_counter() - t0, source=str(given), speed=out["speed"],
-        kept_float=kept_float_reasons(out, excluded), smoothquant=out["smoothquant"],
+        kept_float=kept_float_reasons(out, excluded), smoothquant=out["smoothquant"], fusion=out["fusion"],
         quantised_graph=Path(onnx_path).name if Path(onnx_path) != Path(given) else "")
     write_sidecar(out_path, result.sidecar)
     logger.info(f"quantised {Path(onnx_path).name} -> {Path(out_path).name} (target {cfg.target}, {cfg.method}): "
@@ -215,11 +217,30 @@ def _quantize_static(src: Path, out_path: Path, cfg: QuantizeConfig, x: Any, inp
             if val is not None and decision.accuracy:
                 accuracy["int8_val"] = decision.accuracy[decision.policy]
         cov = coverage(chosen)
+        fusion = _refuse(src, chosen, work, cfg, x, input_name) if cfg.target == _timed_target() else None
         with atomic_path(out_path, suffix=".onnx") as tmp:
-            shutil.copyfile(chosen, tmp)
+            shutil.copyfile(work / "fused.onnx" if fusion else chosen, tmp)
     return {"coverage": cov, "fallback": fallback, "accuracy": accuracy, "op_types": op_types,
             "excluded": list(excluded), "speed": speed, "rules": rules,
-            "smoothquant": smooth.to_dict() if smooth is not None else None}
+            "smoothquant": smooth.to_dict() if smooth is not None else None, "fusion": fusion}
+
+
+def _refuse(src: Path, chosen: Path, work: Path, cfg: QuantizeConfig, x: Any, input_name: str):
+    """Fuse the chosen static INT8 graph like the fp32 export it came from (``src`` is a fused export's unfused
+    sibling): ``{"applied", "counts"}`` with ``work/fused.onnx`` written, or None (not a fused source, nothing
+    fused, or outputs moved)."""
+    from edgekit._io import read_sidecar
+    from edgekit.core.tensors import is_named, take
+    from edgekit.export.fuse import fuse_like
+
+    fused_name = (read_sidecar(src).get("fusion") or {}).get("fused")
+    settings = (read_sidecar(src.with_name(fused_name)).get("fusion") or {}) if fused_name else {}
+    if not settings.get("applied"):
+        return None
+    sample = take(x, slice(0, cfg.batch_size))
+    counts = fuse_like(chosen, work / "fused.onnx", settings, dict(sample) if is_named(x) else {input_name: sample})
+    return {"applied": True, "counts": counts, "of": "static int8 graph (attention unfused: its MatMuls are int8)"} \
+        if counts else None
 
 
 def _smooth(pre: Path, work: Path, cfg: QuantizeConfig, x: Any, input_name: str):
