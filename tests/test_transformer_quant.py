@@ -64,6 +64,19 @@ def test_export_fuses_an_encoder_keeps_the_unfused_sibling_and_records_it(bert):
     assert fusion["parity"]["max_abs_diff"] < 1e-4
 
 
+def test_openvino_runs_the_fused_graph(bert):
+    from edgekit.backends import open_runner, probe_backend
+
+    ok, why = probe_backend("openvino")
+    if not ok:
+        pytest.skip(f"OpenVINO unavailable: {why}")
+    _, path, _ = bert
+    x = token_split(n=4, t=T, vocab=100, seed=6).x
+    with open_runner(path, "openvino", threads=1) as r:
+        assert r.info["artifact"] == str(path)  # the fused file itself, not the sibling
+        np.testing.assert_allclose(np.asarray(r(x)), _logits(path, x), atol=1e-3)
+
+
 def test_fuse_off_and_cnns_stay_unfused(bert, tmp_path):
     from edgekit.export import export_onnx
     from edgekit.models import create_model
