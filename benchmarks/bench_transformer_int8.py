@@ -17,7 +17,7 @@ top-1 agreement with fp32 through each file on ORT CPU; INT8 MAC share from the 
 latency at batch 1 and 8, every artifact interleaved in the same rounds; speed-up = median of per-round paired
 ratios vs ``fp32 fused`` on the same backend, min–max and a 95 % bootstrap CI.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_transformer_int8.py [--quick] [--threads 1]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_transformer_int8.py [--quick | --mode smoke] [--threads 1]
     PYTHONPATH=. .venv/bin/python benchmarks/bench_transformer_int8.py --from-json <results.json>
 
 Raw figures go to ``benchmarks/results/transformer_int8.json``.
@@ -51,6 +51,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "transformer_int8.json"
 SETTINGS = {
     "full": {"layers": 4, "hidden": 128, "heads": 4, "seq": 128, "epochs": 8, "rounds": 15, "min_time": 1.0},
     "quick": {"layers": 2, "hidden": 64, "heads": 2, "seq": 64, "epochs": 1, "rounds": 3, "min_time": 0.1},
+    # a trained small model in ~5 minutes: enough for the accuracy columns, not for timing on a shared machine
+    "smoke": {"layers": 2, "hidden": 128, "heads": 4, "seq": 64, "epochs": 6, "rounds": 5, "min_time": 0.2},
 }
 BATCHES = (1, 8)
 BASE = "fp32 fused"
@@ -202,7 +204,8 @@ def run(ctx) -> str:
 
 def main(argv: List[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--quick", action="store_true", help="2 × 64, sequence 64, 1 epoch: does it run")
+    p.add_argument("--mode", choices=sorted(SETTINGS), help="full | quick | smoke (2 × 128, 6 epochs)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--from-json", type=Path, help="re-render the markdown from a saved results file")
@@ -210,7 +213,7 @@ def main(argv: List[str] | None = None) -> int:
     if a.from_json:
         print(to_markdown(json.loads(a.from_json.read_text())))
         return 0
-    res = measure("quick" if a.quick else "full", a.threads)
+    res = measure(a.mode or ("quick" if a.quick else "full"), a.threads)
     write_json_atomic(a.out, res)
     print(to_markdown(res))
     return 0
