@@ -187,6 +187,14 @@ def test_dynamic_int8_is_the_default_for_encoders(bert, tmp_path):
     assert res.mode == "dynamic" and res.sidecar["mode"] == "dynamic"
     ops = {n.op_type for n in onnx.load(str(res.artifact)).graph.node}
     assert "QAttention" in ops  # the fused Attention itself runs int8
+    from edgekit.export.fuse import artifact_for_backend
+
+    twin = tmp_path / "dyn.unfused.onnx"  # OpenVINO reads the fused fp32 ops but not QAttention
+    assert res.sidecar["fusion"]["unfused"] == twin.name and res.sidecar["fusion"]["backends"]["openvino"] == "unfused"
+    assert artifact_for_backend(res.artifact, "openvino") == twin
+    assert artifact_for_backend(res.artifact, "ort-cpu") == res.artifact
+    assert artifact_for_backend(path, "openvino") == path
+    np.testing.assert_allclose(_logits(twin, val.x), _logits(res.artifact, val.x), atol=0.05)
     assert abs(res.accuracy["int8_val"] - res.accuracy["fp32_val"]) <= 100 / 16 + 1e-9
     assert resolve_mode(path, QuantizeConfig(smoothquant={"alpha": 0.5})).mode == "static"
     assert resolve_mode(path, QuantizeConfig(target="tensorrt")).mode == "static"

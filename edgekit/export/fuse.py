@@ -5,8 +5,9 @@ contrib ops (``com.microsoft``: EmbedLayerNormalization, Attention, SkipLayerNor
 so the float baseline every INT8 variant is timed against is the fast one. The optimizer runs at ``opt_level``
 0 (pattern fusions only, no hardware-specific layout), so the file stays portable.
 
-Backends that cannot run contrib ops (a backend declares ``contrib_ops`` in its BackendSpec; TensorRT cannot)
-get the unfused sibling ``<stem>.unfused.onnx`` written beside the fused file; the sidecar's ``fusion`` entry
+Backends that cannot run the file's contrib ops (a backend declares the ``contrib_ops`` it runs in its
+BackendSpec; TensorRT runs none, OpenVINO the fp32 ones) get the unfused sibling ``<stem>.unfused.onnx``
+written beside the fused file; the sidecar's ``fusion`` entry
 names it and says which file each backend runs (:func:`artifact_for_backend`).
 
 Example:
@@ -181,15 +182,16 @@ def fuse_onnx(path: str | os.PathLike, *, model_type: str = "bert", num_heads: i
         os.replace(fused, src)
     logger.info(f"fused {src.name}: {counts}; unfused sibling {sibling.name}")
     return {"applied": True, "counts": counts, "contrib_ops": made, "unfused": sibling.name, "parity": parity,
-            "backends": backend_files(), **settings}
+            "backends": backend_files(made), **settings}
 
 
-def backend_files() -> Dict[str, str]:
-    """{backend name: "fused" | "unfused"} for every registered backend that runs ONNX files."""
+def backend_files(ops: Mapping[str, int]) -> Dict[str, str]:
+    """{backend name: "fused" | "unfused"} for every registered backend that runs ONNX files, given the fused
+    file's contrib ops ``ops``."""
     from edgekit.backends import BACKENDS, load_backends
 
     load_backends()
-    return {name: ("fused" if spec.contrib_ops else "unfused") for name, spec in BACKENDS.items()
+    return {name: ("fused" if spec.runs_contrib_ops(ops) else "unfused") for name, spec in BACKENDS.items()
             if "onnx" in spec.artifact_kinds}
 
 
@@ -199,7 +201,7 @@ def artifact_for_backend(path: str | os.PathLike, backend: str) -> Path:
     from edgekit.backends import backend_spec
     from edgekit.backends.base import unfused_sibling
 
-    return Path(path) if backend_spec(backend).contrib_ops else Path(unfused_sibling(path))
+    return Path(unfused_sibling(path, backend_spec(backend)))
 
 
 def fuse_like(src: Path, dst: Path, settings: Mapping[str, Any], feeds: Optional[Mapping[str, np.ndarray]] = None,

@@ -63,16 +63,37 @@ def quantize_dynamic_model(onnx_path: str | os.PathLike, config: QuantizeConfig 
         accuracy = _accuracy(pre, tmp_out, val, threads) if val is not None else {}
         with atomic_path(out_path, suffix=".onnx") as tmp:
             shutil.copyfile(tmp_out, tmp)
+        fusion = _unfused_twin(src, out_path, cfg, excluded, Path(d))
     scheme = {"target": cfg.target, "activations": "uint8 (dynamic, per batch)", "activation_symmetric": False,
               "weights": "int8", "weight_symmetric": True, "per_channel": cfg.per_channel,
               "op_types": list(cfg.op_types)}
     result = QuantizeResult(artifact=out_path, target=cfg.target, mode="dynamic", scheme=scheme, calibration=None,
                             float_layers=list(excluded), int8_mac_fraction=cov.int8_fraction, coverage=cov.to_dict(),
                             runtime_float_layers=cov.float_layers, accuracy=accuracy,
-                            seconds=time.perf_counter() - t0, source=str(src))
+                            seconds=time.perf_counter() - t0, source=str(src), fusion=fusion)
     write_sidecar(out_path, result.sidecar)
     logger.info(f"dynamically quantised {src.name} -> {out_path.name}: {cov.summary()}")
     return result
+
+
+def _unfused_twin(src: Path, out_path: Path, cfg: QuantizeConfig, excluded: list, work: Path):
+    """For a fused export (one with an unfused sibling): dynamic INT8 of the sibling as well, written as
+    ``<out stem>.unfused.onnx``, for backends that run the fused fp32 ops but not ONNX Runtime's int8 ones
+    (OpenVINO has no QAttention). Returns the sidecar's ``fusion`` entry, or None for an unfused source."""
+    from edgekit.backends.base import unfused_sibling
+    from edgekit.export.fuse import backend_files, contrib_ops, unfused_path
+
+    sibling = Path(unfused_sibling(src))
+    ops = contrib_ops(out_path)
+    if sibling == src or not ops:
+        return None
+    twin = unfused_path(out_path)
+    pre = preprocess(sibling, work / "sibling.preprocessed.onnx")
+    with atomic_path(twin, suffix=".onnx") as tmp:
+        _dynamic(pre, tmp, cfg, excluded)
+    write_sidecar(twin, {"kind": "onnx", "precision": "int8", "target": cfg.target, "mode": "dynamic",
+                         "source": str(sibling), "fusion": {"applied": False, "fused": out_path.name}})
+    return {"applied": True, "contrib_ops": ops, "unfused": twin.name, "backends": backend_files(ops)}
 
 
 def _check_something_to_quantise(model, cfg: QuantizeConfig, excluded: list, src: Path) -> None:
