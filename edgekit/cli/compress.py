@@ -160,6 +160,10 @@ def _cmd_quantize(args) -> int:
         config["op_types"] = [t.strip() for t in args.op_types.split(",") if t.strip()]
     if args.mode == "static":
         config["speed_fallback"] = args.speed_fallback
+        if args.smoothquant:
+            config["smoothquant"] = {"alpha": args.smoothquant}
+        if args.all_ops:
+            config["transformer_scope"] = False
         if args.speed_batches:
             config["speed_batches"] = _batches(args.speed_batches)
     val = as_split(args.val) if args.val else None
@@ -203,7 +207,6 @@ def _batches(text: str) -> list:
 def add_commands(subparsers: Any) -> None:
     """Add `export`, `prune` and `quantize` to the `edgekit` CLI."""
     from edgekit.techniques.prune.config import IMPORTANCES
-    from edgekit.techniques.quantize.config import CALIBRATION_METHODS, TARGETS
     from edgekit.techniques.sparsity.config import SPARSITY_PATTERNS
 
     e = subparsers.add_parser("export", help="export an edgekit checkpoint to ONNX (parity-checked)")
@@ -252,6 +255,13 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--seed", type=bounded_int("--seed", 0, 2**32 - 1), default=0)
     p.set_defaults(func=_cmd_prune)
 
+    _add_quantize(subparsers)
+
+
+def _add_quantize(subparsers: Any) -> None:
+    """The `quantize` command's arguments."""
+    from edgekit.techniques.quantize.config import CALIBRATION_METHODS, TARGETS
+
     q = subparsers.add_parser("quantize", help="INT8 quantisation of an ONNX file for a target")
     q.add_argument("model", help="float ONNX model (one or several named inputs)")
     q.add_argument("--out", required=True, help="where the int8 .onnx goes (with a .json sidecar; never the input)")
@@ -276,6 +286,11 @@ def add_commands(subparsers: Any) -> None:
                    help="static: profile fp32 vs int8 kernels on ONNX Runtime CPU, keep slower-in-int8 layers float "
                         "and ship the fastest policy, timed against fp32 (default on)")
     q.add_argument("--speed-batches", help="batch sizes the speed check measures (default 1,8,32)")
+    q.add_argument("--smoothquant", type=bounded_float("--smoothquant", 0, 1), metavar="ALPHA",
+                   help="static: SmoothQuant with this alpha (0 < alpha <= 1) before quantising")
+    q.add_argument("--all-ops", action="store_true",
+                   help="static on a transformer: quantise every op (naive; default keeps LayerNorm, Softmax, GELU, "
+                        "residual Adds, embeddings and attention products float)")
     q.add_argument("--threads", type=bounded_int("--threads", 1, 1024), default=2,
                    help="ONNX Runtime threads for accuracy and speed measurements")
     q.set_defaults(func=_cmd_quantize_checked)
