@@ -51,14 +51,13 @@ def check_fuse_mode(fuse: Any) -> FuseMode:
 
 def fusion_settings(model: Any) -> Tuple[str, int, int]:
     """(optimizer model type, num_heads, hidden_size) from a model's Hugging Face config (0 = detect from the
-    graph), e.g. ``("bert", 4, 128)``; a model without a config gets ``("bert", 0, 0)``."""
+    graph), e.g. ``("bert", 4, 128)``; a model without one (edgekit's zoo ViT) gets ``("bert", 0, 0)``. A config
+    whose heads do not match every layer (a head-pruned model) gives a wrong Attention fusion, which the parity
+    check of :func:`fuse_onnx` refuses."""
     config = getattr(model, "config", None)
     kind = str(getattr(config, "model_type", "") or "")
     heads = int(getattr(config, "num_attention_heads", 0) or 0)
-    hidden = int(getattr(config, "hidden_size", 0) or 0)
-    if not heads:  # edgekit's zoo transformers keep them on the module
-        heads = int(getattr(model, "num_heads", 0) or 0)
-        hidden = int(getattr(model, "dim", 0) or getattr(model, "hidden_size", 0) or 0) if heads else 0
+    hidden = int(getattr(config, "hidden_size", 0) or 0) if heads else 0
     return ("vit" if kind in _VISION_TYPES else "bert"), heads, hidden
 
 
