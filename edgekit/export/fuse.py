@@ -51,9 +51,9 @@ def check_fuse_mode(fuse: Any) -> FuseMode:
 
 def fusion_settings(model: Any) -> Tuple[str, int, int]:
     """(optimizer model type, num_heads, hidden_size) from a model's Hugging Face config (0 = detect from the
-    graph), e.g. ``("bert", 4, 128)``; a model without one (edgekit's zoo ViT) gets ``("bert", 0, 0)``. A config
-    whose heads do not match every layer (a head-pruned model) gives a wrong Attention fusion, which the parity
-    check of :func:`fuse_onnx` refuses."""
+    graph), e.g. ``("bert", 4, 128)``; a model without one (edgekit's zoo ViT) gets ``("bert", 0, 0)``. The
+    optimizer reads each layer's head count from its reshape constants (a head-pruned BERT fuses correctly);
+    a wrong fusion would be refused by the parity check of :func:`fuse_onnx`."""
     config = getattr(model, "config", None)
     kind = str(getattr(config, "model_type", "") or "")
     heads = int(getattr(config, "num_attention_heads", 0) or 0)
