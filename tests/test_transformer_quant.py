@@ -2,6 +2,8 @@
 SmoothQuant (equivalence, flatter ranges, bad input) and dynamic INT8 as the encoder default."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -201,3 +203,30 @@ def test_dynamic_int8_is_the_default_for_encoders(bert, tmp_path):
     cnn = create_model("resnet_cifar", depth=8, width=0.25, num_classes=3, in_channels=1)
     cnn_path = export_onnx(cnn, np.zeros((2, 1, 16, 16), np.float32), tmp_path / "cnn.onnx").path
     assert resolve_mode(cnn_path, QuantizeConfig()).mode == "static"
+
+
+def test_recipe_exports_fused_and_quantises_an_encoder_dynamic_by_default(tmp_path):
+    """Through the pipeline: the export stage records its fusion, a quantize stage without a mode makes dynamic
+    INT8 (named so), and a static stage with smoothquant records it."""
+    from edgekit.data import load_data
+    from edgekit.pipeline import run_recipe
+    from edgekit.pipeline.recipe import validate_recipe
+
+    vocab = load_data({"name": "doc_topics", "max_length": 16}, seed=0).vocab_size
+    bert = tiny_bert_dir(tmp_path / "bert", vocab_size=vocab, num_classes=5)
+    recipe = validate_recipe({
+        "name": "tiny_text_int8", "seed": 0, "threads": 1,
+        "model": {"hf": str(bert), "task": "sequence-classification"},
+        "data": {"name": "doc_topics", "max_length": 16},
+        "stages": [{"type": "train", "name": "reference", "epochs": 1, "optimizer": "adamw", "lr": 1e-4},
+                   {"type": "export"},
+                   {"type": "quantize"},
+                   {"type": "quantize", "input": "reference", "name": "sq", "mode": "static",
+                    "smoothquant": {"alpha": 0.5}, "speed_fallback": False, "samples": 32}]})
+    result = run_recipe(recipe, runs_dir=tmp_path / "runs", name="a", report=False)
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    export = next(s for s in manifest["stages"] if s.get("type") == "export")
+    assert export["metrics"]["fused"] and export["metrics"]["fused_ops"]["Attention"] == 2
+    dyn = result.variants["reference-int8-dynamic-cpu"]
+    assert dyn.meta["mode"] == "dynamic"
+    assert result.variants["sq"].meta["smoothquant"]["alpha"] == 0.5
