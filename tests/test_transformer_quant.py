@@ -189,6 +189,11 @@ def test_dynamic_int8_is_the_default_for_encoders(bert, tmp_path):
     assert res.mode == "dynamic" and res.sidecar["mode"] == "dynamic"
     ops = {n.op_type for n in onnx.load(str(res.artifact)).graph.node}
     assert "QAttention" in ops  # the fused Attention itself runs int8
+    from edgekit.core.measure.macs import count_macs_onnx
+
+    macs, fp32 = count_macs_onnx(res.artifact, inputs=SHAPES), count_macs_onnx(path, inputs=SHAPES)
+    assert macs.unknown == [] and macs.total == fp32.total  # QAttention counted: projection int8, scores float
+    assert macs.total - macs.int8 == 2 * (2 * T * T * 32)
     from edgekit.export.fuse import artifact_for_backend
 
     twin = tmp_path / "dyn.unfused.onnx"  # OpenVINO reads the fused fp32 ops but not QAttention

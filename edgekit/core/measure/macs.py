@@ -162,6 +162,7 @@ def _symbolic_inference(model):
         return None
     try:  # its infer_shapes() would save 'sym_shape_infer_temp.onnx' into the current directory when incomplete
         inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference.dispatcher_.setdefault("QAttention", lambda node: _infer_qattention(inference, node))
         inference._preprocess(model)
         while inference.run_:
             inference._infer_impl()
@@ -170,6 +171,19 @@ def _symbolic_inference(model):
     except Exception as e:  # it raises plain Exceptions on graphs it cannot finish
         logger.info(f"symbolic shape inference failed: {str(e)[:160]}")
         return None
+
+
+def _infer_qattention(inference: Any, node: Any) -> None:
+    """Output shape of ONNX Runtime's QAttention, which its symbolic inference does not know: the input's
+    [batch, sequence] and a third of the packed QKV bias (float output; the input is uint8)."""
+    from onnx import TensorProto, helper
+
+    shape = inference._get_shape(node, 0)
+    bias = inference._try_get_shape(node, 2)
+    if shape and len(shape) == 3 and bias and isinstance(bias[0], int):
+        shape[2] = bias[0] // 3
+    inference.known_vi_[node.output[0]].CopyFrom(helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT,
+                                                                               shape))
 
 
 def _shape_map(model) -> Dict[str, List[int]]:
