@@ -43,6 +43,7 @@ def _load(path: str):
 def _cmd_export(args) -> int:
     import numpy as np
 
+    from edgekit._io import read_sidecar
     from edgekit.export import export_onnx
 
     check_output(args.out, "onnx", inputs=[args.checkpoint, args.data], force=args.force)
@@ -51,8 +52,13 @@ def _cmd_export(args) -> int:
         sample = _splits_for(args.data, meta["input_shape"], args.seed).val.x[:32]
     else:
         sample = np.random.default_rng(args.seed).standard_normal((4, *meta["input_shape"])).astype(np.float32)
-    res = export_onnx(model, sample, args.out, opset=args.opset, exporter=args.exporter)
+    fuse = {"auto": "auto", "on": True, "off": False}[args.fuse]
+    res = export_onnx(model, sample, args.out, opset=args.opset, exporter=args.exporter, fuse=fuse)
     print(f"wrote {res.path} (max |ONNX − PyTorch| {res.max_abs_diff:.1e}, top-1 agreement {res.top1_agreement:.1f}%)")
+    fusion = read_sidecar(res.path).get("fusion") or {}
+    if fusion.get("applied"):
+        print(f"fused {fusion['counts']}; unfused graph for backends without ONNX Runtime contrib ops: "
+              f"{fusion['unfused']}")
     return 0
 
 
@@ -182,6 +188,10 @@ def _cmd_quantize(args) -> int:
         config["op_types"] = [t.strip() for t in args.op_types.split(",") if t.strip()]
     if args.mode == "static":
         config["speed_fallback"] = args.speed_fallback
+        if args.smoothquant:
+            config["smoothquant"] = {"alpha": args.smoothquant}
+        if args.all_ops:
+            config["transformer_scope"] = False
         if args.speed_batches:
             config["speed_batches"] = _batches(args.speed_batches)
     val = as_split(args.val) if args.val else None
@@ -274,8 +284,6 @@ def _add_prune(subparsers: Any) -> None:
 
 def add_commands(subparsers: Any) -> None:
     """Add `export`, `prune` and `quantize` to the `edgekit` CLI."""
-    from edgekit.techniques.quantize.config import CALIBRATION_METHODS, TARGETS
-
     e = subparsers.add_parser("export", help="export an edgekit checkpoint to ONNX (parity-checked)")
     e.add_argument("checkpoint")
     e.add_argument("--out", required=True, help="the .onnx file to write (never the input checkpoint)")
@@ -284,9 +292,15 @@ def add_commands(subparsers: Any) -> None:
     e.add_argument("--opset", type=bounded_int("--opset", 7, 30), default=17)
     e.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     e.add_argument("--seed", type=bounded_int("--seed", 0, 2**32 - 1), default=0)
+    e.add_argument("--fuse", choices=["auto", "on", "off"], default="auto", help="ORT transformer fusion")
     e.set_defaults(func=_cmd_export)
-
     _add_prune(subparsers)
+    _add_quantize(subparsers)
+
+
+def _add_quantize(subparsers: Any) -> None:
+    """The `quantize` command's arguments."""
+    from edgekit.techniques.quantize.config import CALIBRATION_METHODS, TARGETS
 
     q = subparsers.add_parser("quantize", help="INT8 quantisation of an ONNX file for a target")
     q.add_argument("model", help="float ONNX model (one or several named inputs)")
@@ -312,6 +326,11 @@ def add_commands(subparsers: Any) -> None:
                    help="static: profile fp32 vs int8 kernels on ONNX Runtime CPU, keep slower-in-int8 layers float "
                         "and ship the fastest policy, timed against fp32 (default on)")
     q.add_argument("--speed-batches", help="batch sizes the speed check measures (default 1,8,32)")
+    q.add_argument("--smoothquant", type=bounded_float("--smoothquant", 0, 1), metavar="ALPHA",
+                   help="static: SmoothQuant with this alpha (0 < alpha <= 1) before quantising")
+    q.add_argument("--all-ops", action="store_true",
+                   help="static on a transformer: quantise every op (naive; default keeps LayerNorm, Softmax, GELU, "
+                        "residual Adds, embeddings and attention products float)")
     q.add_argument("--threads", type=bounded_int("--threads", 1, 1024), default=2,
                    help="ONNX Runtime threads for accuracy and speed measurements")
     q.set_defaults(func=_cmd_quantize_checked)
