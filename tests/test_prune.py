@@ -215,3 +215,6 @@ def test_result_has_the_common_shape(trained_resnet8):
     assert isinstance(res.model, nn.Module) and res.artifact is None
     assert res.metrics["macs"] == res.macs_after and res.metrics["macs_fraction"] == round(res.macs_fraction, 4)
     assert res.sidecar["channels"] == res.layers and res.sidecar["method"] == "structured"
+    # "target" in a variant's record names a quantisation target: the report would never headline a pruned
+    # fp32 variant whose record said "target: ratio" (it looked made for no backend)
+    assert res.sidecar["prune_target"] == "ratio" and "target" not in res.sidecar

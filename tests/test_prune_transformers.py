@@ -56,6 +56,23 @@ def test_silent_heads_and_neurons_are_the_ones_removed_and_logits_do_not_change(
     assert m.bert.encoder.layer[0].attention.self.query.out_features == 32  # the input model is left as it was
 
 
+def test_a_head_pruned_bert_exports_fused_with_parity(tmp_path):
+    """The config still says 4 heads after pruning to 2: fusion detects the geometry from the graph instead of
+    trusting it (trusting it fused a wrong Attention that the parity check had to throw away)."""
+    import json
+
+    from edgekit.export import export_onnx
+    from edgekit.export.fuse import fusion_settings
+
+    x = token_split(n=4)
+    p = prune(_bert(), {"heads": 0.5, "ffn": 0.5, "round_to": 8, "finetune": NO_FT}, example_input=x.x).model
+    assert p.config.num_attention_heads == 4 and fusion_settings(p) == ("bert", 0, 0)
+    assert fusion_settings(_bert()) == ("bert", 4, 32)
+    export_onnx(p, x.x, tmp_path / "p.onnx", parity_data=x.x)
+    fusion = json.loads((tmp_path / "p.onnx.json").read_text())["fusion"]
+    assert fusion["applied"] and fusion["parity"]["max_abs_diff"] < 1e-4 and sum(fusion["counts"].values()) > 0
+
+
 @pytest.mark.parametrize("config,task,extra", [
     ({**BERT4, "model_type": "roberta"}, "sequence-classification", {"vocab_size": 50}),
     ({"model_type": "distilbert", "dim": 32, "n_heads": 4, "n_layers": 2, "hidden_dim": 64,
@@ -130,7 +147,7 @@ def test_kd_recovery_and_taylor_importance_run_on_named_int64_inputs():
     hook.remove()
     assert seen and set(seen) == {torch.int64}  # token ids were never cast to float
     assert res.history[0]["kd"] is True and res.history[0]["epochs"] == 1 and res.val_accuracy is not None
-    assert res.sidecar["target"] == "transformer" and res.metrics["macs_fraction"] < 0.6
+    assert res.sidecar["prune_target"] == "transformer" and res.metrics["macs_fraction"] < 0.6
 
 
 def test_zoo_vit_heads_and_ffn_reload_from_the_checkpoint(tmp_path):
@@ -152,7 +169,7 @@ def test_macs_target_scales_heads_and_ffn_to_the_measured_target():
     res = prune(m, {"heads": 0.5, "ffn": 0.5, "macs_target": 0.6, "round_to": 8, "finetune": NO_FT},
                 example_input=x.x)
     assert abs(res.macs_fraction - 0.6) <= 0.05 and res.search and any(c.get("chosen") for c in res.search)
-    assert res.sidecar["target"] == "macs"
+    assert res.sidecar["prune_target"] == "macs"
 
 
 @pytest.mark.slow
@@ -162,7 +179,7 @@ def test_speedup_target_scales_heads_and_ffn_until_the_measured_speedup_is_met()
     res = prune(m, {"heads": 0.5, "ffn": 0.5, "speedup_target": 1.15, "speed_rounds": 3, "round_to": 16,
                     "speed_backend": "ort-cpu", "speed_threads": 1, "finetune": NO_FT}, example_input=x)
     chosen = [c for c in res.search if abs(c["ratio"] - round(res.ratio, 5)) < 1e-9]
-    assert res.sidecar["target"] == "speed" and chosen and chosen[-1]["speedup"] >= 1.15
+    assert res.sidecar["prune_target"] == "speed" and chosen and chosen[-1]["speedup"] >= 1.15
     assert res.macs_after < res.macs_before
 
 
@@ -260,7 +277,7 @@ def test_tiny_text_recipe_trains_distils_prunes_heads_and_quantises_the_pruned_v
                    {"type": "quantize", "input": "student-pruned", "name": "student-pruned-int8", "mode": "dynamic"}]})
     variants = run_recipe(recipe, runs_dir=tmp_path / "runs", name="a", report=False).variants
     pruned = variants["student-pruned"]
-    assert pruned.meta["target"] == "transformer" and pruned.meta["teacher"] == "student"
+    assert pruned.meta["prune_target"] == "transformer" and pruned.meta["teacher"] == "student"
     dims = {i.name.split("layer.0.")[-1]: list(i.dims) for i in onnx.load(pruned.onnx).graph.initializer}
     assert dims["attention.self.query.bias"] == dims["attention.self.value.bias"] == [16]  # 2 heads x 8 of 4 x 8
     assert dims["intermediate.dense.bias"] == [32]  # FFN 64 -> 32 neurons

@@ -55,10 +55,13 @@ def fusion_settings(model: Any) -> Tuple[str, int, int]:
     optimizer reads each layer's head count from its reshape constants (a head-pruned BERT fuses correctly);
     a wrong fusion would be refused by the parity check of :func:`fuse_onnx`."""
     config = getattr(model, "config", None)
-    kind = str(getattr(config, "model_type", "") or "")
+    kind = "vit" if str(getattr(config, "model_type", "") or "") in _VISION_TYPES else "bert"
     heads = int(getattr(config, "num_attention_heads", 0) or 0)
     hidden = int(getattr(config, "hidden_size", 0) or 0) if heads else 0
-    return ("vit" if kind in _VISION_TYPES else "bert"), heads, hidden
+    modules = model.modules() if hasattr(model, "modules") else ()
+    if any(getattr(m, "num_attention_heads", heads) != heads for m in modules):
+        return kind, 0, 0  # heads were pruned: the config's geometry is no longer every layer's
+    return kind, heads, hidden
 
 
 def is_encoder_graph(path: str | os.PathLike) -> bool:

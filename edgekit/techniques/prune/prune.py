@@ -83,7 +83,7 @@ class PruneResult(Result):
             self.metrics["scratch_val_accuracy"] = self.scratch["val_accuracy"]
         self.sidecar = {"method": "structured", "sparsity": "structured", "round_to": cfg.round_to,
                         "aligned": self.aligned, "unaligned_layers": self.unaligned_layers, "channels": self.layers,
-                        "ratio": self.ratio, "search": self.search, "target": cfg.target_kind,
+                        "ratio": self.ratio, "search": self.search, "prune_target": cfg.target_kind,
                         "history": self.history, "scratch": self.scratch}
 
 
