@@ -191,6 +191,7 @@ def gpt_lm(vocab_size: int = 8000, n_layer: int = 4, n_embd: int = 128, n_head: 
     model_type, names = _LM_CONFIGS[arch]
     values = {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_positions": n_positions}
     config: Dict[str, Any] = {"model_type": model_type, "vocab_size": vocab_size, "tie_word_embeddings": True,
+                              "bos_token_id": 0, "eos_token_id": 0,  # edgekit's BPE: <|endoftext|> is token 0
                               **{names[k]: v for k, v in values.items()}}
     if arch == "gpt2":
         config.update(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)

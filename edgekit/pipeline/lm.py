@@ -20,8 +20,8 @@ from edgekit._io import write_sidecar
 from edgekit.errors import ExportError
 
 TASK = "causal-lm"
-#: windows per split that perplexity reads during stages (the report reads every window)
-STAGE_WINDOWS = 64
+#: windows per split that perplexity reads during stages (None: every window, as the report)
+STAGE_WINDOWS: Optional[int] = None
 
 
 def is_lm(splits: Any) -> bool:

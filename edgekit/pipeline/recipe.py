@@ -45,7 +45,7 @@ class ModelSource(BaseModel):
     hf: Optional[str] = Field(None, description="a local Hugging Face model directory (save_pretrained); never "
                               "downloaded. Created from 'config' when it does not exist")
     task: HF_TASKS.name_type() = Field("sequence-classification", description="Hugging Face task of 'hf': "
-                                       "sequence-classification | image-classification")
+                                       "sequence-classification | image-classification | causal-lm")
     config: Optional[Dict[str, Any]] = Field(None, description="with 'hf': the transformers config ({model_type: "
                                              "bert, num_hidden_layers: 4, ...}) to build the directory from when it "
                                              "does not exist; num_labels, vocab_size, image size from the data")
