@@ -73,6 +73,10 @@ def test_lm_recipe_reports_perplexity_and_tokens_per_second_per_variant(lm_run):
     assert {"reference", "student-int4b16"} <= set(cache) and all(c["past"] == 31 for c in cache.values())
     assert report["samples"] and set(report["samples"][0]["continuations"]) == set(cases)
     assert "student-int4b16" in report["headline"][0] and "tokens/s" in report["headline"][0]
+    qualified = report["gate"]["qualified"]  # the fastest artifact within 5 % perplexity of the reference
+    fast = [r for r in cases.values() if r["artifact"] != "PyTorch eager fp32"
+            and r["test_perplexity"] <= 1.05 * cases["reference"]["test_perplexity"]]
+    assert list(qualified.values()) == [max(fast, key=lambda r: r["tokens_per_s"])["case"]]
     md = (lm_run.run_dir / "report.md").read_text()
     assert "KV cache vs recomputing" in md and "Greedy samples" in md
 

@@ -134,16 +134,36 @@ def lm_benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Vari
     samples = _samples(decoders, s, gen)
     table = [_row(k, cases[k], rows[k], k == eager) for k in decoders]
     headline = _headline(table, rows, final, eager, ort_ref)
+    qualified = _qualified(table, eager, ort_ref, recipe.report)
     report = {"schema": REPORT_SCHEMA, "task": "causal-lm", "recipe": recipe.name,
               "description": recipe.description, "baselines": {"eager": eager, "runtime": ort_ref},
               "threads": recipe.threads, "batch": 1, "prompt_tokens": int(prompt.shape[1]),
               "new_tokens": gen.new_tokens, "rounds": rounds, "variants": table, "cache_vs_recompute": cache,
               "samples": samples, "headline": headline, "final": final, "load": _load(),
+              "gate": {"max_perplexity_rise_pct": recipe.report.max_accuracy_drop,
+                       "gate_speedup_b1": recipe.report.gate_speedup.get(1), "qualified": qualified},
               "stages": manifest.get("stages", [])}
     write_json_atomic(run_dir / "report.json", report)
     path = write_text_atomic(run_dir / "report.md", _markdown(recipe, report))
-    manifest["report"] = {"markdown": str(path), "json": str(run_dir / "report.json"), "headline": headline}
+    manifest["report"] = {"markdown": str(path), "json": str(run_dir / "report.json"), "headline": headline,
+                          "qualified": qualified}
     return path, headline
+
+
+def _qualified(table: List[dict], eager: str, ort_ref: str, settings: Any) -> Dict[str, Optional[str]]:
+    """The ship gate for LMs (``edgekit run --gate``): the fastest artifact whose test perplexity is at most
+    ``report.max_accuracy_drop`` percent above the reference's and, with ``report.gate_speedup[1]``, at least that
+    much faster than the eager reference at batch 1. ``{ONNX backend: case or None}``."""
+    from edgekit.backends import default_backend
+
+    by_case = {t["case"]: t for t in table}
+    ref = by_case.get(ort_ref) or by_case.get(eager)
+    need = settings.gate_speedup.get(1)
+    ok = [t for t in table if t["case"] != eager
+          and 100.0 * (t["test_perplexity"] / ref["test_perplexity"] - 1) <= settings.max_accuracy_drop
+          and (need is None or (t.get("vs_eager") or {}).get("median", 0.0) >= need)]
+    best = max(ok, key=lambda t: t["tokens_per_s"]) if ok else None
+    return {default_backend("onnx", "cpu"): best["case"] if best else None}
 
 
 def _row(case: str, v: Variant, r: dict, eager: bool) -> dict:
