@@ -100,13 +100,16 @@ def test_lm_recipe_records_kv_parity_and_student_init(lm_run):
 def test_llama_style_zoo_decoder_trains_and_exports(corpus, tmp_path):
     r = _recipe(corpus, name="llama", model={"name": "gpt_lm", "kwargs": {"arch": "llama", "n_layer": 2,
                                                                           "n_embd": 32, "n_head": 2}})
-    r["stages"] = r["stages"][:1]
+    r["stages"] = r["stages"][:1] + [{"type": "int4", "block_size": 16}]
     res = run_recipe(_write(tmp_path, r), runs_dir=tmp_path / "runs", report=False)
     from edgekit._io import read_sidecar
 
     ref = res.variants["reference"]
     assert read_sidecar(ref.onnx)["kv_cache"]["kv_heads"] == 1  # grouped KV heads (n_head // 2)
     assert ref.metrics["test_perplexity_torch"] > 1
+    # INT4 keeps the source opset: RMSNorm's ReduceMean (axes attribute) must still load at opset 17
+    q = res.variants["reference-int4b16"].metrics
+    assert abs(q["test_perplexity"] / ref.metrics["test_perplexity_torch"] - 1) < 0.1
 
 
 def _hf_gpt2_dir(corpus: Path, path: Path) -> Path:

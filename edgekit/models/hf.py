@@ -196,7 +196,8 @@ def gpt_lm(vocab_size: int = 8000, n_layer: int = 4, n_embd: int = 128, n_head: 
     if arch == "gpt2":
         config.update(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
     else:
-        config.update(num_key_value_heads=max(1, n_head // 2), intermediate_size=int(n_embd * 8 / 3 + 7) // 8 * 8,
+        # SwiGLU width ~8/3 × n_embd, rounded up to a multiple of 32 so INT4 blocks of 16/32 divide it
+        config.update(num_key_value_heads=max(1, n_head // 2), intermediate_size=int(n_embd * 8 / 3 + 31) // 32 * 32,
                       attention_dropout=dropout)
     return hf(config, task="causal-lm")
 

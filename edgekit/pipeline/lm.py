@@ -57,6 +57,14 @@ def export_lm(model: Any, out_path: str | Path, *, threads: Optional[int] = 1, a
     return Path(out_path)
 
 
+def generation_lengths(gen: Any, context: int) -> Dict[str, int]:
+    """``{prompt_tokens, new_tokens, sample_tokens}`` of ``benchmark.generation``, defaults filled for ``context``."""
+    prompt = gen.prompt_tokens or max(1, min(16, context // 4))
+    room = max(1, context - prompt)
+    return {"prompt_tokens": prompt, "new_tokens": gen.new_tokens or min(32, room),
+            "sample_tokens": gen.sample_tokens or min(16, room)}
+
+
 def decoder(model_or_path: Any, threads: Optional[int], max_positions: int = 0) -> Any:
     """A decoder (``prefill/step/full``) over a PyTorch causal LM or a KV-cache ONNX file."""
     from edgekit.bench.decode import OrtDecoder, TorchDecoder
@@ -89,4 +97,4 @@ def perplexities(model_or_path: Any, splits: Any, threads: Optional[int], parts=
     return out
 
 
-__all__ = ["STAGE_WINDOWS", "TASK", "decoder", "export_lm", "is_lm", "perplexities"]
+__all__ = ["STAGE_WINDOWS", "TASK", "decoder", "export_lm", "generation_lengths", "is_lm", "perplexities"]

@@ -17,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
+from edgekit.pipeline.lm import generation_lengths
+
 #: stage types a causal-LM recipe can run
 LM_STAGES = ("train", "distill", "export", "int4", "int8_dynamic")
 #: datasets of next-token windows (edgekit.data.text_lm)
@@ -55,9 +57,10 @@ def static_problems(recipe: Any) -> List[str]:
                 if getattr(st, key).enabled:
                     problems.append(f"stages[{i}].{key}: feature transfer is not supported for causal LMs; use "
                                     "the per-token logit KD (temperature, alpha) only")
-    gen, context = recipe.benchmark.generation, (recipe.data.shape or [128])[0]
-    for what, n in (("prompt_tokens + new_tokens", gen.prompt_tokens + gen.new_tokens),
-                    ("prompt_tokens + sample_tokens", gen.prompt_tokens + gen.sample_tokens)):
+    context = (recipe.data.shape or [128])[0]
+    lengths = generation_lengths(recipe.benchmark.generation, context)
+    for what, n in (("prompt_tokens + new_tokens", lengths["prompt_tokens"] + lengths["new_tokens"]),
+                    ("prompt_tokens + sample_tokens", lengths["prompt_tokens"] + lengths["sample_tokens"])):
         if n > context:
             problems.append(f"benchmark.generation: {what} = {n} is longer than the context of {context} tokens "
                             "(data.shape); shorten the prompt or generate fewer tokens")

@@ -79,12 +79,15 @@ class GenerationSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt_tokens: int = Field(16, gt=0, description="prompt length for prefill timing and decoding (test text)")
-    new_tokens: int = Field(32, gt=0, description="tokens generated per decode measurement (batch 1, greedy)")
+    prompt_tokens: Optional[int] = Field(None, gt=0, description="prompt length for prefill timing and decoding "
+                                         "(test text); default min(16, context / 4)")
+    new_tokens: Optional[int] = Field(None, gt=0, description="tokens generated per decode measurement (batch 1, "
+                                      "greedy); default min(32, context - prompt)")
     past: int = Field(128, gt=0, description="past length of the cache-vs-recompute measurement (capped at the "
                                              "context - 1)")
     samples: int = Field(3, ge=0, description="greedy sample generations per variant in the report")
-    sample_tokens: int = Field(16, gt=0, description="new tokens per sample generation")
+    sample_tokens: Optional[int] = Field(None, gt=0, description="new tokens per sample generation; default "
+                                         "min(16, context - prompt)")
     eval_windows: Optional[int] = Field(None, gt=0, description="held-out windows for each variant's perplexity "
                                                                 "(default: all)")
 

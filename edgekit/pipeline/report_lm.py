@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from edgekit._io import write_json_atomic, write_text_atomic
+from edgekit.pipeline.lm import generation_lengths
 from edgekit.pipeline.stages import Variant
 
 logger = logging.getLogger(__name__)
@@ -72,13 +73,13 @@ def _prefill_ms(decoders: Dict[str, Any], prompt: np.ndarray, rounds: int) -> Di
     return interleaved({k: timed(d) for k, d in decoders.items()}, rounds, warmup=1)
 
 
-def _speed_rows(rows: Dict[str, dict], decoders: Dict[str, Any], prompt: np.ndarray, gen: Any, rounds: int,
+def _speed_rows(rows: Dict[str, dict], decoders: Dict[str, Any], prompt: np.ndarray, gen: Dict[str, int], rounds: int,
                 baselines: Dict[str, str]) -> None:
     """Prefill ms, decode ms/token, tokens/s and paired speed-ups vs each baseline, into ``rows``."""
     from edgekit.bench.decode import decode_speed, ratios
 
     prefill = _prefill_ms(decoders, prompt, rounds)
-    decode = decode_speed(decoders, prompt, gen.new_tokens, rounds=rounds)
+    decode = decode_speed(decoders, prompt, gen["new_tokens"], rounds=rounds)
     for k in decoders:
         rows[k]["prefill_ms"] = float(np.median(prefill[k]))
         rows[k]["ms_per_token"] = float(np.median(decode[k]))
@@ -101,15 +102,15 @@ def _cache_rows(decoders: Dict[str, Any], names: List[str], past: int, rounds: i
     return out
 
 
-def _samples(decoders: Dict[str, Any], splits: Any, gen: Any) -> List[dict]:
+def _samples(decoders: Dict[str, Any], splits: Any, gen: Any, lengths: Dict[str, int]) -> List[dict]:
     from edgekit.bench.decode import greedy
 
     tok = splits.tokenizer
     test = splits.test.x
     out = []
     for i in range(min(gen.samples, len(test))):
-        prompt = test[i * max(1, len(test) // max(1, gen.samples))][None, :gen.prompt_tokens]
-        texts = {k: tok.decode(greedy(d, prompt, gen.sample_tokens)) for k, d in decoders.items()}
+        prompt = test[i * max(1, len(test) // max(1, gen.samples))][None, :lengths["prompt_tokens"]]
+        texts = {k: tok.decode(greedy(d, prompt, lengths["sample_tokens"])) for k, d in decoders.items()}
         out.append({"prompt": tok.decode(prompt[0].tolist()), "continuations": texts})
     return out
 
@@ -121,24 +122,25 @@ def lm_benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Vari
     gen, rounds = recipe.benchmark.generation, recipe.benchmark.rounds
     chosen = [variants[n] for n in (recipe.benchmark.variants or list(variants)) if n in variants]
     context = int(s.input_shape[0])
+    lengths = generation_lengths(gen, context)
     decoders, cases = _decoders(chosen, recipe.threads, context)
     logger.info(f"LM report: {len(decoders)} decoder(s), perplexity, prefill, decode × {rounds} rounds")
     rows = _perplexity_rows(decoders, s, gen.eval_windows)
     eager, ort_ref = f"{chosen[0].name} ({EAGER})", chosen[0].name
     baselines = {c: b for c, b in (("vs_eager", eager), ("vs_ort_fp32", ort_ref)) if b in decoders}
-    prompt = s.test.x[:1, :gen.prompt_tokens]
-    _speed_rows(rows, decoders, prompt, gen, rounds, baselines)
+    prompt = s.test.x[:1, :lengths["prompt_tokens"]]
+    _speed_rows(rows, decoders, prompt, lengths, rounds, baselines)
     final = next((k for k in reversed(list(decoders)) if k != eager), eager)
     cache = _cache_rows(decoders, [k for k in (eager, ort_ref, final) if k in decoders],
                         min(gen.past, context - 1), rounds)
-    samples = _samples(decoders, s, gen)
+    samples = _samples(decoders, s, gen, lengths)
     table = [_row(k, cases[k], rows[k], k == eager) for k in decoders]
     headline = _headline(table, rows, final, eager, ort_ref)
     qualified = _qualified(table, eager, ort_ref, recipe.report)
     report = {"schema": REPORT_SCHEMA, "task": "causal-lm", "recipe": recipe.name,
               "description": recipe.description, "baselines": {"eager": eager, "runtime": ort_ref},
               "threads": recipe.threads, "batch": 1, "prompt_tokens": int(prompt.shape[1]),
-              "new_tokens": gen.new_tokens, "rounds": rounds, "variants": table, "cache_vs_recompute": cache,
+              "new_tokens": lengths["new_tokens"], "rounds": rounds, "variants": table, "cache_vs_recompute": cache,
               "samples": samples, "headline": headline, "final": final, "load": _load(),
               "gate": {"max_perplexity_rise_pct": recipe.report.max_accuracy_drop,
                        "gate_speedup_b1": recipe.report.gate_speedup.get(1), "qualified": qualified},

@@ -120,6 +120,7 @@ def quantize_int4(onnx_path: str | Path, config: Int4Config | dict | None = None
                                          algo_config=algo)
                 q.process()
             model = q.model.model
+            _keep_opset(model, src)
         except Exception as e:  # noqa: BLE001
             msg = first_line(e)[:240]
             raise QuantizationError(f"{src.name}: ONNX Runtime MatMulNBits quantisation failed: {msg}") from None
@@ -176,6 +177,23 @@ def quantize_dynamic_int8(onnx_path: str | Path, *, out_path: str | Path, per_ch
                "ops": counts, "source": str(src)}
     write_sidecar(out_path, {**sidecar, **metrics})
     return Result(artifact=out_path, metrics=metrics, sidecar=sidecar)
+
+
+def _keep_opset(model, src: Path) -> None:
+    """Give the quantised graph its source's ONNX opset back: the quantiser raises it to 21, where ``ReduceMean``
+    takes its axes as an input, so a Llama-style RMSNorm (``ReduceMean`` with an ``axes`` attribute) would no longer
+    load. Only ``com.microsoft`` ops (MatMulNBits, GatherBlockQuantized) are added, so the source opset holds."""
+    import onnx
+
+    source = onnx.load(str(src), load_external_data=False)
+    before = {o.domain: o.version for o in source.opset_import}
+    added = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")} - \
+        {n.op_type for n in source.graph.node}
+    if added:  # the quantiser added default-domain ops (e.g. blocked DequantizeLinear): keep its opset
+        return
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and before.get(o.domain) is not None:
+            o.version = before[o.domain]
 
 
 def _op_counts(model, ops) -> Dict[str, int]:
