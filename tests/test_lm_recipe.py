@@ -65,6 +65,8 @@ def test_lm_recipe_reports_perplexity_and_tokens_per_second_per_variant(lm_run):
         assert r["test_bits_per_byte"] > 0
     assert cases["student-int4b16"]["size_bytes"] < 0.5 * cases["student"]["size_bytes"]
     assert cases["student-int8dyn"]["size_bytes"] < cases["student"]["size_bytes"]
+    for q in ("student-int8dyn", "student-int4b16"):  # quantised graphs checked against their float parent
+        assert cases[q]["vs_parent"]["parent"] == "student" and cases[q]["vs_parent"]["top1_agreement"] > 80
     # paired speed-ups against both baselines; the baselines themselves are 1.0
     assert cases["reference"]["vs_ort_fp32"]["median"] == 1.0
     assert cases["reference (PyTorch eager fp32)"]["vs_eager"]["median"] == 1.0

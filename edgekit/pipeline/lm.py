@@ -65,6 +65,23 @@ def generation_lengths(gen: Any, context: int) -> Dict[str, int]:
             "sample_tokens": gen.sample_tokens or min(16, room)}
 
 
+def agreement(parent_onnx: str | Path, onnx_path: str | Path, splits: Any, threads: Optional[int],
+              windows: int = 16) -> Dict[str, float]:
+    """How closely a quantised KV-cache graph follows its float parent on the first ``windows`` test windows:
+    ``{"top1_agreement_vs_parent": % of positions with the same next token, "max_abs_logit_diff_vs_parent"}``."""
+    import numpy as np
+
+    a, b = decoder(str(parent_onnx), threads), decoder(str(onnx_path), threads)
+    same, total, diff = 0, 0, 0.0
+    for w in splits.test.x[:windows]:
+        la, lb = a.full(w[None]), b.full(w[None])
+        same += int((la.argmax(-1) == lb.argmax(-1)).sum())
+        total += la.shape[0]
+        diff = max(diff, float(np.abs(la - lb).max()))
+    return {"top1_agreement_vs_parent": round(100.0 * same / max(1, total), 2),
+            "max_abs_logit_diff_vs_parent": round(diff, 4)}
+
+
 def decoder(model_or_path: Any, threads: Optional[int], max_positions: int = 0) -> Any:
     """A decoder (``prefill/step/full``) over a PyTorch causal LM or a KV-cache ONNX file."""
     from edgekit.bench.decode import OrtDecoder, TorchDecoder
@@ -97,4 +114,4 @@ def perplexities(model_or_path: Any, splits: Any, threads: Optional[int], parts=
     return out
 
 
-__all__ = ["STAGE_WINDOWS", "TASK", "decoder", "export_lm", "generation_lengths", "is_lm", "perplexities"]
+__all__ = ["STAGE_WINDOWS", "TASK", "agreement", "decoder", "export_lm", "generation_lengths", "is_lm", "perplexities"]

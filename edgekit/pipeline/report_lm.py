@@ -171,8 +171,21 @@ def _qualified(table: List[dict], eager: str, ort_ref: str, settings: Any) -> Di
 def _row(case: str, v: Variant, r: dict, eager: bool) -> dict:
     size = None if eager or not v.onnx else Path(v.onnx).stat().st_size
     parity = None if eager else v.recorded("kv_parity")
+    vs_parent = None
+    if not eager and "top1_agreement_vs_parent" in v.metrics:
+        vs_parent = {"parent": v.parent, "top1_agreement": v.metrics["top1_agreement_vs_parent"],
+                     "max_abs_logit_diff": v.metrics.get("max_abs_logit_diff_vs_parent")}
     return {"case": case, "variant": v.name, "artifact": EAGER if eager else "ONNX Runtime (KV cache)",
-            "size_bytes": size, "params": v.metrics.get("params"), "kv_parity": parity, **r}
+            "size_bytes": size, "params": v.metrics.get("params"), "kv_parity": parity, "vs_parent": vs_parent, **r}
+
+
+def _parity_cell(t: dict) -> str:
+    p, q = t.get("kv_parity"), t.get("vs_parent")
+    if p:
+        return f"KV cache vs PyTorch: {p['max_abs_diff']:.2g} (greedy {p['greedy_match']:.0%})"
+    if q:
+        return f"vs {q['parent']}: {q['max_abs_logit_diff']:.2g} (top-1 {q['top1_agreement']:.1f}%)"
+    return "–"
 
 
 def _headline(table: List[dict], rows: Dict[str, dict], final: str, eager: str, ort_ref: str) -> List[str]:
@@ -214,16 +227,14 @@ def _markdown(recipe: Any, rep: dict) -> str:
             "Runtime (the gain of compression without the gain of switching runtime). Perplexity is measured "
             "through each deployed artifact on held-out documents.", ""]
     hdr = ["variant", "artifact", "MB", "val ppl", "test ppl", "test bits/byte", f"prefill ms ({rep['prompt_tokens']})",
-           "ms/token", "tokens/s", "vs eager", "vs ORT fp32", "KV parity max |Δlogit| (greedy)"]
+           "ms/token", "tokens/s", "vs eager", "vs ORT fp32", "parity: max |Δlogit| (agreement)"]
     out += ["## Variants", "", "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
     for t in rep["variants"]:
-        p = t.get("kv_parity")
         cells = [t["case"], t["artifact"], f"{t['size_bytes'] / 2**20:.3f}" if t["size_bytes"] else "–",
                  f"{t['val_perplexity']:.2f}", f"{t['test_perplexity']:.2f}",
                  f"{t['test_bits_per_byte']:.3f}" if t.get("test_bits_per_byte") else "–", f"{t['prefill_ms']:.2f}",
                  f"{t['ms_per_token']:.3f}", f"{t['tokens_per_s']:.0f}", _fmt_ratio(t.get("vs_eager")),
-                 _fmt_ratio(t.get("vs_ort_fp32")),
-                 f"{p['max_abs_diff']:.2g} ({p['greedy_match']:.0%})" if p else "–"]
+                 _fmt_ratio(t.get("vs_ort_fp32")), _parity_cell(t)]
         out.append("| " + " | ".join(cells) + " |")
     out += ["", "## KV cache vs recomputing the sequence", "",
             "| decoder | past | cache ms | recompute ms | cache / recompute (p10–p90) |", "|---|---|---|---|---|"]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple
 from pydantic import BaseModel, Field, create_model, field_validator
 
 from edgekit.errors import ConfigError
-from edgekit.pipeline.lm import is_lm, perplexities
+from edgekit.pipeline.lm import agreement, is_lm, perplexities
 from edgekit.pipeline.stages import STAGES, Stage, StageConfig, StageContext, StageOutput, Variant
 from edgekit.registry import Registry
 from edgekit.techniques.base import DATA_KEYWORDS, TECHNIQUES, Result, Technique, load_techniques
@@ -190,6 +190,8 @@ def _run_job(ctx: StageContext, cfg: Any, t: Technique, hooks: StageHooks, job: 
         return _module_variant(ctx, t, job, result, meta, metrics,
                                parent_module=model if hooks.model is None else None, teacher=teacher)
     metrics.update(_measure_artifact(ctx, result.artifact, metrics))
+    if is_lm(splits) and job.parent.onnx:  # a quantised KV-cache graph against its float parent
+        metrics.update(agreement(job.parent.onnx, result.artifact, splits, ctx.threads))
     return Variant(job.name, job.parent.name, None, str(result.artifact), meta=meta, metrics=metrics)
 
 
