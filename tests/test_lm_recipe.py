@@ -160,6 +160,9 @@ def _bad(corpus: Path, case: str) -> tuple:
         r["data"] = {"name": "digits"}
         r["stages"] = r["stages"][:1]
         return r, "a causal LM needs next-token data"
+    if case == "dynamo_export":
+        r["stages"].insert(1, {"type": "export", "exporter": "dynamo"})
+        return r, "stages[1].exporter: causal LMs export with the KV cache through the torchscript exporter only"
     if case == "feature_transfer":
         r["stages"][1]["attention"] = 1.0
         return r, "stages[1].attention: feature transfer is not supported for causal LMs"
@@ -167,7 +170,7 @@ def _bad(corpus: Path, case: str) -> tuple:
 
 
 @pytest.mark.parametrize("case", ["classifier_stage", "int4_block", "prompt_too_long", "tokenizer_vocab",
-                                  "lm_with_image_data", "feature_transfer"])
+                                  "lm_with_image_data", "feature_transfer", "dynamo_export"])
 def test_lm_bad_input_is_refused_before_any_work(corpus, tmp_path, capsys, case):
     recipe, message = _bad(corpus, case)
     path = _write(tmp_path, recipe)

@@ -52,6 +52,9 @@ def static_problems(recipe: Any) -> List[str]:
         if st.type not in LM_STAGES:
             problems.append(f"stages[{i}].type: '{st.type}' is not supported for causal-lm recipes (it works on "
                             f"classifiers); allowed: {', '.join(LM_STAGES)}")
+        elif st.type == "export" and st.exporter != "torchscript":
+            problems.append(f"stages[{i}].exporter: causal LMs export with the KV cache through the torchscript "
+                            f"exporter only, got '{st.exporter}'")
         elif st.type == "distill":
             for key in ("attention", "hints"):
                 if getattr(st, key).enabled:
