@@ -160,6 +160,11 @@ def _bad(corpus: Path, case: str) -> tuple:
         r["data"] = {"name": "digits"}
         r["stages"] = r["stages"][:1]
         return r, "a causal LM needs next-token data"
+    if case == "not_utf8":
+        bad = corpus.parent / "latin1.txt"
+        bad.write_bytes("caf\xe9 au lait\n\nsecond\n\nthird".encode("latin-1"))
+        r["data"] = {**r["data"], "path": str(bad)}
+        return r, "not UTF-8 text"
     if case == "dynamo_export":
         r["stages"].insert(1, {"type": "export", "exporter": "dynamo"})
         return r, "stages[1].exporter: causal LMs export with the KV cache through the torchscript exporter only"
@@ -170,7 +175,7 @@ def _bad(corpus: Path, case: str) -> tuple:
 
 
 @pytest.mark.parametrize("case", ["classifier_stage", "int4_block", "prompt_too_long", "tokenizer_vocab",
-                                  "lm_with_image_data", "feature_transfer", "dynamo_export"])
+                                  "lm_with_image_data", "feature_transfer", "dynamo_export", "not_utf8"])
 def test_lm_bad_input_is_refused_before_any_work(corpus, tmp_path, capsys, case):
     recipe, message = _bad(corpus, case)
     path = _write(tmp_path, recipe)
