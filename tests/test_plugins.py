@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,70 @@ def test_plugin_import_failure_names_the_field(tmp_path):
     raw = {"model": {"name": "resnet_cifar", "imports": ["no_such_edgekit_plugin"]}}
     with pytest.raises(ConfigError, match=r"model\.imports\[0\]: cannot import 'no_such_edgekit_plugin'"):
         validate_recipe(raw)
+
+
+USER_NET = '''
+import torch
+import torch.nn as nn
+
+from edgekit.models import register_model
+
+
+class ConcatNet(nn.Module):
+    def __init__(self, num_classes, in_channels, width):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width), nn.Conv2d(width, width, 1),
+                                    nn.ReLU())
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(torch.cat([x, self.branch(x)], 1).mean((2, 3)))
+
+
+@register_model("user_teacher_net")
+def user_teacher_net(num_classes=10, in_channels=1, width=16):
+    return ConcatNet(num_classes, in_channels, width)
+
+
+@register_model("user_student_net")
+def user_student_net(num_classes=10, in_channels=1, width=4):
+    return ConcatNet(num_classes, in_channels, width)
+'''
+
+USER_RECIPE = '''
+seed: 0
+threads: 1
+model: {name: user_teacher_net, imports: [user_nets]}
+data: {name: digits, image_size: 8, channels: 1}
+stages:
+  - {type: train, name: reference, epochs: 1}
+  - {type: distill, name: student, student: {name: user_student_net, width: 4}, train: {epochs: 1}}
+targets: [{backend: torch}]
+'''
+
+
+def test_a_module_next_to_the_recipe_is_imported_without_pythonpath(tmp_path):
+    """`imports: [user_nets]` finds user_nets.py beside the recipe, run from another directory with no PYTHONPATH;
+    the teacher and the distilled student are both the user's registered models."""
+    import json
+    import os
+    import subprocess
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "user_nets.py").write_text(textwrap.dedent(USER_NET))
+    (project / "recipe.yaml").write_text(textwrap.dedent(USER_RECIPE))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-m", "edgekit.cli", "run", str(project / "recipe.yaml"), "--name", "r",
+                           "--runs-dir", str(tmp_path / "runs"), "--no-report"], cwd=elsewhere, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "runs" / "recipe" / "r" / "manifest.json").read_text())
+    student = manifest["variants"]["student"]
+    assert student["meta"]["teacher_arch"]["name"] == "user_teacher_net"
+    assert student["meta"]["student_arch"]["name"] == "user_student_net"
+    assert Path(student["checkpoint"]).is_file() and Path(student["onnx"]).is_file()

@@ -183,3 +183,40 @@ def test_evaluate_pads_batches_for_fixed_batch_runners():
     runner = _FixedBatchRunner()
     assert evaluate(runner, Split(x, (np.arange(10) % 3).astype(np.int64))) == 100.0
     assert runner.seen == [4, 4, 4]
+
+
+def _digits_mlp_data():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    train = SimpleNamespace(x=x[:1200], y=y[:1200].astype(np.int64))
+    test = SimpleNamespace(x=x[1200:], y=y[1200:].astype(np.int64))
+    return train, test
+
+
+def test_find_lr_rescues_a_hopeless_learning_rate_and_restores_the_weights():
+    """With lr 1e-5 an MLP learns nothing in 3 epochs; the range test picks a rate that trains it, leaves the
+    weights it probed with untouched, and the rate used is reported."""
+    from edgekit.core.train import find_lr
+
+    train, test = _digits_mlp_data()
+
+    def mlp():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+
+    cfg = {"epochs": 3, "lr": 1e-5, "batch_size": 32, "optimizer": "adamw"}
+    model = mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probe = find_lr(model, train, cfg)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert 1e-6 < probe.suggestion < 1.0 and len(probe.lrs) == len(probe.losses) >= 20
+    assert probe.lrs == sorted(probe.lrs)
+
+    fixed = mlp()
+    fit(fixed, train, None, cfg, seed=0)
+    found = mlp()
+    result = fit(found, train, None, {**cfg, "find_lr": True}, seed=0)
+    assert result.lr == pytest.approx(probe.suggestion)
+    assert evaluate(fixed, test) < 50 < 90 < evaluate(found, test)

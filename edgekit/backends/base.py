@@ -142,6 +142,13 @@ class BackendSpec:
     tag: str = ""  # short name in variant and file names, e.g. "trt" (default: the name)
     describe: Optional[Callable[[], Dict[str, Any]]] = None  # -> {"version", "devices", ...} for `edgekit doctor`
     compile: Optional[Callable[..., Path]] = None  # (onnx_path, out_dir, **options) -> deployable artifact path
+    # ONNX Runtime com.microsoft ops it runs (fused transformer graphs: Attention, SkipLayerNormalization, ...);
+    # ("*",) = all of them. A fused artifact holding others is opened through its unfused sibling.
+    contrib_ops: Tuple[str, ...] = ()
+
+    def runs_contrib_ops(self, ops: Any) -> bool:
+        """True when this backend runs every ``com.microsoft`` op type in ``ops``."""
+        return "*" in self.contrib_ops or set(ops) <= set(self.contrib_ops)
 
     @property
     def label(self) -> str:
@@ -300,11 +307,29 @@ def open_runner(artifact: Any, backend: str = "ort-cpu", threads: Optional[int] 
     ok, reason = spec.probe()
     if not ok:
         raise BackendUnavailableError(f"backend '{backend}' is unavailable here: {reason}")
+    if kind == "onnx":
+        artifact = unfused_sibling(artifact, spec)
     runner = spec.open(artifact, threads=threads, **options)
     runner.info.setdefault("backend", backend)
     runner.info.setdefault("threads", threads)
     runner.info.setdefault("artifact", "<nn.Module>" if kind == "module" else str(artifact))
     return runner
+
+
+def unfused_sibling(path: Union[str, os.PathLike], spec: Optional[BackendSpec] = None
+                    ) -> Union[str, os.PathLike]:
+    """The unfused graph a fused transformer artifact keeps beside it (its sidecar's ``fusion.unfused``), for a
+    backend (``spec``; None = any consumer that wants the unfused graph) that cannot run every ONNX Runtime
+    contrib op of the fused file (``fusion.contrib_ops``); ``path`` itself otherwise."""
+    from edgekit._io import read_sidecar
+
+    fusion = read_sidecar(path).get("fusion") or {}
+    if not fusion.get("applied") or not fusion.get("unfused"):
+        return path
+    if spec is not None and spec.runs_contrib_ops(fusion.get("contrib_ops") or {}):
+        return path
+    sibling = Path(path).with_name(fusion["unfused"])
+    return sibling if sibling.is_file() else path
 
 
 def target_warning(artifact_or_sidecar: Union[str, os.PathLike, Mapping, None], backend: str) -> Optional[str]:

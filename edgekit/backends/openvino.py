@@ -255,4 +255,6 @@ register_backend(BackendSpec(
     precisions=("fp32", "bf16", "int8"),
     quant_target="cpu",  # OpenVINO runs the U8S8 QDQ artifacts made for x86 CPUs as its own int8 kernels
     channel_alignment=16,  # oneDNN's CPU kernels block channels by 16 on AVX-512 (8 on AVX2)
-    title="OpenVINO CPU", tag="ov", describe=_describe, compile=compile_ir))
+    title="OpenVINO CPU", tag="ov", describe=_describe, compile=compile_ir,
+    # its ONNX frontend reads these fused fp32 ops (checked on a BERT), not ORT's int8 ones (QAttention)
+    contrib_ops=("Attention", "BiasGelu", "EmbedLayerNormalization", "FastGelu", "Gelu", "SkipLayerNormalization")))

@@ -136,4 +136,4 @@ register_backend(BackendSpec(
     "ort-cpu", ("onnx",), _probe, _open, "cpu", "ONNX Runtime, CPU execution provider, ORT_ENABLE_ALL", priority=0,
     suffixes={"onnx": (".onnx",)}, precisions=("fp32", "int8"), quant_target="cpu",
     channel_alignment=8,  # prune's default so far; on AVX-512, 16 measured faster (docs/BENCHMARKS.md)
-    title="ONNX Runtime CPU", describe=_describe))
+    title="ONNX Runtime CPU", describe=_describe, contrib_ops=("*",)))

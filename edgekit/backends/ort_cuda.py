@@ -84,4 +84,4 @@ register_backend(BackendSpec(
     "ort-cuda", ("onnx",), _probe_ort_cuda, _open_ort_cuda, "cuda",
     "ONNX Runtime, CUDA execution provider (onnxruntime-gpu), I/O binding",
     suffixes={"onnx": (".onnx",)}, precisions=("fp32", "fp16"), quant_target="tensorrt", channel_alignment=8,
-    title="ONNX Runtime CUDA", describe=_describe_ort_cuda))
+    title="ONNX Runtime CUDA", describe=_describe_ort_cuda, contrib_ops=("*",)))

@@ -43,6 +43,7 @@ def _load(path: str):
 def _cmd_export(args) -> int:
     import numpy as np
 
+    from edgekit._io import read_sidecar
     from edgekit.export import export_onnx
 
     check_output(args.out, "onnx", inputs=[args.checkpoint, args.data], force=args.force)
@@ -51,20 +52,29 @@ def _cmd_export(args) -> int:
         sample = _splits_for(args.data, meta["input_shape"], args.seed).val.x[:32]
     else:
         sample = np.random.default_rng(args.seed).standard_normal((4, *meta["input_shape"])).astype(np.float32)
-    res = export_onnx(model, sample, args.out, opset=args.opset, exporter=args.exporter)
+    fuse = {"auto": "auto", "on": True, "off": False}[args.fuse]
+    res = export_onnx(model, sample, args.out, opset=args.opset, exporter=args.exporter, fuse=fuse)
     print(f"wrote {res.path} (max |ONNX − PyTorch| {res.max_abs_diff:.1e}, top-1 agreement {res.top1_agreement:.1f}%)")
+    fusion = read_sidecar(res.path).get("fusion") or {}
+    if fusion.get("applied"):
+        print(f"fused {fusion['counts']}; unfused graph for backends without ONNX Runtime contrib ops: "
+              f"{fusion['unfused']}")
     return 0
 
 
 def _prune_config(args, with_data: bool) -> dict:
     """The prune config from the command line: only what was given, so every default is PruneConfig's (the recipe's)."""
     given = [k for k in ("ratio", "macs_target", "speedup_target", "sparsity") if getattr(args, k) is not None]
-    if len(given) != 1:
+    transformer = {k: getattr(args, k) for k in ("heads", "ffn", "depth") if getattr(args, k) is not None}
+    if args.layers:
+        transformer["layers"] = _int_list(args.layers, "--layers")
+    if len(given) > 1 or not (given or transformer):
         raise ConfigError("give exactly one of --ratio, --macs-target, --speedup-target (structured) or --sparsity "
-                          "(--method unstructured)")
-    cfg: dict = {given[0]: getattr(args, given[0]), "method": args.method,
+                          "(--method unstructured); or, for a transformer, --heads / --ffn / --layers / --depth (with "
+                          "--macs-target to scale --heads / --ffn)")
+    cfg: dict = {**{k: getattr(args, k) for k in given}, **transformer, "method": args.method,
                  "finetune": {"epochs": args.finetune_epochs if with_data else 0, "lr": args.lr}}
-    for key in ("importance", "round_to", "steps", "max_ratio", "alpha", "temperature"):
+    for key in ("importance", "round_to", "steps", "max_ratio", "alpha", "temperature", "head_importance"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     for key in ("global_pruning", "compare_scratch"):
@@ -75,16 +85,41 @@ def _prune_config(args, with_data: bool) -> dict:
     return cfg
 
 
-def _cmd_prune(args) -> int:
+def _int_list(text: str, flag: str) -> list:
+    try:
+        return [int(i) for i in text.split(",") if i.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated layer indices (e.g. 1,3), got '{text}'") from None
+
+
+def _example(meta: dict, splits: Any) -> Any:
+    """A sample batch: the data's, else synthetic inputs of the checkpoint's signature (token ids stay int64),
+    else zeros of its input_shape."""
     import numpy as np
+
+    if splits is not None:
+        return splits.val.x[:8]
+    if meta.get("signature"):
+        from edgekit.core.signature import Signature
+
+        return Signature.from_dict(meta["signature"]).synthetic(1, sequence=16)
+    if not meta.get("input_shape"):
+        raise ConfigError("the checkpoint has neither a signature nor an input_shape in its meta; give --data")
+    return np.zeros((1, *meta["input_shape"]), np.float32)
+
+
+def _cmd_prune(args) -> int:
 
     from edgekit.models import save_checkpoint
 
     if args.out:
         kind = "dir" if args.sensitivity else "checkpoint"
         check_output(args.out, kind, inputs=[args.checkpoint, args.data], force=args.force)
-    model, meta = _load(args.checkpoint)
-    splits = _splits_for(args.data, meta["input_shape"], args.seed) if args.data else None
+    from edgekit.models import load_checkpoint
+
+    model, meta = load_checkpoint(args.checkpoint) if args.heads or args.ffn or args.layers or args.depth \
+        else _load(args.checkpoint)
+    splits = _splits_for(args.data, meta.get("input_shape") or [], args.seed) if args.data else None
     if args.sensitivity:
         from edgekit.techniques.prune.config import default_round_to
         from edgekit.techniques.prune.sensitivity import sensitivity
@@ -105,8 +140,7 @@ def _cmd_prune(args) -> int:
     cfg = _prune_config(args, splits is not None)
     if args.compare_scratch and splits is None:
         raise ConfigError("--compare-scratch trains the pruned architecture from scratch: give --data")
-    example = splits.val.x[:8] if splits else np.zeros((1, *meta["input_shape"]), np.float32)
-    res = prune(model, cfg, example_input=example, train=splits.train if splits else None,
+    res = prune(model, cfg, example_input=_example(meta, splits), train=splits.train if splits else None,
                 val=splits.val if splits else None, teacher=model if splits else None, seed=args.seed)
     save_checkpoint(res.model, args.out, {**meta, "pruned": {"macs_fraction": res.macs_fraction}
                                           if hasattr(res, "macs_fraction") else res.sidecar})
@@ -154,6 +188,10 @@ def _cmd_quantize(args) -> int:
         config["op_types"] = [t.strip() for t in args.op_types.split(",") if t.strip()]
     if args.mode == "static":
         config["speed_fallback"] = args.speed_fallback
+        if args.smoothquant:
+            config["smoothquant"] = {"alpha": args.smoothquant}
+        if args.all_ops:
+            config["transformer_scope"] = False
         if args.speed_batches:
             config["speed_batches"] = _batches(args.speed_batches)
     val = as_split(args.val) if args.val else None
@@ -194,23 +232,12 @@ def _batches(text: str) -> list:
     return [int(t) for t in parts]
 
 
-def add_commands(subparsers: Any) -> None:
-    """Add `export`, `prune` and `quantize` to the `edgekit` CLI."""
-    from edgekit.techniques.prune.config import IMPORTANCES
-    from edgekit.techniques.quantize.config import CALIBRATION_METHODS, TARGETS
+def _add_prune(subparsers: Any) -> None:
+    from edgekit.techniques.prune.config import HEAD_IMPORTANCES, IMPORTANCES
     from edgekit.techniques.sparsity.config import SPARSITY_PATTERNS
 
-    e = subparsers.add_parser("export", help="export an edgekit checkpoint to ONNX (parity-checked)")
-    e.add_argument("checkpoint")
-    e.add_argument("--out", required=True, help="the .onnx file to write (never the input checkpoint)")
-    e.add_argument("--force", action="store_true", help="replace an existing file that is not ONNX")
-    e.add_argument("--data", help="samples for the parity check: digits | digits_seq | file.npz (default: random)")
-    e.add_argument("--opset", type=bounded_int("--opset", 7, 30), default=17)
-    e.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
-    e.add_argument("--seed", type=bounded_int("--seed", 0, 2**32 - 1), default=0)
-    e.set_defaults(func=_cmd_export)
-
-    p = subparsers.add_parser("prune", help="structured channel pruning of a checkpoint, or --sensitivity analysis")
+    p = subparsers.add_parser("prune", help="structured pruning of a checkpoint (channels, or transformer heads / "
+                                            "FFN / layers), or --sensitivity analysis")
     p.add_argument("checkpoint")
     p.add_argument("--out", help="pruned checkpoint (.pt), or the folder for --sensitivity results")
     p.add_argument("--force", action="store_true", help="replace an existing file that is not a checkpoint")
@@ -224,6 +251,15 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--sparsity", type=bounded_float("--sparsity", 0, 1),
                    help="fraction of weights zeroed (--method unstructured)")
     p.add_argument("--importance", choices=IMPORTANCES.names(), help="channel importance (default: as in recipes)")
+    p.add_argument("--heads", type=bounded_float("--heads", 0, 1),
+                   help="transformers: fraction of the attention heads removed from every layer")
+    p.add_argument("--ffn", type=bounded_float("--ffn", 0, 1),
+                   help="transformers: fraction of the FFN neurons removed from every layer")
+    p.add_argument("--layers", help="transformers: comma-separated encoder layer indices removed whole (e.g. 1,3)")
+    p.add_argument("--depth", type=bounded_int("--depth", 1, 10_000),
+                   help="transformers: encoder layers kept (the least important ones are removed)")
+    p.add_argument("--head-importance", choices=HEAD_IMPORTANCES.names(),
+                   help="transformers: l1 (output norms) or taylor (head-mask gradients, needs --data)")
     p.add_argument("--round-to", type=bounded_int("--round-to", 1, 1024),
                    help="widths are multiples of this (default: the backend's channel "
                                                 "alignment, 16 on AVX-512 CPUs)")
@@ -244,6 +280,27 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--ratios", default="0.25,0.5,0.75", help="ratios for --sensitivity")
     p.add_argument("--seed", type=bounded_int("--seed", 0, 2**32 - 1), default=0)
     p.set_defaults(func=_cmd_prune)
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add `export`, `prune` and `quantize` to the `edgekit` CLI."""
+    e = subparsers.add_parser("export", help="export an edgekit checkpoint to ONNX (parity-checked)")
+    e.add_argument("checkpoint")
+    e.add_argument("--out", required=True, help="the .onnx file to write (never the input checkpoint)")
+    e.add_argument("--force", action="store_true", help="replace an existing file that is not ONNX")
+    e.add_argument("--data", help="samples for the parity check: digits | digits_seq | file.npz (default: random)")
+    e.add_argument("--opset", type=bounded_int("--opset", 7, 30), default=17)
+    e.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
+    e.add_argument("--seed", type=bounded_int("--seed", 0, 2**32 - 1), default=0)
+    e.add_argument("--fuse", choices=["auto", "on", "off"], default="auto", help="ORT transformer fusion")
+    e.set_defaults(func=_cmd_export)
+    _add_prune(subparsers)
+    _add_quantize(subparsers)
+
+
+def _add_quantize(subparsers: Any) -> None:
+    """The `quantize` command's arguments."""
+    from edgekit.techniques.quantize.config import CALIBRATION_METHODS, TARGETS
 
     q = subparsers.add_parser("quantize", help="INT8 quantisation of an ONNX file for a target")
     q.add_argument("model", help="float ONNX model (one or several named inputs)")
@@ -269,6 +326,11 @@ def add_commands(subparsers: Any) -> None:
                    help="static: profile fp32 vs int8 kernels on ONNX Runtime CPU, keep slower-in-int8 layers float "
                         "and ship the fastest policy, timed against fp32 (default on)")
     q.add_argument("--speed-batches", help="batch sizes the speed check measures (default 1,8,32)")
+    q.add_argument("--smoothquant", type=bounded_float("--smoothquant", 0, 1), metavar="ALPHA",
+                   help="static: SmoothQuant with this alpha (0 < alpha <= 1) before quantising")
+    q.add_argument("--all-ops", action="store_true",
+                   help="static on a transformer: quantise every op (naive; default keeps LayerNorm, Softmax, GELU, "
+                        "residual Adds, embeddings and attention products float)")
     q.add_argument("--threads", type=bounded_int("--threads", 1, 1024), default=2,
                    help="ONNX Runtime threads for accuracy and speed measurements")
     q.set_defaults(func=_cmd_quantize_checked)

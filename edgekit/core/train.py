@@ -7,6 +7,7 @@ reads its shard through ``DistributedSampler``.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from edgekit._log import progress
 from edgekit.core.tensors import Inputs, call_module, contiguous, is_named, num_samples, prediction, take, to_torch
 from edgekit.errors import ConfigError, ShapeError, TrainingDivergedError, first_line, validated_config
 from edgekit.registry import Registry
+
+logger = logging.getLogger(__name__)
 
 #: ``loss_fn(model, x, y) -> (loss, logits)``; ``x`` is one tensor or a dict of named tensors
 LossFn = Callable[[nn.Module, Any, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
@@ -65,6 +68,8 @@ class TrainConfig(BaseModel):
     augment: bool = Field(False, description="random ±2 pixel shifts for image inputs")
     grad_clip: Optional[float] = Field(None, gt=0, description="clip gradient norm to this value")
     keep_best: bool = Field(True, description="restore the weights of the best validation epoch")
+    find_lr: bool = Field(False, description="run a learning-rate range test first (about 100 batches) and train at "
+                                             "its suggestion instead of lr (for models whose lr you don't know)")
 
 
 @dataclass
@@ -74,6 +79,67 @@ class FitResult:
     history: List[dict] = field(default_factory=list)
     best_val_accuracy: Optional[float] = None
     seconds: float = 0.0
+    lr: Optional[float] = None  # the peak learning rate used (the range test's suggestion with find_lr)
+
+
+@dataclass
+class LRFindResult:
+    """A learning-rate range test: the rates tried, their smoothed losses, and the suggested peak rate."""
+
+    lrs: List[float]
+    losses: List[float]
+    suggestion: float
+
+
+def find_lr(model: nn.Module, train: Arrays, config: TrainConfig | dict | None = None, *, seed: int = 0,
+            loss_fn: Optional[LossFn] = None, extra_parameters: Iterable[nn.Parameter] = (),
+            start: float = 1e-6, end: float = 1.0, steps: int = 100) -> LRFindResult:
+    """Leslie Smith's learning-rate range test: train ``steps`` batches while the rate grows exponentially from
+    ``start`` to ``end``; the suggestion is a tenth of the rate at the lowest smoothed loss (the rate at the minimum
+    is already too high to train at). The model's weights are restored afterwards.
+
+    Example:
+        >>> find_lr(model, splits.train, {"optimizer": "sgd"}).suggestion
+        0.0316...
+    """
+    cfg = validated_config(TrainConfig, config, "train").model_copy(update={"lr": start})
+    extra = list(extra_parameters)
+    saved = copy.deepcopy(model.state_dict()), [p.detach().clone() for p in extra]
+    params = [p for p in model.parameters() if p.requires_grad] + extra
+    opt = make_optimizer(params, cfg)
+    sched = lr_scheduler.ExponentialLR(opt, gamma=(end / start) ** (1 / max(1, steps - 1)))
+    loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x_all, y_all = to_torch(contiguous(train.x)), torch.from_numpy(np.ascontiguousarray(train.y))
+    lrs, losses, avg, best = [], [], 0.0, math.inf
+    model.train()
+    try:
+        for step in range(steps):
+            idx = torch.randint(0, len(y_all), (min(cfg.batch_size, len(y_all)),), generator=gen)
+            loss, _ = loss_fn(model, take(x_all, idx), y_all[idx])
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                break
+            avg = 0.98 * avg + 0.02 * value  # exponential moving average, bias-corrected below
+            smooth = avg / (1 - 0.98 ** (step + 1))
+            lrs.append(opt.param_groups[0]["lr"])
+            losses.append(smooth)
+            if smooth > 4 * best:
+                break
+            best = min(best, smooth)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    finally:
+        model.load_state_dict(saved[0])
+        with torch.no_grad():
+            for p, v in zip(extra, saved[1]):
+                p.copy_(v)
+        model.eval()
+    if not losses:
+        raise TrainingDivergedError(f"learning-rate range test: the loss is not finite even at lr {start:g}")
+    return LRFindResult(lrs, losses, lrs[int(np.argmin(losses))] / 10)
 
 
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
@@ -277,8 +343,13 @@ def fit(model: nn.Module, train: Arrays, val: Optional[Arrays], config: TrainCon
         raise ShapeError(f"training data has {n} inputs but {len(train.y)} labels")
     rank, world = _dist_info()
     torch.manual_seed(seed)
-    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     extra = list(extra_parameters)
+    if cfg.find_lr and cfg.epochs:
+        found = find_lr(model, train, cfg, seed=seed, loss_fn=loss_fn, extra_parameters=extra)
+        logger.info("%s: learning-rate range test suggests lr %.3g", desc, found.suggestion)
+        cfg = cfg.model_copy(update={"lr": found.suggestion})
+        torch.manual_seed(seed)
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     params = [p for p in model.parameters() if p.requires_grad] + extra
     opt = make_optimizer(params, cfg)
     loop = _Epochs(net, loss_fn or cross_entropy_loss(cfg.label_smoothing), opt, cfg, params, extra, world,
@@ -309,6 +380,7 @@ def fit(model: nn.Module, train: Arrays, val: Optional[Arrays], config: TrainCon
         model.load_state_dict(best_state)
     model.eval()
     result.seconds = time.perf_counter() - t0
+    result.lr = cfg.lr
     return result
 
 

@@ -57,8 +57,8 @@ class _Prediction(nn.Module):
 
 def export_onnx(model: nn.Module, sample: Inputs, path: str | Path, *, opset: int = 17,
                 parity_data: Optional[Inputs] = None, atol: float = 1e-3, min_top1_agreement: float = 99.0,
-                exporter: Literal["torchscript", "dynamo"] = "torchscript", extra_meta: Optional[dict] = None
-                ) -> ExportResult:
+                exporter: Literal["torchscript", "dynamo"] = "torchscript", extra_meta: Optional[dict] = None,
+                fuse: Any = "auto") -> ExportResult:
     """Export ``model`` to ONNX at ``path`` and verify it against PyTorch with ONNX Runtime.
 
     Args:
@@ -72,6 +72,11 @@ def export_onnx(model: nn.Module, sample: Inputs, path: str | Path, *, opset: in
         atol: maximum allowed absolute difference between ONNX Runtime and PyTorch outputs.
         min_top1_agreement: minimum percentage of samples whose top-1 class agrees.
         exporter: "torchscript" (fast, default) or "dynamo" (needed for fake-quant → Q/DQ export).
+        fuse: "auto" (default: fuse transformer encoders with ONNX Runtime's transformer optimizer, leave other
+            graphs alone), True (try on any graph) or False. A fused export keeps its unfused graph beside it
+            (``<stem>.unfused.onnx``, for backends without ONNX Runtime contrib ops); the sidecar's ``fusion``
+            entry records the fused op counts, the parity fused vs unfused and which file each backend runs
+            (see :mod:`edgekit.export.fuse`).
 
     Raises:
         ShapeError: ``sample`` is not a batch the model accepts.
@@ -85,6 +90,9 @@ def export_onnx(model: nn.Module, sample: Inputs, path: str | Path, *, opset: in
     """
     import onnx
 
+    from edgekit.export.fuse import check_fuse_mode
+
+    fuse = check_fuse_mode(fuse)
     if opset < 17:
         raise ExportError(f"opset must be >= 17, got {opset}")
     if exporter not in ("torchscript", "dynamo"):
@@ -110,9 +118,31 @@ def export_onnx(model: nn.Module, sample: Inputs, path: str | Path, *, opset: in
                 f"{path}: ONNX output disagrees with PyTorch (max |diff| {max_diff:.2e}, allowed {atol:.0e}; "
                 f"top-1 agreement {agree:.1f}%, required {min_top1_agreement:.1f}%) — nothing was written")
     result = ExportResult(path, opset, max_diff, agree, n, exporter)
-    write_sidecar(path, {"kind": "onnx", "precision": "fp32", "parity": result.parity(),
-                         "signature": sig.to_dict(), **(extra_meta or {})})
+    meta = {"kind": "onnx", "precision": "fp32", "parity": result.parity(), "signature": sig.to_dict(),
+            **(extra_meta or {})}
+    fusion = _fuse(model, path, fuse, sample if parity_data is None else parity_data, sig, atol)
+    if fusion is not None:
+        meta["fusion"] = fusion
+        if fusion.get("applied"):
+            from edgekit.export.fuse import unfused_path
+
+            write_sidecar(unfused_path(path), {**meta, "fusion": {"applied": False, "fused": path.name}})
+    write_sidecar(path, meta)
     return result
+
+
+def _fuse(model: nn.Module, path: Path, fuse: Any, data: Inputs, sig: Signature, atol: float) -> Optional[dict]:
+    """Fuse the written export in place when ``fuse`` asks for it (see :func:`edgekit.export.fuse.fuse_onnx`);
+    returns the sidecar's ``fusion`` entry, or None when fusion was not tried."""
+    from edgekit.export.fuse import fuse_onnx, fusion_settings, is_encoder_graph
+
+    if fuse is False or (fuse == "auto" and not is_encoder_graph(path)):
+        return None
+    kind, heads, hidden = fusion_settings(model)
+    data = contiguous(take(data, slice(0, 64)), np.float32, only_double=is_named(data))
+    feeds = dict(data) if is_named(data) else {sig.names[0]: data}
+    return fuse_onnx(path, model_type=kind, num_heads=heads, hidden_size=hidden, feeds=feeds,
+                     atol=max(atol, 1e-4))
 
 
 def export_signature(model: nn.Module, sample: Inputs) -> Signature:

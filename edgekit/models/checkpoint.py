@@ -88,11 +88,15 @@ def apply_structure(model: nn.Module, structure: Dict[str, dict]) -> nn.Module:
 
 
 def _refresh_derived_attributes(model: nn.Module) -> None:
-    """Let architectures recompute cached sizes (e.g. attention head dims) after resizing."""
+    """Let architectures recompute cached sizes (e.g. attention head dims) after resizing; head counts of
+    Hugging Face attention modules follow their (possibly head-pruned) query width."""
+    from edgekit.models.heads import refresh_heads
+
     for m in model.modules():
         hook = getattr(m, "edgekit_refresh", None)
         if callable(hook):
             hook()
+    refresh_heads(model)
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: Dict[str, Any] | None = None) -> Path:

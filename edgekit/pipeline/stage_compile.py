@@ -84,6 +84,7 @@ class CompileStage(StageConfig):
 def run_compile(ctx: StageContext, cfg: CompileStage) -> StageOutput:
     """Compile the input variant's ONNX into a deployable artifact with a backend's compile step (engine, IR)."""
     from edgekit._io import read_sidecar
+    from edgekit.backends.base import unfused_sibling
 
     parent = ctx.variant(cfg.input)
     backend = cfg.backend_name()
@@ -97,7 +98,8 @@ def run_compile(ctx: StageContext, cfg: CompileStage) -> StageOutput:
         raise ConfigError(f"compile: variant '{parent.name}' has no ONNX artifact to compile (it has "
                           f"{', '.join(parent.artifacts()) or 'nothing'}); add an export stage first")
     options = cfg.backend_options()
-    path = spec.compile(parent.onnx, ctx.stage_dir, **{k: v for k, v in options.items() if v is not None})
+    source = unfused_sibling(parent.onnx, spec)  # a fused transformer graph's unfused twin for TensorRT
+    path = spec.compile(source, ctx.stage_dir, **{k: v for k, v in options.items() if v is not None})
     side = read_sidecar(path)
     precision = side.get("precision") or options.get("precision") or "unknown"
     name = cfg.name or f"{parent.name}-{spec.tag or spec.name}-{precision}"

@@ -106,8 +106,12 @@ def _quantize_jobs(ctx: StageContext, cfg: Any, tcfg: Any, parent: Variant, teac
 
     t = technique("quantize")
     jobs = []
+    from edgekit.techniques.quantize.ptq import resolve_mode
+
     for target in dict.fromkeys(cfg.targets or [tcfg.target]):
         job_cfg = type(tcfg).model_validate({**dict(tcfg), "target": target})
+        if job_cfg.mode is None and parent.onnx:  # null: dynamic for a transformer on the cpu target
+            job_cfg = resolve_mode(parent.onnx, job_cfg)
         jobs.append(Job(cfg.name or f"{parent.name}-{t.variant_suffix(job_cfg)}", job_cfg, parent))
     return jobs
 

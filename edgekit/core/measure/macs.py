@@ -162,6 +162,7 @@ def _symbolic_inference(model):
         return None
     try:  # its infer_shapes() would save 'sym_shape_infer_temp.onnx' into the current directory when incomplete
         inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference.dispatcher_.setdefault("QAttention", lambda node: _infer_qattention(inference, node))
         inference._preprocess(model)
         while inference.run_:
             inference._infer_impl()
@@ -170,6 +171,19 @@ def _symbolic_inference(model):
     except Exception as e:  # it raises plain Exceptions on graphs it cannot finish
         logger.info(f"symbolic shape inference failed: {str(e)[:160]}")
         return None
+
+
+def _infer_qattention(inference: Any, node: Any) -> None:
+    """Output shape of ONNX Runtime's QAttention, which its symbolic inference does not know: the input's
+    [batch, sequence] and a third of the packed QKV bias (float output; the input is uint8)."""
+    from onnx import TensorProto, helper
+
+    shape = inference._get_shape(node, 0)
+    bias = inference._try_get_shape(node, 2)
+    if shape and len(shape) == 3 and bias and isinstance(bias[0], int):
+        shape[2] = bias[0] // 3
+    inference.known_vi_[node.output[0]].CopyFrom(helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT,
+                                                                               shape))
 
 
 def _shape_map(model) -> Dict[str, List[int]]:
@@ -276,6 +290,21 @@ def _attention(node, shapes_in) -> Optional[int]:
     return None
 
 
+def _contrib_attention(node, x, w) -> Optional[int]:
+    """ONNX Runtime's fused Attention / QAttention (com.microsoft): input [B, S, H_in], packed QKV weight
+    [H_in, H_q + H_k + H_v]; the projection plus Q·Kᵀ and P·V, per sample."""
+    if not _known(x, w) or len(x) != 3 or len(w) != 2:
+        return None
+    sizes = _attr(node, "qkv_hidden_sizes") or [w[1] // 3] * 3
+    seq = x[1]
+    return x[1] * w[0] * w[1] + seq * seq * (sizes[0] + sizes[2])
+
+
+def _contrib_projection(node, shapes: Shapes) -> Optional[int]:
+    x, w = _ins(node, shapes, 0, 1)
+    return x[1] * w[0] * w[1] if _known(x, w) and len(x) == 3 and len(w) == 2 else None
+
+
 def _from_dq(name: str, producers: Dict[str, Any]) -> bool:
     p = producers.get(name)
     return p is not None and p.op_type == "DequantizeLinear"
@@ -308,7 +337,9 @@ _COUNTERS: Dict[str, Callable[[Any, Shapes], Optional[int]]] = {
     "DynamicQuantizeLSTM": lambda n, s: _recurrent(n, s(n.input[0]), 4),
     "GRU": lambda n, s: _recurrent(n, s(n.input[0]), 3),
     "RNN": lambda n, s: _recurrent(n, s(n.input[0]), 1),
-    "Attention": lambda n, s: _attention(n, [s(i) for i in n.input[:3]]),
+    "Attention": lambda n, s: (_contrib_attention(n, *_ins(n, s, 0, 1)) if n.domain == "com.microsoft"
+                               else _attention(n, [s(i) for i in n.input[:3]])),
+    "QAttention": lambda n, s: _contrib_attention(n, *_ins(n, s, 0, 1)),
 }
 # float ops that run as int8 kernels when both operands come from DequantizeLinear (QDQ graphs)
 _QDQ_INT8_OPS = {"Conv", "FusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm"}
@@ -341,15 +372,21 @@ def _inferred(path_or_model: Any, input_shape: Optional[Sequence[int]],
     return (symbolic or inferred), fixed, where, "incomplete"
 
 
-def _node_macs(i: int, node, shapes: Shapes, producers: Dict[str, Any]) -> Optional[NodeMacs]:
-    """The MACs of one node, or None for an op that is not counted."""
+def _node_macs(i: int, node, shapes: Shapes, producers: Dict[str, Any]) -> Optional[List[NodeMacs]]:
+    """The MACs of one node (two entries for an int8 QAttention: projection and attention products), or None
+    for an op that is not counted."""
     op = node.op_type
     count = _COUNTERS.get(op)
-    if count is None or (op == "Attention" and node.domain not in ("", "ai.onnx")):
+    if count is None or (op == "Attention" and node.domain not in ("", "ai.onnx", "com.microsoft")):
         return None
     macs = count(node, shapes)
+    if op == "QAttention":  # its QKV projection runs int8, the attention products float: counted apart
+        proj = _contrib_projection(node, shapes)
+        if proj is not None and macs is not None:
+            return [NodeMacs(node.name or f"{op}_{i}", op, proj, True),
+                    NodeMacs(f"{node.name or f'{op}_{i}'}/scores", op, macs - proj, False)]
     int8 = op in _INT8_OPS or (op in _QDQ_INT8_OPS and all(_from_dq(n, producers) for n in node.input[:2]))
-    return NodeMacs(node.name or f"{op}_{i}", op, int(macs or 0), int8, macs is not None)
+    return [NodeMacs(node.name or f"{op}_{i}", op, int(macs or 0), int8, macs is not None)]
 
 
 def count_macs_onnx(path_or_model: Any, input_shape: Optional[Sequence[int]] = None, *,
@@ -388,7 +425,7 @@ def count_macs_onnx(path_or_model: Any, input_shape: Optional[Sequence[int]] = N
     def shapes(name: str) -> Optional[List[int]]:
         return shape_map.get(name) if name else None
 
-    per_node = [m for i, node in enumerate(model.graph.node) if (m := _node_macs(i, node, shapes, producers))]
+    per_node = [m for i, node in enumerate(model.graph.node) for m in (_node_macs(i, node, shapes, producers) or [])]
     total = sum(n.macs for n in per_node)
     int8_total = sum(n.macs for n in per_node if n.int8)
     first = next(iter(fixed.values()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import traceback
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -61,10 +61,13 @@ def user_frame(tb) -> str:
     return f" at {os.path.basename(f.filename)}:{f.lineno} in {f.name}(): `{(f.line or '').strip()}`"
 
 
-def forward_error(model: nn.Module, example: torch.Tensor, what: str) -> Optional[str]:
+def forward_error(model: nn.Module, example: Any, what: str) -> Optional[str]:
+    """Why ``model`` cannot run ``example`` (one tensor or named tensors), located in user code; None if it runs."""
+    from edgekit.core.tensors import call_module
+
     try:
         with torch.no_grad():
-            model.eval()(example)
+            call_module(model.eval(), example)
     except Exception as e:  # noqa: BLE001 - any failure of user code is reported with its location
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         return f"{what}: {type(e).__name__}{user_frame(e.__traceback__)}: {msg}"
@@ -180,9 +183,54 @@ def group_importance(model: nn.Module, dg, groups: List[Group], importance, clas
     return out
 
 
-def count(model: nn.Module, example: torch.Tensor) -> Tuple[int, int]:
-    """(MACs, params) at batch 1, counted by ``torch_pruning.utils.count_ops_and_params``."""
+def count(model: nn.Module, example: Any) -> Tuple[int, int]:
+    """(MACs, params) at batch 1, counted by ``torch_pruning.utils.count_ops_and_params``; ``example`` is one
+    tensor or a mapping of named tensors (token ids stay integer)."""
+    import contextlib
+    import io
+
     import torch_pruning as tp
 
-    macs, params = tp.utils.count_ops_and_params(model, example[:1])
+    one = {k: v[:1] for k, v in example.items()} if isinstance(example, Mapping) else example[:1]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its notes on keyword-only inputs
+            macs, params = tp.utils.count_ops_and_params(model, one)
+    except Exception as e:  # noqa: BLE001 - a pruned model whose forward breaks: say where and what to do
+        raise ConfigError(broken_forward_message(model, _rerun_error(model, one) or e)) from None
     return int(macs), int(params)
+
+
+def _rerun_error(model: nn.Module, example: Any) -> Optional[BaseException]:
+    """The error of ``model``'s own forward (the counter runs a copy, whose modules have other names)."""
+    from edgekit.core.tensors import call_module
+
+    try:
+        with torch.no_grad():
+            call_module(model.eval(), example)
+    except Exception as e:  # noqa: BLE001
+        return e
+    return None
+
+
+def failing_layer(model: nn.Module, tb) -> Optional[str]:
+    """Name of the innermost submodule of ``model`` whose ``forward`` is on the traceback ``tb``."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found = None
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if id(owner) in names and names[id(owner)]:
+            found = names[id(owner)]
+        tb = tb.tb_next
+    return found
+
+
+def broken_forward_message(model: nn.Module, e: BaseException) -> str:
+    """The error for a (pruned) model that no longer runs: the layer, the op and the fix."""
+    layer = failing_layer(model, e.__traceback__)
+    msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    where = f"layer '{layer}'" if layer else "its own forward"
+    fix = f"{{names: ['{layer}']}}" if layer else "{names: [<the layer whose output it reshapes>]}"
+    return (f"prune: {type(model).__name__} no longer runs once pruned: {where} fails{user_frame(e.__traceback__)}"
+            f" ({type(e).__name__}: {msg}); its forward pass assumes a width that channel pruning changed (e.g. a "
+            f"reshape into attention heads). Protect it (prune.exclude: {fix}), or for a transformer prune "
+            "heads: / ffn: / layers: instead of channels")

@@ -82,10 +82,25 @@ def validate(model: nn.Module, cfg: PruneConfig, train: Any) -> Tuple[Dict[str, 
     return per_layer, excluded
 
 
+def _check_attention(model: nn.Module, excluded: List[str]) -> None:
+    """Channel pruning would cut a known attention module's q/k/v (heads x head width) and the shared hidden size:
+    refuse it, pointing at head / FFN pruning, unless those projections are protected."""
+    from edgekit.models.heads import transformer_blocks
+
+    for b in transformer_blocks(model):
+        if b.layout is not None and not {*b.qkv, b.out} <= set(excluded):
+            raise ConfigError(f"prune: channel pruning (ratio / macs_target / speedup_target) of "
+                              f"{type(model).__name__} would cut the attention projections of {b.attention} (their "
+                              "widths are heads x head width) and the hidden size every layer shares; prune a "
+                              "transformer with heads: / ffn: / layers: (docs/PRUNING.md), or protect its attention "
+                              "layers (prune.exclude: {patterns: ['*attention*']})")
+
+
 def prepare(model: nn.Module, cfg: PruneConfig, example_input: Any, train: Any) -> Work:
     """Validate, copy and trace ``model``; list its channel groups and count its MACs."""
     example = as_example(example_input)
     per_layer, excluded = validate(model, cfg, train)  # layer names hold for the copy below
+    _check_attention(model, excluded)
     classifier = pg.find_classifier(model)
     work = copy.deepcopy(model).cpu().eval()
     dg = pg.trace(work, example)

@@ -9,17 +9,24 @@
   :func:`edgekit.techniques.prune.sensitivity.allocate_ratios`).
 
 ``per_layer_ratios`` combined with ``macs_target`` / ``speedup_target`` is scaled by one factor until the target is met.
+
+Transformer encoders (Hugging Face BERT-family / ViT / DistilBERT, zoo ViT) are pruned with ``heads`` (fraction of
+attention heads removed per layer), ``ffn`` (fraction of FFN neurons), ``layers`` (indices removed whole) or ``depth``
+(layers kept, the least important removed), ranked
+by ``head_importance``; ``macs_target`` / ``speedup_target`` with them scales ``heads`` / ``ffn`` (see
+docs/PRUNING.md, Transformers).
 The other methods are the sparsity patterns of :mod:`edgekit.techniques.sparsity` (``unstructured`` with
 ``sparsity``, ``2:4``).
 
 Example:
     >>> PruneConfig(macs_target=0.5, importance="l1", round_to=8, finetune={"epochs": 3, "lr": 0.01})
     >>> PruneConfig(method="2:4", exclude={"patterns": ["stem.*"]})
+    >>> PruneConfig(heads=0.5, ffn=0.5, head_importance="taylor", finetune={"epochs": 3, "lr": 2e-4})
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Dict, Optional
+from typing import Annotated, Any, Callable, Dict, List, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -70,6 +77,24 @@ for _imp in (Importance("l1", _magnitude(1), "L1 norm of each channel group's we
              Importance("taylor", _taylor, "first-order Taylor estimate of the loss change (needs labelled data)",
                         needs_gradients=True, search_proxy="l1")):
     IMPORTANCES.register(_imp.name)(_imp)
+
+
+@dataclass(frozen=True)
+class HeadImportance:
+    """A registered importance of attention heads and FFN neurons (computed by
+    :mod:`edgekit.techniques.prune._transformer` from a calibration pass)."""
+
+    name: str
+    description: str
+    needs_labels: bool = False
+
+
+HEAD_IMPORTANCES: Registry[HeadImportance] = Registry("head importance")
+for _himp in (HeadImportance("l1", "mean |output| of each head (its slice of the attention context) and of each FFN "
+                                   "neuron over the calibration batches (no labels needed)"),
+              HeadImportance("taylor", "|d loss / d mask| of a per-head / per-neuron mask (Michel et al. 2019) over "
+                                       "labelled training batches", needs_labels=True)):
+    HEAD_IMPORTANCES.register(_himp.name)(_himp)
 
 
 AVX512_ALIGNMENT = 16  # NCHWc block of ORT / oneDNN fp32 convs on AVX-512: 24 or 40 channels cost as much as 32 or 48
@@ -135,7 +160,19 @@ class PruneConfig(RecoveryConfig):
     compare_scratch: bool = Field(False, description="also train the pruned architecture from freshly initialised "
                                   "weights with the same fine-tune budget (no teacher) and report both accuracies: "
                                   "does pruning + KD beat training the small model alone?")
-    taylor_batches: int = Field(4, ge=1, description="training batches whose gradients feed taylor importance")
+    taylor_batches: int = Field(4, ge=1, description="training batches whose gradients feed taylor importance "
+                                "(and the calibration batches of head_importance)")
+    heads: Optional[float] = Field(None, gt=0, lt=1, description="transformers: fraction of the attention heads "
+                                   "removed from every layer (rounded to whole heads; at least one head stays)")
+    ffn: Optional[float] = Field(None, gt=0, lt=1, description="transformers: fraction of the FFN intermediate "
+                                 "neurons removed from every layer (kept width a multiple of round_to)")
+    layers: List[int] = Field(default_factory=list, description="transformers: encoder layers (0-based indices) "
+                              "removed whole")
+    depth: Optional[int] = Field(None, ge=1, description="transformers: encoder layers kept; the layers whose "
+                                 "removal changes the model's calibration outputs least (KL) are removed")
+    head_importance: Annotated[str, OneOf(HEAD_IMPORTANCES)] = Field(
+        "l1", description="transformers: how heads and FFN neurons are ranked: l1 (output norms over calibration "
+                          "batches) or taylor (head-mask gradients, needs labels)")
 
     @field_validator("per_layer_ratios")
     @classmethod
@@ -148,7 +185,8 @@ class PruneConfig(RecoveryConfig):
     @model_validator(mode="after")
     def _one_target(self) -> PruneConfig:
         if self.method != "structured":
-            given = [k for k in ("ratio", "macs_target", "speedup_target", "per_layer_ratios") if getattr(self, k)]
+            given = [k for k in ("ratio", "macs_target", "speedup_target", "per_layer_ratios", "heads", "ffn",
+                                 "layers", "depth") if getattr(self, k)]
             if given:
                 raise ValueError(f"{', '.join(given)} apply to method 'structured', not '{self.method}'")
             check_amount(self.method, self.sparsity)
@@ -156,6 +194,8 @@ class PruneConfig(RecoveryConfig):
         if self.sparsity is not None:
             raise ValueError("sparsity applies to method 'unstructured'; structured pruning takes ratio, "
                              "macs_target, speedup_target or per_layer_ratios")
+        if self.transformer:
+            return self._transformer_target()
         given = [k for k in ("ratio", "macs_target", "speedup_target") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give one pruning target, not {' and '.join(given)}")
@@ -170,6 +210,32 @@ class PruneConfig(RecoveryConfig):
                              "global_pruning")
         return self
 
+    def _transformer_target(self) -> PruneConfig:
+        clash = [k for k in ("ratio", "per_layer_ratios", "global_pruning") if getattr(self, k)]
+        if clash:
+            raise ValueError(f"heads / ffn / layers prune a transformer's heads, FFN neurons and layers; "
+                             f"{', '.join(clash)} apply to channel pruning: give one or the other")
+        target = "macs_target" if self.macs_target is not None else "speedup_target" if self.speedup_target else None
+        if target and not (self.heads or self.ffn):
+            raise ValueError(f"{target} with transformer pruning scales heads / ffn; give heads and/or ffn")
+        if self.macs_target is not None and self.speedup_target is not None:
+            raise ValueError("give one pruning target, not macs_target and speedup_target")
+        if self.steps > 1:
+            raise ValueError("steps applies to channel pruning; transformer heads / ffn are pruned in one step")
+        if self.depth is not None and self.layers:
+            raise ValueError("give layers (which to remove) or depth (how many to keep), not both")
+        if len(set(self.layers)) != len(self.layers) or any(i < 0 for i in self.layers):
+            raise ValueError(f"layers must be distinct layer indices >= 0, got {self.layers}")
+        if self.compare_scratch and self.finetune.epochs == 0:
+            raise ValueError("compare_scratch trains the pruned architecture with the fine-tune budget; set "
+                             "finetune.epochs > 0")
+        return self
+
+    @property
+    def transformer(self) -> bool:
+        """True when heads, FFN neurons or whole layers of a transformer are pruned."""
+        return bool(self.heads or self.ffn or self.layers or self.depth)
+
     def resolved(self) -> PruneConfig:
         """This config with ``round_to`` filled in (see :func:`default_round_to`) when it was left unset."""
         if self.round_to is not None:
@@ -181,6 +247,8 @@ class PruneConfig(RecoveryConfig):
         """'ratio', 'macs', 'speed' or 'per_layer' (structured), else the sparsity pattern."""
         if self.method != "structured":
             return self.method
+        if self.transformer and self.macs_target is None and self.speedup_target is None:
+            return "transformer"
         if self.macs_target is not None:
             return "macs"
         if self.speedup_target is not None:

@@ -32,7 +32,10 @@ class PruneResult(Result):
     """A structurally pruned model (``model``) and what was done to it.
 
     ``layers`` has one row per coupled channel group: ``group`` (root layer), ``layers`` (its members),
-    ``before``/``after`` channels, ``aligned`` (after % round_to == 0) and ``excluded``.
+    ``before``/``after`` channels, ``aligned`` (after % round_to == 0) and ``excluded``. Transformer pruning
+    (``heads`` / ``ffn`` / ``layers`` / ``depth``) gives one row per layer and ``kind`` (``heads``: head counts and
+    the ``kept`` head indices; ``ffn``: neurons; ``layer``: removed), and ``ratio`` is the scale applied to
+    ``heads`` / ``ffn`` (1.0 unless a MACs or speed target searched it).
     """
 
     config: PruneConfig
@@ -122,6 +125,8 @@ def prune(model: nn.Module, config: Union[PruneConfig, dict, None] = None, *, ex
     from edgekit.techniques.prune import _rnn
 
     cfg = cfg.resolved()
+    if cfg.transformer:
+        return _transformer(model, cfg, example_input, train, val, teacher, seed)
     if _rnn.recurrent_layers(model):  # LSTM/GRU hidden units: Torch-Pruning cannot prune them
         return _rnn.prune_rnn(model, cfg, example_input, train, val, teacher, seed)
     return _structured(model, cfg, example_input, train, val, teacher, seed)
@@ -157,9 +162,65 @@ def _structured(model: nn.Module, cfg: PruneConfig, example_input: Any, train: A
                        seconds=time.perf_counter() - t0)
 
 
+def _transformer(model: nn.Module, cfg: PruneConfig, example_input: Any, train: Any, val: Any,
+                 teacher: Optional[nn.Module], seed: int) -> PruneResult:
+    """Heads / FFN neurons / layers of a transformer encoder (see :mod:`._transformer`), then KD recovery."""
+    import copy
+
+    from edgekit.techniques.prune import _structured as st
+    from edgekit.techniques.prune import _transformer as tr
+    from edgekit.techniques.prune.config import HEAD_IMPORTANCES
+    from edgekit.techniques.recovery import recover
+
+    t0 = time.perf_counter()
+    example = st.as_example(example_input)
+    _, excluded = st.validate(model, cfg, train)
+    if HEAD_IMPORTANCES.get(cfg.head_importance).needs_labels and (train is None or train.y is None):
+        raise ConfigError("prune.head_importance 'taylor' needs labelled training data (train=); use 'l1'")
+    blocks = tr.check_blocks(model, cfg, excluded)
+    work = copy.deepcopy(model).cpu().eval()
+    err = pg_forward_error(work, example)
+    if err:
+        raise ConfigError(f"prune: {err}")
+    macs0, params0 = tr.macs(work, example)
+    scores = tr.importance(work, blocks, cfg, example, train, seed)
+    drop, layer_kl = (tr.layers_to_drop(work, blocks, cfg, example, train, seed) if cfg.depth
+                      else (list(cfg.layers), None))
+    plan, s, search = tr.choose(work, blocks, cfg, scores, example, excluded, macs0, drop)
+    tr.apply_plan(work, blocks, plan)
+    history, val_acc = [{"step": 1, "macs": tr.macs(work, example)[0], "dropped_layers": drop}], None
+    if layer_kl is not None:
+        history[0]["layer_kl"] = [float(f"{k:.4g}") for k in layer_kl]
+    if cfg.finetune.epochs > 0:
+        res = recover(work, teacher, train, val, cfg.finetune, temperature=cfg.temperature, alpha=cfg.alpha,
+                      seed=seed, desc="prune finetune")
+        val_acc = res.best_val_accuracy
+        history[0].update(epochs=cfg.finetune.epochs, val_accuracy=val_acc, finetune=res.history,
+                          kd=teacher is not None)
+    work.zero_grad(set_to_none=True)
+    scratch = None
+    if cfg.compare_scratch:
+        from edgekit.techniques.recovery import scratch_baseline
+
+        scratch = scratch_baseline(work, train, val, cfg.finetune, seed=seed, desc="prune: scratch baseline")
+    macs1, params1 = tr.macs(work, example)
+    return PruneResult(model=work.eval(), config=cfg, ratio=s, layers=tr.table(blocks, work, plan, cfg.round_to,
+                                                                                 excluded),
+                       macs_before=macs0, macs_after=macs1, params_before=params0, params_after=params1,
+                       history=history, search=search, val_accuracy=val_acc, scratch=scratch,
+                       seconds=time.perf_counter() - t0)
+
+
+def pg_forward_error(model: nn.Module, example: Any) -> Optional[str]:
+    """Why ``model`` cannot run ``example`` (with the layer where it failed), or None."""
+    from edgekit.techniques.prune._graph import forward_error
+
+    return forward_error(model, example, f"{type(model).__name__} cannot run its example input")
+
+
 register_technique(Technique(
     "prune", PruneConfig, consumes="module", produces="module", apply=prune,
-    description="structured channel pruning to a ratio, MACs or measured speed target (or a sparsity pattern), "
-                "with KD recovery",
+    description="structured channel pruning to a ratio, MACs or measured speed target, transformer heads / FFN "
+                "neurons / layers, or a sparsity pattern, with KD recovery",
     teacher="optional", uses_teacher=lambda config: config.finetune.epochs > 0,
     variant_suffix=lambda config: "pruned" if config.method == "structured" else "sparse"))

@@ -82,6 +82,45 @@ def activation_matmuls(model) -> List[str]:
             and not any(x in consts for x in n.input[:2])]
 
 
+# why a transformer's non-contraction ops stay float under static INT8 (op type -> reason in the sidecar)
+_FLOAT_REASONS = {
+    "LayerNormalization": "layer norm: per-token mean/variance; int8 ranges clip the outlier channels",
+    "SkipLayerNormalization": "residual Add + layer norm (fused): outlier channels and per-token statistics",
+    "EmbedLayerNormalization": "embedding lookup + layer norm (fused)",
+    "Softmax": "softmax: exponentials of a wide range, tiny probabilities round to zero in int8",
+    "Erf": "GELU: nonlinear over a wide input range", "Gelu": "GELU: nonlinear over a wide input range",
+    "BiasGelu": "GELU (fused with its bias): nonlinear over a wide input range",
+    "FastGelu": "GELU (tanh form): nonlinear over a wide input range", "Tanh": "tanh: nonlinear",
+    "Attention": "fused attention: ONNX Runtime's QDQ quantiser has no static form of it",
+}
+
+
+def transformer_float_nodes(model) -> List[Dict[str, str]]:
+    """Nodes a transformer-aware static INT8 keeps float, each with its reason: normalisation, Softmax, GELU,
+    residual Adds (two activation operands), embedding Gathers (constant tables) and activation x activation
+    MatMuls (attention products Q·Kᵀ, P·V)."""
+    consts = constant_names(model)
+    out = []
+    for i, n in enumerate(model.graph.node):
+        name = n.name or f"{n.op_type}_{i}"
+        reason = _FLOAT_REASONS.get(n.op_type)
+        if n.op_type == "Add" and len(n.input) == 2 and not any(x in consts for x in n.input):
+            reason = "residual Add: two activation streams of different ranges"
+        elif n.op_type == "Gather" and n.input and n.input[0] in consts and len(n.input[0]) and \
+                _is_table(model, n.input[0]):
+            reason = "embedding lookup: a float table row per token, nothing to multiply"
+        elif n.op_type == "MatMul" and not any(x in consts for x in n.input[:2]):
+            reason = "attention product (activation x activation): both ranges vary per input"
+        if reason:
+            out.append({"node": name, "op_type": n.op_type, "reason": reason})
+    return out
+
+
+def _is_table(model, name: str) -> bool:
+    init = next((i for i in model.graph.initializer if i.name == name), None)
+    return init is not None and len(init.dims) == 2
+
+
 def is_transformer(model) -> bool:
     """True when the graph holds attention/normalisation ops of a transformer block."""
     return bool({n.op_type for n in model.graph.node} & TRANSFORMER_MARKERS)

@@ -96,14 +96,21 @@ for _m in (CalibrationMethod("minmax", "MinMax", "range = observed min/max of ea
     CALIBRATION_METHODS.register(_m.name)(_m)
 
 
+class SmoothQuantConfig(TechniqueConfig):
+    """SmoothQuant before static INT8 (:mod:`edgekit.techniques.quantize.smoothquant`)."""
+
+    alpha: float = Field(0.5, gt=0, le=1, description="migration strength: s_j = max|X_j|^alpha / max|W_j|^(1-alpha)")
+
+
 class QuantizeConfig(TechniqueConfig):
     """Post-training quantisation settings (what :func:`edgekit.techniques.quantize.ptq.quantize` takes)."""
 
     renamed = {"exclude_nodes": "exclude"}
 
-    mode: Literal["static", "dynamic"] = Field(
-        "static", description="static (calibrated QDQ) | dynamic (int8 weights, activations quantised at run time: "
-                              "LSTM/GRU/Transformer on the CPU)")
+    mode: Optional[Literal["static", "dynamic"]] = Field(
+        None, description="static (calibrated QDQ) | dynamic (int8 weights, activations quantised at run time: "
+                          "LSTM/GRU/Transformer on the CPU) | null (default): dynamic for a transformer graph on a "
+                          "target that runs it (cpu), static otherwise (and whenever smoothquant is set)")
     target: Annotated[str, OneOf(TARGETS)] = Field("cpu", description="quantisation target: the QDQ flavour the "
                                                                       "deploying runtime runs fast")
     method: Annotated[str, OneOf(CALIBRATION_METHODS)] = Field("minmax", description="calibration method (static)")
@@ -122,6 +129,9 @@ class QuantizeConfig(TechniqueConfig):
         True, description="static int8 on a graph with Softmax/LayerNormalization (a transformer): quantise only "
                           "the contractions with constant weights and keep the attention products (activation x "
                           "activation MatMuls) float; quantising every op collapses transformer accuracy")
+    smoothquant: Optional[SmoothQuantConfig] = Field(
+        None, description="static int8: smooth activation outliers into the weights first (per-channel scales "
+                          "folded into the preceding LayerNorm or an explicit Mul), e.g. {alpha: 0.5}; null = off")
     speed_fallback: bool = Field(
         True, description="static int8 for a CPU target: profile fp32 vs int8 kernels on ONNX Runtime, keep the "
                           "layers whose int8 form is slower in float, and ship the fastest of all-int8 and two "
@@ -135,6 +145,13 @@ class QuantizeConfig(TechniqueConfig):
         bad = [b for b in self.speed_batches if b < 1]
         if bad:
             raise ValueError(f"speed_batches must be positive batch sizes, got {list(self.speed_batches)}")
+        return self
+
+    @model_validator(mode="after")
+    def _smoothquant_static(self) -> QuantizeConfig:
+        if self.smoothquant is not None and self.mode == "dynamic":
+            raise ValueError("smoothquant applies to mode 'static' (dynamic int8 measures activation ranges per "
+                             "batch at run time); remove smoothquant or set mode: static")
         return self
 
     @model_validator(mode="after")

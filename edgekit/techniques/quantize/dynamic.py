@@ -63,16 +63,37 @@ def quantize_dynamic_model(onnx_path: str | os.PathLike, config: QuantizeConfig 
         accuracy = _accuracy(pre, tmp_out, val, threads) if val is not None else {}
         with atomic_path(out_path, suffix=".onnx") as tmp:
             shutil.copyfile(tmp_out, tmp)
+        fusion = _unfused_twin(src, out_path, cfg, excluded, Path(d))
     scheme = {"target": cfg.target, "activations": "uint8 (dynamic, per batch)", "activation_symmetric": False,
               "weights": "int8", "weight_symmetric": True, "per_channel": cfg.per_channel,
               "op_types": list(cfg.op_types)}
     result = QuantizeResult(artifact=out_path, target=cfg.target, mode="dynamic", scheme=scheme, calibration=None,
                             float_layers=list(excluded), int8_mac_fraction=cov.int8_fraction, coverage=cov.to_dict(),
                             runtime_float_layers=cov.float_layers, accuracy=accuracy,
-                            seconds=time.perf_counter() - t0, source=str(src))
+                            seconds=time.perf_counter() - t0, source=str(src), fusion=fusion)
     write_sidecar(out_path, result.sidecar)
     logger.info(f"dynamically quantised {src.name} -> {out_path.name}: {cov.summary()}")
     return result
+
+
+def _unfused_twin(src: Path, out_path: Path, cfg: QuantizeConfig, excluded: list, work: Path):
+    """For a fused export (one with an unfused sibling): dynamic INT8 of the sibling as well, written as
+    ``<out stem>.unfused.onnx``, for backends that run the fused fp32 ops but not ONNX Runtime's int8 ones
+    (OpenVINO has no QAttention). Returns the sidecar's ``fusion`` entry, or None for an unfused source."""
+    from edgekit.backends.base import unfused_sibling
+    from edgekit.export.fuse import backend_files, contrib_ops, unfused_path
+
+    sibling = Path(unfused_sibling(src))
+    ops = contrib_ops(out_path)
+    if sibling == src or not ops:
+        return None
+    twin = unfused_path(out_path)
+    pre = preprocess(sibling, work / "sibling.preprocessed.onnx")
+    with atomic_path(twin, suffix=".onnx") as tmp:
+        _dynamic(pre, tmp, cfg, excluded)
+    write_sidecar(twin, {"kind": "onnx", "precision": "int8", "target": cfg.target, "mode": "dynamic",
+                         "source": str(sibling), "fusion": {"applied": False, "fused": out_path.name}})
+    return {"applied": True, "contrib_ops": ops, "unfused": twin.name, "backends": backend_files(ops)}
 
 
 def _check_something_to_quantise(model, cfg: QuantizeConfig, excluded: list, src: Path) -> None:
@@ -111,6 +132,7 @@ def _mac_shapes(model, val: Any) -> dict:
 def _dynamic(pre: Path, out: Path, cfg: QuantizeConfig, excluded: list) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    _infer_contrib_types(pre)
     with quiet():
         try:
             quantize_dynamic(str(pre), str(out), op_types_to_quantize=list(cfg.op_types), per_channel=cfg.per_channel,
@@ -118,6 +140,26 @@ def _dynamic(pre: Path, out: Path, cfg: QuantizeConfig, excluded: list) -> Path:
         except Exception as e:
             raise QuantizationError(f"ONNX Runtime quantize_dynamic failed: {str(e)[:240]}") from None
     return out
+
+
+def _infer_contrib_types(path: Path) -> None:
+    """Give the tensors of a fused transformer graph their types: ONNX's shape inference skips ONNX Runtime's
+    contrib ops (Attention, SkipLayerNormalization, ...), and the dynamic quantiser needs the type of every
+    tensor it quantises; ONNX Runtime's symbolic shape inference knows them. Graphs without contrib ops are
+    left as they are."""
+    import onnx
+
+    model = onnx.load(str(path))
+    if not any(n.domain == "com.microsoft" for n in model.graph.node):
+        return
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+    except Exception as e:  # it raises plain Exceptions on graphs it cannot finish
+        raise QuantizationError(f"{path.name}: symbolic shape inference of the fused graph failed "
+                                f"({str(e)[:160]}); quantise the unfused export instead") from None
+    onnx.save(inferred, str(path))
 
 
 def _accuracy(fp32: Path, int8: Path, val: Any, threads: Optional[int]) -> dict:

@@ -61,6 +61,10 @@ class QuantizeResult(Result):
     seconds: float = 0.0
     source: str = ""
     speed: Optional[Dict[str, Any]] = None  # the speed check's measurements and decision (speed.SpeedDecision)
+    kept_float: List[Dict[str, Any]] = field(default_factory=list)  # {node, op_type, reason} per float node
+    smoothquant: Optional[Dict[str, Any]] = None  # SmoothQuant's report (alpha, smoothed tensors, ranges)
+    fusion: Optional[Dict[str, Any]] = None  # ORT transformer fusions applied to the int8 graph
+    quantised_graph: str = ""  # the file quantised when it is not ``source`` (a fused export's unfused sibling)
 
     def __post_init__(self) -> None:
         self.sidecar = {
@@ -69,7 +73,9 @@ class QuantizeResult(Result):
             "int8_mac_fraction": round(self.int8_mac_fraction, 6),
             "int8_mac_fraction_backend": default_backend("onnx", "cpu"),
             "runtime_float_layers": self.runtime_float_layers, "fallback": self.fallback, "accuracy": self.accuracy,
-            "speed": self.speed,
+            "speed": self.speed, "kept_float": self.kept_float, "smoothquant": self.smoothquant,
+            **({"fusion": self.fusion} if self.fusion else {}),
+            **({"quantised_graph": self.quantised_graph} if self.quantised_graph else {}),
             "coverage": {k: self.coverage.get(k) for k in ("total_macs", "int8_macs", "optimized_ops")},
             "source": self.source}
         self.metrics = {"int8_mac_fraction": self.int8_mac_fraction, "float_layers": len(self.float_layers),
@@ -122,7 +128,7 @@ def quantize(onnx_path: str | os.PathLike, config: QuantizeConfig | dict | None 
         >>> res.int8_mac_fraction
         0.99
     """
-    cfg = validated_config(QuantizeConfig, config, "quantize")
+    cfg = resolve_mode(onnx_path, validated_config(QuantizeConfig, config, "quantize"))
     if cfg.mode == "dynamic":
         from edgekit.techniques.quantize._rnn import quantize_dynamic_best  # GRU: op or unrolled, the faster
 
@@ -132,6 +138,7 @@ def quantize(onnx_path: str | os.PathLike, config: QuantizeConfig | dict | None 
     from edgekit.techniques.quantize._calibration import calibration_inputs
 
     t0 = time.perf_counter()
+    given, onnx_path = onnx_path, static_source(onnx_path)
     model, excluded = check_request(onnx_path, out_path, cfg, val)
     if calib is None:
         raise ConfigError("static quantisation needs calibration data: calib= an .npz path (an array x, or one "
@@ -157,7 +164,9 @@ def quantize(onnx_path: str | os.PathLike, config: QuantizeConfig | dict | None 
                       *((out["speed"] or {}).get("float_nodes") or [])],
         int8_mac_fraction=out["coverage"].int8_fraction, coverage=out["coverage"].to_dict(),
         runtime_float_layers=out["coverage"].float_layers, fallback=out["fallback"], accuracy=out["accuracy"],
-        seconds=time.perf_counter() - t0, source=str(onnx_path), speed=out["speed"])
+        seconds=time.perf_counter() - t0, source=str(given), speed=out["speed"],
+        kept_float=kept_float_reasons(out, excluded), smoothquant=out["smoothquant"], fusion=out["fusion"],
+        quantised_graph=Path(onnx_path).name if Path(onnx_path) != Path(given) else "")
     write_sidecar(out_path, result.sidecar)
     logger.info(f"quantised {Path(onnx_path).name} -> {Path(out_path).name} (target {cfg.target}, {cfg.method}): "
                 f"{out['coverage'].summary()}")
@@ -178,7 +187,9 @@ def _quantize_static(src: Path, out_path: Path, cfg: QuantizeConfig, x: Any, inp
     with tempfile.TemporaryDirectory(prefix="edgekit-quant-", dir=tmp_root) as d:
         work = Path(d)
         pre = preprocess(src, work / "preprocessed.onnx")
-        op_types, excluded = static_policy(pre, cfg, excluded)
+        smooth = _smooth(pre, work, cfg, x, input_name)
+        pre = smooth.path if smooth is not None else pre
+        op_types, excluded, rules = static_policy(pre, cfg, excluded)
         cache = work / "calibration.json"
         build = functools.partial(_static, pre, cfg=cfg, reader=None, cache=cache, op_types=op_types)
         first = _static(pre, work / "int8.onnx", cfg, inputs_reader(x, input_name, cfg.batch_size), cache, excluded,
@@ -206,10 +217,86 @@ def _quantize_static(src: Path, out_path: Path, cfg: QuantizeConfig, x: Any, inp
             if val is not None and decision.accuracy:
                 accuracy["int8_val"] = decision.accuracy[decision.policy]
         cov = coverage(chosen)
+        fusion = _refuse(src, chosen, work, cfg, x, input_name) if cfg.target == _timed_target() else None
         with atomic_path(out_path, suffix=".onnx") as tmp:
-            shutil.copyfile(chosen, tmp)
+            shutil.copyfile(work / "fused.onnx" if fusion else chosen, tmp)
     return {"coverage": cov, "fallback": fallback, "accuracy": accuracy, "op_types": op_types,
-            "excluded": list(excluded), "speed": speed}
+            "excluded": list(excluded), "speed": speed, "rules": rules,
+            "smoothquant": smooth.to_dict() if smooth is not None else None, "fusion": fusion}
+
+
+def _refuse(src: Path, chosen: Path, work: Path, cfg: QuantizeConfig, x: Any, input_name: str):
+    """Fuse the chosen static INT8 graph like the fp32 export it came from (``src`` is a fused export's unfused
+    sibling): ``{"applied", "counts"}`` with ``work/fused.onnx`` written, or None (not a fused source, nothing
+    fused, or outputs moved)."""
+    from edgekit._io import read_sidecar
+    from edgekit.core.tensors import is_named, take
+    from edgekit.export.fuse import fuse_like
+
+    fused_name = (read_sidecar(src).get("fusion") or {}).get("fused")
+    settings = (read_sidecar(src.with_name(fused_name)).get("fusion") or {}) if fused_name else {}
+    if not settings.get("applied"):
+        return None
+    sample = take(x, slice(0, cfg.batch_size))
+    counts = fuse_like(chosen, work / "fused.onnx", settings, dict(sample) if is_named(x) else {input_name: sample})
+    return {"applied": True, "counts": counts, "of": "static int8 graph (attention unfused: its MatMuls are int8)"} \
+        if counts else None
+
+
+def _smooth(pre: Path, work: Path, cfg: QuantizeConfig, x: Any, input_name: str):
+    """SmoothQuant the pre-processed graph when ``cfg.smoothquant`` asks for it (its report), else None."""
+    if cfg.smoothquant is None:
+        return None
+    from edgekit.core.tensors import is_named, num_samples, take
+    from edgekit.techniques.quantize.smoothquant import smooth_onnx
+
+    named = x if is_named(x) else {input_name: x}
+    n = num_samples(named)
+    feeds = [dict(take(named, slice(i, i + cfg.batch_size))) for i in range(0, n, cfg.batch_size)]
+    return smooth_onnx(pre, work / "smoothed.onnx", feeds, alpha=cfg.smoothquant.alpha)
+
+
+def resolve_mode(onnx_path: Any, cfg: QuantizeConfig) -> QuantizeConfig:
+    """``cfg`` with its mode decided when it was left out (null): dynamic INT8 for a transformer graph (Softmax /
+    LayerNormalization / fused Attention) on a target that runs dynamic INT8 — it holds accuracy without
+    calibration, where all-op static INT8 collapses — else static (always static when smoothquant is set)."""
+    if cfg.mode is not None:
+        return cfg
+    mode = "static"
+    if cfg.smoothquant is None and TARGETS.get(cfg.target).dynamic:
+        from edgekit.techniques.quantize._ort import is_transformer
+
+        model = load_float_model(Path(onnx_path))
+        mode = "dynamic" if is_transformer(model) else "static"
+        if mode == "dynamic":
+            logger.info(f"{Path(onnx_path).name} is a transformer: quantize mode defaults to dynamic INT8 "
+                        "(set mode: static for calibrated INT8 with transformer exclusions)")
+    return cfg.model_copy(update={"mode": mode})
+
+
+def static_source(onnx_path: Any) -> Any:
+    """The graph static INT8 quantises: a fused transformer export's unfused sibling (ONNX Runtime's QDQ quantiser
+    has no static form of the fused Attention op, so it would leave the QKV projections float), else the file."""
+    from edgekit.backends.base import unfused_sibling
+
+    chosen = unfused_sibling(onnx_path)
+    if chosen != onnx_path:
+        logger.info(f"{Path(onnx_path).name} is a fused graph: static INT8 quantises its unfused sibling "
+                    f"{Path(chosen).name}")
+    return chosen
+
+
+def kept_float_reasons(out: Dict[str, Any], user: Sequence[str]) -> List[Dict[str, Any]]:
+    """Every node the static INT8 model keeps float, with why: the user's exclusions, the transformer rules
+    (normalisation, Softmax, GELU, residual Adds, embeddings, attention products), the accuracy budget's
+    fallback and the speed check's float layers."""
+    rows = [{"node": n, "reason": "quantize.exclude (user)"} for n in user]
+    rows += [r for r in out["rules"] if r["node"] not in set(user)]
+    rows += [{"node": step["layer"], "reason": f"accuracy budget: fell back to float (sensitivity "
+                                               f"{step.get('sensitivity', 0):.2f} points)"} for step in out["fallback"]]
+    rows += [{"node": n, "reason": "speed: its int8 kernel is slower than fp32 on ONNX Runtime CPU"}
+             for n in (out["speed"] or {}).get("float_nodes") or []]
+    return rows
 
 
 def _timed_target() -> Optional[str]:
@@ -269,27 +356,33 @@ def _val_accuracy(path: Path, val: Any, threads: Optional[int]) -> float:
 
 
 def static_policy(pre: Path, cfg: QuantizeConfig, excluded: Sequence[str]):
-    """(op types to quantise or None for the target's, nodes kept float) for a pre-processed float model.
+    """(op types to quantise or None for the target's, nodes kept float, rule rows) for a pre-processed model.
 
     A transformer graph quantised op by op collapses (LayerNorm, Softmax, GELU and residual Adds in int8), and
     its attention products Q·Kᵀ, P·V (two activations) lose the most; so on a target that quantises every op,
     a graph with Softmax/LayerNormalization gets its contractions with constant weights only (MatMul, Gemm,
-    Conv), the activation×activation MatMuls kept float.
+    Conv): LayerNorm, Softmax, GELU, residual Adds, embedding Gathers and the activation x activation MatMuls
+    stay float, each listed with its reason (``transformer_scope: false`` quantises every op: the naive form).
     """
     import onnx
 
-    from edgekit.techniques.quantize._ort import CONTRACTION_OPS, activation_matmuls, is_transformer
+    from edgekit.techniques.quantize._ort import (
+        CONTRACTION_OPS,
+        activation_matmuls,
+        is_transformer,
+        transformer_float_nodes,
+    )
 
     if not cfg.transformer_scope or TARGETS.get(cfg.target).op_types is not None:
-        return None, list(excluded)
+        return None, list(excluded), []
     model = onnx.load(str(pre), load_external_data=False)
     if not is_transformer(model):
-        return None, list(excluded)
+        return None, list(excluded), []
     extra = [n for n in activation_matmuls(model) if n not in excluded]
-    if extra:
-        logger.info(f"transformer graph: quantising {sorted(CONTRACTION_OPS)} only; {len(extra)} attention "
-                    "MatMuls (activation x activation) stay float")
-    return sorted(CONTRACTION_OPS), [*excluded, *extra]
+    rules = transformer_float_nodes(model)
+    logger.info(f"transformer graph: quantising {sorted(CONTRACTION_OPS)} only; {len(rules)} nodes stay float "
+                f"(LayerNorm, Softmax, GELU, residual Adds, embeddings, {len(extra)} attention MatMuls)")
+    return sorted(CONTRACTION_OPS), [*excluded, *extra], rules
 
 
 def _static(pre: Path, out: Path, cfg: QuantizeConfig, reader, cache: Path, exclude: Sequence[str],
@@ -324,4 +417,4 @@ register_technique(Technique(
     description="INT8 post-training quantisation of an ONNX model for a target (static calibrated QDQ with an "
                 "accuracy budget, or dynamic)",
     needs_torch=False,
-    variant_suffix=lambda config: f"{'int8' if config.mode == 'static' else 'int8-dynamic'}-{config.target}"))
+    variant_suffix=lambda config: f"{'int8-dynamic' if config.mode == 'dynamic' else 'int8'}-{config.target}"))

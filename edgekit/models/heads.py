@@ -1,0 +1,148 @@
+"""Where the attention heads and the feed-forward (FFN) neurons of a transformer block live.
+
+One table, :data:`ATTENTION_LAYOUTS`, says for each supported attention module how its heads are laid out (the
+query/key/value Linears or one fused qkv Linear, the output projection, the attribute holding the per-head width
+and the attributes that count heads); :data:`FFN_LAYOUTS` names each block's up/down projection. Head/FFN pruning
+(:mod:`edgekit.techniques.prune._transformer`) reads them, and checkpoints call :func:`refresh_heads` after
+resizing layers so the head counts of a reloaded model agree with its weights.
+
+Example:
+    >>> blocks = transformer_blocks(model)        # one entry per encoder layer
+    >>> blocks[0].heads, blocks[0].head_size, blocks[0].ffn
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch.nn as nn
+
+from edgekit.models.registry import model_layout
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """How one kind of multi-head attention module holds its heads."""
+
+    name: str  # what users read in errors: the HF classes it covers
+    qkv: Tuple[str, ...]  # three Linear attributes (query, key, value) or one fused [3 * heads * head_size] Linear
+    out: str  # output projection, relative to the attention module ("../x" = relative to its parent)
+    head_size: str  # attribute holding the width of one head (never changed by head pruning)
+    counts: Tuple[str, ...] = ()  # attributes holding the number of heads
+    totals: Tuple[str, ...] = ()  # attributes holding heads * head_size
+
+    @property
+    def fused(self) -> bool:
+        return len(self.qkv) == 1
+
+
+ATTENTION_LAYOUTS: Tuple[AttentionLayout, ...] = (
+    AttentionLayout("BertSelfAttention (BERT, RoBERTa, ELECTRA, CamemBERT, XLM-R)", ("query", "key", "value"),
+                    "../output.dense", "attention_head_size", ("num_attention_heads",), ("all_head_size",)),
+    AttentionLayout("ViTAttention (ViT, DeiT)", ("q_proj", "k_proj", "v_proj"), "o_proj", "head_dim",
+                    ("num_attention_heads",)),
+    AttentionLayout("DistilBertSelfAttention (DistilBERT)", ("q_lin", "k_lin", "v_lin"), "out_lin",
+                    "attention_head_size", ("n_heads",)),
+    AttentionLayout("edgekit zoo ViT Attention", ("qkv",), "proj", "head_dim", ("heads",)),
+)
+
+FFN_LAYOUTS: Tuple[Tuple[str, str], ...] = (("intermediate.dense", "output.dense"), ("mlp.fc1", "mlp.fc2"),
+                                            ("ffn.lin1", "ffn.lin2"), ("mlp.0", "mlp.2"))
+
+
+def supported_attention() -> str:
+    """The attention modules head pruning supports, for error messages."""
+    return "; ".join(a.name for a in ATTENTION_LAYOUTS)
+
+
+@dataclass
+class TransformerBlock:
+    """One encoder layer: its attention (module names, heads) and its FFN (up/down Linear names)."""
+
+    name: str
+    attention: Optional[str]  # the attention module's name
+    layout: Optional[AttentionLayout]
+    qkv: Tuple[str, ...]  # full module names
+    out: Optional[str]
+    heads: int
+    head_size: int
+    ffn: Optional[Tuple[str, str]]  # (up, down) full names
+    intermediate: int = 0  # FFN width (the up projection's outputs)
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _resolve(base: str, rel: str) -> str:
+    while rel.startswith("../"):
+        base, rel = base.rpartition(".")[0], rel[3:]
+    return _join(base, rel)
+
+
+def _linear(model: nn.Module, name: str) -> Optional[nn.Linear]:
+    try:
+        m = model.get_submodule(name)
+    except AttributeError:
+        return None
+    return m if isinstance(m, nn.Linear) else None
+
+
+def match_attention(model: nn.Module, name: str, module: nn.Module) -> Optional[AttentionLayout]:
+    """The layout of ``module`` (named ``name`` in ``model``) when it is a supported attention module."""
+    for lay in ATTENTION_LAYOUTS:
+        if not hasattr(module, lay.head_size) or not all(isinstance(getattr(module, a, None), nn.Linear)
+                                                         for a in lay.qkv):
+            continue
+        if _linear(model, _resolve(name, lay.out)) is not None:
+            return lay
+    return None
+
+
+def block_names(model: nn.Module) -> List[str]:
+    """The encoder layers of ``model``: its architecture's declared feature stages (transformer blocks)."""
+    return list(model_layout(model).feature_stages(model))
+
+
+def transformer_blocks(model: nn.Module) -> List[TransformerBlock]:
+    """Every encoder layer of ``model`` with its attention heads and FFN (None where it has none edgekit knows)."""
+    blocks = []
+    for bname in block_names(model):
+        block = model.get_submodule(bname)
+        att = next(((_join(bname, n), m, lay) for n, m in block.named_modules()
+                    if (lay := match_attention(model, _join(bname, n), m)) is not None), None)
+        ffn = next(((_join(bname, u), _join(bname, d)) for u, d in FFN_LAYOUTS
+                    if _linear(block, u) is not None and _linear(block, d) is not None), None)
+        up = model.get_submodule(ffn[0]).out_features if ffn else 0
+        if att is None:
+            blocks.append(TransformerBlock(bname, None, None, (), None, 0, 0, ffn, up))
+            continue
+        aname, mod, lay = att
+        qkv = tuple(_join(aname, a) for a in lay.qkv)
+        size = int(getattr(mod, lay.head_size))
+        width = model.get_submodule(qkv[0]).out_features // (3 if lay.fused else 1)
+        blocks.append(TransformerBlock(bname, aname, lay, qkv, _resolve(aname, lay.out), width // max(1, size),
+                                       size, ffn, up))
+    return blocks
+
+
+def set_head_count(module: nn.Module, layout: AttentionLayout, heads: int) -> None:
+    """Write ``heads`` (and heads * head_size) into the attention module's bookkeeping attributes."""
+    size = int(getattr(module, layout.head_size))
+    for a in layout.counts:
+        setattr(module, a, heads)
+    for a in layout.totals:
+        setattr(module, a, heads * size)
+
+
+def refresh_heads(model: nn.Module) -> None:
+    """Recompute the head counts of every separate-q/k/v attention module from its query Linear's width (after a
+    checkpoint resized it); fused-qkv modules refresh themselves (``edgekit_refresh``)."""
+    for name, m in model.named_modules():
+        lay = match_attention(model, name, m)
+        if lay is None or lay.fused:
+            continue
+        size = int(getattr(m, lay.head_size))
+        width = getattr(m, lay.qkv[0]).out_features
+        if size > 0 and width % size == 0:
+            set_head_count(m, lay, width // size)
