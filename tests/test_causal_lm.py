@@ -113,12 +113,12 @@ def test_int4_file_is_under_0_3x_and_logits_stay_close(tmp_path):
 
 
 def test_int4_is_a_technique_on_onnx_files(tmp_path):
-    from edgekit.techniques.base import TECHNIQUES
+    from edgekit.techniques.base import technique
 
     export_causal_lm(_tiny(vocab=1000), tmp_path / "lm.onnx")
-    with TECHNIQUES.temporary("int4", INT4_TECHNIQUE):
-        t = TECHNIQUES.get("int4")
-        res = t.apply(tmp_path / "lm.onnx", {"block_size": 16, "embeddings": False}, out_path=tmp_path / "q.onnx")
+    t = technique("int4")
+    assert t is INT4_TECHNIQUE
+    res = t.apply(tmp_path / "lm.onnx", {"block_size": 16, "embeddings": False}, out_path=tmp_path / "q.onnx")
     assert res.artifact == tmp_path / "q.onnx" and "GatherBlockQuantized" not in _ops(res.artifact)
     assert t.variant_suffix(t.config(block_size=16)) == "int4b16"
 
@@ -168,8 +168,10 @@ def test_pydoc_lm_is_a_registered_dataset():
     from edgekit.data import load_data
 
     splits = load_data({"name": "pydoc_lm", "normalize": False, "shape": [64]}, seed=0)
-    assert splits.train.x.dtype == np.int64 and splits.train.x.shape[1] == 65 and not splits.labelled
-    assert 4000 < splits.num_classes <= 8000 and splits.train.x.max() < splits.num_classes  # the trained BPE vocab
+    assert splits.train.x.dtype == np.int64 and splits.train.x.shape[1] == 64 and splits.task == "causal-lm"
+    assert np.array_equal(splits.train.x[:, 1:], splits.train.y[:, :-1])  # targets: the window shifted by one
+    assert splits.train.x[1, 0] == splits.train.y[0, -1]  # windows follow each other in the token stream
+    assert 3000 < splits.num_classes <= 4000 and splits.train.x.max() < splits.num_classes  # data.vocab_size 4000
     default = load_data({"name": "pydoc_lm", "shape": [64]}, seed=0)  # normalize (default on) leaves token ids alone
     assert default.train.x.dtype == np.int64 and np.array_equal(default.train.x, splits.train.x)
 

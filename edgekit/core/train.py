@@ -148,9 +148,23 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     def loss_fn(model: nn.Module, x: Any, y: torch.Tensor):
         logits = prediction(call_module(model, x))
         check_labels(y, logits)
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+        return F.cross_entropy(*flat_tokens(logits, y), label_smoothing=label_smoothing), logits
 
     return loss_fn
+
+
+def flat_tokens(logits: torch.Tensor, y: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per-token logits ``[N, T, V]`` and targets ``[N, T]`` (a causal LM's next tokens) as ``[N·T, V]`` and
+    ``[N·T]``; classifier logits ``[N, C]`` and labels ``[N]`` unchanged."""
+    if logits.dim() > 2 and (y is None or y.dim() == logits.dim() - 1):
+        return logits.flatten(0, -2), (None if y is None else y.flatten())
+    return logits, y
+
+
+def _correct(logits: Any, y: Any) -> int:
+    """Top-1 hits: one per sample (classifier) or one per token (``[N, T, V]`` logits, ``[N, T]`` targets)."""
+    pred = logits.argmax(-1) if logits.ndim == y.ndim + 1 else logits.argmax(1)
+    return int((pred.reshape(y.shape) == y).sum())
 
 
 def check_labels(y: torch.Tensor, logits: torch.Tensor) -> None:
@@ -268,7 +282,7 @@ class _Epochs:
         """One pass over this rank's batches of a fresh permutation; returns the mean loss and accuracy (%)."""
         self.net.train()
         perm = torch.randperm(len(y_all), generator=self.gen)
-        seen, correct, loss_sum = 0, 0, 0.0
+        seen, tokens, correct, loss_sum = 0, 0, 0, 0.0
         for positions in batches:
             idx = perm[positions]
             x, y = take(x_all, idx), y_all[idx]
@@ -286,9 +300,10 @@ class _Epochs:
             self.opt.step()
             sched.step()
             seen += len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            tokens += y.numel()  # = seen for a classifier; next-token targets count every position
+            correct += _correct(logits.detach(), y)
             loss_sum += float(loss.detach()) * len(y)
-        return {"train_loss": loss_sum / max(1, seen), "train_accuracy": 100.0 * correct / max(1, seen)}
+        return {"train_loss": loss_sum / max(1, seen), "train_accuracy": 100.0 * correct / max(1, tokens)}
 
     def _sync_extra_grads(self) -> None:
         """DDP averages the model's gradients only: average those of tensors outside it (adapters) by hand."""
@@ -416,8 +431,20 @@ def _predict_module(model: nn.Module, x: Inputs, batch_size: int) -> List[np.nda
 
 
 def evaluate(model_or_runner: Union[nn.Module, Any], split: Arrays, batch_size: int = 256) -> float:
-    """Top-1 accuracy in percent of a module or runner on a labelled split."""
+    """Top-1 accuracy in percent of a module or runner on a labelled split.
+
+    Targets ``[N, T]`` (a causal LM's next tokens) give next-token accuracy over every position; those splits are
+    read a few windows at a time (``batch_size`` tokens per chunk), so ``[N, T, vocab]`` logits are never held.
+    """
     if split.y is None:
         raise ConfigError("accuracy needs labelled data; this split has no labels")
-    logits = predict(model_or_runner, split.x, batch_size)
-    return float(100.0 * (logits.argmax(1) == split.y).mean())
+    y = np.asarray(split.y)
+    if y.ndim == 1:
+        logits = predict(model_or_runner, split.x, batch_size)
+        return float(100.0 * (logits.argmax(1) == y).mean())
+    step = max(1, batch_size // y.shape[1])
+    correct = 0
+    for i in range(0, len(y), step):
+        logits = predict(model_or_runner, take(split.x, slice(i, i + step)), step)
+        correct += _correct(logits, y[i:i + step])
+    return float(100.0 * correct / max(1, y.size))

@@ -23,12 +23,13 @@ class DataConfig(BaseModel):
 
     # checked against DATASETS when parsed, so a dataset a plugin registers works in a recipe
     name: DATASETS.name_type() = Field("digits", description="digits | digits_seq | synthetic | npz | image_folder | "
-                                                              "doc_topics | text")
-    path: Optional[str] = Field(None, description="npz file, image folder or JSONL/CSV text file (for name npz / "
-                                                  "image_folder / text)")
+                                                              "doc_topics | text | pydoc_lm | text_lm")
+    path: Optional[str] = Field(None, description="npz file, image folder, JSONL/CSV text file or UTF-8 text file "
+                                                  "(for name npz / image_folder / text / text_lm)")
     image_size: Optional[int] = Field(None, gt=0, description="resize square images to this size (digits: 8 native)")
     channels: int = Field(1, description="1 (grey) or 3 (grey replicated / RGB)")
-    shape: Optional[List[int]] = Field(None, description="per-sample shape for synthetic data, e.g. [3, 224, 224]")
+    shape: Optional[List[int]] = Field(None, description="per-sample shape for synthetic data, e.g. [3, 224, 224]; "
+                                                          "[tokens per window] for pydoc_lm / text_lm")
     num_classes: int = Field(10, gt=0, description="classes for synthetic data")
     samples: int = Field(256, gt=0, description="number of synthetic samples")
     split: Tuple[float, float, float] = Field((0.6, 0.2, 0.2), description="train/val/test fractions")

@@ -42,6 +42,7 @@ class Splits:
     vocab_size: Optional[int] = None  # tokenizer vocabulary (token ids lie in [0, vocab_size))
     tokenizer: Any = None  # the tokenizers.Tokenizer that produced the ids (saved with the run / model)
     preprocessing: Dict[str, Any] = field(default_factory=dict)  # what was applied to the data, for the report
+    task: str = "classification"  # or "causal-lm": x token windows [N, T], y their next tokens [N, T]
 
 
 def split_indices(n: int, fractions: Tuple[float, float, float], seed: int,

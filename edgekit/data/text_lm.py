@@ -42,7 +42,7 @@ class LMDataConfig(BaseModel):
     path: Optional[str] = Field(None, description="UTF-8 text file (documents separated by blank lines); "
                                                   "None = CPython's pydoc_data.topics")
     block_size: int = Field(128, ge=2, description="tokens per window (the model's context)")
-    vocab_size: int = Field(8000, ge=300, description="BPE vocabulary requested (the corpus may give fewer)")
+    vocab_size: int = Field(8000, ge=258, description="BPE vocabulary requested (the corpus may give fewer)")
     min_frequency: int = Field(2, ge=1, description="BPE merges seen fewer times are not learnt")
     split: Tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/val/test fractions of documents")
 
@@ -187,10 +187,18 @@ def load_lm_corpus(config: LMDataConfig | dict | None = None, seed: int = 0, tok
 
 
 def _as_splits(corpus: LMCorpus) -> Splits:
-    """Windows as :class:`Splits`: x int64 ``[N, block_size + 1]`` token ids, no labels, num_classes = vocab."""
-    sp = {s: Split(corpus.blocks(s), None) for s in ("train", "val", "test")}
-    return Splits(sp["train"], sp["val"], sp["test"], (corpus.block_size + 1,), corpus.vocab_size,
-                  f"{corpus.name}_lm", labelled=False)
+    """Windows as :class:`Splits` of task ``causal-lm``: x int64 ``[N, block_size]`` token ids, y their next tokens
+    ``[N, block_size]`` (the window shifted by one), num_classes = vocab; the split's bytes and tokens (for bits per
+    byte) in ``preprocessing``."""
+    sp = {}
+    for s in ("train", "val", "test"):
+        w = corpus.blocks(s)
+        sp[s] = Split(np.ascontiguousarray(w[:, :-1]), np.ascontiguousarray(w[:, 1:]))
+    prep = {"tokenizer": "byte-level BPE trained on the training split", "block_size": corpus.block_size,
+            "n_bytes": dict(corpus.n_bytes), "n_tokens": {s: int(len(v)) for s, v in corpus.ids.items()},
+            "eos_id": corpus.eos_id, "documents": {s: len(d) for s, d in corpus.documents.items()}}
+    return Splits(sp["train"], sp["val"], sp["test"], (corpus.block_size,), corpus.vocab_size, f"{corpus.name}_lm",
+                  vocab_size=corpus.vocab_size, tokenizer=corpus.tokenizer, preprocessing=prep, task="causal-lm")
 
 
 def _lm_splits(config: DataConfig, seed: int, path: Optional[str]) -> Splits:
@@ -199,18 +207,20 @@ def _lm_splits(config: DataConfig, seed: int, path: Optional[str]) -> Splits:
         if len(config.shape) != 1 or config.shape[0] < 2:
             raise ConfigError(f"data.shape for '{config.name}' is [block_size] (>= 2), got {config.shape}")
         block = int(config.shape[0])
-    return _as_splits(load_lm_corpus({"path": path, "block_size": block, "split": tuple(config.split)}, seed))
+    tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else None
+    return _as_splits(load_lm_corpus({"path": path, "block_size": block, "split": tuple(config.split),
+                                      "vocab_size": config.vocab_size}, seed, tokenizer=tokenizer))
 
 
 @DATASETS.register("pydoc_lm")
 def _pydoc_lm(config: DataConfig, seed: int) -> Splits:
-    """CPython's pydoc topics as next-token windows (``shape: [block_size]``, ``normalize: false``)."""
+    """CPython's pydoc topics as next-token windows (``shape: [block_size]``; ``vocab_size``: the BPE's)."""
     return _lm_splits(config, seed, None)
 
 
 @DATASETS.register("text_lm")
 def _text_lm(config: DataConfig, seed: int) -> Splits:
-    """A user UTF-8 text file (``path``) as next-token windows (``shape: [block_size]``, ``normalize: false``)."""
+    """A user UTF-8 text file (``path``; documents separated by blank lines) as next-token windows."""
     if not config.path:
         raise ConfigError("data.path (a UTF-8 text file) is required for data name 'text_lm'")
     return _lm_splits(config, seed, config.path)

@@ -59,6 +59,14 @@ def _image_signature(config: Any, model: nn.Module) -> Signature:
     return Signature((InputSpec("pixel_values", "float32", shape),), output="logits")
 
 
+def _causal_lm_signature(config: Any, model: nn.Module) -> Signature:
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return Signature((InputSpec("input_ids", "int64", ("batch", "sequence")),), output="logits", task="causal-lm",
+                     vocab_size=int(config.vocab_size), max_positions=positions, token_inputs=("input_ids",))
+
+
+HF_TASKS.register("causal-lm")(HFTask(
+    "AutoModelForCausalLM", _causal_lm_signature, "decoder LM: token ids → next-token logits [batch, tokens, vocab]"))
 HF_TASKS.register("sequence-classification")(HFTask(
     "AutoModelForSequenceClassification", _text_signature, "text classifier: token ids → logits [batch, classes]"))
 HF_TASKS.register("image-classification")(HFTask(
@@ -152,8 +160,46 @@ def hf(config: Dict[str, Any], task: str = "sequence-classification", num_classe
     (a recipe takes them from the data). Example student: ``{name: hf, config: {model_type: bert,
     num_hidden_layers: 2, hidden_size: 128, num_attention_heads: 4, intermediate_size: 512}}``.
     """
+    if task == "causal-lm":
+        num_classes = None  # the vocabulary is the output; num_labels would only bloat the config
     cfg = make_config(config, num_classes, vocab_size=vocab_size, image_size=image_size, num_channels=in_channels)
     return _stamp(_build(cfg, task), cfg, task)
+
+
+#: ``gpt_lm`` arch name -> (model_type, {gpt_lm argument: config field})
+_LM_CONFIGS = {"gpt2": ("gpt2", {"n_layer": "n_layer", "n_embd": "n_embd", "n_head": "n_head",
+                                 "n_positions": "n_positions"}),
+               "llama": ("llama", {"n_layer": "num_hidden_layers", "n_embd": "hidden_size",
+                                   "n_head": "num_attention_heads", "n_positions": "max_position_embeddings"})}
+
+
+@register_model("gpt_lm", features=encoder_layers, classifier=_classifier)
+def gpt_lm(vocab_size: int = 8000, n_layer: int = 4, n_embd: int = 128, n_head: int = 4, n_positions: int = 128,
+           arch: str = "gpt2", dropout: float = 0.0) -> nn.Module:
+    """A GPT-style decoder LM (``task: causal-lm``) built locally: ``arch`` gpt2 (learned positions, pre-LayerNorm,
+    tied head) or llama (RoPE, RMSNorm, SwiGLU, grouped KV heads, tied head); needs ``transformers``.
+
+    A recipe fills ``vocab_size`` from the tokenizer and ``n_positions`` from the data's window.
+
+    Example:
+        >>> lm = create_model("gpt_lm", vocab_size=500, n_layer=2, n_embd=32, n_head=2, n_positions=64)
+    """
+    if arch not in _LM_CONFIGS:
+        raise ConfigError(f"gpt_lm: unknown arch '{arch}'; allowed: {', '.join(_LM_CONFIGS)}")
+    if n_embd % n_head:
+        raise ConfigError(f"gpt_lm: n_embd {n_embd} must be a multiple of n_head {n_head}")
+    model_type, names = _LM_CONFIGS[arch]
+    values = {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_positions": n_positions}
+    config: Dict[str, Any] = {"model_type": model_type, "vocab_size": vocab_size, "tie_word_embeddings": True,
+                              "bos_token_id": 0, "eos_token_id": 0,  # edgekit's BPE: <|endoftext|> is token 0
+                              **{names[k]: v for k, v in values.items()}}
+    if arch == "gpt2":
+        config.update(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    else:
+        # SwiGLU width ~8/3 × n_embd, rounded up to a multiple of 32 so INT4 blocks of 16/32 divide it
+        config.update(num_key_value_heads=max(1, n_head // 2), intermediate_size=int(n_embd * 8 / 3 + 31) // 32 * 32,
+                      attention_dropout=dropout)
+    return hf(config, task="causal-lm")
 
 
 def _require_dir(path: str | Path) -> Path:

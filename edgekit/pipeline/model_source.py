@@ -36,6 +36,8 @@ def zoo_kwargs(name: str, kwargs: dict, splits: Any) -> dict:
         out.setdefault("input_size", shape[1])
     if "vocab_size" in params and getattr(splits, "vocab_size", None):
         out.setdefault("vocab_size", splits.vocab_size)
+    if "n_positions" in params and getattr(splits, "task", None) == "causal-lm":
+        out.setdefault("n_positions", int(shape[0]))  # the LM's context: the data's window
     return out
 
 
@@ -71,7 +73,8 @@ def _hf_module(source: Any, splits: Any, seed: Optional[int]) -> nn.Module:
     if not path.exists() and source.config:
         shape = tuple(splits.input_shape)
         image = {"image_size": shape[1], "num_channels": shape[0]} if len(shape) == 3 else {}
-        save_hf_model(path, source.config, source.task, num_classes=splits.num_classes or None,
+        classes = None if source.task == "causal-lm" else (splits.num_classes or None)
+        save_hf_model(path, source.config, source.task, num_classes=classes,
                       tokenizer=getattr(splits, "tokenizer", None), seed=seed,
                       vocab_size=getattr(splits, "vocab_size", None), **image)
     return load_hf(path, source.task)
@@ -120,6 +123,10 @@ def check_fits(model: nn.Module, splits: Any) -> None:
     except Exception as e:  # any forward failure here means the data does not fit
         raise ShapeError(f"the data's samples ({_describe(splits)}) do not fit the model: "
                          f"{first_line(e, 200)}") from None
+    if getattr(splits, "task", None) == "causal-lm" and out.shape[-1] != splits.num_classes:
+        raise ShapeError(f"the model's vocabulary has {out.shape[-1]} tokens but the data's tokenizer has "
+                         f"{splits.num_classes}; the tokenizer does not match the model (give data.tokenizer: the "
+                         "model's tokenizer.json, or build the model with vocab_size from the data)")
     if splits.labelled and out.shape[-1] != splits.num_classes:
         raise ShapeError(f"the model outputs {out.shape[-1]} classes but the data has {splits.num_classes}")
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, List, Optional
 
 from edgekit._io import check_npz_file, require_file
 from edgekit.errors import ConfigError, EdgekitError
+from edgekit.pipeline.preflight_lm import data_problems, static_problems
 from edgekit.pipeline.stages import STAGES
 
 
@@ -27,6 +28,9 @@ def preflight(recipe: Any, splits: Callable[[], Any]) -> None:
     _collect(problems, check_input_files, recipe)
     _collect(problems, _check_backends, recipe)
     problems += _check_variant_names(recipe)
+    problems += static_problems(recipe)
+    if not problems:
+        problems += data_problems(recipe, splits)
     if not problems:
         _collect(problems, _check_model_fits, recipe, splits)
     if not problems:

@@ -45,7 +45,7 @@ class ModelSource(BaseModel):
     hf: Optional[str] = Field(None, description="a local Hugging Face model directory (save_pretrained); never "
                               "downloaded. Created from 'config' when it does not exist")
     task: HF_TASKS.name_type() = Field("sequence-classification", description="Hugging Face task of 'hf': "
-                                       "sequence-classification | image-classification")
+                                       "sequence-classification | image-classification | causal-lm")
     config: Optional[Dict[str, Any]] = Field(None, description="with 'hf': the transformers config ({model_type: "
                                              "bert, num_hidden_layers: 4, ...}) to build the directory from when it "
                                              "does not exist; num_labels, vocab_size, image size from the data")
@@ -74,6 +74,24 @@ class Target(BaseModel):
     required: bool = Field(False, description="fail the run when this backend is unavailable (else skip it)")
 
 
+class GenerationSettings(BaseModel):
+    """How causal LMs are timed and sampled in the report (``task: causal-lm`` runs only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_tokens: Optional[int] = Field(None, gt=0, description="prompt length for prefill timing and decoding "
+                                         "(test text); default min(16, context / 4)")
+    new_tokens: Optional[int] = Field(None, gt=0, description="tokens generated per decode measurement (batch 1, "
+                                      "greedy); default min(32, context - prompt)")
+    past: int = Field(128, gt=0, description="past length of the cache-vs-recompute measurement (capped at the "
+                                             "context - 1)")
+    samples: int = Field(3, ge=0, description="greedy sample generations per variant in the report")
+    sample_tokens: Optional[int] = Field(None, gt=0, description="new tokens per sample generation; default "
+                                         "min(16, context - prompt)")
+    eval_windows: Optional[int] = Field(None, gt=0, description="held-out windows for each variant's perplexity "
+                                                                "(default: all)")
+
+
 class BenchmarkSettings(BaseModel):
     """How variants are timed (see `edgekit bench`)."""
 
@@ -86,6 +104,8 @@ class BenchmarkSettings(BaseModel):
     rounds: int = Field(5, gt=0, description="interleaved rounds (A B C A B C ...) for paired ratios")
     variants: Optional[List[str]] = Field(None, description="variants to benchmark (default: all)")
     accuracy: bool = Field(True, description="measure held-out test accuracy through each runner")
+    generation: GenerationSettings = Field(default_factory=GenerationSettings,
+                                           description="causal LMs: prefill / decode timing, samples, perplexity")
 
 
 class ReportSettings(BaseModel):

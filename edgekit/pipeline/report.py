@@ -39,6 +39,12 @@ def benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Variant
     from edgekit.bench import ModelSpec, benchmark
     from edgekit.bench.pairs import backend_pairs
     from edgekit.bench.specs import variant_artifacts
+    from edgekit.pipeline.lm import is_lm
+
+    if is_lm(splits()):  # KV-cache graphs: perplexity, prefill and decode tokens/s instead of latency/accuracy
+        from edgekit.pipeline.report_lm import lm_benchmark_and_report
+
+        return lm_benchmark_and_report(recipe, run_dir, variants, splits, manifest)
 
     skipped = check_required_targets(recipe)
     backends = [t.backend for t in recipe.targets if t.backend not in {s["backend"] for s in skipped}]

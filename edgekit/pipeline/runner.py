@@ -335,6 +335,7 @@ def _run_stage(i: int, cfg: Any, key: str, recipe: Any, run_dir: Path, variants:
 def _initial_variants(recipe: Any, run_dir: Path, splits) -> Dict[str, Variant]:
     """The reference variant when the recipe starts from a file, or from random weights with no train stage."""
     from edgekit.models import count_params, save_checkpoint
+    from edgekit.pipeline.lm import export_lm, is_lm
     from edgekit.pipeline.model_source import build_module
 
     src = recipe.model
@@ -351,7 +352,10 @@ def _initial_variants(recipe: Any, run_dir: Path, splits) -> Dict[str, Variant]:
         model = build_module(src, splits())
         s = splits()
         save_checkpoint(model, ckpt, {"input_shape": list(s.input_shape), "num_classes": s.num_classes})
-        export_onnx(model, s.val.x[:32], onnx_path)
+        if is_lm(s):  # the KV-cache graph, parity recorded in its sidecar
+            export_lm(model, onnx_path, threads=recipe.threads)
+        else:
+            export_onnx(model, s.val.x[:32], onnx_path)
     else:  # resumed run: the reference written before
         from edgekit.models import load_checkpoint
 

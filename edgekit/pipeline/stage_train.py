@@ -8,6 +8,7 @@ import torch
 from edgekit.core.train import TrainConfig, evaluate, fit
 from edgekit.errors import validated_config
 from edgekit.models import count_params
+from edgekit.pipeline.lm import is_lm, perplexities
 from edgekit.pipeline.model_source import build_module
 from edgekit.pipeline.stages import StageConfig, StageContext, StageOutput, Variant, register_stage
 
@@ -34,5 +35,7 @@ def run_train(ctx: StageContext, cfg: TrainStage) -> StageOutput:
     onnx_path = ctx.export(model, name)
     metrics = {"params": count_params(model), "val_accuracy": result.best_val_accuracy,
                "test_accuracy_torch": evaluate(model, splits.test), "train_seconds": round(result.seconds, 2)}
+    if is_lm(splits):  # next-token accuracy above; perplexity is the LM's metric
+        metrics.update(perplexities(model, splits, ctx.threads, suffix="_torch"))
     return StageOutput([Variant(name, parent_name, str(ckpt), str(onnx_path), meta={"history": result.history},
                                 metrics=metrics)], metrics)

@@ -138,9 +138,14 @@ class StageContext:
         return save_checkpoint(model, self.stage_dir / f"{stem}.pt", m)
 
     def export(self, model, stem: str, **kwargs) -> Path:
-        """Export ``model`` to ``stage_dir/<stem>.onnx`` with a parity check on validation samples."""
+        """Export ``model`` to ``stage_dir/<stem>.onnx`` with a parity check on validation samples (a causal LM:
+        the KV-cache graph, parity of prefill + decode steps vs PyTorch, see :mod:`edgekit.pipeline.lm`)."""
         from edgekit.export import export_onnx
+        from edgekit.pipeline.lm import export_lm, is_lm
 
+        if is_lm(self.splits):
+            opts = {k: kwargs[k] for k in ("atol", "opset") if k in kwargs}
+            return export_lm(model, self.stage_dir / f"{stem}.onnx", threads=self.threads, **opts)
         x = self.splits.val.x[:64]
         return export_onnx(model, x, self.stage_dir / f"{stem}.onnx", **kwargs).path
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple
 from pydantic import BaseModel, Field, create_model, field_validator
 
 from edgekit.errors import ConfigError
+from edgekit.pipeline.lm import agreement, is_lm, perplexities
 from edgekit.pipeline.stages import STAGES, Stage, StageConfig, StageContext, StageOutput, Variant
 from edgekit.registry import Registry
 from edgekit.techniques.base import DATA_KEYWORDS, TECHNIQUES, Result, Technique, load_techniques
@@ -189,6 +190,8 @@ def _run_job(ctx: StageContext, cfg: Any, t: Technique, hooks: StageHooks, job: 
         return _module_variant(ctx, t, job, result, meta, metrics,
                                parent_module=model if hooks.model is None else None, teacher=teacher)
     metrics.update(_measure_artifact(ctx, result.artifact, metrics))
+    if is_lm(splits) and job.parent.onnx:  # a quantised KV-cache graph against its float parent
+        metrics.update(agreement(job.parent.onnx, result.artifact, splits, ctx.threads))
     return Variant(job.name, job.parent.name, None, str(result.artifact), meta=meta, metrics=metrics)
 
 
@@ -220,6 +223,10 @@ def _module_variant(ctx: StageContext, t: Technique, job: Job, result: Result, m
             metrics["teacher_test_accuracy_torch"] = test_accuracy(teacher)
     if teacher is not None:
         metrics["teacher_params"] = count_params(teacher)
+    if is_lm(splits):
+        metrics.update(perplexities(out, splits, ctx.threads, suffix="_torch"))
+        if teacher is not None:
+            metrics.update(perplexities(teacher, splits, ctx.threads, ("val",), suffix="_teacher_torch"))
     return Variant(job.name, job.parent.name, str(ckpt), str(onnx_path), meta=meta, metrics=metrics)
 
 
@@ -229,6 +236,8 @@ def _measure_artifact(ctx: StageContext, path: Any, metrics: dict) -> dict:
     from edgekit.core.train import evaluate
 
     splits = ctx.splits
+    if is_lm(splits):  # a KV-cache graph: perplexity through ONNX Runtime with the cache
+        return perplexities(str(path), splits, ctx.threads)
     if not splits.labelled:
         return {}
     runner = open_runner(path, default_backend("onnx", "cpu"), threads=ctx.threads)

@@ -31,7 +31,7 @@ DATA_KEYWORDS = ("train", "val", "teacher", "calib", "out_path", "seed", "thread
 
 _BUILTIN = ("edgekit.techniques.distill.distill", "edgekit.techniques.prune.prune",
             "edgekit.techniques.sparsity.sparsity", "edgekit.techniques.quantize.ptq",
-            "edgekit.techniques.quantize.qat")
+            "edgekit.techniques.quantize.qat", "edgekit.techniques.quantize.int4")
 
 
 @dataclass(kw_only=True)

@@ -151,7 +151,8 @@ def _described(sample: Inputs) -> str:
 
 
 def check_outputs(teacher: nn.Module, student: nn.Module, sample: Inputs) -> int:
-    """Run both models on ``sample``; raise before training if they cannot be distilled. Returns classes."""
+    """Run both models on ``sample``; raise before training if they cannot be distilled. Returns classes (the
+    vocabulary for causal LMs)."""
     x = to_torch(contiguous(take(sample, slice(0, 2))))
     outs = {}
     for role, m in (("teacher", teacher), ("student", student)):
@@ -161,10 +162,13 @@ def check_outputs(teacher: nn.Module, student: nn.Module, sample: Inputs) -> int
         except (RuntimeError, TypeError, IndexError) as e:
             raise ShapeError(f"{role} '{arch_name(m)}' cannot take inputs of {_described(sample)}: "
                              f"{first_line(e, 200)}") from None
-        if outs[role].dim() != 2:
+        if outs[role].dim() not in (2, 3):
             raise ShapeError(f"{role} '{arch_name(m)}' returns {list(outs[role].shape)}; distillation needs "
-                             "logits shaped [batch, classes]")
-    kt, ks = outs["teacher"].shape[1], outs["student"].shape[1]
+                             "logits shaped [batch, classes] (or [batch, tokens, vocab] for a causal LM)")
+    if outs["teacher"].dim() != outs["student"].dim():
+        raise ShapeError(f"teacher logits {list(outs['teacher'].shape)} and student logits "
+                         f"{list(outs['student'].shape)} are of different kinds (classifier vs language model)")
+    kt, ks = outs["teacher"].shape[-1], outs["student"].shape[-1]
     if kt != ks:
         raise ConfigError(f"teacher '{arch_name(teacher)}' predicts {kt} classes but student "
                           f"'{arch_name(student)}' predicts {ks}; build the student with num_classes={kt}")

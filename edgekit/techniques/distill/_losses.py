@@ -13,13 +13,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edgekit.core.train import flat_tokens
 from edgekit.errors import ShapeError
 
 
 def soft_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(teacher_T || student_T) × T², averaged over the batch (Hinton et al. 2015).
 
-    The T² factor keeps the soft-target gradients on the same scale as the hard-label ones for any T.
+    The T² factor keeps the soft-target gradients on the same scale as the hard-label ones for any T. Per-token
+    logits ``[N, T, vocab]`` (a causal LM) give the forward KL of every next-token distribution, averaged over
+    tokens.
 
     Example:
         >>> soft_kd_loss(torch.zeros(2, 3), torch.zeros(2, 3), 4.0)
@@ -29,6 +32,8 @@ def soft_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
         raise ShapeError(f"student logits {list(student_logits.shape)} and teacher logits "
                          f"{list(teacher_logits.shape)} differ; both models must predict the same classes")
     t = float(temperature)
+    if student_logits.dim() > 2:
+        student_logits, teacher_logits = student_logits.flatten(0, -2), teacher_logits.flatten(0, -2)
     log_p_s = F.log_softmax(student_logits / t, dim=1)
     log_p_t = F.log_softmax(teacher_logits.detach() / t, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
@@ -48,7 +53,7 @@ def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y:
         return soft
     if alpha >= 1.0:
         return soft
-    hard = F.cross_entropy(student_logits, y, label_smoothing=label_smoothing)
+    hard = F.cross_entropy(*flat_tokens(student_logits, y), label_smoothing=label_smoothing)
     return alpha * soft + (1.0 - alpha) * hard if alpha > 0 else hard
 
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch.nn as nn
 
 from edgekit.core.tensors import take
@@ -23,6 +24,9 @@ from edgekit.techniques.distill._kd import KDLoss, check_outputs, kd_loss_fn
 from edgekit.techniques.distill.config import DistillConfig
 
 logger = logging.getLogger(__name__)
+
+#: teacher logits are precomputed only up to this size (a causal LM's [windows, tokens, vocab] soon exceeds it)
+CACHE_LIMIT_BYTES = 512 << 20
 
 __all__ = ["DistillResult", "KDLoss", "distill", "kd_loss_fn"]
 
@@ -81,15 +85,18 @@ def distill(student: nn.Module, config: DistillConfig | dict | None = None, *, t
     if int(train.y.max()) >= classes:
         raise ConfigError(f"training labels go up to {int(train.y.max())} but the models predict {classes} classes")
     student = copy.deepcopy(student)
-    use_cache = cfg.cache_teacher_logits and not cfg.train.augment
+    cache_bytes = 4 * classes * len(train) * max(1, int(np.prod(np.shape(train.y)[1:])))
+    use_cache = cfg.cache_teacher_logits and not cfg.train.augment and cache_bytes <= CACHE_LIMIT_BYTES
     t0 = time.perf_counter()
     sample = take(train.x, slice(0, 2))
     with kd_loss_fn(teacher, cfg.temperature, cfg.alpha, label_smoothing=cfg.train.label_smoothing, student=student,
                     sample=sample, attention=cfg.attention, hints=cfg.hints, attention_p=cfg.attention_p,
                     cache_inputs=train.x if use_cache else None, seed=seed) as loss:
         if cfg.cache_teacher_logits and loss.cache is None:
-            logger.info("distill: teacher outputs not cached (" + ("augmentation is on" if cfg.train.augment else
-                        "feature hints need the teacher's full features") + ")")
+            why = ("augmentation is on" if cfg.train.augment else
+                   f"{cache_bytes / 2**20:.0f} MiB of logits" if cache_bytes > CACHE_LIMIT_BYTES else
+                   "feature hints need the teacher's full features")
+            logger.info(f"distill: teacher outputs not cached ({why})")
         result = fit(student, train, val, cfg.train, seed=seed, loss_fn=loss, extra_parameters=loss.extra_parameters,
                      desc=desc)
     return _result(student, teacher, cfg, result, loss, time.perf_counter() - t0)

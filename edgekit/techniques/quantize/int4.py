@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from edgekit._io import atomic_path, write_sidecar
 from edgekit.errors import ConfigError, InputFileError, QuantizationError, first_line, validated_config
-from edgekit.techniques.base import Result, Technique, TechniqueConfig
+from edgekit.techniques.base import Result, Technique, TechniqueConfig, register_technique
 from edgekit.techniques.quantize._ort import quiet
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,13 @@ class Int4Config(TechniqueConfig):
                                                            "4 int8 activations (fastest on CPU)")
     symmetric: bool = Field(False, description="symmetric blocks (no zero point)")
     embeddings: bool = Field(True, description="also quantise the token embeddings (Gather) to 4 bits")
+
+    @field_validator("block_size")
+    @classmethod
+    def _known_block(cls, v: int) -> int:
+        if v not in _BLOCK_SIZES:
+            raise ValueError(f"block_size must be one of {list(_BLOCK_SIZES)}, got {v}")
+        return v
 
 
 def _weight_inputs(model) -> Dict[str, List[tuple]]:
@@ -113,6 +120,7 @@ def quantize_int4(onnx_path: str | Path, config: Int4Config | dict | None = None
                                          algo_config=algo)
                 q.process()
             model = q.model.model
+            _keep_opset(model, src)
         except Exception as e:  # noqa: BLE001
             msg = first_line(e)[:240]
             raise QuantizationError(f"{src.name}: ONNX Runtime MatMulNBits quantisation failed: {msg}") from None
@@ -171,6 +179,23 @@ def quantize_dynamic_int8(onnx_path: str | Path, *, out_path: str | Path, per_ch
     return Result(artifact=out_path, metrics=metrics, sidecar=sidecar)
 
 
+def _keep_opset(model, src: Path) -> None:
+    """Give the quantised graph its source's ONNX opset back: the quantiser raises it to 21, where ``ReduceMean``
+    takes its axes as an input, so a Llama-style RMSNorm (``ReduceMean`` with an ``axes`` attribute) would no longer
+    load. Only ``com.microsoft`` ops (MatMulNBits, GatherBlockQuantized) are added, so the source opset holds."""
+    import onnx
+
+    source = onnx.load(str(src), load_external_data=False)
+    before = {o.domain: o.version for o in source.opset_import}
+    added = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")} - \
+        {n.op_type for n in source.graph.node}
+    if added:  # the quantiser added default-domain ops (e.g. blocked DequantizeLinear): keep its opset
+        return
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and before.get(o.domain) is not None:
+            o.version = before[o.domain]
+
+
 def _op_counts(model, ops) -> Dict[str, int]:
     counts = {o: 0 for o in ops}
     for n in model.graph.node:
@@ -183,9 +208,27 @@ def _apply(model_path, config, *, out_path) -> Result:
     return quantize_int4(model_path, config, out_path=out_path)
 
 
-#: the technique descriptor; registering it (``register_technique(INT4_TECHNIQUE)``) makes ``int4`` a recipe stage
+class Int8DynamicConfig(TechniqueConfig):
+    """Dynamic INT8 (W8A8) of an ONNX LM's weight ``MatMul`` ops."""
+
+    per_channel: bool = Field(True, description="one int8 scale per output channel (else per tensor)")
+
+
+def _apply_int8(model_path, config, *, out_path) -> Result:
+    cfg = validated_config(Int8DynamicConfig, config, "int8_dynamic")
+    return quantize_dynamic_int8(model_path, out_path=out_path, per_channel=cfg.per_channel)
+
+
+#: the technique descriptors; registered below, so ``int4`` and ``int8_dynamic`` are recipe stages
 INT4_TECHNIQUE = Technique(
     "int4", Int4Config, "onnx", "onnx", _apply, "weight-only INT4 (MatMulNBits) of an ONNX LM's MatMul/embeddings",
     needs_torch=False, variant_suffix=lambda c: f"int4b{c.block_size}")
+INT8_DYNAMIC_TECHNIQUE = Technique(
+    "int8_dynamic", Int8DynamicConfig, "onnx", "onnx", _apply_int8,
+    "dynamic INT8 (int8 weights, uint8 activations per call) of an ONNX LM's weight MatMuls", needs_torch=False,
+    variant_suffix=lambda c: "int8dyn")
+register_technique(INT4_TECHNIQUE)
+register_technique(INT8_DYNAMIC_TECHNIQUE)
 
-__all__ = ["INT4_TECHNIQUE", "Int4Config", "check_block_size", "quantize_dynamic_int8", "quantize_int4"]
+__all__ = ["INT4_TECHNIQUE", "INT8_DYNAMIC_TECHNIQUE", "Int4Config", "Int8DynamicConfig", "check_block_size",
+           "quantize_dynamic_int8", "quantize_int4"]
