@@ -179,3 +179,22 @@ def test_default_pairs_come_from_the_declared_layouts():
     assert default_layer_pairs(vit, mbv2) == [("blocks.0", "0.3"), ("blocks.1", "0.17")]
     with pytest.raises(ConfigError, match="declares no feature stages"):
         default_layer_pairs(torch.nn.Sequential(torch.nn.Linear(4, 2)), mbv2)
+
+
+def test_compare_scratch_trains_the_student_alone_with_the_same_budget_and_reports_both(trained_resnet8):
+    """The scratch baseline trains the same architecture without the teacher for the same epochs, and the run
+    report shows both accuracies side by side."""
+    from edgekit.pipeline.diagnostics import scratch_section
+    from edgekit.pipeline.stages import Variant
+
+    s = trained_resnet8.splits
+    train = {"epochs": 1, "lr": 0.1}
+    result = distill(_student(), {"compare_scratch": True, "train": train}, teacher=trained_resnet8.module,
+                     train=s.train.take(320), val=s.val, seed=0)
+    scratch = result.sidecar["scratch"]
+    assert scratch["epochs"] == len(scratch["history"]) == 1 and 0 <= scratch["val_accuracy"] <= 100
+    assert result.metrics["scratch_val_accuracy"] == scratch["val_accuracy"]
+    lines = scratch_section([Variant("student", metrics=result.metrics)])
+    kd, scratch = result.metrics["val_accuracy"], result.metrics["scratch_val_accuracy"]
+    assert f"| student | {kd:.2f}% | {scratch:.2f}% | {kd - scratch:+.2f} pt |" in lines
+    assert scratch_section([Variant("student", metrics={"val_accuracy": 90.0})]) == []

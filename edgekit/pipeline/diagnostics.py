@@ -127,3 +127,21 @@ def artifact_parity(variants: Dict[str, Any], x: np.ndarray, y: Optional[np.ndar
         row["flagged"] = row["max_disagreement"] > 1.0 or (row["accuracy_spread"] or 0) > 1.0
         out.append(row)
     return out
+
+
+def scratch_section(chosen: List[Any]) -> List[str]:
+    """Report lines comparing each distilled or pruned variant with its architecture trained alone (same budget,
+    no teacher) when the stage ran with ``compare_scratch: true``; empty otherwise."""
+    rows = [(v.name, v.metrics.get("val_accuracy"), v.metrics["scratch_val_accuracy"]) for v in chosen
+            if v.metrics.get("scratch_val_accuracy") is not None]
+    if not rows:
+        return []
+    out = ["## With the teacher vs trained alone", "",
+           "`compare_scratch: true`: the same architecture trained from fresh weights without a teacher, with the "
+           "same epochs and optimiser; validation accuracy.", "",
+           "| variant | with teacher (KD) | trained alone | KD − alone |", "|---|---|---|---|"]
+    for name, kd, alone in rows:
+        diff = f"{kd - alone:+.2f} pt" if kd is not None else "–"
+        out.append(f"| {name} | {kd:.2f}% | {alone:.2f}% | {diff} |" if kd is not None
+                   else f"| {name} | – | {alone:.2f}% | – |")
+    return out + [""]

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from edgekit._io import write_json_atomic, write_text_atomic
 from edgekit.errors import BackendUnavailableError
-from edgekit.pipeline.diagnostics import artifact_parity, step_diagnostics
+from edgekit.pipeline.diagnostics import artifact_parity, scratch_section, step_diagnostics
 from edgekit.pipeline.stages import Variant
 
 logger = logging.getLogger(__name__)
@@ -477,6 +477,7 @@ def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, he
     out += _pairs_section(chosen, pairs)
     out += _quantisation_section(chosen)
     out += _payoff_section(recipe, chosen, rows, findings)
+    out += scratch_section(chosen)
     out += ["", "## Accuracy parity across artifacts", ""]
     if parity:
         out += ["| variant | artifact | accuracy | top-1 agreement | flagged |", "|---|---|---|---|---|"]

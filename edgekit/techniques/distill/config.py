@@ -46,6 +46,8 @@ class DistillConfig(TechniqueConfig):
     cache_teacher_logits: bool = Field(True, description="precompute teacher outputs once when augmentation is "
                                                          "off (ignored when it is on, or when hints are used)")
     train: TrainConfig = Field(default_factory=TrainConfig, description="training of the student")
+    compare_scratch: bool = Field(False, description="also train the student architecture alone (no teacher, fresh "
+                                                     "weights) with the same budget and report both accuracies")
 
     @field_validator("attention", "hints", mode="before")
     @classmethod

@@ -84,6 +84,7 @@ def distill(student: nn.Module, config: DistillConfig | dict | None = None, *, t
     classes = check_outputs(teacher, student, train.x)
     if int(train.y.max()) >= classes:
         raise ConfigError(f"training labels go up to {int(train.y.max())} but the models predict {classes} classes")
+    untrained = student
     student = copy.deepcopy(student)
     cache_bytes = 4 * classes * len(train) * max(1, int(np.prod(np.shape(train.y)[1:])))
     use_cache = cfg.cache_teacher_logits and not cfg.train.augment and cache_bytes <= CACHE_LIMIT_BYTES
@@ -99,7 +100,16 @@ def distill(student: nn.Module, config: DistillConfig | dict | None = None, *, t
             logger.info(f"distill: teacher outputs not cached ({why})")
         result = fit(student, train, val, cfg.train, seed=seed, loss_fn=loss, extra_parameters=loss.extra_parameters,
                      desc=desc)
-    return _result(student, teacher, cfg, result, loss, time.perf_counter() - t0)
+    out = _result(student, teacher, cfg, result, loss, time.perf_counter() - t0)
+    if cfg.compare_scratch:
+        from edgekit.techniques.recovery import scratch_baseline
+
+        scratch = scratch_baseline(untrained, train, val, cfg.train, seed=seed, desc=f"{desc}: alone")
+        out.sidecar["scratch"] = scratch
+        out.metrics["scratch_val_accuracy"] = scratch["val_accuracy"]
+        logger.info("%s: validation %.2f%% with the teacher, %.2f%% trained alone with the same budget", desc,
+                    out.metrics["val_accuracy"] or float("nan"), scratch["val_accuracy"] or float("nan"))
+    return out
 
 
 def _result(student: nn.Module, teacher: nn.Module, cfg: DistillConfig, fitted: FitResult, loss: KDLoss,
