@@ -171,8 +171,8 @@ def test_static_int8_calibrates_every_named_input_and_keeps_attention_products_f
     from edgekit.techniques.quantize.ptq import quantize
 
     np.savez(tmp_path / "calib.npz", **bert_inputs(n=16), y=np.zeros(16, np.int64))
-    res = quantize(bert_onnx[0], {"samples": 8, "speed_fallback": False}, calib=tmp_path / "calib.npz",
-                   out_path=tmp_path / "st.onnx")
+    res = quantize(bert_onnx[0], {"mode": "static", "samples": 8, "speed_fallback": False},
+                   calib=tmp_path / "calib.npz", out_path=tmp_path / "st.onnx")
     side = json.loads((tmp_path / "st.onnx.json").read_text())
     assert side["calibration"]["inputs"] == sorted(NAMES) and side["calibration"]["samples"] == 8
     assert side["quant_scheme"]["op_types"] == ["Conv", "ConvTranspose", "Gemm", "MatMul"]
@@ -193,7 +193,7 @@ def test_bad_calibration_data_is_refused_before_work_naming_the_user_file(bert_o
     calib = tmp_path / "calib.npz"
     np.savez(calib, **arrays(bert_inputs()))
     with pytest.raises(ShapeError, match=match) as err:
-        quantize(bert_onnx[0], {}, calib=calib, out_path=tmp_path / "q.onnx")
+        quantize(bert_onnx[0], {"mode": "static"}, calib=calib, out_path=tmp_path / "q.onnx")
     assert str(calib) in str(err.value) and "preprocessed" not in str(err.value)
 
 
