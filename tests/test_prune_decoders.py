@@ -242,6 +242,7 @@ def test_lm_recipe_trains_distils_prunes_quantises_and_reports(corpus, tmp_path)
     ({"ratio": 0.3}, "stages[2]: channel pruning (ratio) is not supported for causal LMs"),
     ({"method": "2:4"}, "stages[2].method: '2:4' is not supported for causal LMs"),
     ({"heads": 0.5, "speedup_target": 1.5}, "stages[2].speedup_target: measured speed targets are not supported"),
+    ({"heads": 0.9}, "stages[2]: prune.heads 0.9 removes all 4 heads of layer transformer.h.0"),
     ({"ffn": 0.6875, "round_to": 8}, "stages[3].block_size: 16 does not divide the input size(s) [40]"),
 ])
 def test_lm_prune_stage_bad_input_is_refused_before_any_work(corpus, tmp_path, capsys, stage, match):

@@ -105,6 +105,28 @@ def _pruned_sizes(model: Any, st: Any) -> Dict[int, str]:
     return out
 
 
+def _prunable_problems(recipe: Any, models: Dict[str, Any]) -> List[str]:
+    """Each prune stage's input (the reference or a distilled student) has decoder heads / FFN / layers that
+    edgekit can prune with the stage's fields (the checks of the prune technique, run on the built model)."""
+    from edgekit.errors import EdgekitError
+    from edgekit.techniques.prune._transformer import check_blocks
+
+    keys, latest, problems = {"reference": "model"}, "model", []
+    for i, st in enumerate(recipe.stages):
+        if st.type == "distill":
+            latest = f"stages[{i}].student"
+            keys[st.name or f"stage{i}"] = latest
+        elif st.type == "prune" and st.method == "structured" and st.transformer:
+            key = keys.get(st.input) if st.input else latest
+            if key in models:
+                try:
+                    check_blocks(models[key], st.resolved(), [])
+                except EdgekitError as e:
+                    problems.append(f"stages[{i}]: {e}")
+            latest = ""  # a pruned variant: not built here
+    return problems
+
+
 def _input_sizes(model: Any, embeddings: bool) -> Dict[int, str]:
     """``{input size: a layer with it}`` of every weight INT4 would quantise (Linear / GPT-2 Conv1D / Embedding)."""
     import torch.nn as nn
@@ -150,7 +172,7 @@ def data_problems(recipe: Any, splits: Callable[[], Any]) -> List[str]:
         models = _built_models(recipe, splits())
     except EdgekitError as e:
         return [str(e)]
-    problems = []
+    problems = _prunable_problems(recipe, models)
     prunes = [(j, p) for j, p in enumerate(recipe.stages) if p.type == "prune"]
     for i, st in enumerate(recipe.stages):
         if st.type != "int4":
