@@ -41,10 +41,6 @@ class AttentionLayout:
 
 
 ATTENTION_LAYOUTS: Tuple[AttentionLayout, ...] = (
-    AttentionLayout("GPT2Attention (GPT-2, zoo gpt_lm arch gpt2)", ("c_attn",), "c_proj", "head_dim", ("num_heads",),
-                    ("split_size", "embed_dim")),
-    AttentionLayout("LlamaAttention (Llama, Qwen2, Mistral; zoo gpt_lm arch llama; grouped KV heads pruned as whole "
-                    "groups)", ("q_proj", "k_proj", "v_proj"), "o_proj", "head_dim", kv_groups="num_key_value_groups"),
     AttentionLayout("BertSelfAttention (BERT, RoBERTa, ELECTRA, CamemBERT, XLM-R)", ("query", "key", "value"),
                     "../output.dense", "attention_head_size", ("num_attention_heads",), ("all_head_size",)),
     AttentionLayout("ViTAttention (ViT, DeiT)", ("q_proj", "k_proj", "v_proj"), "o_proj", "head_dim",
@@ -52,6 +48,10 @@ ATTENTION_LAYOUTS: Tuple[AttentionLayout, ...] = (
     AttentionLayout("DistilBertSelfAttention (DistilBERT)", ("q_lin", "k_lin", "v_lin"), "out_lin",
                     "attention_head_size", ("n_heads",)),
     AttentionLayout("edgekit zoo ViT Attention", ("qkv",), "proj", "head_dim", ("heads",)),
+    AttentionLayout("GPT2Attention (GPT-2, zoo gpt_lm arch gpt2)", ("c_attn",), "c_proj", "head_dim", ("num_heads",),
+                    ("split_size", "embed_dim")),
+    AttentionLayout("LlamaAttention (Llama, Qwen2, Mistral; zoo gpt_lm arch llama; grouped KV heads pruned as whole "
+                    "groups)", ("q_proj", "k_proj", "v_proj"), "o_proj", "head_dim", kv_groups="num_key_value_groups"),
 )
 
 #: FFN projections: (up, down) or (gate, up, down); every one but the last makes the intermediate neurons
@@ -122,7 +122,7 @@ def _linear(model: nn.Module, name: str) -> Optional[nn.Module]:
 
 def match_attention(model: nn.Module, name: str, module: nn.Module) -> Optional[AttentionLayout]:
     """The layout of ``module`` (named ``name`` in ``model``) when it is a supported attention module."""
-    for lay in ATTENTION_LAYOUTS:
+    for lay in sorted(ATTENTION_LAYOUTS, key=lambda lay: not lay.kv_groups):  # Llama's q/k/v/o_proj before ViT's
         if not hasattr(module, lay.head_size) or not all(is_projection(getattr(module, a, None)) for a in lay.qkv):
             continue
         if lay.kv_groups and not hasattr(module, lay.kv_groups):
