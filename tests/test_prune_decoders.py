@@ -29,8 +29,9 @@ def _lm(kind: str, seed: int = 0, **over):
         return create_model("gpt_lm", vocab_size=V, n_layer=2, n_embd=32, n_head=4, n_positions=32, arch=kind,
                             **over).eval()
     cfg = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 4, "n_positions": 32} if kind == "hf_gpt2" \
-        else {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
-              "num_key_value_heads": 4, "intermediate_size": 64, "max_position_embeddings": 32}
+        else {"model_type": kind[3:], "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
+              "num_key_value_heads": 2 if kind == "hf_qwen2" else 4, "intermediate_size": 64,
+              "max_position_embeddings": 32}
     return create_model("hf", config={**cfg, "vocab_size": V, **over}, task="causal-lm").eval()
 
 
@@ -50,7 +51,7 @@ def _attn(model, i: int = 0):
     return blk.attn if hasattr(blk, "attn") else blk.self_attn
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "hf_gpt2", "hf_llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "hf_gpt2", "hf_llama", "hf_qwen2"])
 def test_heads_and_ffn_shrink_consistently_and_the_checkpoint_rebuilds_the_same_logits(kind, tmp_path):
     m, data = _lm(kind), _windows()
     res = prune(m, {"heads": 0.5, "ffn": 0.5, "round_to": 8, "head_importance": "l2", "finetune": NO_FT},
@@ -63,9 +64,10 @@ def test_heads_and_ffn_shrink_consistently_and_the_checkpoint_rebuilds_the_same_
         assert tuple(mlp.c_fc.weight.shape) == (32, 64) and tuple(mlp.c_proj.weight.shape) == (64, 32)
     else:
         q, k = a.q_proj.weight.shape[0], a.k_proj.weight.shape[0]
-        # zoo llama: 2 KV groups of 2 query heads -> one group left; HF llama (no grouping): 2 of 4 heads
-        assert (q, k) == ((16, 8) if kind == "llama" else (16, 16)) and a.o_proj.in_features == 16
-        assert a.num_key_value_groups == (2 if kind == "llama" else 1)
+        # zoo llama / qwen2: 2 KV groups of 2 query heads -> one group left; HF llama (no grouping): 2 of 4 heads
+        grouped = kind in ("llama", "hf_qwen2")
+        assert (q, k) == ((16, 8) if grouped else (16, 16)) and a.o_proj.in_features == 16
+        assert a.num_key_value_groups == (2 if grouped else 1)
         mlp = p.model.layers[0].mlp
         assert mlp.gate_proj.out_features == mlp.up_proj.out_features == mlp.down_proj.in_features
     assert res.macs_after < 0.7 * res.macs_before

@@ -321,6 +321,9 @@ def _drop_layers(model: nn.Module, names: List[str], drop: Sequence[int]) -> Non
     setattr(model.get_submodule(owner) if owner else model, child, new)
     config = getattr(model, "config", None)  # a Hugging Face model: its cache and masks count layers from here
     if config is not None and hasattr(config, "num_hidden_layers"):
+        types = getattr(config, "layer_types", None)  # per-layer attention kinds (Qwen2, Gemma...): drop theirs too
+        if isinstance(types, list) and len(types) == config.num_hidden_layers:
+            config.layer_types = [t for i, t in enumerate(types) if i not in set(drop)]
         config.num_hidden_layers = len(kept)
 
 
@@ -343,6 +346,8 @@ def _record_arch(model: nn.Module) -> None:
         for k, v in updates.items():
             setattr(model.config, k, v)
             stored[k] = v
+        if isinstance(stored.get("layer_types"), list):
+            stored["layer_types"] = list(model.config.layer_types)
     elif arch.get("name") == "gpt_lm":  # its FFN / head widths come back from the checkpoint's structure
         kwargs["n_layer"] = len(blocks)
     elif arch.get("name") == "vit":
