@@ -145,8 +145,8 @@ def test_hf_gpt2_from_a_local_directory_runs_the_same_recipe_shape(corpus, tmp_p
 def _bad(corpus: Path, case: str) -> tuple:
     r = _recipe(corpus, name=f"bad_{case}")
     if case == "classifier_stage":
-        r["stages"].insert(1, {"type": "prune", "ratio": 0.3})
-        return r, "stages[1].type: 'prune' is not supported for causal-lm recipes"
+        r["stages"].insert(1, {"type": "quantize"})
+        return r, "stages[1].type: 'quantize' is not supported for causal-lm recipes"
     if case == "int4_block":
         r["stages"][-1]["block_size"] = 64
         return r, "stages[3].block_size: 64 does not divide the input size(s) [32]"

@@ -170,14 +170,45 @@ class KVLayout:
         return {n: np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past_names}
 
 
-def kv_layout(config: Any) -> KVLayout:
-    """The cache layout of an HF causal-LM config (GPT-2 and Llama/Qwen names)."""
+def kv_layout(config: Any, model: Any = None) -> KVLayout:
+    """The cache layout of an HF causal-LM config (GPT-2 and Llama/Qwen names); with ``model``, the layer count and
+    key/value heads are read off its attention modules (a head- or depth-pruned model's config keeps the original
+    head counts, which its head width derives from).
+
+    Raises:
+        ExportError: the layers of ``model`` have different key/value head counts (one cache shape serves all).
+    """
     n_layers = config.num_hidden_layers
     heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if model is not None:
+        per_layer = _module_kv_heads(model)
+        if len(set(per_layer.values())) > 1:
+            raise ExportError(f"KV-cache export: the layers of {type(model).__name__} keep different key/value head "
+                              f"counts {per_layer}; one cache shape serves every layer, so prune the same fraction "
+                              "of heads in every layer (no excluded attention)")
+        if per_layer:
+            n_layers, kv = len(per_layer), next(iter(per_layer.values()))
+            head_dim = int(getattr(next(m for m in model.modules() if _is_attention(m)), "head_dim", head_dim))
     return KVLayout(int(n_layers), int(kv), int(head_dim), int(config.vocab_size), int(positions))
+
+
+def _is_attention(m: Any) -> bool:
+    return hasattr(m, "head_dim") and (hasattr(m, "k_proj") or hasattr(m, "c_attn"))
+
+
+def _module_kv_heads(model: Any) -> Dict[str, int]:
+    """``{attention module: key/value heads}`` from the widths of its k projection (or GPT-2's ``split_size``)."""
+    out: Dict[str, int] = {}
+    for name, m in model.named_modules():
+        if not _is_attention(m) or not m.head_dim:
+            continue
+        k = getattr(m, "k_proj", None)
+        width = k.weight.shape[0] if isinstance(k, torch.nn.Linear) else getattr(m, "split_size", 0)
+        out[name] = int(width) // int(m.head_dim)
+    return out
 
 
 class _KVWrapper(torch.nn.Module):
@@ -218,7 +249,7 @@ def export_causal_lm(model: Any, out_path: str | Path, opset: int = 17) -> KVLay
         ['input_ids', 'attention_mask', 'position_ids']
     """
     model = prepare_for_export(model)
-    layout = kv_layout(model.config)
+    layout = kv_layout(model.config, model)
     g = torch.Generator().manual_seed(0)
     b, s, past = 1, 4, 3
     args = (torch.randint(0, layout.vocab_size, (b, s), generator=g), torch.ones(b, past + s, dtype=torch.long),
@@ -299,7 +330,7 @@ def check_kv_parity(model: Any, onnx_path: str | Path, *, prompt_len: int = 8, s
     Example:
         >>> check_kv_parity(model, "lm.onnx")["max_abs_diff"]
     """
-    layout = kv_layout(model.config)
+    layout = kv_layout(model.config, model)
     if prompt_len + steps > layout.max_positions:
         raise ConfigError(f"prompt_len {prompt_len} + steps {steps} exceeds the model's {layout.max_positions} "
                           "positions")

@@ -21,7 +21,8 @@ FORMAT = "edgekit-checkpoint/1"
 
 
 def capture_structure(model: nn.Module) -> Dict[str, dict]:
-    """Constructor attributes of every Conv/Linear/Norm/LSTM/GRU layer, keyed by module name."""
+    """Constructor attributes of every Conv/Linear/Norm/LSTM/GRU layer (and transformers' GPT-2 ``Conv1D``), keyed
+    by module name."""
     out: Dict[str, dict] = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
@@ -35,6 +36,8 @@ def capture_structure(model: nn.Module) -> Dict[str, dict]:
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             out[name] = {"type": type(m).__name__, "num_features": m.num_features, "eps": m.eps,
                          "momentum": m.momentum, "affine": m.affine}
+        elif type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers"):
+            out[name] = {"type": "Conv1D", "nf": int(m.weight.shape[1]), "nx": int(m.weight.shape[0])}
         elif type(m) in (nn.LSTM, nn.GRU):
             out[name] = _rnn_structure(m)
         elif isinstance(m, nn.LayerNorm):
@@ -65,6 +68,10 @@ def _build_layer(spec: dict) -> nn.Module:
                          tuple(spec["dilation"]), spec["groups"], spec["bias"])
     if t == "Linear":
         return nn.Linear(spec["in_features"], spec["out_features"], spec["bias"])
+    if t == "Conv1D":  # transformers' GPT-2 projection (weight [nx, nf]); only in checkpoints of HF models
+        from transformers.pytorch_utils import Conv1D
+
+        return Conv1D(spec["nf"], spec["nx"])
     if t in ("BatchNorm1d", "BatchNorm2d"):
         return getattr(nn, t)(spec["num_features"], spec["eps"], spec["momentum"], spec["affine"])
     if t == "LayerNorm":
@@ -158,7 +165,7 @@ def load_checkpoint(path: str | Path) -> Tuple[nn.Module, Dict[str, Any]]:
 
 
 _PLAIN = (str, int, float, bool, type(None))
-_STRUCTURE_TYPES = ("Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "LSTM", "GRU")
+_STRUCTURE_TYPES = ("Conv2d", "Linear", "Conv1D", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "LSTM", "GRU")
 _RNN_GATES = {"LSTM": 4, "GRU": 3}
 
 
@@ -226,6 +233,8 @@ def _check_structure_entry(name: str, spec: Any, state: Dict[str, Any], source: 
             key, want = "weight", [int(spec["out_channels"]), per_group, *k]
         elif t == "Linear":
             key, want = "weight", [int(spec["out_features"]), int(spec["in_features"])]
+        elif t == "Conv1D":
+            key, want = "weight", [int(spec["nx"]), int(spec["nf"])]
         elif t.startswith("BatchNorm"):
             key, want = "running_mean", [int(spec["num_features"])]
         elif t in _RNN_GATES:

@@ -1,16 +1,17 @@
 """Preflight checks of causal-LM recipes (part of :func:`edgekit.pipeline.preflight.preflight`): caught before any
 work, each with its field path and what is allowed.
 
-- stages that only work on classifiers (pruning, sparsity, static/QAT quantisation, compile) in an LM recipe, and
-  attention/hint transfer in an LM distillation (per-token logit KD only);
+- stages that only work on classifiers (sparsity, static/QAT quantisation, compile) in an LM recipe, attention/hint
+  transfer in an LM distillation (per-token logit KD only), and pruning other than of heads / FFN neurons / layers
+  (channel ratios, sparsity patterns, measured speed targets);
 - an LM model with classification data or LM data with a classifier;
-- an INT4 block size that does not divide the hidden / FFN size of a model the recipe builds;
+- an INT4 block size that does not divide the hidden / FFN size of a model the recipe builds (or prunes);
 - a prompt (+ new tokens) longer than the context;
 - a tokenizer whose vocabulary does not match the model's (checked with the model's output size).
 
 Example:
     >>> lm_problems(recipe, splits)
-    ['stages[2].type: prune is not supported for causal-lm recipes; ...']
+    ["stages[2].type: 'qat' is not supported for causal-lm recipes ..."]
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Callable, Dict, List
 from edgekit.pipeline.lm import generation_lengths
 
 #: stage types a causal-LM recipe can run
-LM_STAGES = ("train", "distill", "export", "int4", "int8_dynamic")
+LM_STAGES = ("train", "distill", "prune", "export", "int4", "int8_dynamic")
 #: datasets of next-token windows (edgekit.data.text_lm)
 LM_DATASETS = ("pydoc_lm", "text_lm")
 
@@ -55,6 +56,8 @@ def static_problems(recipe: Any) -> List[str]:
         elif st.type == "export" and st.exporter != "torchscript":
             problems.append(f"stages[{i}].exporter: causal LMs export with the KV cache through the torchscript "
                             f"exporter only, got '{st.exporter}'")
+        elif st.type == "prune":
+            problems.extend(_prune_problems(i, st))
         elif st.type == "distill":
             for key in ("attention", "hints"):
                 if getattr(st, key).enabled:
@@ -67,6 +70,60 @@ def static_problems(recipe: Any) -> List[str]:
         if n > context:
             problems.append(f"benchmark.generation: {what} = {n} is longer than the context of {context} tokens "
                             "(data.shape); shorten the prompt or generate fewer tokens")
+    return problems
+
+
+def _prune_problems(i: int, st: Any) -> List[str]:
+    """A causal LM is pruned by heads / FFN neurons / layers (decoder layouts of edgekit.models.heads) only."""
+    if st.method != "structured":
+        return [f"stages[{i}].method: '{st.method}' is not supported for causal LMs; prune heads / ffn / layers / "
+                "depth (method: structured)"]
+    if not st.transformer:
+        given = [k for k in ("ratio", "macs_target", "per_layer_ratios") if getattr(st, k)]
+        return [f"stages[{i}]: channel pruning ({', '.join(given) or 'ratio'}) is not supported for causal LMs; "
+                "give heads (fraction of attention heads removed per layer), ffn (fraction of FFN neurons), "
+                "layers (decoder blocks removed) or depth (blocks kept); macs_target may scale heads / ffn"]
+    if st.speedup_target is not None:
+        return [f"stages[{i}].speedup_target: measured speed targets are not supported for causal LMs (candidates "
+                "would be timed without the KV cache); use macs_target with heads / ffn"]
+    return []
+
+
+def _pruned_sizes(model: Any, st: Any) -> Dict[int, str]:
+    """``{input size: a layer}`` of the attention output / FFN down projections after the prune stage ``st``."""
+    from edgekit.models.heads import transformer_blocks
+    from edgekit.techniques.prune._transformer import ffn_kept, heads_removed
+
+    cfg = st.resolved()
+    out: Dict[int, str] = {}
+    for b in transformer_blocks(model):
+        if cfg.heads and b.layout is not None:
+            units, per = (b.kv_heads, b.heads // b.kv_heads) if b.grouped else (b.heads, 1)
+            out.setdefault((units - heads_removed(units, cfg.heads)) * per * b.head_size, b.out)
+        if cfg.ffn and b.ffn is not None:
+            out.setdefault(ffn_kept(b.intermediate, cfg.ffn, cfg.round_to), b.ffn[-1])
+    return out
+
+
+def _prunable_problems(recipe: Any, models: Dict[str, Any]) -> List[str]:
+    """Each prune stage's input (the reference or a distilled student) has decoder heads / FFN / layers that
+    edgekit can prune with the stage's fields (the checks of the prune technique, run on the built model)."""
+    from edgekit.errors import EdgekitError
+    from edgekit.techniques.prune._transformer import check_blocks
+
+    keys, latest, problems = {"reference": "model"}, "model", []
+    for i, st in enumerate(recipe.stages):
+        if st.type == "distill":
+            latest = f"stages[{i}].student"
+            keys[st.name or f"stage{i}"] = latest
+        elif st.type == "prune" and st.method == "structured" and st.transformer:
+            key = keys.get(st.input) if st.input else latest
+            if key in models:
+                try:
+                    check_blocks(models[key], st.resolved(), [])
+                except EdgekitError as e:
+                    problems.append(f"stages[{i}]: {e}")
+            latest = ""  # a pruned variant: not built here
     return problems
 
 
@@ -115,12 +172,16 @@ def data_problems(recipe: Any, splits: Callable[[], Any]) -> List[str]:
         models = _built_models(recipe, splits())
     except EdgekitError as e:
         return [str(e)]
-    problems = []
+    problems = _prunable_problems(recipe, models)
+    prunes = [(j, p) for j, p in enumerate(recipe.stages) if p.type == "prune"]
     for i, st in enumerate(recipe.stages):
         if st.type != "int4":
             continue
         for where, m in models.items():
             sizes = _input_sizes(m, st.embeddings)
+            for j, p in prunes:
+                sizes.update({k: f"{n} after stages[{j}] (prune; its round_to sets the FFN width)"
+                              for k, n in _pruned_sizes(m, p).items()})
             bad = {k: n for k, n in sizes.items() if k % st.block_size}
             if bad:
                 from edgekit.techniques.quantize.int4 import _BLOCK_SIZES

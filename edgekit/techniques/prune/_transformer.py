@@ -1,7 +1,8 @@
-"""Structured pruning of transformer encoders: attention heads, FFN neurons and whole layers, physically removed.
+"""Structured pruning of transformers: attention heads, FFN neurons and whole layers, physically removed.
 
-Works on Hugging Face BERT-family encoders (BERT, RoBERTa, ELECTRA...), ViT/DeiT, DistilBERT and edgekit's zoo
-ViT, whose heads are described by :data:`edgekit.models.heads.ATTENTION_LAYOUTS`. No tracing: the query / key /
+Works on Hugging Face BERT-family encoders (BERT, RoBERTa, ELECTRA...), ViT/DeiT, DistilBERT, edgekit's zoo
+ViT and decoder LMs (GPT-2, Llama-style with grouped KV heads removed as whole groups, the zoo ``gpt_lm``), whose
+heads are described by :data:`edgekit.models.heads.ATTENTION_LAYOUTS`. No tracing: the query / key /
 value rows of a removed head and the matching input columns of the output projection are sliced away (the head
 width is unchanged, the head count attributes follow), FFN neurons are rows of the up projection and columns of the
 down projection, and dropped layers leave the layer list. Heads and neurons are ranked by a calibration pass
@@ -22,8 +23,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgekit.core.tensors import call_module, num_samples, prediction, take, to_torch
+from edgekit.core.train import flat_tokens
 from edgekit.errors import ConfigError
-from edgekit.models.heads import FFN_LAYOUTS, TransformerBlock, set_head_count, supported_attention, transformer_blocks
+from edgekit.models.heads import (
+    FFN_LAYOUTS,
+    TransformerBlock,
+    in_width,
+    out_width,
+    set_head_count,
+    supported_attention,
+    transformer_blocks,
+)
 from edgekit.techniques.prune import _graph as pg
 from edgekit.techniques.prune.config import HEAD_IMPORTANCES, PruneConfig
 
@@ -64,7 +74,7 @@ def check_blocks(model: nn.Module, cfg: PruneConfig, excluded: Sequence[str]) ->
     if cfg.ffn:
         bad = [b.name for b in blocks if b.ffn is None]
         if bad:
-            pairs = ", ".join(f"{u}/{d}" for u, d in FFN_LAYOUTS)
+            pairs = ", ".join("/".join(lay) for lay in FFN_LAYOUTS)
             raise ConfigError(f"prune.ffn: {_where(model)} layer {bad[0]} has no FFN edgekit knows (up/down "
                               f"Linear pairs: {pairs})")
         if all(b.intermediate <= cfg.round_to for b in blocks):
@@ -78,10 +88,13 @@ def check_blocks(model: nn.Module, cfg: PruneConfig, excluded: Sequence[str]) ->
 
 
 def _check_consistent(model: nn.Module, b: TransformerBlock) -> None:
-    widths = [model.get_submodule(n).out_features for n in b.qkv]
-    out_in = model.get_submodule(b.out).in_features
+    widths = [out_width(model.get_submodule(n)) for n in b.qkv]
+    out_in = in_width(model.get_submodule(b.out))
     total = widths[0] // (3 if b.layout.fused else 1)
-    if len(set(widths)) > 1 or total % max(1, b.head_size) or out_in != total:
+    kv_ok = len(widths) == 3 and b.layout.kv_groups and widths[1] == widths[2] and b.kv_heads \
+        and b.heads % b.kv_heads == 0 and b.heads // b.kv_heads == getattr(model.get_submodule(b.attention),
+                                                                            b.layout.kv_groups, 0)
+    if (len(set(widths)) > 1 and not kv_ok) or total % max(1, b.head_size) or out_in != total:
         raise ConfigError(f"prune.heads: attention {b.attention} is not consistent: q/k/v widths {widths}, head "
                           f"width {b.head_size}, output projection takes {out_in}; its heads cannot be removed "
                           "whole (was it channel-pruned?). Allowed: q/k/v widths equal, a multiple of the head "
@@ -89,6 +102,14 @@ def _check_consistent(model: nn.Module, b: TransformerBlock) -> None:
 
 
 def _check_heads(b: TransformerBlock, frac: float) -> None:
+    if b.grouped:
+        remove = heads_removed(b.kv_heads, frac)
+        if remove >= b.kv_heads:
+            raise ConfigError(f"prune.heads {frac} removes all {b.kv_heads} key/value head groups of layer {b.name} "
+                              f"(grouped-query attention: {b.heads} query heads share {b.kv_heads} KV heads and are "
+                              f"removed a whole group at a time; {b.kv_heads} x {frac} rounds to {remove}); allowed: "
+                              f"heads < {(b.kv_heads - 0.5) / b.kv_heads:.3f} so at least one group stays")
+        return
     remove = heads_removed(b.heads, frac)
     if remove >= b.heads:
         raise ConfigError(f"prune.heads {frac} removes all {b.heads} heads of layer {b.name} ({b.heads} x "
@@ -149,6 +170,7 @@ def importance(model: nn.Module, blocks: List[TransformerBlock], cfg: PruneConfi
     """Per block, a score per head and per FFN neuron (higher = keep) from a calibration pass over
     ``cfg.taylor_batches`` training batches: mean |output| (``l1``) or |d loss / d mask| (``taylor``)."""
     taylor = HEAD_IMPORTANCES.get(cfg.head_importance).needs_labels
+    l2 = cfg.head_importance == "l2"
     scores: Scores = {b.name: {} for b in blocks}
     masks: Dict[str, torch.Tensor] = {}
     handles = []
@@ -159,7 +181,8 @@ def importance(model: nn.Module, blocks: List[TransformerBlock], cfg: PruneConfi
             v = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
             if taylor:
                 return (v * masks[f"{bname}/{kind}"][:, None]).reshape(x.shape), *args[1:]
-            acc = v.detach().abs().sum(-1).reshape(-1, groups).sum(0)
+            v = v.detach()
+            acc = (v.norm(dim=-1) if l2 else v.abs().sum(-1)).reshape(-1, groups).sum(0)
             scores[bname][kind] = scores[bname].get(kind, 0) + acc
             return None
         return pre
@@ -170,7 +193,7 @@ def importance(model: nn.Module, blocks: List[TransformerBlock], cfg: PruneConfi
             handles.append(model.get_submodule(b.out).register_forward_pre_hook(hook(b.name, "heads", b.heads)))
         if cfg.ffn and b.ffn is not None:
             masks[f"{b.name}/ffn"] = torch.ones(b.intermediate, requires_grad=True)
-            handles.append(model.get_submodule(b.ffn[1]).register_forward_pre_hook(
+            handles.append(model.get_submodule(b.ffn[-1]).register_forward_pre_hook(
                 hook(b.name, "ffn", b.intermediate)))
     model.eval()
     try:
@@ -179,7 +202,7 @@ def importance(model: nn.Module, blocks: List[TransformerBlock], cfg: PruneConfi
                 with torch.no_grad():
                     call_module(model, x)
                 continue
-            loss = F.cross_entropy(prediction(call_module(model, x)), y)
+            loss = F.cross_entropy(*flat_tokens(prediction(call_module(model, x)), y))
             grads = torch.autograd.grad(loss, list(masks.values()))
             for key, g in zip(masks, grads):
                 bname, kind = key.split("/")
@@ -201,9 +224,12 @@ def make_plan(blocks: List[TransformerBlock], scores: Scores, heads: float, ffn:
         if i in plan.drop:
             continue
         if heads and b.layout is not None and not _excluded(b, excluded):
-            keep = b.heads - heads_removed(b.heads, heads, cap)
-            if keep < b.heads:
-                plan.heads[b.name] = _top(scores[b.name].get("heads"), b.heads, keep)
+            units, per = (b.kv_heads, b.heads // b.kv_heads) if b.grouped else (b.heads, 1)
+            keep = units - heads_removed(units, heads, cap)
+            if keep < units:
+                score = scores[b.name].get("heads")
+                score = None if score is None else torch.as_tensor(score).reshape(units, per).sum(1)
+                plan.heads[b.name] = [g * per + j for g in _top(score, units, keep) for j in range(per)]
         if ffn and b.ffn is not None and not set(b.ffn) & set(excluded):
             keep = ffn_kept(b.intermediate, ffn, round_to)
             if keep < b.intermediate:
@@ -224,15 +250,20 @@ def removes_nothing(plan: Plan) -> bool:
 
 def _slice_linear(model: nn.Module, name: str, out_idx: Optional[List[int]] = None,
                   in_idx: Optional[List[int]] = None) -> None:
+    """Keep the ``out_idx`` outputs / ``in_idx`` inputs of a Linear or a (GPT-2) Conv1D, whose weight is [in, out]."""
     old = model.get_submodule(name)
-    w = old.weight.detach()
+    conv1d = not isinstance(old, nn.Linear)
+    w = old.weight.detach().t() if conv1d else old.weight.detach()
     b = old.bias.detach() if old.bias is not None else None
     if out_idx is not None:
         w = w[out_idx]
         b = b[out_idx] if b is not None else None
     if in_idx is not None:
         w = w[:, in_idx]
-    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+    if conv1d:
+        new, w = type(old)(w.shape[0], w.shape[1]).to(device=w.device, dtype=w.dtype), w.t()
+    else:
+        new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
     with torch.no_grad():
         new.weight.copy_(w)
         if b is not None:
@@ -247,6 +278,13 @@ def _prune_heads(model: nn.Module, b: TransformerBlock, keep: List[int]) -> None
     if b.layout.fused:
         width = b.heads * b.head_size
         _slice_linear(model, b.qkv[0], out_idx=[p * width + c for p in range(3) for c in cols])
+    elif b.grouped:  # whole KV groups: query heads g*per.. and key/value head g
+        per = b.heads // b.kv_heads
+        groups = sorted({h // per for h in keep})
+        kv_cols = [g * b.head_size + j for g in groups for j in range(b.head_size)]
+        _slice_linear(model, b.qkv[0], out_idx=cols)
+        for n in b.qkv[1:]:
+            _slice_linear(model, n, out_idx=kv_cols)
     else:
         for n in b.qkv:
             _slice_linear(model, n, out_idx=cols)
@@ -261,8 +299,9 @@ def apply_plan(model: nn.Module, blocks: List[TransformerBlock], plan: Plan) -> 
     for name, keep in plan.heads.items():
         _prune_heads(model, by_name[name], keep)
     for name, keep in plan.ffn.items():
-        up, down = by_name[name].ffn
-        _slice_linear(model, up, out_idx=keep)
+        *ups, down = by_name[name].ffn
+        for up in ups:
+            _slice_linear(model, up, out_idx=keep)
         _slice_linear(model, down, in_idx=keep)
     if plan.drop:
         _drop_layers(model, [b.name for b in blocks], plan.drop)
@@ -280,27 +319,37 @@ def _drop_layers(model: nn.Module, names: List[str], drop: Sequence[int]) -> Non
                 m.layer_idx = i
     owner, _, child = parent_name.rpartition(".")
     setattr(model.get_submodule(owner) if owner else model, child, new)
+    config = getattr(model, "config", None)  # a Hugging Face model: its cache and masks count layers from here
+    if config is not None and hasattr(config, "num_hidden_layers"):
+        types = getattr(config, "layer_types", None)  # per-layer attention kinds (Qwen2, Gemma...): drop theirs too
+        if isinstance(types, list) and len(types) == config.num_hidden_layers:
+            config.layer_types = [t for i, t in enumerate(types) if i not in set(drop)]
+        config.num_hidden_layers = len(kept)
 
 
 def _record_arch(model: nn.Module) -> None:
-    """Depth and uniform FFN width into a Hugging Face config (and the checkpoint's copy of it); per-block head
-    counts and depth into the zoo ViT's arguments."""
+    """Depth and uniform FFN width into a Hugging Face config (and the checkpoint's copy of it); depth into the zoo
+    ``gpt_lm``'s arguments; per-block head counts and depth into the zoo ViT's arguments."""
     arch = getattr(model, "edgekit_arch", None)
     blocks = transformer_blocks(model)
     if arch is None or not blocks:
         return
     kwargs = arch.setdefault("kwargs", {})
     if arch.get("name") == "hf":
-        cfg = model.config
-        depth_key = "n_layers" if hasattr(cfg, "n_layers") else "num_hidden_layers"
+        stored = kwargs["config"]  # the config dict's own spelling (GPT-2 writes n_layer / n_inner)
+        depth_key = next((k for k in ("n_layers", "n_layer") if k in stored), "num_hidden_layers")
         updates = {depth_key: len(blocks)}
         widths = {b.intermediate for b in blocks if b.ffn is not None}
-        width_key = "hidden_dim" if hasattr(cfg, "hidden_dim") else "intermediate_size"
-        if len(widths) == 1 and hasattr(cfg, width_key):
+        width_key = next((k for k in ("hidden_dim", "n_inner") if k in stored), "intermediate_size")
+        if len(widths) == 1 and width_key in stored:
             updates[width_key] = widths.pop()
         for k, v in updates.items():
-            setattr(cfg, k, v)
-            kwargs["config"][k] = v
+            setattr(model.config, k, v)
+            stored[k] = v
+        if isinstance(stored.get("layer_types"), list):
+            stored["layer_types"] = list(model.config.layer_types)
+    elif arch.get("name") == "gpt_lm":  # its FFN / head widths come back from the checkpoint's structure
+        kwargs["n_layer"] = len(blocks)
     elif arch.get("name") == "vit":
         kwargs["depth"] = len(blocks)
         kwargs["block_heads"] = [b.heads for b in blocks]
@@ -328,7 +377,7 @@ def table(before: List[TransformerBlock], model: nn.Module, plan: Plan, round_to
                          "after": len(kept), "kept": kept, "head_size": b.head_size, "aligned": True,
                          "unaligned": [], "excluded": _excluded(b, excluded)})
         if b.ffn is not None:
-            after = model.get_submodule(_renamed(b.ffn[0], before, plan.drop)).out_features
+            after = out_width(model.get_submodule(_renamed(b.ffn[0], before, plan.drop)))
             rows.append({"group": b.ffn[0], "kind": "ffn", "layers": list(b.ffn), "before": b.intermediate,
                          "after": after, "aligned": after % round_to == 0 or after == b.intermediate,
                          "unaligned": [] if after % round_to == 0 or after == b.intermediate else [b.ffn[0]],
@@ -347,7 +396,12 @@ def _renamed(name: str, blocks: List[TransformerBlock], drop: Sequence[int]) -> 
 
 
 def macs(model: nn.Module, example: Any) -> Tuple[int, int]:
-    """(MACs, params) at batch 1 (Linear/Conv/embedding work counted by Torch-Pruning's counter)."""
+    """(MACs, params) at batch 1 (Linear/Conv/embedding work counted by Torch-Pruning's counter; GPT-2's Conv1D
+    projections are counted as the equal Linear layers)."""
+    if any(type(m).__name__ == "Conv1D" for m in model.modules()):
+        from edgekit.export.causal_lm import conv1d_to_linear
+
+        model = conv1d_to_linear(copy.deepcopy(model))
     return pg.count(model, example)
 
 

@@ -92,6 +92,8 @@ class HeadImportance:
 HEAD_IMPORTANCES: Registry[HeadImportance] = Registry("head importance")
 for _himp in (HeadImportance("l1", "mean |output| of each head (its slice of the attention context) and of each FFN "
                                    "neuron over the calibration batches (no labels needed)"),
+              HeadImportance("l2", "Minitron-style activation importance: mean L2 norm of each head's output per "
+                                   "token and mean |activation| of each FFN neuron over the calibration batches"),
               HeadImportance("taylor", "|d loss / d mask| of a per-head / per-neuron mask (Michel et al. 2019) over "
                                        "labelled training batches", needs_labels=True)):
     HEAD_IMPORTANCES.register(_himp.name)(_himp)
@@ -171,8 +173,9 @@ class PruneConfig(RecoveryConfig):
     depth: Optional[int] = Field(None, ge=1, description="transformers: encoder layers kept; the layers whose "
                                  "removal changes the model's calibration outputs least (KL) are removed")
     head_importance: Annotated[str, OneOf(HEAD_IMPORTANCES)] = Field(
-        "l1", description="transformers: how heads and FFN neurons are ranked: l1 (output norms over calibration "
-                          "batches) or taylor (head-mask gradients, needs labels)")
+        "l1", description="transformers: how heads and FFN neurons are ranked: l1 (mean |output| over calibration "
+                          "batches), l2 (Minitron: mean per-token L2 norm of each head's output) or taylor "
+                          "(head-mask gradients, needs labels; next-token loss for causal LMs)")
 
     @field_validator("per_layer_ratios")
     @classmethod

@@ -175,6 +175,7 @@ def _transformer(model: nn.Module, cfg: PruneConfig, example_input: Any, train: 
     t0 = time.perf_counter()
     example = st.as_example(example_input)
     _, excluded = st.validate(model, cfg, train)
+    excluded = sorted({*excluded, *cfg.exclude.select_modules(model, "prune.exclude")})  # + GPT-2's Conv1D leaves
     if HEAD_IMPORTANCES.get(cfg.head_importance).needs_labels and (train is None or train.y is None):
         raise ConfigError("prune.head_importance 'taylor' needs labelled training data (train=); use 'l1'")
     blocks = tr.check_blocks(model, cfg, excluded)
