@@ -157,22 +157,44 @@ def test_distill_end_to_end_with_hidden_and_attention_transfer(teacher, data):
 
 def test_tiny_recipe_distils_with_hidden_and_attention_transfer(tmp_path):
     from edgekit.pipeline import run_recipe
+
+    recipe = _text_recipe(tmp_path, hidden=1.0, attention_maps={"weight": 1.0, "kind": "probs"})
+    result = run_recipe(recipe, runs_dir=tmp_path / "runs", name="a", report=False)
+    meta = result.variants["student"].meta
+    assert meta["losses"] == ["kd", "ce", "hidden", "attention_maps"]
+    assert meta["layer_map"] == [[0, 1], [1, 3]]
+    assert meta["student_init"] == {"from_teacher": True, "teacher_blocks": [1, 3]}
+
+
+def _text_recipe(tmp_path, **distill_fields):
     from edgekit.pipeline.recipe import validate_recipe
 
     small = {"model_type": "bert", "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
              "max_position_embeddings": 32}
-    recipe = validate_recipe({
+    return validate_recipe({
         "name": "tiny_bert_kd", "seed": 0, "threads": 1,
         "model": {"hf": str(tmp_path / "bert"), "task": "sequence-classification",
                   "config": {**small, "num_hidden_layers": 4}},
         "data": {"name": "doc_topics", "max_length": 16},
         "stages": [{"type": "train", "name": "reference", "epochs": 1, "optimizer": "adamw", "lr": 1e-3},
                    {"type": "distill", "name": "student", "student": {"name": "hf", "config": {
-                       **small, "num_hidden_layers": 2}}, "hidden": 1.0,
-                    "attention_maps": {"weight": 1.0, "kind": "probs"},
+                       **small, "num_hidden_layers": 2}}, **distill_fields,
                     "train": {"epochs": 1, "optimizer": "adamw", "lr": 1e-3}}]})
-    result = run_recipe(recipe, runs_dir=tmp_path / "runs", name="a", report=False)
-    meta = result.variants["student"].meta
-    assert meta["losses"] == ["kd", "ce", "hidden", "attention_maps"]
-    assert meta["layer_map"] == [[0, 1], [1, 3]]
-    assert meta["student_init"] == {"from_teacher": True, "teacher_blocks": [1, 3]}
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"hidden": 1.0, "layer_map": [[0, 1], [1, 3], [1, 2]]}, r"stages\[1\]\.layer_map: 3 pairs"),
+    ({"hidden": 1.0, "layer_map": [[0, 9]]}, r"stages\[1\]\.layer_map: pair \[0, 9\] names teacher block 9"),
+    ({"attention_maps": 1.0, "student": {"name": "hf", "config": {
+        "model_type": "bert", "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64,
+        "num_hidden_layers": 2, "max_position_embeddings": 32}}}, r"stages\[1\]\.attention_maps: .*kind: relation"),
+])
+def test_recipe_preflight_refuses_bad_transfer_before_any_work(tmp_path, fields, match):
+    from edgekit.data import load_data
+    from edgekit.pipeline.preflight import preflight
+
+    recipe = _text_recipe(tmp_path, **fields)
+    splits = load_data({"name": "doc_topics", "max_length": 16}, seed=0)
+    with pytest.raises(ConfigError, match=match):
+        preflight(recipe, lambda: splits)
+    assert not (tmp_path / "bert").exists()  # nothing written

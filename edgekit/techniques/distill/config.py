@@ -98,7 +98,8 @@ class DistillConfig(TechniqueConfig):
                           "encoders, evenly spaced blocks for causal LMs) when every shape matches; null = yes for "
                           "Hugging Face transformers (left random, with the reason recorded, when shapes differ)")
     cache_teacher_logits: bool = Field(True, description="precompute teacher outputs once when augmentation is "
-                                                         "off (ignored when it is on, or when hints are used)")
+                                                         "off (ignored when it is on, or when hints, hidden or "
+                                                         "attention_maps are used)")
     train: TrainConfig = Field(default_factory=TrainConfig, description="training of the student")
 
     @field_validator("attention", "hints", "hidden", "attention_maps", mode="before")
