@@ -198,3 +198,50 @@ def test_recipe_preflight_refuses_bad_transfer_before_any_work(tmp_path, fields,
     with pytest.raises(ConfigError, match=match):
         preflight(recipe, lambda: splits)
     assert not (tmp_path / "bert").exists()  # nothing written
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "vit"])
+def test_probs_are_the_models_own_attention_distributions(kind):
+    """The distributions the loss compares (from hooked Q and K) equal what the model's attention computes."""
+    from edgekit.techniques.distill._transformer import TransformerTransfer, relation_log_probs
+    from edgekit.techniques.distill.config import AttentionMapsConfig, HiddenTransferConfig
+
+    torch.manual_seed(0)
+    if kind == "vit":
+        cfg = {"model_type": "vit", "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
+               "patch_size": 4, "num_hidden_layers": 2}
+        model = create_model("hf", config=cfg, task="image-classification", num_classes=3, image_size=8,
+                             in_channels=1).eval()
+        x, mask = {"pixel_values": torch.randn(2, 1, 8, 8)}, None
+    else:
+        cfg = ({**TINY_BERT} if kind == "bert" else
+               {"model_type": "distilbert", "dim": 32, "n_heads": 2, "hidden_dim": 64, "n_layers": 2})
+        model = create_model("hf", config=cfg, num_classes=3, vocab_size=VOCAB).eval()
+        mask = torch.ones(2, 7, dtype=torch.long)
+        mask[0, 5:] = 0
+        x = {"input_ids": torch.randint(5, VOCAB, (2, 7)), "attention_mask": mask}
+    tr = TransformerTransfer(model, model, HiddenTransferConfig(), AttentionMapsConfig(weight=1.0), None)
+    with torch.no_grad():
+        out = model(**x, output_attentions=True)
+    feats = tr.student_tap.pop()
+    tr.remove()
+    for b in range(2):
+        mine = relation_log_probs(feats[("q", b)], feats[("k", b)], 2, mask).exp()
+        assert torch.allclose(mine, out.attentions[b], atol=1e-5), (kind, b)
+
+
+def test_attention_maps_refuse_a_causal_decoder_but_hidden_transfer_taps_it():
+    from edgekit.techniques.distill._transformer import TransformerTransfer
+    from edgekit.techniques.distill.config import AttentionMapsConfig, HiddenTransferConfig
+
+    lm = create_model("gpt_lm", vocab_size=VOCAB, n_layer=2, n_embd=32, n_head=2, n_positions=16)
+    with pytest.raises(ConfigError, match=r"attention_maps: student 'gpt_lm' is a causal decoder.*hidden"):
+        TransformerTransfer(lm, lm, HiddenTransferConfig(), AttentionMapsConfig(weight=1.0), None)
+    tr = TransformerTransfer(lm, lm, HiddenTransferConfig(weight=1.0), AttentionMapsConfig(), None)
+    ids = torch.randint(0, VOCAB, (2, 8))
+    with torch.no_grad():
+        lm(input_ids=ids)
+        tr.build(seed=0)
+        lm(input_ids=ids)
+    assert tr.losses(None)["hidden"].item() == pytest.approx(0.0, abs=1e-10)
+    tr.remove()

@@ -35,8 +35,8 @@ from edgekit.techniques.distill.config import AttentionMapsConfig, HiddenTransfe
 __all__ = ["TransformerTransfer", "attention_kl", "hidden_mse", "relation_log_probs", "resolve_layer_map",
            "transformer_blocks", "uniform_layer_map"]
 
-#: names of the query / key / value projections inside a block (BERT, RoBERTa, ViT; DistilBERT)
-PROJECTIONS = {"q": ("query", "q_lin"), "k": ("key", "k_lin"), "v": ("value", "v_lin")}
+#: names of the query / key / value projections inside a block (BERT, RoBERTa; DistilBERT; ViT)
+PROJECTIONS = {"q": ("query", "q_lin", "q_proj"), "k": ("key", "k_lin", "k_proj"), "v": ("value", "v_lin", "v_proj")}
 EMBEDDINGS = -1  # the "block" index of the embeddings (the input of block 0)
 
 
@@ -223,6 +223,11 @@ class TransformerTransfer:
 
     def _taps(self, model: nn.Module, geo: Geometry, side: int, role: str) -> _Taps:
         blocks = [p[side] for p in self.hidden_pairs]
+        task = getattr(getattr(model, "edgekit_signature", None), "task", None)
+        if self.map_pairs and (task == "causal-lm" or getattr(getattr(model, "config", None), "is_decoder", False)):
+            raise ConfigError(f"attention_maps: {role} '{arch_name(model)}' is a causal decoder (masked, often rotary "
+                              "attention) that attention-map transfer does not model; it supports encoders (BERT, "
+                              "RoBERTa, DistilBERT, ViT); use hidden transfer for decoders")
         kinds = ("q", "k") if self.maps.kind == "probs" else ("q", "k", "v")
         projections = {f"{k}:{p[side]}": _projection(model, geo.blocks[p[side]], k, role)
                        for p in self.map_pairs for k in kinds}
