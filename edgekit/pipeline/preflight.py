@@ -4,7 +4,8 @@ Every problem is collected and reported together (one line each): files that are
 unknown or unavailable-but-required backends, stage inputs no earlier stage produces, duplicate variant names,
 ``benchmark.variants`` naming a variant the recipe never produces, an ONNX reference sent through PyTorch stages;
 then, when those pass, the cheap data-dependent checks (the model fits the data, calibration files fit the
-model's input and the training data's value range).
+model's input and the training data's value range), and a distill stage's transformer transfer against its
+student and (when it is the reference model) its teacher.
 
 Example:
     >>> preflight(load_recipe("recipes/digits_resnet.yaml"), splits)
@@ -15,6 +16,7 @@ from typing import Any, Callable, List, Optional
 
 from edgekit._io import check_npz_file, require_file
 from edgekit.errors import ConfigError, EdgekitError
+from edgekit.pipeline.preflight_distill import distill_problems
 from edgekit.pipeline.preflight_lm import data_problems, static_problems
 from edgekit.pipeline.stages import STAGES
 
@@ -35,6 +37,8 @@ def preflight(recipe: Any, splits: Callable[[], Any]) -> None:
         _collect(problems, _check_model_fits, recipe, splits)
     if not problems:
         _collect(problems, _check_calibration_files, recipe, splits)
+    if not problems:
+        problems += distill_problems(recipe, splits)
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:

@@ -26,7 +26,6 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from edgekit.errors import AccuracyBudgetError, did_you_mean
-from edgekit.pipeline.lm import is_lm
 from edgekit.pipeline.stages import StageContext, Variant
 from edgekit.pipeline.technique_stages import STAGE_HOOKS, Job, StageHooks
 from edgekit.techniques.base import OneOf, Result
@@ -58,22 +57,7 @@ def _student(ctx: StageContext, cfg: Any, job: Job) -> Any:
     spec = dict(cfg.student)
     arch = spec.pop("name")
     torch.manual_seed(ctx.seed)
-    student = create_model(arch, **zoo_kwargs(arch, spec, ctx.splits))
-    if cfg.init_from_teacher or (cfg.init_from_teacher is None and is_lm(ctx.splits)):
-        from edgekit.techniques.distill._student_init import init_from_teacher
-
-        student.edgekit_init = init_from_teacher(student, ctx.load_module(job.teacher))
-        logger.info(f"distill: student initialised {student.edgekit_init}")
-    return student
-
-
-def _record_init(ctx: StageContext, cfg: Any, job: Job, apply: Any) -> Result:
-    """Run the distillation; record how the student was initialised in its sidecar."""
-    res = apply()
-    info = getattr(res.model, "edgekit_init", None)
-    if info is not None:
-        res.sidecar["student_init"] = info
-    return res
+    return create_model(arch, **zoo_kwargs(arch, spec, ctx.splits))
 
 
 STAGE_HOOKS.register("distill")(StageHooks(
@@ -81,12 +65,9 @@ STAGE_HOOKS.register("distill")(StageHooks(
         default_factory=lambda: {"name": "resnet_cifar", "depth": 8, "width": 0.5},
         description="student architecture: {name: <zoo model>, <its arguments>}; num_classes, in_channels, "
                     "input_size and image_size (vocab_size and n_positions for gpt_lm) are taken from the data "
-                    "unless given")),
-            "init_from_teacher": (Optional[bool], Field(
-                None, description="start the student from the teacher's weights (embeddings, head, evenly spaced "
-                                  "blocks) when every shape matches; null = yes for causal LMs, no otherwise"))},
+                    "unless given"))},
     validators={"check_student": field_validator("student")(_check_student)},
-    jobs=_distill_jobs, model=_student, call=_record_init))
+    jobs=_distill_jobs, model=_student))
 
 
 def _targets_fit(cfg: Any) -> Any:

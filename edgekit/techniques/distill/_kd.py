@@ -1,4 +1,5 @@
-"""The distillation loss for :func:`edgekit.core.train.fit`: logit KD + attention transfer + FitNets hints.
+"""The distillation loss for :func:`edgekit.core.train.fit`: logit KD + attention transfer + FitNets hints
+(+ hidden-state and attention-map transfer for transformers, :mod:`._transformer`).
 
 ``kd_loss_fn(teacher, temperature, alpha, *, student=None, sample=None, attention=None, hints=None, ...)``
 returns a :class:`KDLoss`: a ``loss_fn(model, x, y) -> (loss, logits)``. Logit KD needs only ``teacher``;
@@ -31,15 +32,21 @@ from edgekit.techniques.distill._losses import (
     hint_loss,
     logit_kd_loss,
 )
-from edgekit.techniques.distill.config import DistillConfig, FeatureLossConfig
+from edgekit.techniques.distill._transformer import TransformerTransfer
+from edgekit.techniques.distill.config import (
+    AttentionMapsConfig,
+    DistillConfig,
+    FeatureLossConfig,
+    HiddenTransferConfig,
+)
 
 __all__ = ["KDLoss", "check_outputs", "kd_loss_fn"]
 
 
-def _feature_cfg(value: Any, field_name: str) -> FeatureLossConfig:
+def _feature_cfg(value: Any, field_name: str) -> Any:
     if value is None:
-        return FeatureLossConfig()
-    if isinstance(value, FeatureLossConfig):
+        return DistillConfig.model_fields[field_name].default_factory()
+    if isinstance(value, (FeatureLossConfig, HiddenTransferConfig, AttentionMapsConfig)):
         return value
     return getattr(validated_config(DistillConfig, {field_name: value}, "distill"), field_name)
 
@@ -77,12 +84,14 @@ class KDLoss:
         self.student_tap: Optional[FeatureTap] = None
         self.teacher_tap: Optional[FeatureTap] = None
         self.cache: Optional[TeacherCache] = None
+        self.transfer: Optional[TransformerTransfer] = None
         self.last: Dict[str, float] = {}
 
     @property
     def extra_parameters(self) -> List[nn.Parameter]:
-        """Trainable tensors outside the student (hint adapters)."""
-        return list(self.adapters.parameters())
+        """Trainable tensors outside the student (hint adapters, hidden-state projections)."""
+        extra = list(self.transfer.projections.parameters()) if self.transfer is not None else []
+        return list(self.adapters.parameters()) + extra
 
     @property
     def terms(self) -> List[str]:
@@ -90,7 +99,8 @@ class KDLoss:
         out = ["kd"] if self.alpha > 0 else []
         out += ["ce"] if self.alpha < 1 else []
         out += ["attention"] if self.attention_pairs else []
-        return out + (["hints"] if self.hint_pairs else [])
+        out += ["hints"] if self.hint_pairs else []
+        return out + (self.transfer.terms if self.transfer is not None else [])
 
     def _teacher_targets(self, x: torch.Tensor):
         if self.cache is not None:
@@ -123,12 +133,17 @@ class KDLoss:
                         for s, t in self.hint_pairs)
                 self.last["hints"] = float(h.detach())
                 loss = loss + self.hint_weight * h
+        if self.transfer is not None:
+            mask = x.get("attention_mask") if isinstance(x, dict) else None
+            for name, value in self.transfer.losses(mask).items():
+                self.last[name] = float(value.detach())
+                loss = loss + getattr(self.transfer, name if name == "hidden" else "maps").weight * value
         return loss, logits
 
     def close(self) -> None:
         """Remove the forward hooks this loss put on the student and teacher; give the teacher back its
         ``requires_grad`` flags (it stays in eval mode)."""
-        for tap in (self.student_tap, self.teacher_tap):
+        for tap in (self.student_tap, self.teacher_tap, self.transfer):
             if tap is not None:
                 tap.remove()
         self.student_tap = self.teacher_tap = None
@@ -178,7 +193,8 @@ def check_outputs(teacher: nn.Module, student: nn.Module, sample: Inputs) -> int
 def kd_loss_fn(teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.9, *, label_smoothing: float = 0.0,
                student: Optional[nn.Module] = None, sample: Optional[np.ndarray] = None, attention: Any = None,
                hints: Any = None, attention_p: float = 2.0, cache_inputs: Optional[Inputs] = None,
-               seed: int = 0) -> KDLoss:
+               seed: int = 0, hidden: Any = None, attention_maps: Any = None,
+               layer_map: Optional[List[Tuple[int, int]]] = None) -> KDLoss:
     """A distillation ``loss_fn(model, x, y) -> (loss, logits)`` for :func:`edgekit.core.train.fit`.
 
     Args:
@@ -193,7 +209,11 @@ def kd_loss_fn(teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.9,
         attention_p: exponent of the attention map.
         cache_inputs: the training inputs, to precompute teacher outputs once (only when ``fit``
             feeds the exact rows, i.e. augmentation off; batches that miss run the teacher).
-        seed: initialises the hint adapters (identically on every DDP rank).
+        seed: initialises the hint adapters and hidden projections (identically on every DDP rank).
+        hidden: transformers: hidden-state MSE weight, or ``{"weight": w, "embeddings": bool}``.
+        attention_maps: transformers: attention KL weight, or ``{"weight", "kind": probs|relation,
+            "relation_heads"}``.
+        layer_map: transformers: ``[[student_block, teacher_block], ...]``; default uniform.
 
     Raises:
         ConfigError: bad temperature/alpha, class mismatch, unknown layer names (lists available ones).
@@ -205,11 +225,17 @@ def kd_loss_fn(teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.9,
     cfg = validated_config(DistillConfig, {"temperature": temperature, "alpha": alpha, "attention_p": attention_p},
                            "distill")
     att, hnt = _feature_cfg(attention, "attention"), _feature_cfg(hints, "hints")
-    if (att.enabled or hnt.enabled) and (student is None or sample is None):
-        raise ConfigError("attention transfer and feature hints need the student model and a few training "
-                          "inputs: kd_loss_fn(teacher, ..., student=model, sample=train.x[:2])")
+    hid, maps = _feature_cfg(hidden, "hidden"), _feature_cfg(attention_maps, "attention_maps")
+    if layer_map is not None:
+        layer_map = validated_config(DistillConfig, {"layer_map": layer_map}, "distill").layer_map
+    if any(c.enabled for c in (att, hnt, hid, maps)) and (student is None or sample is None):
+        raise ConfigError("attention transfer, feature hints and hidden/attention-map transfer need the student "
+                          "model and a few training inputs: kd_loss_fn(teacher, ..., student=model, "
+                          "sample=train.x[:2])")
     loss = KDLoss(teacher, cfg.temperature, cfg.alpha, label_smoothing)
     try:
+        if hid.enabled or maps.enabled:
+            loss.transfer = TransformerTransfer(unwrap(student), teacher, hid, maps, layer_map)
         _configure(loss, student, sample, att, hnt, cfg.attention_p, cache_inputs, seed)
     except BaseException:
         loss.close()
@@ -236,8 +262,9 @@ def _configure(loss: KDLoss, student: Optional[nn.Module], sample: Optional[np.n
     if pairs:
         loss.student_tap = FeatureTap(student, [s for s, _ in pairs])
         loss.teacher_tap = FeatureTap(teacher, [t for _, t in pairs])
+    if pairs or loss.transfer is not None:
         _build_and_check_features(loss, student, sample, seed)
-    if cache_inputs is not None and not loss.hint_pairs:
+    if cache_inputs is not None and not loss.hint_pairs and loss.transfer is None:
         extras_fn = (lambda: {f"attention:{t}": attention_map(f, loss.attention_p) for t, f in
                               loss.teacher_tap.pop().items()}) if loss.teacher_tap else None
         loss.cache = TeacherCache.build(teacher, cache_inputs, extras_fn=extras_fn)
@@ -249,6 +276,11 @@ def _build_and_check_features(loss: KDLoss, student: nn.Module, sample: Inputs, 
     with _eval_no_grad(student, loss.teacher):
         call_module(student, x)
         call_module(loss.teacher, x)
+    if loss.transfer is not None:
+        loss.transfer.build(seed)
+        if loss.student_tap is None:
+            _broadcast(loss.extra_parameters)
+            return
     s_feats, t_feats = loss.student_tap.pop(), loss.teacher_tap.pop()
     for s, t in loss.attention_pairs:
         attention_transfer_loss(attention_map(s_feats[s]), attention_map(t_feats[t]))  # raises ShapeError
@@ -262,8 +294,13 @@ def _build_and_check_features(loss: KDLoss, student: nn.Module, sample: Inputs, 
             adapter = HintAdapter(feature_channels(fs), feature_channels(ft), tokens=fs.dim() == 3)
             hint_loss(fs, ft, adapter)  # raises ShapeError if the features cannot be matched
             loss.adapters[f"{s}->{t}".replace(".", "_")] = adapter
+    _broadcast(loss.extra_parameters)
+
+
+def _broadcast(params: List[nn.Parameter]) -> None:
+    """Give every DDP rank rank 0's adapter weights."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        for p in loss.adapters.parameters():
+        for p in params:
             torch.distributed.broadcast(p.data, src=0)
 
 

@@ -1,4 +1,5 @@
-"""Start a shallower student from its teacher: embeddings, final norm, head and evenly spaced teacher blocks.
+"""Start a shallower student from its teacher: embeddings, final norm, head and a subset of the teacher's blocks
+(the layer map's for encoders, evenly spaced ones for causal LMs).
 
 A student of the same family and width as its teacher but with fewer blocks (e.g. a 2-layer GPT-2 from a 4-layer
 one) learns much faster from the teacher's own weights than from random ones; blocks ``0, …, n-1`` spread evenly
@@ -10,7 +11,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch.nn as nn
 
@@ -22,9 +23,26 @@ def spread(n: int, k: int) -> List[int]:
     return [round(i * (n - 1) / (k - 1)) for i in range(k)]
 
 
-def init_from_teacher(student: nn.Module, teacher: nn.Module) -> Dict[str, Any]:
+def mapped_blocks(student: nn.Module, teacher: nn.Module,
+                  layer_map: Optional[Sequence[Sequence[int]]] = None) -> Optional[List[int]]:
+    """The teacher block each student block starts from: the layer map's (default uniform ``(i+1)·k − 1``; student
+    blocks the map leaves out take the uniform choice); None when either model has no block list."""
+    from edgekit.models.hf import encoder_layers
+    from edgekit.techniques.distill._transformer import Geometry, resolve_layer_map, uniform_layer_map
+
+    s_blocks, t_blocks = encoder_layers(student), encoder_layers(teacher)
+    if not s_blocks or not t_blocks:
+        return None
+    keep = dict(uniform_layer_map(len(s_blocks), len(t_blocks)))
+    if layer_map is not None:
+        keep.update(resolve_layer_map(layer_map, Geometry(s_blocks, 0, 0), Geometry(t_blocks, 0, 0)))
+    return [keep[i] for i in range(len(s_blocks))]
+
+
+def init_from_teacher(student: nn.Module, teacher: nn.Module, blocks: Optional[List[int]] = None) -> Dict[str, Any]:
     """Copy ``teacher``'s weights into ``student`` when every student tensor has a same-shaped teacher tensor
-    (blocks mapped by :func:`spread`); otherwise leave the student untouched. Returns what was done.
+    (student block i from teacher block ``blocks[i]``; default :func:`spread`); otherwise leave the student
+    untouched. Returns what was done.
 
     Returns:
         ``{"from_teacher": True, "teacher_blocks": [...]}`` or ``{"from_teacher": False, "reason": "..."}``.
@@ -38,7 +56,7 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> Dict[str, Any]:
     if t_blocks[0].rsplit(".", 1)[0] != prefix or len(s_blocks) > len(t_blocks):
         return {"from_teacher": False, "reason": f"student blocks {prefix} x{len(s_blocks)} do not map onto the "
                                                  f"teacher's {t_blocks[0].rsplit('.', 1)[0]} x{len(t_blocks)}"}
-    keep = spread(len(t_blocks), len(s_blocks))
+    keep = list(blocks) if blocks is not None else spread(len(t_blocks), len(s_blocks))
     t_sd, new = teacher.state_dict(), {}
     for key, value in student.state_dict().items():
         src = key
@@ -53,4 +71,4 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> Dict[str, Any]:
     return {"from_teacher": True, "teacher_blocks": keep}
 
 
-__all__ = ["init_from_teacher", "spread"]
+__all__ = ["init_from_teacher", "mapped_blocks", "spread"]

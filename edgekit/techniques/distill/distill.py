@@ -1,7 +1,8 @@
 """Knowledge distillation: a frozen teacher trains a student through the shared :func:`edgekit.core.train.fit` loop.
 
 ``distill(student, config, *, teacher, train, val) -> DistillResult`` trains a copy of ``student``; the loss
-(logit KD + optional attention transfer and FitNets hints) is :func:`kd_loss_fn`, also what recovery
+(logit KD + optional attention transfer and FitNets hints, hidden-state and attention-map transfer for
+transformers) is :func:`kd_loss_fn`, also what recovery
 (:mod:`edgekit.techniques.recovery`) uses after pruning and QAT.
 """
 from __future__ import annotations
@@ -86,21 +87,23 @@ def distill(student: nn.Module, config: DistillConfig | dict | None = None, *, t
         raise ConfigError(f"training labels go up to {int(train.y.max())} but the models predict {classes} classes")
     untrained = student
     student = copy.deepcopy(student)
+    init = _init_student(student, teacher, cfg, lm=np.ndim(train.y) > 1)
     cache_bytes = 4 * classes * len(train) * max(1, int(np.prod(np.shape(train.y)[1:])))
     use_cache = cfg.cache_teacher_logits and not cfg.train.augment and cache_bytes <= CACHE_LIMIT_BYTES
     t0 = time.perf_counter()
     sample = take(train.x, slice(0, 2))
     with kd_loss_fn(teacher, cfg.temperature, cfg.alpha, label_smoothing=cfg.train.label_smoothing, student=student,
                     sample=sample, attention=cfg.attention, hints=cfg.hints, attention_p=cfg.attention_p,
-                    cache_inputs=train.x if use_cache else None, seed=seed) as loss:
+                    cache_inputs=train.x if use_cache else None, seed=seed, hidden=cfg.hidden,
+                    attention_maps=cfg.attention_maps, layer_map=cfg.layer_map) as loss:
         if cfg.cache_teacher_logits and loss.cache is None:
             why = ("augmentation is on" if cfg.train.augment else
                    f"{cache_bytes / 2**20:.0f} MiB of logits" if cache_bytes > CACHE_LIMIT_BYTES else
-                   "feature hints need the teacher's full features")
+                   "feature hints / hidden / attention-map transfer need the teacher's full features")
             logger.info(f"distill: teacher outputs not cached ({why})")
         result = fit(student, train, val, cfg.train, seed=seed, loss_fn=loss, extra_parameters=loss.extra_parameters,
                      desc=desc)
-    out = _result(student, teacher, cfg, result, loss, time.perf_counter() - t0)
+    out = _result(student, teacher, cfg, result, loss, time.perf_counter() - t0, init)
     if cfg.compare_scratch:
         from edgekit.techniques.recovery import scratch_baseline
 
@@ -112,14 +115,32 @@ def distill(student: nn.Module, config: DistillConfig | dict | None = None, *, t
     return out
 
 
+def _init_student(student: nn.Module, teacher: nn.Module, cfg: DistillConfig, lm: bool) -> Optional[dict]:
+    """Start ``student`` from ``teacher``'s weights when ``init_from_teacher`` asks (null: for HF transformers):
+    encoders take the layer map's teacher blocks, causal LMs evenly spaced ones (unless a layer map is given)."""
+    from edgekit.techniques.distill._student_init import init_from_teacher, mapped_blocks
+
+    hf = all(getattr(m, "edgekit_arch", {}).get("name") in ("hf", "gpt_lm") for m in (student, teacher))
+    if not (cfg.init_from_teacher or (cfg.init_from_teacher is None and hf)):
+        return None
+    blocks = None if lm and cfg.layer_map is None else mapped_blocks(student, teacher, cfg.layer_map)
+    info = init_from_teacher(student, teacher, blocks)
+    logger.info(f"distill: student initialised {info}")
+    return info
+
+
 def _result(student: nn.Module, teacher: nn.Module, cfg: DistillConfig, fitted: FitResult, loss: KDLoss,
-            seconds: float) -> DistillResult:
+            seconds: float, init: Optional[dict] = None) -> DistillResult:
     sidecar = {"teacher_arch": getattr(teacher, "edgekit_arch", None),
                "student_arch": getattr(student, "edgekit_arch", None), "losses": loss.terms,
                "temperature": cfg.temperature, "alpha": cfg.alpha,
                "attention_pairs": [list(p) for p in loss.attention_pairs],
                "hint_pairs": [list(p) for p in loss.hint_pairs],
                "teacher_cache": loss.cache.stats() if loss.cache else None, "history": fitted.history}
+    if loss.transfer is not None:
+        sidecar["layer_map"] = [list(p) for p in loss.transfer.layer_map]
+    if init is not None:
+        sidecar["student_init"] = init
     metrics = {"val_accuracy": fitted.best_val_accuracy, "train_seconds": round(fitted.seconds, 2),
                "seconds": round(seconds, 2)}
     return DistillResult(model=student.eval(), metrics=metrics, sidecar=sidecar, fit=fitted, losses=loss.terms,
@@ -129,5 +150,5 @@ def _result(student: nn.Module, teacher: nn.Module, cfg: DistillConfig, fitted: 
 register_technique(Technique(
     "distill", DistillConfig, consumes="module", produces="module", apply=distill,
     description="knowledge distillation: a smaller student learns from a frozen teacher (logit KD, attention "
-                "transfer, FitNets hints)",
+                "transfer, FitNets hints; hidden-state and attention-map transfer for transformers)",
     needs_labels=True, teacher="required", variant_suffix=lambda config: "distilled"))
