@@ -118,3 +118,29 @@ def test_disturbed_timing_warns_in_report_and_headline(case, tmp_path):
     recipe = SimpleNamespace(name="t", description="", report=SimpleNamespace(min_speedup=1.1, min_int8_coverage=0.8))
     md = _markdown(recipe, chosen, bench, "ort-cpu", [], [], [], headline, True, tmp_path, [], flags, warnings)
     assert md.count(needle) >= 2  # in the headline and in the flags section
+
+
+def test_int8_slower_on_one_backend_still_headlines_on_the_backend_where_it_pays_off():
+    """The real text_bert_hf case: dynamic INT8 is faster than its parent on ONNX Runtime and 0.45x on OpenVINO;
+    it must headline on ORT and never on OpenVINO (and the run's flags still list the OpenVINO slowdown)."""
+    from edgekit.pipeline.ship_gate import slower_than_parent
+
+    chosen, rows, _ = _run()
+    chosen = chosen[:3]
+    rows = [r for r in rows if r["model"] in ("ref", "pruned", "pruned-int8")]
+    ov = [{**r, "backend": "openvino"} for r in rows if not r["baseline"]]
+    for r in ov:  # on OpenVINO the INT8 child is 0.45x of its parent at both batches
+        if r["model"] == "pruned-int8":
+            parent = next(p for p in ov if p["model"] == "pruned" and p["batch"] == r["batch"])
+            r["speedup_rounds"] = [0.45 * x for x in parent["speedup_rounds"]]
+            r["speedup"] = 0.45 * parent["speedup"]
+    for r in rows:  # on ORT it pays off at both batches
+        if r["model"] == "pruned-int8" and r["batch"] == 8:
+            r["speedup"], r["speedup_rounds"] = 2.5, [2.5 * (1 + 0.02 * ((i % 3) - 1)) for i in range(ROUNDS)]
+    rows = rows + ov
+    blocked = slower_than_parent(chosen, rows)
+    assert set(blocked) == {("pruned-int8", "openvino")}
+    assert any("on openvino at batch 8" in f for f in variant_flags(chosen, rows, True, 10)["pruned-int8"])
+    _, qualified = _headline(chosen, rows, "ort-cpu", True, variant_flags(chosen, rows, True, 10, speed=False), [],
+                             blocked)
+    assert qualified == {"ort-cpu": "pruned-int8", "openvino": "pruned"}
