@@ -65,9 +65,10 @@ def test_outputs_json_csv_md_and_plots(two_models, tmp_path):
     assert len(rows[1]["speedup_rounds"].split(";")) == 3
     md = (out / "bench.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]
-    assert "speedup (min–max)" in table[0] and table[1].startswith("| **big**")
+    assert "speedup (min–max) [95% CI]" in table[0] and table[1].startswith("| **big**")
     assert "1.00× (baseline)" in table[1]
-    assert re.search(r"\| small \| ort-cpu \| 1 \|.*\| \d+\.\d\d× \(\d+\.\d\d–\d+\.\d\d\) \|$", table[2])
+    assert re.search(r"\| small \| ort-cpu \| 1 \|.*\| \d+\.\d\d× \(\d+\.\d\d–\d+\.\d\d\) "
+                     r"\[CI \d+\.\d\d–\d+\.\d\d\] \|$", table[2])
     for png in ("latency.png", "throughput.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in md
     assert not (out / "pareto.png").exists()  # no accuracy, no Pareto plot

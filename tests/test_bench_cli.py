@@ -35,8 +35,9 @@ def test_cli_two_onnx_files_prints_ratio_table_and_writes_outputs(tmp_path, caps
     text = capsys.readouterr().out
     assert code == 0
     lines = [line for line in text.splitlines() if line.startswith("| ")]
-    assert "speedup (min–max)" in lines[0] and len(lines) == 1 + 4
-    assert re.search(r"\| narrow \| ort-cpu \| 1 \|.*\d\.\d\d× \(\d+\.\d\d–\d+\.\d\d\) \|$", lines[2])
+    assert "speedup (min–max) [95% CI]" in lines[0] and len(lines) == 1 + 4
+    assert re.search(r"\| narrow \| ort-cpu \| 1 \|.*\d\.\d\d× \(\d+\.\d\d–\d+\.\d\d\) "
+                     r"\[CI \d+\.\d\d–\d+\.\d\d\] \|$", lines[2])
     assert "threads" in text and "GEMM peak" in text
     doc = json.loads((out / "bench.json").read_text())
     assert doc["config"]["iters"] == 9 and doc["config"]["batches"] == [1, 4]

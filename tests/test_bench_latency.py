@@ -99,6 +99,9 @@ def test_paired_ratio_median_and_spread():
     assert r.tolist() == [2.0, 3.0, 3.0]
     s = ratio_summary(r)
     assert (s["speedup"], s["speedup_min"], s["speedup_max"]) == (3.0, 2.0, 3.0)
+    lo, hi = s["speedup_ci"]  # bootstrap interval of the median: inside the rounds' range, around the median
+    assert 2.0 <= lo <= 3.0 <= hi <= 3.0
+    assert ratio_summary(np.array([2.0, 3.0]))["speedup_ci"] is None  # too few rounds for an interval
     with pytest.raises(ValueError):
         paired_ratios(np.ones(3), np.ones(2))
 

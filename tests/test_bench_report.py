@@ -26,6 +26,8 @@ def test_pareto_front():
 def test_format_speedup_and_schema_check():
     assert format_speedup({"baseline": True}) == "1.00× (baseline)"
     assert format_speedup({"speedup": 3.2149, "speedup_min": 3.05, "speedup_max": 3.4}) == "3.21× (3.05–3.40)"
+    assert format_speedup({"speedup": 3.2149, "speedup_min": 3.05, "speedup_max": 3.4, "speedup_ci": [3.1, 3.3]}) \
+        == "3.21× (3.05–3.40) [CI 3.10–3.30]"
     with pytest.raises(InputFileError, match="edgekit-bench/1"):
         BenchResult.from_dict({"schema": "something/2", "rows": []})
 

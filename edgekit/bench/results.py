@@ -24,7 +24,7 @@ CSV_COLUMNS = ["model", "backend", "batch", "sequence", "baseline", "precision",
                "mean_ms", "std_ms", "min_ms", "round_ms", "iters", "rounds", "throughput", "size_bytes", "mem_delta_mb",
                "macs",
                "int8_macs", "gops", "peak_gops", "efficiency", "accuracy", "speedup", "speedup_min", "speedup_max",
-               "speedup_rounds", "artifact"]
+               "speedup_ci_low", "speedup_ci_high", "speedup_rounds", "artifact"]
 
 
 _ROUND_STAT_TEXT = {"min": "fastest iteration", "p25": "25th percentile", "median": "median"}
@@ -36,7 +36,9 @@ def format_speedup(row: dict) -> str:
         return "1.00× (baseline)"
     if row.get("speedup") is None:
         return "–"
-    return f"{row['speedup']:.2f}× ({row['speedup_min']:.2f}–{row['speedup_max']:.2f})"
+    ci = row.get("speedup_ci")
+    return (f"{row['speedup']:.2f}× ({row['speedup_min']:.2f}–{row['speedup_max']:.2f})"
+            + (f" [CI {ci[0]:.2f}–{ci[1]:.2f}]" if ci else ""))
 
 
 def _fmt(v: Any, spec: str, scale: float = 1.0) -> str:
@@ -104,6 +106,7 @@ class BenchResult:
         for r in self.ordered_rows():
             r = dict(r)
             r["speedup_rounds"] = ";".join(f"{v:.4f}" for v in r.get("speedup_rounds") or [])
+            r["speedup_ci_low"], r["speedup_ci_high"] = r.get("speedup_ci") or (None, None)
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
         return buf.getvalue()
 
@@ -111,7 +114,7 @@ class BenchResult:
         """The Markdown results table alone (baseline row first per batch, speedups with spread)."""
         has_acc = any(r.get("accuracy") is not None for r in self.rows)
         head = ["model", "backend", "batch", "precision", "p50 ms", "p90 ms", "p99 ms", "samples/s", "size MB",
-                "MMACs", "GOP/s", "% peak"] + (["acc %"] if has_acc else []) + ["speedup (min–max)"]
+                "MMACs", "GOP/s", "% peak"] + (["acc %"] if has_acc else []) + ["speedup (min–max) [95% CI]"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.ordered_rows():
             batch = f"{r['batch']} × seq {r['sequence']}" if r.get("sequence") else str(r["batch"])
@@ -171,7 +174,8 @@ class BenchResult:
                  f"Baseline: **{self.baseline.get('model')}** on {self.baseline.get('backend')}. "
                  f"Warm-up {c.get('warmup')} iterations, then {timing} per case in {c.get('rounds')} interleaved "
                  f"rounds; speedup = median of per-round ratios (min–max over rounds; per-round latency = the block's "
-                 f"{_ROUND_STAT_TEXT.get(c.get('round_stat'), 'median')}). "
+                 f"{_ROUND_STAT_TEXT.get(c.get('round_stat'), 'median')}) with a 95 % bootstrap confidence interval "
+                 "of that median. "
                  "GOP/s = 2 × MACs × batch / per-round latency; % peak = that over the GEMM peak of the same "
                  "precision measured in the same round (medians over rounds).", "",
                  self.environment_line(), ""]

@@ -7,31 +7,11 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
+from edgekit.core.measure.latency import CI_LEVEL, ratio_ci
 from edgekit.pipeline.stages import Variant
 
-CI_LEVEL = 0.95
-
-
-def ratio_ci(ratios: Optional[List[float]], level: float = CI_LEVEL, resamples: int = 2000) -> Optional[tuple]:
-    """Bootstrap percentile interval of the median of paired per-round ratios (None with fewer than 3 rounds).
-
-    Seeded, so the same rounds always give the same interval.
-
-    Example:
-        >>> lo, hi = ratio_ci([2.0, 2.1, 1.9, 2.05, 1.95])
-        >>> lo <= 2.0 <= hi
-        True
-    """
-    import numpy as np
-
-    r = np.asarray([v for v in ratios or [] if v is not None and np.isfinite(v)], float)
-    if r.size < 3:
-        return None
-    rng = np.random.default_rng(0)
-    meds = np.median(r[rng.integers(0, r.size, size=(resamples, r.size))], axis=1)
-    lo, hi = np.quantile(meds, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
+__all__ = ["CI_LEVEL", "format_ratio_ci", "format_speedup_ci", "gate_failures", "measured_efficiency", "ratio_ci",
+           "slower_than_parent", "step_ratios", "variant_flags"]
 
 def format_ratio_ci(median: Optional[float], ratios: Optional[List[float]]) -> str:
     """``2.00× [95% CI 1.95–2.05]`` (or ``2.00× (n<3 rounds, no CI)``)."""

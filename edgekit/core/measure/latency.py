@@ -241,8 +241,33 @@ def summarize(ms: np.ndarray, batch: int) -> Dict[str, float]:
             "iters": int(ms.size), "throughput": batch * 1000.0 / mean}
 
 
+CI_LEVEL = 0.95
+
+
+def ratio_ci(ratios: Optional[Sequence[float]], level: float = CI_LEVEL, resamples: int = 2000) -> Optional[tuple]:
+    """Bootstrap percentile interval of the median of paired per-round ratios (None with fewer than 3 rounds).
+
+    Seeded, so the same rounds always give the same interval.
+
+    Example:
+        >>> lo, hi = ratio_ci([2.0, 2.1, 1.9, 2.05, 1.95])
+        >>> lo <= 2.0 <= hi
+        True
+    """
+    r = np.asarray([v for v in ratios or [] if v is not None and np.isfinite(v)], float)
+    if r.size < 3:
+        return None
+    rng = np.random.default_rng(0)
+    meds = np.median(r[rng.integers(0, r.size, size=(resamples, r.size))], axis=1)
+    lo, hi = np.quantile(meds, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def ratio_summary(ratios: np.ndarray) -> Dict[str, Any]:
-    """Median, min and max of per-round ratios (the spread a reviewer asks for)."""
+    """Median, min and max of per-round ratios (the spread a reviewer asks for) and the median's 95 % bootstrap
+    confidence interval (``speedup_ci``: [low, high], None with fewer than 3 rounds)."""
     r = np.asarray(ratios, float)
+    ci = ratio_ci(list(r))
     return {"speedup": float(np.median(r)), "speedup_min": float(r.min()), "speedup_max": float(r.max()),
+            "speedup_ci": [round(ci[0], 4), round(ci[1], 4)] if ci else None,
             "speedup_rounds": [round(float(v), 4) for v in r]}
