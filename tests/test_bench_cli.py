@@ -110,6 +110,10 @@ def test_cli_data_digits_accuracy_matches_training_evaluation(trained_resnet8, t
                     plots=False)
     torch_acc, ort_acc = (res.row("r8", b)["accuracy"] for b in ("torch", "ort-cpu"))
     assert torch_acc == pytest.approx(trained_resnet8.test_accuracy) and abs(ort_acc - torch_acc) <= 0.5
+    ort = res.row("r8", "ort-cpu")  # paired against the baseline (torch) on the same samples, with its CI
+    lo, hi = ort["accuracy_delta_ci"]
+    assert ort["accuracy_delta"] == pytest.approx(ort_acc - torch_acc, abs=1e-3) and lo <= ort["accuracy_delta"] <= hi
+    assert "accuracy_delta" not in res.row("r8", "torch")
 
 
 def test_backend_probe_in_a_fresh_interpreter():

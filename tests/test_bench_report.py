@@ -169,3 +169,28 @@ def test_bench_backends_renders_one_section_per_backend_pair(monkeypatch):
     assert md.startswith("## Backends: OpenVINO CPU vs ONNX Runtime CPU on the same files")
     assert "| demo-int8 (`d.onnx`) | 1.20× (1.10–1.30) | – |" in md and "[0.5, 0.7]" in md
     sys.modules.pop("bench_backends", None)
+
+
+def test_accuracy_differences_are_paired_over_the_same_samples_with_a_ci_and_mcnemar():
+    """Two models that disagree on a few samples: the difference, an interval around it that excludes 0 only when
+    the evidence is lopsided, and McNemar's exact p-value from the discordant samples."""
+    import numpy as np
+
+    from edgekit.core.measure.accuracy import mcnemar_exact_p, paired_accuracy_difference
+
+    base = np.ones(200, bool)
+    model = base.copy()
+    model[:30] = False  # 30 samples lost, none gained: a real 15-point drop
+    d = paired_accuracy_difference(model, base)
+    lo, hi = d["accuracy_delta_ci"]
+    assert d["accuracy_delta"] == -15.0 and lo < -15.0 < hi < 0
+    assert d["mcnemar_p"] < 1e-6
+    mixed = base.copy()
+    mixed[:3] = False
+    other = base.copy()
+    other[3:6] = False  # 3 lost, 3 gained against it: no evidence either way
+    same = paired_accuracy_difference(mixed, other)
+    assert same["accuracy_delta"] == 0.0 and same["accuracy_delta_ci"][0] < 0 < same["accuracy_delta_ci"][1]
+    assert same["mcnemar_p"] == 1.0 and mcnemar_exact_p(0, 0) == 1.0
+    with pytest.raises(ValueError, match="same non-empty samples"):
+        paired_accuracy_difference(model[:10], base)

@@ -43,6 +43,7 @@ class BenchPlan:
     inputs: Optional[Dict[str, Tuple[str, Tuple[int, ...]]]] = None  # --input: {name: (dtype, per-sample shape)}
     sequence: Optional[int] = None  # the sequence length dynamic axes take (--seq)
     input_shape: Optional[Sequence[int]] = None
+    correct: Dict[Key, np.ndarray] = field(default_factory=dict)  # per-sample top-1 hits, set by accuracy()
 
     @property
     def keys(self) -> List[Key]:
@@ -73,16 +74,15 @@ class BenchPlan:
         return out
 
     def accuracy(self) -> Dict[Key, float]:
-        """Top-1 accuracy (%) through every runner when the held-out split has labels, else {}."""
+        """Top-1 accuracy (%) through every runner when the held-out split has labels, else {}; the per-sample
+        correctness is kept in ``self.correct`` for paired accuracy differences."""
         if self.split is None or self.split.y is None:
             return {}
-        from edgekit.core.tensors import is_named
+        from edgekit.core.train import predict
 
-        if is_named(self.split.x):
-            return {k: _named_accuracy(r, self.split, batch_size=128) for k, r in self.runners.items()}
-        from edgekit.core.train import evaluate
-
-        return {k: evaluate(r, self.split, batch_size=128) for k, r in self.runners.items()}
+        self.correct = {k: predict(r, self.split.x, batch_size=128).argmax(1) == self.split.y
+                        for k, r in self.runners.items()}
+        return {k: float(100.0 * c.mean()) for k, c in self.correct.items()}
 
     def close(self) -> None:
         """Close every runner (errors while closing are ignored: the result matters more)."""
@@ -91,16 +91,6 @@ class BenchPlan:
                 runner.close()
             except Exception:
                 pass
-
-
-def _named_accuracy(runner: Any, split: Any, batch_size: int) -> float:
-    """Top-1 accuracy (%) of a runner on named inputs, fed ``batch_size`` samples at a time."""
-    from edgekit.core.tensors import num_samples, take
-
-    n = num_samples(split.x)
-    logits = np.concatenate([np.asarray(runner(take(split.x, slice(i, i + batch_size)))).reshape(
-        min(batch_size, n - i), -1) for i in range(0, n, batch_size)])
-    return float(100.0 * (logits.argmax(1) == split.y).mean())
 
 
 def _rss_mb() -> float:

@@ -24,7 +24,8 @@ CSV_COLUMNS = ["model", "backend", "batch", "sequence", "baseline", "precision",
                "mean_ms", "std_ms", "min_ms", "round_ms", "iters", "rounds", "throughput", "size_bytes", "mem_delta_mb",
                "macs",
                "int8_macs", "gops", "peak_gops", "efficiency", "accuracy", "speedup", "speedup_min", "speedup_max",
-               "speedup_ci_low", "speedup_ci_high", "speedup_rounds", "artifact"]
+               "speedup_ci_low", "speedup_ci_high", "accuracy_delta", "accuracy_delta_ci_low",
+               "accuracy_delta_ci_high", "mcnemar_p", "speedup_rounds", "artifact"]
 
 
 _ROUND_STAT_TEXT = {"min": "fastest iteration", "p25": "25th percentile", "median": "median"}
@@ -39,6 +40,15 @@ def format_speedup(row: dict) -> str:
     ci = row.get("speedup_ci")
     return (f"{row['speedup']:.2f}× ({row['speedup_min']:.2f}–{row['speedup_max']:.2f})"
             + (f" [CI {ci[0]:.2f}–{ci[1]:.2f}]" if ci else ""))
+
+
+def format_accuracy_delta(row: dict) -> str:
+    """``-0.31 [-1.20, +0.56]``: accuracy difference vs the baseline in points, paired over the same samples, with
+    its 95 % bootstrap CI; ``–`` for the baseline or without labelled data."""
+    ci = row.get("accuracy_delta_ci")
+    if row.get("accuracy_delta") is None or not ci:
+        return "–"
+    return f"{row['accuracy_delta']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
 def _fmt(v: Any, spec: str, scale: float = 1.0) -> str:
@@ -107,6 +117,7 @@ class BenchResult:
             r = dict(r)
             r["speedup_rounds"] = ";".join(f"{v:.4f}" for v in r.get("speedup_rounds") or [])
             r["speedup_ci_low"], r["speedup_ci_high"] = r.get("speedup_ci") or (None, None)
+            r["accuracy_delta_ci_low"], r["accuracy_delta_ci_high"] = r.get("accuracy_delta_ci") or (None, None)
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
         return buf.getvalue()
 
@@ -114,7 +125,8 @@ class BenchResult:
         """The Markdown results table alone (baseline row first per batch, speedups with spread)."""
         has_acc = any(r.get("accuracy") is not None for r in self.rows)
         head = ["model", "backend", "batch", "precision", "p50 ms", "p90 ms", "p99 ms", "samples/s", "size MB",
-                "MMACs", "GOP/s", "% peak"] + (["acc %"] if has_acc else []) + ["speedup (min–max) [95% CI]"]
+                "MMACs", "GOP/s", "% peak"] + (["acc %", "Δ acc pt [95% CI]"] if has_acc else [])
+        head += ["speedup (min–max) [95% CI]"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.ordered_rows():
             batch = f"{r['batch']} × seq {r['sequence']}" if r.get("sequence") else str(r["batch"])
@@ -124,7 +136,7 @@ class BenchResult:
                      _fmt(r.get("macs"), ",.1f", 1e-6), _fmt(r.get("gops"), ".1f"),
                      _fmt(r.get("efficiency"), ".1f", 100)]
             if has_acc:
-                cells.append(_fmt(r.get("accuracy"), ".2f"))
+                cells += [_fmt(r.get("accuracy"), ".2f"), format_accuracy_delta(r)]
             cells.append(format_speedup(r))
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgekit.bench.plan import BenchPlan, Key
 from edgekit.bench.run import BatchTiming
+from edgekit.core.measure.accuracy import paired_accuracy_difference
 from edgekit.core.measure.latency import paired_ratios, ratio_summary, summarize
 
 GPU_PEAK_KEY = {"int8": "int8_gops", "fp16": "fp16_gops", "bf16": "fp16_gops"}
@@ -30,6 +31,9 @@ def batch_rows(plan: BenchPlan, timing: BatchTiming, base_key: Key, macs: Dict[s
         row = _row(plan, key, timing, i, macs.get(key[0], (None, None, "")), peak_gpu)
         row["baseline"] = key == base_key
         row["accuracy"] = accuracy.get(key)
+        correct = plan.correct
+        if key != base_key and key in correct and base_key in correct:
+            row.update(paired_accuracy_difference(correct[key], correct[base_key]))
         row.update(ratio_summary(paired_ratios(base, timing.per_round[i])))
         rows.append(_ordered(row))
     return rows

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from edgekit._io import write_json_atomic, write_text_atomic
+from edgekit.bench.results import format_accuracy_delta
 from edgekit.errors import BackendUnavailableError
 from edgekit.pipeline.diagnostics import artifact_parity, scratch_section, step_diagnostics
 from edgekit.pipeline.ship_gate import (
@@ -203,7 +204,9 @@ def _headline(chosen: List[Variant], rows: List[dict], base_backend: str, labell
         qualified[backend] = r["model"]
         acc = ""
         if labelled and r.get("accuracy") is not None and base.get("accuracy") is not None:
-            acc = f", {r['accuracy'] - base['accuracy']:+.1f} pt accuracy ({r['accuracy']:.1f}%)"
+            ci = r.get("accuracy_delta_ci")  # paired over the same samples as the baseline's
+            ci_text = f" [95% CI {ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else ""
+            acc = f", {r['accuracy'] - base['accuracy']:+.1f} pt accuracy{ci_text} ({r['accuracy']:.1f}%)"
         lines.append(f"{r['model']} on {backend}: {format_speedup_ci(r)} faster than the float baseline "
                      f"({base['model']} on {base_backend}) at batch {r['batch']}{acc}")
     return lines, qualified
@@ -353,6 +356,8 @@ def _markdown(recipe, chosen, bench, base_backend, skipped, findings, parity, he
             by_b = {r["batch"]: r for r in rows if r["model"] == v.name and r["backend"] == backend}
             r0 = by_b[batches[0]]
             acc = "n/a" if not labelled or r0.get("accuracy") is None else f"{r0['accuracy']:.1f}%"
+            if acc != "n/a" and r0.get("accuracy_delta_ci"):
+                acc += f" ({format_accuracy_delta(r0)})"
             cells = [v.name, backend, r0["precision"], _fmt_int(v.metrics.get("params")), _fmt_int(r0.get("macs")),
                      _fmt_int(r0.get("size_bytes"), "B"), acc]
             for b in batches:
