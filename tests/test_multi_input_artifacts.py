@@ -210,6 +210,11 @@ def test_cli_bench_with_typed_inputs_a_sequence_sweep_and_named_data(bert_onnx, 
     rows = json.loads((tmp_path / "b2" / "bench.json").read_text())["rows"]
     assert [(row["sequence"], row["macs"]) for row in rows] == [(8, expected_macs(8)), (16, expected_macs(16))]
     assert "1 × seq 8" in r.stdout
+    r = run_cli("bench", path, *[a for n in NAMES for a in ("--input", f"{n}:int64:1x16")], "--seq", "8,16",
+                "--out", str(tmp_path / "b4"), *common)  # the sweep sets the sequence axis of --input shapes
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "b4" / "bench.json").read_text())["rows"]
+    assert [(row["sequence"], row["macs"]) for row in rows] == [(8, expected_macs(8)), (16, expected_macs(16))]
     np.savez(tmp_path / "val.npz", **bert_inputs(n=6), y=np.arange(6) % LABELS)
     r = run_cli("bench", path, "--data", str(tmp_path / "val.npz"), "--out", str(tmp_path / "b3"), *common)
     assert r.returncode == 0, r.stderr

@@ -136,7 +136,9 @@ def _named_shapes(sig: Any, plan: BenchPlan, data: Any) -> Dict[str, Tuple[int, 
              if isinstance(d, str)}
     seq = plan.sequence or bound.get("sequence") or (next(iter(bound.values())) if bound else None)
     seq = seq or _default_sequence(plan)
-    out = {name: shape for name, (_, shape) in given.items()}
+    # a --seq sweep sets the symbolic (sequence) axes of --input shapes too: `--input ...:1x128 --seq 32,128`
+    out = {name: tuple(plan.sequence if plan.sequence and isinstance(d, str) else v
+                       for d, v in zip(sig[name].sample_shape, shape)) for name, (_, shape) in given.items()}
     for spec in sig.inputs:
         if spec.name not in out:
             out[spec.name] = tuple(d if isinstance(d, int) else bound.get(d, seq) for d in spec.sample_shape)
