@@ -214,3 +214,29 @@ def test_ort_sessions_stop_spinning_when_run_returns(trained_resnet8):
     sessions = [open_runner(trained_resnet8.onnx, "ort-cpu", threads=2).session, GemmProbe("fp32", 64, 2).session]
     for s in sessions:
         assert s.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+
+
+def test_adaptive_rounds_stop_when_the_ci_is_narrow_or_at_the_cap(monkeypatch):
+    """A steady 2x pair meets a 5 % CI target after the minimum rounds; a pair whose per-round ratio swings 1x..3x
+    keeps adding rounds until the round cap, and the outcome is recorded."""
+    import itertools
+
+    from edgekit.core.measure.latency import Precision
+
+    def timers(swing):
+        ratio = itertools.cycle([1.0, 3.0, 2.0, 1.5, 2.5] if swing else [2.0])
+
+        def make(case):
+            def block(n):
+                ms = 4.0 if case.key == "A" else 4.0 / next(ratio)
+                return np.full(n, ms)
+            return block
+        return make
+
+    cases = [Case("A", None, None), Case("B", None, None)]
+    for swing, rounds_run, met in ((False, 4, True), (True, 12, False)):
+        monkeypatch.setattr(latency, "make_block_timer", timers(swing))
+        res = run_interleaved(cases, warmup=1, iters=8, min_time=None, rounds=4,
+                              precision=Precision(ci_target=0.05, max_rounds=12, max_seconds=60))
+        assert len(res.times[0]) == rounds_run and res.adaptive["met"] is met
+        assert res.adaptive["rounds"] == rounds_run

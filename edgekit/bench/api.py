@@ -19,7 +19,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 from edgekit.bench.data import parse_batches, parse_inputs, parse_sequences
 from edgekit.bench.results import SCHEMA, BenchResult
 from edgekit.bench.specs import ModelSpec
-from edgekit.core.measure.latency import ROUND_STATS, validate_settings
+from edgekit.core.measure.latency import ROUND_STATS, Precision, validate_settings
 from edgekit.errors import ConfigError
 
 
@@ -52,7 +52,7 @@ def benchmark(models: Any, backends: Union[str, Sequence[str], None] = None, bat
               min_time: Optional[float] = None, rounds: int = 20, baseline: Any = None, data: Any = None,
               out_dir: Union[str, os.PathLike, None] = None, input_shape: Optional[Sequence[int]] = None,
               plots: bool = True, round_stat: str = "min", inputs: Any = None,
-              sequences: Any = None) -> BenchResult:
+              sequences: Any = None, ci_target: Optional[float] = None, max_seconds: float = 120.0) -> BenchResult:
     """Time models on backends and batch sizes, interleaved in rounds, with paired speedups.
 
     Args:
@@ -80,6 +80,8 @@ def benchmark(models: Any, backends: Union[str, Sequence[str], None] = None, bat
             vocabulary (the embedding table's rows), masks of ones.
         sequences: sequence lengths to sweep for models with a dynamic sequence axis ("32,128"); every row
             then carries its ``sequence``.
+        ci_target / max_seconds: adaptive rounds until every speed-up's 95 % CI half-width is at most ``ci_target``
+            of its median, or 3 × ``rounds`` / ``max_seconds`` per batch (``config.adaptive`` says which).
 
     Returns:
         BenchResult with one row per model x backend x batch.
@@ -95,10 +97,8 @@ def benchmark(models: Any, backends: Union[str, Sequence[str], None] = None, bat
     from edgekit.core.platform import environment, load_average
 
     batch_list, min_time = _checked_settings(batches, warmup, iters, min_time, rounds, round_stat, threads)
-    input_specs, seq_list = parse_inputs(inputs) if inputs else None, parse_sequences(sequences)
-    if seq_list and data is not None:
-        raise ConfigError("a sequence sweep (sequences/--seq) uses synthetic inputs; it cannot be combined with data "
-                          "(whose sequence length is fixed)")
+    precision = _precision(ci_target, rounds, max_seconds)
+    input_specs, seq_list = _checked_inputs(inputs, sequences, data)
     env, backend_list = environment(), _backend_names(backends)
     threads = threads or env["cores_usable"]
     plan = make_plan(models, backend_list, threads, data, input_shape, max(batch_list), input_specs,
@@ -108,7 +108,7 @@ def benchmark(models: Any, backends: Union[str, Sequence[str], None] = None, bat
         accuracy = plan.accuracy()
         t0, load_start = time.time(), load_average()
         rows, timings, peak_gpu, shapes = _sweep(plan, seq_list, batch_list, base_key, accuracy,
-                                                 (warmup, iters, min_time, rounds, round_stat))
+                                                 (warmup, iters, min_time, rounds, round_stat, precision))
         timing_s = time.time() - t0
     finally:
         plan.close()
@@ -118,15 +118,33 @@ def benchmark(models: Any, backends: Union[str, Sequence[str], None] = None, bat
         config={"backends": backend_list, "batches": batch_list, "threads": threads, "warmup": warmup,
                 "iters": iters, "min_time": min_time, "rounds": rounds, "round_stat": round_stat,
                 "input_shapes": shapes, "sequences": seq_list,
-                "data": None if plan.split is None else {"n": int(len(plan.split.x)),
-                                                         "source": getattr(plan.split, "source", None)},
+                "data": _data_info(plan.split),
                 "timing_s": round(timing_s, 1), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                "adaptive": [t.adaptive | {"batch": t.batch} for t in timings if t.adaptive] or None,
                 "load_avg_1m": [load_start, load_average()]},
         baseline={"model": base_key[0], "backend": base_key[1]},
     )
     if out_dir is not None:
         result.write(out_dir, plots=plots)
     return result
+
+
+def _precision(ci_target: Optional[float], rounds: int, max_seconds: float) -> Optional[Precision]:
+    if ci_target is not None and not (0 < ci_target < 1):
+        raise ConfigError(f"ci_target is a fraction of the median speed-up in (0, 1), e.g. 0.05; got {ci_target}")
+    return Precision(ci_target, 3 * rounds, max_seconds) if ci_target else None
+
+
+def _checked_inputs(inputs: Any, sequences: Any, data: Any) -> Tuple[Optional[dict], Optional[List[int]]]:
+    input_specs, seq_list = parse_inputs(inputs) if inputs else None, parse_sequences(sequences)
+    if seq_list and data is not None:
+        raise ConfigError("a sequence sweep (sequences/--seq) uses synthetic inputs; it cannot be combined with data "
+                          "(whose sequence length is fixed)")
+    return input_specs, seq_list
+
+
+def _data_info(split: Any) -> Optional[dict]:
+    return None if split is None else {"n": int(len(split.x)), "source": getattr(split, "source", None)}
 
 
 def _sweep(plan: Any, seq_list: Optional[List[int]], batch_list: List[int], base_key: Tuple[str, str],

@@ -55,6 +55,12 @@ def add_commands(subparsers) -> argparse.ArgumentParser:
                         "token ids inside the vocabulary and masks of ones")
     p.add_argument("--seq", default=None, metavar="LENGTHS",
                    help="sweep the sequence length of models with a dynamic sequence axis, e.g. 32,128")
+    p.add_argument("--ci-target", type=bounded_float("--ci-target", -1e-12, 0.99), default=0.05,
+                   help="adaptive rounds: add rounds until every speed-up's 95%% CI half-width is at most this "
+                        "fraction of its median (default 0.05), at most 3x --rounds or --max-time per batch; "
+                        "0 = exactly --rounds")
+    p.add_argument("--max-time", type=bounded_float("--max-time", 0, 86_400), default=120.0,
+                   help="seconds of extra rounds per batch size for --ci-target (default 120)")
     p.add_argument("--out", default=None, help="write bench.json, bench.csv, bench.md and plots into this directory")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=handler)
@@ -80,7 +86,8 @@ def handler(args: argparse.Namespace) -> int:
                     warmup=args.warmup, iters=args.iters, min_time=args.min_time, rounds=args.rounds,
                     baseline=args.baseline, data=args.data, out_dir=args.out,
                     input_shape=_parse_shape(args.input_shape), plots=not args.no_plots,
-                    round_stat=args.round_stat, inputs=args.inputs, sequences=args.seq)
+                    round_stat=args.round_stat, inputs=args.inputs, sequences=args.seq,
+                    ci_target=args.ci_target or None, max_seconds=args.max_time)
     print(res.environment_line())
     print()
     print(res.table())

@@ -102,6 +102,10 @@ class BenchmarkSettings(BaseModel):
     iters: Optional[int] = Field(30, gt=0, description="timed iterations per variant per round")
     min_time: Optional[float] = Field(None, gt=0, description="or: minimum seconds per variant per round")
     rounds: int = Field(5, gt=0, description="interleaved rounds (A B C A B C ...) for paired ratios")
+    ci_target: Optional[float] = Field(0.05, gt=0, lt=1, description="adaptive rounds: after `rounds`, add rounds "
+                                       "until every speed-up's 95% CI half-width is at most this fraction of its "
+                                       "median, up to 3 x rounds or max_time; null = exactly `rounds`")
+    max_time: float = Field(60.0, gt=0, description="seconds of extra rounds per batch size for ci_target")
     variants: Optional[List[str]] = Field(None, description="variants to benchmark (default: all)")
     accuracy: bool = Field(True, description="measure held-out test accuracy through each runner")
     generation: GenerationSettings = Field(default_factory=GenerationSettings,

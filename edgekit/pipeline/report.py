@@ -68,6 +68,7 @@ def benchmark_and_report(recipe: Any, run_dir: Path, variants: Dict[str, Variant
     bench = benchmark(specs, backends=backends, batches=recipe.benchmark.batches, threads=recipe.threads,
                       warmup=recipe.benchmark.warmup, iters=recipe.benchmark.iters, min_time=recipe.benchmark.min_time,
                       rounds=recipe.benchmark.rounds, baseline=(chosen[0].name, base_backend), data=data,
+                      ci_target=recipe.benchmark.ci_target, max_seconds=recipe.benchmark.max_time,
                       out_dir=run_dir / "bench", plots=recipe.report.plots, input_shape=tuple(s.input_shape))
     rows = bench.rows
     findings = step_diagnostics({v.name: v for v in chosen}, rows, recipe.report.min_speedup,

@@ -53,6 +53,7 @@ class Interleaved:
     order: List[int] = field(default_factory=list)
     iters_per_round: List[int] = field(default_factory=list)
     reference: List[bool] = field(default_factory=list)  # True for fixed-budget reference cases (GEMM peak)
+    adaptive: Optional[dict] = None  # with Precision: target, rounds run, widest relative CI half-width, met
 
     @property
     def round_medians(self) -> List[np.ndarray]:
@@ -166,9 +167,33 @@ def validate_settings(warmup: int, iters: Optional[int], min_time: Optional[floa
         raise ConfigError(f"rounds must be a positive integer, got {rounds!r}")
 
 
+@dataclass(frozen=True)
+class Precision:
+    """Adaptive rounds: keep adding rounds until every case's speed-up (vs case 0) has a 95 % CI whose half-width is
+    at most ``ci_target`` of its median, or ``max_rounds`` rounds or ``max_seconds`` of timing are reached."""
+
+    ci_target: float = 0.05
+    max_rounds: int = 60
+    max_seconds: float = 120.0
+
+
+def ci_half_widths(res: Interleaved, stat: str = "min") -> List[float]:
+    """Relative half-width of the 95 % CI of each non-reference case's per-round ratio against case 0."""
+    per_round = res.round_stat(stat)
+    out = []
+    for i in range(1, len(per_round)):
+        if res.reference and res.reference[i]:
+            continue
+        r = paired_ratios(per_round[0], per_round[i])
+        ci = ratio_ci(list(r))
+        med = float(np.median(r)) if r.size else 0.0
+        out.append(float("inf") if ci is None or med <= 0 else (ci[1] - ci[0]) / 2 / med)
+    return out
+
+
 def run_interleaved(cases: Sequence[Case], warmup: int = 10, iters: Optional[int] = None,
                     min_time: Optional[float] = 1.0, rounds: int = 20, desc: str = "bench",
-                    max_extra_rounds: Optional[int] = None) -> Interleaved:
+                    max_extra_rounds: Optional[int] = None, precision: Optional[Precision] = None) -> Interleaved:
     """Warm every case up, then time them interleaved: round r runs case 0, 1, ..., n-1 in turn.
 
     Args:
@@ -178,8 +203,10 @@ def run_interleaved(cases: Sequence[Case], warmup: int = 10, iters: Optional[int
         min_time: minimum total timed seconds per case; iterations per round are sized from the
             warm-up, and extra rounds (at most ``max_extra_rounds``, default ``rounds``) run while a
             case is still short of it.
-        rounds: number of rounds (each yields one paired ratio).
+        rounds: number of rounds (each yields one paired ratio); with ``precision``, the least.
         desc: progress-bar label.
+        precision: adaptive rounds (:class:`Precision`): more rounds until every speed-up's CI is narrow enough
+            or a cap is hit; ``res.adaptive`` records what happened.
 
     Example:
         >>> res = run_interleaved(cases, warmup=3, iters=50, rounds=5)
@@ -208,6 +235,14 @@ def run_interleaved(cases: Sequence[Case], warmup: int = 10, iters: Optional[int
         while extra > 0 and min(res.all_times(i).sum() for i in timed) < min_time * 1000 * (1 - 1e-9):
             one_round()
             extra -= 1
+    if precision is not None and len(cases) > 1:
+        t0 = time.perf_counter()
+        while (max(ci_half_widths(res), default=0.0) > precision.ci_target and len(res.times[0]) < precision.max_rounds
+               and time.perf_counter() - t0 < precision.max_seconds):
+            one_round()
+        widest = max(ci_half_widths(res), default=0.0)
+        res.adaptive = {"ci_target": precision.ci_target, "rounds": len(res.times[0]),
+                        "widest_ci_half_width": round(widest, 4), "met": widest <= precision.ci_target}
     return res
 
 
