@@ -144,3 +144,11 @@ def test_int8_slower_on_one_backend_still_headlines_on_the_backend_where_it_pays
     _, qualified = _headline(chosen, rows, "ort-cpu", True, variant_flags(chosen, rows, True, 10, speed=False), [],
                              blocked)
     assert qualified == {"ort-cpu": "pruned-int8", "openvino": "pruned"}
+
+
+def test_a_ci_target_not_met_is_a_warning():
+    bench = SimpleNamespace(config={"adaptive": [
+        {"batch": 1, "ci_target": 0.05, "rounds": 15, "widest_ci_half_width": 0.31, "met": False},
+        {"batch": 8, "ci_target": 0.05, "rounds": 6, "widest_ci_half_width": 0.02, "met": True}]})
+    (warning,) = timing_warnings(bench, [])
+    assert "at batch 1 the widest speed-up CI stayed ±31% of its median after 15 rounds (target ±5%)" in warning

@@ -165,6 +165,10 @@ def timing_warnings(bench: Any, rows: List[dict]) -> List[str]:
                        f"{r['p50_ms'] / r['min_ms']:.1f}× its minimum ({r['min_ms']:.3f} ms): its timing was "
                        "disturbed, "
                        "so speedups against it are inflated; rerun on a quiet machine")
+    for a in (getattr(bench, "config", None) or {}).get("adaptive") or []:
+        if not a["met"]:
+            out.append(f"Warning: at batch {a['batch']} the widest speed-up CI stayed ±{a['widest_ci_half_width']:.0%} "
+                       f"of its median after {a['rounds']} rounds (target ±{a['ci_target']:.0%}): read the CIs")
     return out
 
 
