@@ -121,8 +121,8 @@ def test_bench_cli_runs_it_next_to_ort_with_paired_ratios(artifacts, tmp_path, c
     parser = argparse.ArgumentParser(prog="edgekit")
     commands.add_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", str(artifacts["int8"]), "--backend", "ort-cpu,openvino", "--batch", "1,4",
-                              "--threads", "2", "--warmup", "1", "--iters", "5", "--rounds", "3", "--no-plots",
-                              "--out", str(tmp_path)])
+                              "--threads", "2", "--warmup", "1", "--iters", "5", "--rounds", "3", "--ci-target", "0",
+                              "--no-plots", "--out", str(tmp_path)])  # --ci-target 0: exactly 3 rounds
     assert args.func(args) == 0
     assert "| cnn-int8-cpu | openvino | 1 | int8 |" in capsys.readouterr().out
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
