@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-CI_LEVEL = 0.95
+from edgekit.core.measure.latency import CI_LEVEL
 
 
 def mcnemar_exact_p(only_model: int, only_baseline: int) -> float:
