@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 import torch
+from _results_cli import results_main, run_section  # a sibling module in benchmarks/
 
-from edgekit._io import write_json_atomic
 from edgekit.core.train import evaluate, fit
 from edgekit.data import load_data
 from edgekit.models import create_model
@@ -164,25 +163,17 @@ def to_markdown(res: dict) -> str:
 
 def run(ctx) -> str:
     """The ``benchmarks/run_all.py`` interface."""
-    res = measure("quick" if ctx.quick else "full")
-    write_json_atomic(Path(ctx.results_dir) / "kd_grid.json", res)
-    return to_markdown(res)
+    return run_section(ctx, "kd_grid.json", measure, to_markdown)
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--seeds", type=int)
 
 
 def main(argv: List[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--seeds", type=int)
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--from-json", type=Path, help="re-render the markdown from a saved results file")
-    a = p.parse_args(argv)
-    if a.from_json:
-        print(to_markdown(json.loads(a.from_json.read_text())))
-        return 0
-    res = measure("quick" if a.quick else "full", a.seeds)
-    write_json_atomic(a.out, res)
-    print(to_markdown(res))
-    return 0
+    return results_main(argv, __doc__, RESULTS, to_markdown, _args,
+                        lambda a: measure("quick" if a.quick else "full", a.seeds))
 
 
 if __name__ == "__main__":
