@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from _helpers.text import tiny_corpus
 
 from edgekit.cli.main import main
 from edgekit.pipeline import run_recipe
@@ -18,12 +19,7 @@ GEN = {"prompt_tokens": 8, "new_tokens": 8, "past": 31, "samples": 1, "sample_to
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """A tiny corpus: 24 documents of CPython's bundled documentation text."""
-    from edgekit.data.text import pydoc_documents
-
-    docs = pydoc_documents()
-    path = tmp_path_factory.mktemp("lm") / "docs.txt"
-    path.write_text("\n\n".join(docs[n] for n in sorted(docs)[:24]), encoding="utf-8")
-    return path
+    return tiny_corpus(tmp_path_factory.mktemp("lm"))
 
 
 def _recipe(corpus: Path, **over) -> dict:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from _helpers.text import tiny_corpus
 
 from edgekit.data.splits import Split
 from edgekit.errors import ConfigError, ExportError
@@ -189,12 +190,7 @@ def test_an_hf_decoder_edgekit_cannot_prune_names_the_supported_ones():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    from edgekit.data.text import pydoc_documents
-
-    docs = pydoc_documents()
-    path = tmp_path_factory.mktemp("lm") / "docs.txt"
-    path.write_text("\n\n".join(docs[n] for n in sorted(docs)[:24]), encoding="utf-8")
-    return path
+    return tiny_corpus(tmp_path_factory.mktemp("lm"))
 
 
 def _recipe(corpus: Path, prune_stage: dict, name: str = "lmprune") -> dict:
