@@ -148,6 +148,7 @@ stages:
   - type: quantize
     targets: [cpu]
     samples: 32
+    speed_fallback: false  # timing-dependent float fallbacks would make the compiled precision vary run to run
   - type: compile
     backend: openvino
 targets:

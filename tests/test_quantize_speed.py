@@ -126,3 +126,18 @@ def test_cli_quantize_reports_the_speed_policy_and_takes_the_new_options(cnn, tm
     r = run_cli("quantize", str(model), "--out", str(tmp_path / "x.onnx"), "--calib", str(calib),
                 "--exclude", "nosuchnode")
     assert r.returncode == 2 and "nosuchnode" in r.stderr
+
+
+def test_when_every_contraction_is_slower_in_int8_the_artifact_stays_int8(cnn, tmp_path, monkeypatch):
+    """A fallback that keeps every contraction float is a float model; it must not ship under an int8 name."""
+    from edgekit.core.onnx_graph import onnx_precision
+    from edgekit.techniques.quantize import speed
+
+    every = [{"node": n, "op_type": "Conv", "float_us": {1: 1.0}, "int8_us": {1: 2.0}}
+             for n in ("stem", "conv2", "fc")]
+    monkeypatch.setattr(speed, "flag_slow_nodes", lambda *a, **k: every)
+    model, calib = cnn
+    out = tmp_path / "cnn.int8.onnx"
+    res = quantize(model, {"speed_batches": [1]}, calib=calib, out_path=out, threads=1)
+    assert set(res.sidecar["speed"]["speedup_vs_fp32"]) == {"all-int8"}
+    assert res.sidecar["speed"]["policy"] == "all-int8" and onnx_precision(out) == "int8"

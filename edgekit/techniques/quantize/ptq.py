@@ -323,6 +323,8 @@ def _speed_check(pre: Path, chosen: Path, cfg: QuantizeConfig, x: Any, input_nam
         closure = float_closure(model, [*base, *flagged])
         keep = set(base) | set(flagged)
         contractions = [n.name for n in model.graph.node if n.op_type in CONTRACTIONS and n.name not in keep]
+        if not contractions:  # every contraction flagged: a fallback would be a float model posing as int8
+            return {}
         return {"exclude-flagged": ([n for n in closure if n not in base],
                                     lambda p: _static(pre, p, cfg, None, cache, closure, op_types)),
                 "contractions-only": (list(flagged), lambda p: _static(pre, p, cfg, None, cache, sorted(keep),
