@@ -3,6 +3,7 @@
     make bench                                  # = python benchmarks/run_all.py
     python benchmarks/run_all.py --quick        # short timings (smoke test of the scripts)
     python benchmarks/run_all.py --only bench_reference   # rerun one section, keep the others as they are
+    python benchmarks/run_all.py --render       # measure nothing: re-render sections from benchmarks/results/*.json
 
 Adding a benchmark: write ``benchmarks/bench_<topic>.py`` with ``run(ctx: BenchContext) -> str`` returning a
 Markdown section (starting with a ``## `` heading; plots saved under ``ctx.img_dir`` and referenced as
@@ -33,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # One entry per script, in document order (issue 3 reference, 4 distillation, 5 pruning, 6 quantisation,
 # 12 backends on the same files, 19 recurrent nets, 14 concat pruning / speed-aware INT8 / KD defaults,
-# 15 transformer INT8 against the fused fp32 graph, transformer distillation).
+# 15 transformer INT8 against the fused fp32 graph, transformer distillation, 17 the joint search).
 SECTIONS = ["bench_reference", "bench_distill", "bench_prune", "bench_quantize", "bench_backends", "bench_rnn",
             "bench_prune_concat", "bench_speed_int8", "bench_kd_grid", "bench_transformer_int8",
-            "bench_transformer_kd"]
+            "bench_transformer_kd", "bench_search"]
 
 HEADER = """# edgekit benchmarks
 
@@ -86,6 +87,17 @@ def wrap(name: str, body: str) -> str:
     return f"{_BEGIN.format(name)}\n{body.strip()}\n{_END.format(name)}"
 
 
+def rendered(name: str):
+    """The section of script ``name`` re-rendered from its saved results file, or None (no RESULTS file)."""
+    import json
+
+    module = importlib.import_module(name)
+    results = getattr(module, "RESULTS", None)
+    if results is None or not Path(results).is_file() or not hasattr(module, "to_markdown"):
+        return None
+    return module.to_markdown(json.loads(Path(results).read_text(encoding="utf-8")))
+
+
 def main(argv=None) -> int:
     """Run the benchmark scripts and write the document; returns the exit code."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,6 +106,9 @@ def main(argv=None) -> int:
     p.add_argument("--skip", action="append", default=[],
                    help="do not rerun this script (repeatable); keep its section")
     p.add_argument("--quick", action="store_true", help="short timings, to check the scripts run")
+    p.add_argument("--render", action="store_true",
+                   help="measure nothing: re-render the sections whose script saved a results file "
+                        "(benchmarks/results/, the script's RESULTS) from that file; keep the others")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every backend (default 2)")
     p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"), help="document to write")
     args = p.parse_args(argv)
@@ -116,7 +131,11 @@ def main(argv=None) -> int:
         ctx = BenchContext(docs_dir=docs_dir, img_dir=docs_dir / "img", work_dir=Path(work),
                            results_dir=ROOT / "benchmarks" / "results", threads=args.threads, quick=args.quick)
         for name in SECTIONS:
-            if (args.only and name not in args.only) or name in args.skip:
+            saved = rendered(name) if args.render else None
+            if saved is not None:
+                sections.append(wrap(name, saved))
+                continue
+            if args.render or (args.only and name not in args.only) or name in args.skip:
                 if name in previous:
                     sections.append(previous[name])
                 continue

@@ -97,6 +97,22 @@ def run_all(monkeypatch):
     sys.modules.pop("run_all", None)
 
 
+def test_benchmarks_md_is_what_the_saved_results_render_to(run_all, tmp_path):
+    """Every section whose script saved a results file is exactly what `run_all.py --render` makes of that file:
+    the figures in docs/BENCHMARKS.md come from benchmarks/results/, not from hand edits."""
+    import shutil
+
+    doc = ROOT / "docs" / "BENCHMARKS.md"
+    out = tmp_path / "BENCHMARKS.md"
+    shutil.copyfile(doc, out)
+    assert run_all.main(["--render", "--out", str(out)]) == 0
+    assert out.read_text() == doc.read_text()
+    saved = [n for n in run_all.SECTIONS if run_all.rendered(n) is not None]
+    assert len(saved) >= 7 and all(f"<!-- section: {n} -->" in out.read_text() for n in saved)
+    for n in run_all.SECTIONS:
+        sys.modules.pop(n, None)
+
+
 def test_run_all_concatenates_sections_and_only_replaces_one(run_all, tmp_path, monkeypatch):
     calls = []
 

@@ -298,6 +298,9 @@ def test_rerun_changed_writes_a_new_run_and_tampering_is_caught(world, tmp_path,
     assert set(record["files"]) >= {"stages/00-train/reference.onnx", "stages/00-train/reference.pt"}
     onnx = runs / "tiny" / "keep" / "stages" / "00-train" / "reference.onnx"
     onnx.write_bytes(onnx.read_bytes()[:-10])  # truncated behind edgekit's back
+    stale = runs / "tiny" / "keep" / "stages" / "07-compile"  # as left by a longer recipe under the same name
+    stale.mkdir()
+    (stale / "engine.plan").write_bytes(b"old")
     before = snapshot(runs)
     code, _, err = cli(["run", recipe, "--runs-dir", runs, "--name", "keep", "--resume", "--no-report"], capsys)
     assert_one_line_error(code, err, "stages/00-train/reference.onnx has changed", "--rerun-changed")
@@ -309,6 +312,7 @@ def test_rerun_changed_writes_a_new_run_and_tampering_is_caught(world, tmp_path,
     assert new.parent == (runs / "tiny").resolve() and new.name != "keep"
     assert snapshot(runs / "tiny" / "keep") == {k: v for k, v in before.items() if "/keep/" in k}
     assert (new / "stages" / "00-train" / "stage.json").is_file()
+    assert not (new / "stages" / "07-compile").exists()  # the new run holds only its recipe's stages
 
 
 @pytest.mark.slow

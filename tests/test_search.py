@@ -113,6 +113,21 @@ def test_fidelity_rungs_and_epoch_scaling(tmp_path):
     assert scaled["stages"][1]["train"]["epochs"] == 2
 
 
+def test_recipe_values_start_the_search_only_when_they_lie_in_the_space(tmp_path):
+    from edgekit.search.driver import prepare_search
+    from edgekit.search.space import recipe_values
+
+    space = {"student.student.width": [2, 4, 8], "student-int8.samples": {"low": 16, "high": 64, "step": 16},
+             "student.temperature": {"low": 1.0, "high": 8.0}}
+    setup = prepare_search(_recipe(tmp_path, space=space), out_dir=tmp_path / "a")
+    values, outside = recipe_values(setup.recipe, setup.dims)  # temperature: the distill stage's default
+    assert values == {"student.student.width": 8, "student-int8.samples": 32, "student.temperature": 4.0}
+    assert outside == []
+    space.update({"student.student.width": [2, 4], "student-int8.samples": {"low": 20, "high": 60, "step": 20}})
+    setup = prepare_search(_recipe(tmp_path, "b", space=space), out_dir=tmp_path / "b")
+    assert recipe_values(setup.recipe, setup.dims)[1] == ["student.student.width = 8", "student-int8.samples = 32"]
+
+
 def test_timing_waits_for_running_compute():
     from edgekit.search.locks import compute_slot, timing_slot
 
@@ -226,6 +241,9 @@ def test_search_kill_resume_outputs_and_chosen_recipe(tmp_path):
         assert next(r for r in trials if r["trial"] == number)["rungs"] == row["rungs"]
     assert sum(r["cached_stages"] for r in done) >= len(done)  # the teacher is built once and shared
     assert {r["fidelity"] for r in done} <= {0.5, 1.0}
+    first = next(r for r in trials if r["trial"] == 0)  # the search starts from the recipe as written
+    assert first["from_recipe"] and first["params"] == {"student.student.width": 8}
+    assert not any(r["from_recipe"] for r in trials if r["trial"] != 0 and r["requeued_from"] is None)
     for f in ("search.csv", "pareto.md", "pareto.png", "chosen/model.onnx", "chosen/recipe.yaml", "study.db"):
         assert (out / f).is_file(), f
     assert "chosen:" in resumed.stdout and "reproduce: edgekit run" in resumed.stdout

@@ -271,6 +271,7 @@ def _run_stages_and_report(recipe: Any, run_dir: Path, splits: Callable[[], Any]
                                    "produced": [v.name for v in out.variants]})
         manifest["variants"] = {n: v.to_dict() for n, v in variants.items()}
         write_json_atomic(run_dir / "manifest.json", manifest)
+    _remove_foreign_stage_dirs(recipe, run_dir)
     _save_tokenizer(run_dir, splits, manifest)
     result = RunResult(run_dir, variants, manifest)
     check_benchmark_variants(recipe, list(variants))
@@ -281,6 +282,16 @@ def _run_stages_and_report(recipe: Any, run_dir: Path, splits: Callable[[], Any]
     manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json_atomic(run_dir / "manifest.json", manifest)
     return result
+
+
+def _remove_foreign_stage_dirs(recipe: Any, run_dir: Path) -> None:
+    """Stage folders this recipe has no stage for (copied by --rerun-changed from a longer or reordered recipe):
+    removed, so the run holds only what its recipe made."""
+    expected = {f"{i:02d}-{cfg.type}" for i, cfg in enumerate(recipe.stages)}
+    for d in sorted((run_dir / "stages").glob("*")):
+        if d.is_dir() and d.name not in expected:
+            shutil.rmtree(d)
+            logger.info(f"removed stage folder {d.name}: copied from the earlier run, not a stage of this recipe")
 
 
 def _save_tokenizer(run_dir: Path, splits: Callable[[], Any], manifest: dict) -> None:

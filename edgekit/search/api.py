@@ -52,8 +52,8 @@ def run_search(recipe_path: str | Path, *, out_dir: Optional[str | Path] = None,
         ray_address: run trials as tasks on this Ray cluster (``host:port``) instead of local processes.
         cache_dir: stage cache shared by trials (default ``<out_dir>/cache``); searches may share one.
         compare: ``{name: artifact}`` re-measured with the Pareto set (e.g. a hand-written recipe's result).
-        **overrides: ``trials``, ``wall_time_s``, ``strategy``, ``workers``, ``seed`` (the sampler's) replace the
-            search section's values.
+        **overrides: ``trials``, ``wall_time_s``, ``strategy``, ``workers``, ``seed`` (the sampler's),
+            ``start_from_recipe`` replace the search section's values.
 
     Local workers are spawned processes: in a script, call this under ``if __name__ == "__main__":``.
 

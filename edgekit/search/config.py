@@ -108,6 +108,9 @@ class Measure(BaseModel):
 
     rounds: int = Field(5, gt=0, description="interleaved rounds per trial (one paired ratio each)")
     warmup: int = Field(5, ge=0, description="untimed iterations before the rounds")
+    warmup_s: float = Field(0.3, ge=0, description="untimed seconds each artifact runs (interleaved) before the "
+                            "rounds: a fresh ONNX Runtime session runs ~10 % slow for its first second, which "
+                            "biased the float baseline of every trial")
     min_time: float = Field(0.2, gt=0, description="timed seconds per variant, over all rounds")
     final_rounds: int = Field(15, gt=1, description="rounds of the final re-measurement of the Pareto set")
 
@@ -130,6 +133,9 @@ class SearchConfig(BaseModel):
     seed: Optional[int] = Field(None, description="sampler seed (default: the recipe's seed, which also drives "
                                 "data, training and calibration)")
     workers: int = Field(1, gt=0, description="trials run at once (local processes, or Ray tasks with --ray)")
+    start_from_recipe: bool = Field(True, description="the first trial is the recipe as written (its values of the "
+                                    "searched fields, when every one lies in the space), so the search never returns "
+                                    "a model worse than the configuration it started from without saying so")
     measure: Measure = Field(default_factory=Measure, description="timing settings")
     resources: Dict[str, float] = Field(default_factory=dict, description="Ray resources a trial needs, e.g. "
                                         "{jetson-orin: 1} to run where that device is")

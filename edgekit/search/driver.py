@@ -27,6 +27,7 @@ from edgekit.search.space import (
     apply_params,
     check_space_values,
     first_searched_stage,
+    recipe_values,
     resolve_space,
     scale_epochs,
 )
@@ -89,7 +90,7 @@ def _with_overrides(search_raw: dict, overrides: Dict[str, Any]) -> dict:
             budget[key] = overrides[key]
     if budget:
         out["budget"] = budget
-    for key in ("strategy", "workers", "seed"):
+    for key in ("strategy", "workers", "seed", "start_from_recipe"):
         if overrides.get(key) is not None:
             out[key] = overrides[key]
     return out
@@ -117,7 +118,7 @@ def trial_job(setup: SearchSetup, params: Dict[str, Any], fraction: float, worke
     obj, m = setup.config.objective, setup.config.measure
     return {"raw": raw, "cache_dir": str(setup.cache_dir), "lock_dir": str(setup.lock_dir),
             "backend": obj.backend, "batch": obj.batch, "fraction": fraction,
-            "measure": {"rounds": m.rounds, "warmup": m.warmup, "min_time": m.min_time},
+            "measure": {"rounds": m.rounds, "warmup": m.warmup, "min_time": m.min_time, "warmup_s": m.warmup_s},
             "threads": max(1, setup.recipe.threads // workers), "timing_threads": setup.recipe.threads}
 
 
@@ -203,6 +204,17 @@ def _requeue_interrupted(study: Any) -> int:
     return n
 
 
+def _enqueue_recipe_values(study: Any, setup: SearchSetup) -> None:
+    """Queue the recipe as written as the first trial (when its value of every searched field is in the space)."""
+    values, outside = recipe_values(setup.recipe, setup.dims)
+    if outside:
+        logger.info(f"search: the recipe's own configuration is not a point of the space ({'; '.join(outside)}); "
+                    "not queued as the first trial")
+        return
+    study.enqueue_trial(values, user_attrs={"from_recipe": True})
+    logger.info(f"search: trial 0 is the recipe as written: {values}")
+
+
 def finished_trials(study: Any) -> List[Any]:
     """Trials that count against the budget: complete or pruned."""
     from optuna.trial import TrialState
@@ -234,6 +246,8 @@ def run_study(setup: SearchSetup, ray_address: Optional[str] = None, on_trial: A
     study = optuna.create_study(storage=f"sqlite:///{setup.search_dir / 'study.db'}", study_name="search",
                                 sampler=sampler, pruner=pruner, direction="minimize", load_if_exists=True)
     requeued = _requeue_interrupted(study)
+    if cfg.start_from_recipe and not study.get_trials(deepcopy=False):
+        _enqueue_recipe_values(study, setup)
     remaining = cfg.budget.trials - len(finished_trials(study))
     logger.info(f"search: {len(finished_trials(study))} trial(s) finished earlier, {requeued} re-queued, "
                 f"{max(0, remaining)} to run ({cfg.strategy}, rungs {rungs}, {cfg.workers} worker(s))")

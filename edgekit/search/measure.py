@@ -66,14 +66,18 @@ def cached_accuracy(artifact: str, backend: str, split: Any, split_name: str, th
 
 
 def time_paired(artifacts: Sequence[str], backend: str, x: np.ndarray, threads: int, rounds: int, warmup: int,
-                min_time: float) -> List[np.ndarray]:
-    """Per-round latencies (ms, each block's fastest iteration) of the artifacts, timed interleaved in rounds."""
+                min_time: float, warmup_s: float = 0.0) -> List[np.ndarray]:
+    """Per-round latencies (ms, each block's fastest iteration) of the artifacts, timed interleaved in rounds
+    after ``warmup_s`` untimed seconds per artifact (interleaved too, so every session warms up alike)."""
     from edgekit.backends import open_runner
     from edgekit.core.measure.latency import Case, run_interleaved
 
     runners = [open_runner(a, backend=backend, threads=threads) for a in artifacts]
     try:
         cases = [Case(i, r, r.prepare(x)) for i, r in enumerate(runners)]
+        if warmup_s > 0:
+            run_interleaved(cases, warmup=warmup, min_time=warmup_s, rounds=1, desc="search warm-up",
+                            max_extra_rounds=0)
         res = run_interleaved(cases, warmup=warmup, min_time=min_time, rounds=rounds, desc="search timing",
                               max_extra_rounds=0)
         return [np.asarray(v, float) for v in res.round_stat("min")]
@@ -94,7 +98,7 @@ def measure_candidate(built: dict, job: dict, cache_dir: Path, lock_dir: Path) -
     x = pair_x(splits.val, batch)
     with timing_slot(lock_dir):
         base_ms, cand_ms = time_paired([base, cand], backend, x, threads, int(m["rounds"]), int(m["warmup"]),
-                                       float(m["min_time"]))
+                                       float(m["min_time"]), float(m.get("warmup_s", 0.0)))
     ratios = cand_ms / base_ms
     ratio = float(np.median(ratios))
     return {"val_accuracy": round(val_acc, 3), "teacher_val_accuracy": round(teacher_acc, 3),

@@ -40,6 +40,7 @@ def trial_rows(study: Any, setup: Any) -> List[dict]:
             "artifact": m.get("artifact"), "baseline_artifact": m.get("baseline_artifact"),
             "error": t.user_attrs.get("error"),
             "requeued_from": t.user_attrs.get("requeued_from"),
+            "from_recipe": bool(t.user_attrs.get("from_recipe")),
         })
     return rows
 
@@ -107,7 +108,7 @@ def remeasure(front: List[dict], compare: Dict[str, str], setup: Any, rounds: in
     x = pair_x(splits.test, obj.batch)
     with timing_slot(setup.lock_dir):
         times = time_paired([base] + [e["artifact"] for e in entries], obj.backend, x, setup.recipe.threads,
-                            rounds, m.warmup, max(m.min_time, 0.1 * rounds / 5))
+                            rounds, m.warmup, max(m.min_time, 0.1 * rounds / 5), m.warmup_s)
     teacher_acc = accuracy(base, obj.backend, splits.test, setup.recipe.threads)
     n = len(splits.test.x)
     out = []

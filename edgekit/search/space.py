@@ -46,6 +46,16 @@ class Dimension:
         value = trial.suggest_float(self.path, self.low, self.high, step=self.step, log=self.log)
         return round(value, 10) if self.step else value  # 0.6000000000000001 -> 0.6 in recipes and tables
 
+    def contains(self, value: Any) -> bool:
+        """Whether the dimension can draw ``value``."""
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            return False
+        if self.integer and value != int(value):
+            return False
+        return not self.step or abs((value - self.low) / self.step - round((value - self.low) / self.step)) < 1e-9
+
     def probes(self) -> List[Any]:
         """Values checked against the stage schema before the search starts."""
         return list(self.choices) if self.choices is not None else [self.low, self.high]
@@ -157,6 +167,20 @@ def apply_params(raw: dict, dims: List[Dimension], params: Dict[str, Any]) -> di
     return out
 
 
+def recipe_values(recipe: Any, dims: List[Dimension]) -> Tuple[Dict[str, Any], List[str]]:
+    """The validated recipe's own value of every searched field (defaults included), and the fields whose value
+    lies outside its dimension (``"path = value"``)."""
+    values, outside = {}, []
+    for d in dims:
+        node: Any = recipe.stages[d.stage_index]
+        for key in d.keys:
+            node = node.get(key) if isinstance(node, dict) else getattr(node, key, None)
+        values[d.path] = node
+        if not d.contains(node):
+            outside.append(f"{d.path} = {node!r}")
+    return values, outside
+
+
 def check_space_values(raw: dict, dims: List[Dimension], source: str) -> None:
     """Validate the recipe with every listed value (and each range's ends), one dimension at a time."""
     from edgekit.pipeline.recipe import validate_recipe
@@ -195,5 +219,5 @@ def scale_epochs(raw: dict, recipe: Any, start: int, fraction: float) -> dict:
     return out
 
 
-__all__ = ["Dimension", "apply_params", "check_space_values", "first_searched_stage", "resolve_space",
+__all__ = ["Dimension", "apply_params", "check_space_values", "first_searched_stage", "recipe_values", "resolve_space",
            "scale_epochs"]
