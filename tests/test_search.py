@@ -128,6 +128,25 @@ def test_recipe_values_start_the_search_only_when_they_lie_in_the_space(tmp_path
     assert recipe_values(setup.recipe, setup.dims)[1] == ["student.student.width = 8", "student-int8.samples = 32"]
 
 
+def test_stepped_floats_are_written_as_stepped(tmp_path):
+    """Optuna stores a stepped draw as 0.6000000000000001; tables and the reproducing recipe say 0.6."""
+    import optuna
+
+    from edgekit.search.driver import prepare_search
+    from edgekit.search.report import reproducing_recipe
+    from edgekit.search.results import trial_rows
+
+    setup = prepare_search(_recipe(tmp_path, space={"student.temperature": {"low": 0.3, "high": 0.9, "step": 0.1}}),
+                           out_dir=tmp_path / "s")
+    study = optuna.create_study()
+    study.enqueue_trial({"student.temperature": 0.6000000000000001})
+    study.optimize(lambda t: setup.dims[0].suggest(t), n_trials=1)
+    assert study.trials[0].params["student.temperature"] != 0.6  # what Optuna keeps
+    row = trial_rows(study, setup)[0]
+    assert row["params"] == {"student.temperature": 0.6}
+    assert reproducing_recipe(setup, row["params"])["stages"][1]["temperature"] == 0.6
+
+
 def test_timing_waits_for_running_compute():
     from edgekit.search.locks import compute_slot, timing_slot
 

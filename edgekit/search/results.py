@@ -21,14 +21,15 @@ CSV_COLUMNS = ["trial", "state", "fidelity", "val_accuracy", "accuracy_drop", "l
 
 def trial_rows(study: Any, setup: Any) -> List[dict]:
     """One row per trial: its config, the fidelity it reached, its metrics, feasibility and time."""
-    rows = []
+    rows, dims = [], {d.path: d for d in setup.dims}
     for t in study.get_trials(deepcopy=False):
         m = t.user_attrs.get("metrics") or {}
         excess = t.user_attrs.get("excess") or {}
         failed = sorted(k for k, v in excess.items() if v > 0)
         rungs = [t.user_attrs[k] for k in sorted(t.user_attrs) if k.startswith("rung")]
+        params = {k: dims[k].tidy(v) if k in dims else v for k, v in t.params.items()}
         rows.append({
-            "trial": t.number, "state": t.state.name.lower(), "params": dict(t.params),
+            "trial": t.number, "state": t.state.name.lower(), "params": params,
             "fidelity": m.get("fidelity"), "val_accuracy": m.get("val_accuracy"),
             "teacher_val_accuracy": m.get("teacher_val_accuracy"), "accuracy_drop": m.get("accuracy_drop"),
             "latency_ratio": m.get("latency_ratio"), "latency_ms": m.get("latency_ms"), "size_mb": m.get("size_mb"),

@@ -43,8 +43,12 @@ class Dimension:
             return trial.suggest_categorical(self.path, list(self.choices))
         if self.integer:
             return trial.suggest_int(self.path, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        value = trial.suggest_float(self.path, self.low, self.high, step=self.step, log=self.log)
-        return round(value, 10) if self.step else value  # 0.6000000000000001 -> 0.6 in recipes and tables
+        return self.tidy(trial.suggest_float(self.path, self.low, self.high, step=self.step, log=self.log))
+
+    def tidy(self, value: Any) -> Any:
+        """A stepped float as written (0.6000000000000001 -> 0.6, as Optuna stores a stepped draw) for recipes and
+        tables; other values unchanged."""
+        return round(value, 10) if self.step and isinstance(value, float) else value
 
     def contains(self, value: Any) -> bool:
         """Whether the dimension can draw ``value``."""
