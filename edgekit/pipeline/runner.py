@@ -284,10 +284,13 @@ def _run_stages_and_report(recipe: Any, run_dir: Path, splits: Callable[[], Any]
     return result
 
 
+REFERENCE_DIR = "reference"  # stages/reference/: a given (not trained) reference model's checkpoint and export
+
+
 def _remove_foreign_stage_dirs(recipe: Any, run_dir: Path) -> None:
     """Stage folders this recipe has no stage for (copied by --rerun-changed from a longer or reordered recipe):
     removed, so the run holds only what its recipe made."""
-    expected = {f"{i:02d}-{cfg.type}" for i, cfg in enumerate(recipe.stages)}
+    expected = {f"{i:02d}-{cfg.type}" for i, cfg in enumerate(recipe.stages)} | {REFERENCE_DIR}
     for d in sorted((run_dir / "stages").glob("*")):
         if d.is_dir() and d.name not in expected:
             shutil.rmtree(d)
@@ -354,7 +357,7 @@ def _initial_variants(recipe: Any, run_dir: Path, splits) -> Dict[str, Variant]:
         return {"reference": Variant("reference", None, None, str(Path(src.onnx).resolve()), meta={"source": "onnx"})}
     if recipe.stages and recipe.stages[0].type == "train":
         return {}
-    ref_dir = run_dir / "stages" / "reference"
+    ref_dir = run_dir / "stages" / REFERENCE_DIR
     ckpt, onnx_path = ref_dir / "reference.pt", ref_dir / "reference.onnx"
     if not (ckpt.is_file() and onnx_path.is_file()):
         from edgekit.export import export_onnx

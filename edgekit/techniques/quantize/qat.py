@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Dict, Literal, Optional
+from typing import Annotated, Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from edgekit._io import atomic_path, write_sidecar
+from edgekit.core.train import OPTIMIZERS
 from edgekit.errors import ConfigError, validated_config
 from edgekit.techniques.base import OneOf, Result, Technique, TechniqueConfig, register_technique
 from edgekit.techniques.quantize._qat_graph import ActFakeQuant, QuantWeight, calibrate_qat, export_qat, prepare_qat
@@ -48,7 +49,7 @@ class QatConfig(TechniqueConfig):
     lr: float = Field(0.001, gt=0, description="peak learning rate (small: the model is already trained)")
     grad_clip: Optional[float] = Field(2.0, gt=0, description="clip the gradient norm (fake-quant fine-tuning is "
                                                               "fragile)")
-    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="optimiser")
+    optimizer: OPTIMIZERS.name_type() = Field("sgd", description="optimiser (edgekit.core.train.OPTIMIZERS)")
     batch_size: int = Field(64, gt=0, description="samples per step")
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
     temperature: float = temperature_field(4.0)
