@@ -289,7 +289,7 @@ class CausalLMSession:
     ``step(ids, past) -> (logits, present)``. The graph's layout is read off the file before the backend opens it.
 
     Example:
-        >>> lm = CausalLMSession("lm.onnx", threads=2)                 # or backend="openvino"
+        >>> lm = CausalLMSession("lm.onnx", threads=2)                 # backend=: any of causal_lm_backends()
         >>> logits, past = lm.step(np.array([[5, 7, 9]]), lm.layout.empty_past())
 
     Raises:
