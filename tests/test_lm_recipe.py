@@ -227,6 +227,12 @@ def test_generation_settings_bounds_are_schema_errors(corpus, tmp_path, capsys):
     r["benchmark"]["generation"] = {**GEN, "new_tokens": 0}
     assert main(["--quiet", "recipe", "validate", str(_write(tmp_path, r))]) == 2
     assert "benchmark.generation.new_tokens" in capsys.readouterr().err
+    r["benchmark"]["generation"] = {**GEN, "batches": [1, 4, 4]}
+    assert main(["--quiet", "recipe", "validate", str(_write(tmp_path, r))]) == 2
+    assert "benchmark.generation.batches" in capsys.readouterr().err
+    r["benchmark"]["generation"] = {**GEN, "batches": [0]}
+    assert main(["--quiet", "recipe", "validate", str(_write(tmp_path, r))]) == 2
+    assert "benchmark.generation.batches" in capsys.readouterr().err
 
 
 def test_token_level_loss_and_accuracy_in_the_shared_loop():
