@@ -10,7 +10,7 @@ graph), the tokenizer (found, and with the model's vocabulary), the prompt (toke
 empty), ``max_new_tokens`` > 0 and the prompt plus the new tokens within the model's context.
 
 Example:
-    >>> out = edgekit.generate("runs/text_gpt/r/stages/05_int4/pruned-int4.onnx", "The list type", 24)
+    >>> out = edgekit.generate("runs/text_gpt/r/stages/04-int4/pruned-int4.onnx", "The list type", 24)
     >>> out.text                      # the tokenizer.json of the run directory decodes the new tokens
     >>> edgekit.generate("lm.onnx", [5, 17, 42], 8, top_k=20, seed=1).tokens
 """
@@ -124,8 +124,8 @@ def find_tokenizer(artifact: str | os.PathLike) -> Tuple[Optional[Path], List[Pa
     the run directory (the first folder with a ``manifest.json``). Returns (path or None, the folders searched).
 
     Example:
-        >>> find_tokenizer("runs/text_gpt/r/stages/05_int4/pruned-int4.onnx")[0]
-        PosixPath('runs/text_gpt/r/tokenizer.json')
+        >>> find_tokenizer("runs/text_gpt/r/stages/04-int4/pruned-int4.onnx")[0]
+        PosixPath('/home/me/runs/text_gpt/r/tokenizer.json')
     """
     looked: List[Path] = []
     for folder in Path(artifact).resolve().parents:

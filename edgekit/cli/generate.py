@@ -1,7 +1,7 @@
 """The ``edgekit generate`` sub-command (wired into the CLI by ``add_commands``).
 
 Example:
-    $ edgekit generate runs/text_gpt/r/stages/05_int4/pruned-int4.onnx "The list type" --max-new-tokens 24
+    $ edgekit generate runs/text_gpt/r/stages/04-int4/pruned-int4.onnx "The list type" --max-new-tokens 24
     $ edgekit generate lm.onnx 5,17,42 --ids --backend openvino --top-k 20 --seed 1 --json
 """
 from __future__ import annotations

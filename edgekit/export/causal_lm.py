@@ -353,7 +353,7 @@ def read_kv_layout(path: str | Path) -> KVLayout:
             inputs or no ``logits`` output with a fixed vocabulary).
 
     Example:
-        >>> read_kv_layout("runs/text_gpt/r/stages/05_int4/pruned-int4.onnx").vocab_size
+        >>> read_kv_layout("runs/text_gpt/r/stages/04-int4/pruned-int4.onnx").vocab_size
         2000
     """
     import onnx
