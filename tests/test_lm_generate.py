@@ -43,10 +43,23 @@ def run_dir(tmp_path_factory) -> dict:
     return {"model": model, "onnx": onnx_path, "tokenizer": tok, "run": run, "dir": d}
 
 
-def test_the_graph_records_its_context_and_the_backends_are_registered(run_dir):
+def test_the_graph_records_its_context_and_the_backends_are_registered(run_dir, tmp_path):
+    import onnx
+
+    from edgekit._io import write_sidecar
+
     layout = read_kv_layout(run_dir["onnx"])
     assert (layout.max_positions, layout.vocab_size, layout.n_layers) == (32, run_dir["tokenizer"].get_vocab_size(), 2)
     assert causal_lm_backends()[0] == ORT
+    # files exported before the metadata existed: the export sidecar, found through a quantised file's source
+    old = onnx.load(str(run_dir["onnx"]))
+    del old.metadata_props[:]
+    for name in ("parent.onnx", "q.onnx"):
+        onnx.save(old, str(tmp_path / name))
+    assert read_kv_layout(tmp_path / "q.onnx").max_positions == 0  # unknown: nothing records it
+    write_sidecar(tmp_path / "parent.onnx", {"kv_cache": {"max_positions": 32}})
+    write_sidecar(tmp_path / "q.onnx", {"source": str(tmp_path / "parent.onnx")})
+    assert read_kv_layout(tmp_path / "q.onnx").max_positions == 32
 
 
 def test_generate_token_ids_on_the_default_backend_equals_pytorch_greedy(run_dir):

@@ -345,7 +345,8 @@ def layout_from_onnx(session: Any) -> KVLayout:
 def read_kv_layout(path: str | Path) -> KVLayout:
     """The cache layout of a KV-cache ONNX file, read off its graph (no runtime): layers, key/value heads, head
     size, vocabulary (the ``logits`` width) and the context (``edgekit.max_positions`` in the model's metadata,
-    which :func:`export_causal_lm` writes, else the sidecar's ``kv_cache.max_positions``, else 0 = unknown).
+    which :func:`export_causal_lm` writes, else the export sidecar's ``kv_cache.max_positions``, of this file or of
+    the file its sidecar names as ``source`` (quantised files), else 0 = unknown).
 
     Raises:
         InputFileError: not a readable ONNX file.
@@ -357,8 +358,6 @@ def read_kv_layout(path: str | Path) -> KVLayout:
         2000
     """
     import onnx
-
-    from edgekit._io import read_sidecar
 
     p = Path(path)
     try:
@@ -377,8 +376,23 @@ def read_kv_layout(path: str | Path) -> KVLayout:
         raise ShapeError(f"{p}: not a KV-cache causal-LM graph ({why}; inputs: "
                          f"{[i.name for i in model.graph.input][:5]}); export one with export_causal_lm")
     meta = {m.key: m.value for m in model.metadata_props}
-    positions = meta.get(MAX_POSITIONS_KEY) or (read_sidecar(p).get("kv_cache") or {}).get("max_positions") or 0
+    positions = meta.get(MAX_POSITIONS_KEY) or _recorded_context(p)
     return KVLayout(len(keys), int(shape[1]), int(shape[3]), int(vocab), int(positions))
+
+
+def _recorded_context(path: Path, hops: int = 4) -> int:
+    """The context an export sidecar records (``kv_cache.max_positions``), following a quantised file's sidecar
+    ``source`` back to the graph it was made from; 0 when none is found."""
+    from edgekit._io import read_sidecar
+
+    for _ in range(hops):
+        side = read_sidecar(path)
+        if (side.get("kv_cache") or {}).get("max_positions"):
+            return int(side["kv_cache"]["max_positions"])
+        if not side.get("source") or not Path(side["source"]).is_file():
+            return 0
+        path = Path(side["source"])
+    return 0
 
 
 def check_kv_parity(model: Any, onnx_path: str | Path, *, prompt_len: int = 8, steps: int = 4, seed: int = 0,
