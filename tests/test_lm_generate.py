@@ -85,6 +85,15 @@ def test_openvino_greedy_equals_ort_and_pytorch_and_top_k_is_seeded(run_dir):
 
 
 @needs_ov
+def test_llama_with_grouped_kv_heads_decodes_the_same_on_openvino(tmp_path):
+    model = build_causal_lm("llama", vocab_size=300, n_layer=2, n_embd=32, n_head=2, n_positions=32)
+    export_causal_lm(model, tmp_path / "llama.onnx")
+    assert read_kv_layout(tmp_path / "llama.onnx").kv_heads == 1
+    ov = edgekit.generate(tmp_path / "llama.onnx", PROMPT, 10, backend=OV, threads=1)
+    assert ov.tokens == greedy(TorchDecoder(model), PROMPT, 10) and ov.text is None
+
+
+@needs_ov
 def test_openvino_decoder_has_the_same_interface_and_numbers(run_dir):
     ov, ort = OnnxDecoder(run_dir["onnx"], 1, backend=OV), OnnxDecoder(run_dir["onnx"], 1)
     assert (ov.backend, ort.backend, ov.max_positions) == (OV, ORT, 32)
@@ -114,6 +123,9 @@ def test_text_prompt_uses_the_runs_tokenizer_or_an_explicit_one(run_dir, tmp_pat
     explicit = edgekit.generate(lone, "The list type", 6, tokenizer=run_dir["run"])  # a directory holding one
     assert explicit.tokens == out.tokens and explicit.to_dict()["text"] == out.text
     assert edgekit.generate(lone, [1, 2, 3], 2).text is None  # token ids without a tokenizer: ids only
+    _other_vocab_tokenizer(tmp_path / "tokenizer.json")  # one of another model beside it: ignored for token ids
+    ids_only = edgekit.generate(lone, [1, 2, 3], 2)
+    assert ids_only.text is None and ids_only.tokenizer is None
 
 
 def _other_vocab_tokenizer(path: Path) -> Path:
@@ -136,6 +148,12 @@ def _bad_call(case: str, run_dir: dict, tmp: Path):
     if case == "tokenizer_vocab":
         return ((onnx_path, "hello", 4), {"tokenizer": _other_vocab_tokenizer(tmp / "t.json")}, ConfigError,
                 "does not belong to this model")
+    if case == "run_tokenizer_vocab":  # the tokenizer found in the run directory belongs to another model
+        other = tmp / "other_run"
+        other.mkdir()
+        (other / "lm.onnx").write_bytes(onnx_path.read_bytes())
+        _other_vocab_tokenizer(other / "tokenizer.json")
+        return (other / "lm.onnx", "hello", 4), {}, ConfigError, f"tokenizer {other / 'tokenizer.json'} has"
     if case == "not_a_kv_graph":
         from _helpers.onnx_models import mlp_onnx
 
@@ -159,7 +177,8 @@ def _bad_call(case: str, run_dir: dict, tmp: Path):
     raise AssertionError(case)
 
 
-BAD = ["prompt_too_long", "prompt_plus_new_tokens", "zero_new_tokens", "top_k", "tokenizer_vocab", "not_a_kv_graph",
+BAD = ["prompt_too_long", "prompt_plus_new_tokens", "zero_new_tokens", "top_k", "tokenizer_vocab",
+       "run_tokenizer_vocab", "not_a_kv_graph",
        "not_onnx", "missing_file", "unknown_backend", "id_outside_vocab", "no_tokenizer"]
 
 

@@ -94,6 +94,7 @@ def test_lm_recipe_reports_perplexity_and_tokens_per_second_per_variant(lm_run):
     assert "KV cache vs recomputing" in md and "Greedy samples" in md
 
 
+@pytest.mark.slow  # the recipe run behind lm_run (~15 s)
 def test_lm_report_times_every_variant_on_each_causal_lm_backend_and_at_batch_4(lm_run):
     report = json.loads((lm_run.run_dir / "report.json").read_text())
     cases = {r["case"]: r for r in report["variants"]}

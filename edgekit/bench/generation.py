@@ -16,6 +16,7 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 from edgekit.errors import ConfigError, InputFileError, ShapeError
+
+logger = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
 RUN_MARKER = "manifest.json"  # a run directory holds one; the tokenizer search stops there
@@ -56,7 +59,8 @@ def generate(artifact: str | os.PathLike, prompt: Any, max_new_tokens: int, *, b
         max_new_tokens: tokens to generate (> 0; prompt + new tokens within the model's context).
         backend: a backend of ``edgekit.backends.causal_lm_backends()``; None = the default (ONNX Runtime CPU).
         tokenizer: a ``tokenizer.json`` (or a directory holding one); None = the ``tokenizer.json`` of the
-            artifact's run directory (the nearest parent folder holding one), required only for a text prompt.
+            artifact's run directory (the nearest parent folder holding one), required only for a text prompt
+            (with token ids, one found with another vocabulary is ignored: no text, a warning).
         top_k: None = greedy; k = sample among the k most likely tokens, seeded by ``seed``.
         threads: intra-op CPU threads.
 
@@ -83,9 +87,12 @@ def generate(artifact: str | os.PathLike, prompt: Any, max_new_tokens: int, *, b
     layout = read_kv_layout(path)
     tok, tok_path = _tokenizer(path, tokenizer, required=isinstance(prompt, str))
     if tok is not None and tok.get_vocab_size() != layout.vocab_size:
-        raise ConfigError(f"tokenizer {tok_path} has {tok.get_vocab_size()} tokens but {path.name} has a vocabulary "
-                          f"of {layout.vocab_size}; the tokenizer does not belong to this model (pass the "
-                          "tokenizer.json of the run or model that made it)")
+        what = (f"tokenizer {tok_path} has {tok.get_vocab_size()} tokens but {path.name} has a vocabulary of "
+                f"{layout.vocab_size}; the tokenizer does not belong to this model")
+        if tokenizer is not None or isinstance(prompt, str):
+            raise ConfigError(f"{what} (pass the tokenizer.json of the run or model that made it)")
+        logger.warning(f"{what}; returning token ids only")  # found by the search, not needed for an id prompt
+        tok, tok_path = None, None
     ids = _prompt_ids(prompt, tok, layout.vocab_size)
     _check_context(len(ids), max_new_tokens, layout.max_positions)
     decoder = OnnxDecoder(path, threads, layout.max_positions, backend=spec.name)
