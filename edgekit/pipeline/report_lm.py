@@ -46,9 +46,9 @@ def _decoders(chosen: List[Variant], threads: int, context: int) -> Tuple[Dict[s
     if ref.checkpoint:
         decoders[f"{ref.name} ({EAGER})"] = TorchDecoder(load_checkpoint(ref.checkpoint)[0], threads)
         cases[f"{ref.name} ({EAGER})"], backends[f"{ref.name} ({EAGER})"] = ref, default_backend("module", "cpu")
-    names = causal_lm_backends()
-    skipped = [{"backend": b, "reason": backend_spec(b).probe()[1]} for b in names if not backend_spec(b).probe()[0]]
-    names = [b for b in names if b not in {x["backend"] for x in skipped}]
+    probes = {b: backend_spec(b).probe() for b in causal_lm_backends()}
+    skipped = [{"backend": b, "reason": reason} for b, (ok, reason) in probes.items() if not ok]
+    names = [b for b, (ok, _) in probes.items() if ok]
     for v in (v for v in chosen if v.onnx):
         for i, b in enumerate(names):
             case = v.name if i == 0 else f"{v.name} ({backend_spec(b).label})"
