@@ -81,16 +81,18 @@ class TorchDecoder:
 class OnnxDecoder:
     """A KV-cache ONNX graph on a backend with a ``causal_lm`` session hook (``backend`` None: the default, ONNX
     Runtime CPU; e.g. OpenVINO: any name of ``edgekit.backends.causal_lm_backends()``), same interface as
-    :class:`TorchDecoder`. ``max_positions`` 0: the context the file records (0 when it records none).
+    :class:`TorchDecoder`. ``max_positions`` 0: the context the file records (0 when it records none); ``layout``:
+    the file's :class:`~edgekit.export.causal_lm.KVLayout` when already read (None: read it).
 
     Example:
         >>> dec = OnnxDecoder("lm.int4.onnx", threads=1, backend=causal_lm_backends()[-1])
     """
 
-    def __init__(self, path: Any, threads: Optional[int] = 2, max_positions: int = 0, backend: Optional[str] = None):
+    def __init__(self, path: Any, threads: Optional[int] = 2, max_positions: int = 0, backend: Optional[str] = None,
+                 layout: Any = None):
         from edgekit.export.causal_lm import CausalLMSession
 
-        self.lm = CausalLMSession(path, threads=threads, backend=backend)
+        self.lm = CausalLMSession(path, layout, threads=threads, backend=backend)
         self.backend = self.lm.backend
         self.max_positions = max_positions or self.lm.layout.max_positions
         self.empty = self.lm.layout.empty_past()

@@ -95,7 +95,7 @@ def generate(artifact: str | os.PathLike, prompt: Any, max_new_tokens: int, *, b
         tok, tok_path = None, None
     ids = _prompt_ids(prompt, tok, layout.vocab_size)
     _check_context(len(ids), max_new_tokens, layout.max_positions)
-    decoder = OnnxDecoder(path, threads, layout.max_positions, backend=spec.name)
+    decoder = OnnxDecoder(path, threads, layout.max_positions, backend=spec.name, layout=layout)
     new = decode_tokens(decoder, ids[None], max_new_tokens, top_k=top_k, seed=seed)
     return Generation(tokens=new, text=tok.decode(new) if tok is not None else None, prompt_tokens=ids.tolist(),
                       backend=spec.name, artifact=str(path), tokenizer=str(tok_path) if tok_path else None)
