@@ -36,6 +36,7 @@ _API = {
     "export_onnx": "edgekit.export.onnx", "build_engine": "edgekit.backends.tensorrt.build",
     "open_runner": "edgekit.backends", "available_backends": "edgekit.backends",
     "benchmark": "edgekit.bench", "count_macs_onnx": "edgekit.core.measure.macs",
+    "generate": "edgekit.bench.generation",
     # recipes
     "load_recipe": "edgekit.pipeline.recipe", "run_recipe": "edgekit.pipeline",
     "EdgekitError": "edgekit.errors",

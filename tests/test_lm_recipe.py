@@ -47,15 +47,28 @@ def _write(tmp_path: Path, recipe: dict) -> Path:
 @pytest.fixture(scope="module")
 def lm_run(corpus, tmp_path_factory):
     d = tmp_path_factory.mktemp("lmrun")
-    return run_recipe(_write(d, _recipe(corpus)), runs_dir=d / "runs", name="r")
+    recipe = _recipe(corpus)
+    recipe["benchmark"]["generation"] = {**GEN, "batches": [1, 4]}
+    return run_recipe(_write(d, recipe), runs_dir=d / "runs", name="r")
+
+
+def _other_backends() -> dict:
+    """``{backend: label}`` of the causal-LM backends available here besides the default (OpenVINO)."""
+    from edgekit.backends import backend_spec, causal_lm_backends
+
+    return {b: backend_spec(b).label for b in causal_lm_backends()[1:] if backend_spec(b).probe()[0]}
 
 
 def test_lm_recipe_reports_perplexity_and_tokens_per_second_per_variant(lm_run):
+    from edgekit.backends import causal_lm_backends
+
     report = json.loads((lm_run.run_dir / "report.json").read_text())
     assert report["task"] == "causal-lm"
     cases = {r["case"]: r for r in report["variants"]}
-    assert set(cases) == {"reference (PyTorch eager fp32)", "reference", "student", "student-int8dyn",
-                          "student-int4b16"}
+    onnx = ["reference", "student", "student-int8dyn", "student-int4b16"]
+    others = _other_backends()
+    assert set(cases) == {"reference (PyTorch eager fp32)", *onnx, *(f"{v} ({label})" for v in onnx
+                                                                      for label in others.values())}
     for r in cases.values():
         assert 1 < r["test_perplexity"] < 300 and r["tokens_per_s"] > 0 and r["prefill_ms"] > 0, r
         assert r["test_bits_per_byte"] > 0
@@ -71,12 +84,38 @@ def test_lm_recipe_reports_perplexity_and_tokens_per_second_per_variant(lm_run):
     assert {"reference", "student-int4b16"} <= set(cache) and all(c["past"] == 31 for c in cache.values())
     assert report["samples"] and set(report["samples"][0]["continuations"]) == set(cases)
     assert "student-int4b16" in report["headline"][0] and "tokens/s" in report["headline"][0]
-    qualified = report["gate"]["qualified"]  # the fastest artifact within 5 % perplexity of the reference
-    fast = [r for r in cases.values() if r["artifact"] != "PyTorch eager fp32"
+    qualified = report["gate"]["qualified"]  # per backend, the fastest artifact within 5 % of the reference
+    ort = causal_lm_backends()[0]
+    assert set(qualified) == {ort, *others}
+    fast = [r for r in cases.values() if r["backend"] == ort
             and r["test_perplexity"] <= 1.05 * cases["reference"]["test_perplexity"]]
-    assert list(qualified.values()) == [max(fast, key=lambda r: r["tokens_per_s"])["case"]]
+    assert qualified[ort] == max(fast, key=lambda r: r["tokens_per_s"])["case"]
     md = (lm_run.run_dir / "report.md").read_text()
     assert "KV cache vs recomputing" in md and "Greedy samples" in md
+
+
+@pytest.mark.slow  # the recipe run behind lm_run (~15 s)
+def test_lm_report_times_every_variant_on_each_causal_lm_backend_and_at_batch_4(lm_run):
+    report = json.loads((lm_run.run_dir / "report.json").read_text())
+    cases = {r["case"]: r for r in report["variants"]}
+    md = (lm_run.run_dir / "report.md").read_text()
+    for backend, label in _other_backends().items():  # OpenVINO: same files, same rounds, same numbers
+        for v in ("reference", "student", "student-int8dyn", "student-int4b16"):
+            row = cases[f"{v} ({label})"]
+            assert row["backend"] == backend and row["artifact"] == f"{label} (KV cache)" and row["size_bytes"]
+            assert row["vs_ort_fp32"]["median"] > 0 and row["vs_eager"]["median"] > 0
+            rel = 1e-3 if v in ("reference", "student") else 0.05
+            assert row["test_perplexity"] == pytest.approx(cases[v]["test_perplexity"], rel=rel)
+        sample = report["samples"][0]["continuations"]
+        assert sample[f"student ({label})"] == sample["student"]  # greedy parity with ONNX Runtime
+        assert f"| student-int4b16 ({label}) | {label} (KV cache) |" in md
+    assert report["batches"] == [1, 4]
+    batch = {r["case"]: r for r in report["batch_decode"]}
+    assert set(batch) == set(cases) and all(r["batch"] == 4 for r in batch.values())
+    for r in batch.values():
+        assert r["tokens_per_s"] == pytest.approx(4000.0 / r["ms_per_step"]) and r["vs_eager"]["median"] > 0
+    assert batch["reference"]["vs_ort_fp32"]["median"] == 1.0
+    assert "## Decode at batch 4" in md and "tokens/s (4 sequences)" in md
 
 
 def test_lm_recipe_records_kv_parity_and_student_init(lm_run):
@@ -189,6 +228,12 @@ def test_generation_settings_bounds_are_schema_errors(corpus, tmp_path, capsys):
     r["benchmark"]["generation"] = {**GEN, "new_tokens": 0}
     assert main(["--quiet", "recipe", "validate", str(_write(tmp_path, r))]) == 2
     assert "benchmark.generation.new_tokens" in capsys.readouterr().err
+    r["benchmark"]["generation"] = {**GEN, "batches": [1, 4, 4]}
+    assert main(["--quiet", "recipe", "validate", str(_write(tmp_path, r))]) == 2
+    assert "benchmark.generation.batches" in capsys.readouterr().err
+    r["benchmark"]["generation"] = {**GEN, "batches": [0]}
+    assert main(["--quiet", "recipe", "validate", str(_write(tmp_path, r))]) == 2
+    assert "benchmark.generation.batches" in capsys.readouterr().err
 
 
 def test_token_level_loss_and_accuracy_in_the_shared_loop():

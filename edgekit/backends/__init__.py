@@ -8,9 +8,12 @@ from edgekit.backends.base import (
     artifact_kinds,
     available_backends,
     backend_spec,
+    causal_lm_backends,
+    causal_lm_spec,
     compiling_backends,
     default_backend,
     load_backends,
+    open_causal_lm_session,
     open_runner,
     probe_backend,
     register_backend,
@@ -18,5 +21,6 @@ from edgekit.backends.base import (
 )
 
 __all__ = ["BACKENDS", "BackendSpec", "Runner", "artifact_files", "artifact_kind", "artifact_kinds",
-           "available_backends", "backend_spec", "compiling_backends", "default_backend", "load_backends",
-           "open_runner", "probe_backend", "register_backend", "target_warning"]
+           "available_backends", "backend_spec", "causal_lm_backends", "causal_lm_spec", "compiling_backends",
+           "default_backend", "load_backends", "open_causal_lm_session", "open_runner", "probe_backend",
+           "register_backend", "target_warning"]

@@ -145,6 +145,9 @@ class BackendSpec:
     # ONNX Runtime com.microsoft ops it runs (fused transformer graphs: Attention, SkipLayerNormalization, ...);
     # ("*",) = all of them. A fused artifact holding others is opened through its unfused sibling.
     contrib_ops: Tuple[str, ...] = ()
+    # (onnx_path, threads) -> a session over a KV-cache causal-LM ONNX graph: ``input_names`` (the graph's inputs),
+    # ``run({name: array}) -> [logits, present...]`` (outputs in graph order, fresh arrays), ``info``
+    causal_lm: Optional[Callable[..., Any]] = None
 
     def runs_contrib_ops(self, ops: Any) -> bool:
         """True when this backend runs every ``com.microsoft`` op type in ``ops``."""
@@ -274,6 +277,49 @@ def compiling_backends() -> list:
     """
     load_backends()
     return [n for n, s in sorted(BACKENDS.items(), key=lambda kv: (kv[1].priority, kv[0])) if s.compile is not None]
+
+
+def causal_lm_backends(device: Optional[str] = "cpu") -> list:
+    """Names of the backends with a ``causal_lm`` session hook (KV-cache LM decoding), lowest ``priority`` first
+    (the first is the default); only those on ``device`` unless it is None.
+
+    Example:
+        >>> causal_lm_backends()
+        ['ort-cpu', 'openvino']
+    """
+    load_backends()
+    return [n for n, s in sorted(BACKENDS.items(), key=lambda kv: (kv[1].priority, kv[0]))
+            if s.causal_lm is not None and (device is None or s.device == device)]
+
+
+def open_causal_lm_session(path: Union[str, os.PathLike], backend: Optional[str] = None,
+                           threads: Optional[int] = None) -> Any:
+    """A KV-cache session (see ``BackendSpec.causal_lm``) over the ONNX graph ``path`` on ``backend`` (None: the
+    default, the first of :func:`causal_lm_backends`).
+
+    Raises:
+        ConfigError: ``backend`` is not registered or cannot decode causal LMs (the message lists those that can).
+        BackendUnavailableError: the backend's runtime is missing here.
+    """
+    spec = causal_lm_spec(backend)
+    ok, reason = spec.probe()
+    if not ok:
+        raise BackendUnavailableError(f"backend '{spec.name}' is unavailable here: {reason}")
+    return spec.causal_lm(path, threads)
+
+
+def causal_lm_spec(backend: Optional[str] = None) -> BackendSpec:
+    """The spec of ``backend`` (None: the default causal-LM backend), refused unless it has a ``causal_lm`` hook."""
+    allowed = causal_lm_backends(device=None)
+    if not allowed:
+        raise ConfigError("no registered backend decodes KV-cache causal LMs")
+    name = allowed[0] if backend is None else backend
+    if name not in allowed:
+        from edgekit.errors import did_you_mean
+
+        what = "is not a registered backend" if name not in BACKENDS.names() else "cannot decode KV-cache causal LMs"
+        raise ConfigError(f"backend '{name}' {what}{did_you_mean(str(name), allowed)}; allowed: {', '.join(allowed)}")
+    return BACKENDS.get(name)
 
 
 def probe_backend(name: str) -> Tuple[bool, str]:

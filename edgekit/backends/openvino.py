@@ -141,6 +141,44 @@ class OpenVinoRunner(Runner):
         self.compiled = None
 
 
+class OpenVinoCausalLMSession:
+    """The ``causal_lm`` hook's session: a KV-cache LM ONNX graph compiled for OpenVINO's CPU device (latency hint,
+    fp32 float layers, explicit threads; dynamic batch and past length), all outputs in graph order.
+
+    Outputs are copied out of OpenVINO's buffers, so a step's present tensors stay valid as the next step's past.
+
+    Example:
+        >>> sess = OpenVinoCausalLMSession("lm.onnx", threads=1)
+        >>> logits, *present = sess.run({"input_ids": ids, "attention_mask": mask, **past})
+    """
+
+    def __init__(self, path: Any, threads: Optional[int] = None):
+        import openvino as ov
+
+        path_ = Path(path)
+        core = ov.Core()
+        model = _read_model(core, path_)
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": ov.Type.f32}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = core.compile_model(model, DEVICE, config)
+        except Exception as e:
+            raise InputFileError(f"{path}: OpenVINO cannot compile this model for {DEVICE}: {first_line(e, 240)}") \
+                from None
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [p.get_any_name() for p in model.inputs]
+        self._port_index = _port_indices(model, self.input_names)
+        self._outputs = list(self.compiled.outputs)
+        self.info = {"backend": "openvino", "threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
+                     "versions": {"openvino": _runtime_version()}}
+
+    def run(self, feed: dict) -> list:
+        """Every output for ``feed`` (``{input name: array}``), in graph order (copies)."""
+        res = self.request.infer({self._port_index[k]: v for k, v in feed.items()}, share_inputs=True)
+        return [res[o] for o in self._outputs]
+
+
 def _signature(model: Any, path: Path):
     """The model's signature: from the ONNX graph (token inputs, vocabulary) or from the IR's input ports.
 
@@ -255,6 +293,6 @@ register_backend(BackendSpec(
     precisions=("fp32", "bf16", "int8"),
     quant_target="cpu",  # OpenVINO runs the U8S8 QDQ artifacts made for x86 CPUs as its own int8 kernels
     channel_alignment=16,  # oneDNN's CPU kernels block channels by 16 on AVX-512 (8 on AVX2)
-    title="OpenVINO CPU", tag="ov", describe=_describe, compile=compile_ir,
+    title="OpenVINO CPU", tag="ov", describe=_describe, compile=compile_ir, causal_lm=OpenVinoCausalLMSession,
     # its ONNX frontend reads these fused fp32 ops (checked on a BERT), not ORT's int8 ones (QAttention)
     contrib_ops=("Attention", "BiasGelu", "EmbedLayerNormalization", "FastGelu", "Gelu", "SkipLayerNormalization")))

@@ -118,6 +118,38 @@ def _open(artifact: Any, threads: Optional[int] = None, optimized_model_path: Op
     return OrtRunner(str(artifact), ["CPUExecutionProvider"], threads, optimized_model_path, spinning=spinning)
 
 
+class OrtCausalLMSession:
+    """The ``causal_lm`` hook's session: a KV-cache LM graph on the CPU provider, all outputs in graph order.
+
+    Example:
+        >>> sess = OrtCausalLMSession("lm.onnx", threads=1)
+        >>> logits, *present = sess.run({"input_ids": ids, "attention_mask": mask, **past})
+    """
+
+    def __init__(self, path: Any, threads: Optional[int] = None):
+        import onnxruntime as ort
+
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(threads),
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+            raise InputFileError(f"{path}: ONNX Runtime cannot load this model: {first_line(e)}") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.info = {"backend": "ort-cpu", "threads": threads, "versions": {"onnxruntime": ort.__version__}}
+
+    def get_inputs(self) -> list:
+        """The session's input descriptions (name, shape, type), as ONNX Runtime gives them."""
+        return self.session.get_inputs()
+
+    def get_outputs(self) -> list:
+        """The session's output descriptions (name, shape, type)."""
+        return self.session.get_outputs()
+
+    def run(self, feed: dict) -> list:
+        """Every output for ``feed`` (``{input name: array}``), in graph order."""
+        return self.session.run(None, feed)
+
+
 def _probe():
     try:
         import onnxruntime  # noqa: F401
@@ -136,4 +168,4 @@ register_backend(BackendSpec(
     "ort-cpu", ("onnx",), _probe, _open, "cpu", "ONNX Runtime, CPU execution provider, ORT_ENABLE_ALL", priority=0,
     suffixes={"onnx": (".onnx",)}, precisions=("fp32", "int8"), quant_target="cpu",
     channel_alignment=8,  # prune's default so far; on AVX-512, 16 measured faster (docs/BENCHMARKS.md)
-    title="ONNX Runtime CPU", describe=_describe, contrib_ops=("*",)))
+    title="ONNX Runtime CPU", describe=_describe, contrib_ops=("*",), causal_lm=OrtCausalLMSession))

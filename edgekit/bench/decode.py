@@ -3,8 +3,9 @@ recomputing the whole sequence, held-out perplexity (and bits per byte) through 
 
 Every timing is paired and interleaved: each round runs every case once (alternating the order), and a case's
 speedup is the median of its per-round ratios against the baseline, with the p10–p90 of those ratios as spread.
-Decoders are PyTorch eager modules (:class:`TorchDecoder`) or KV-cache ONNX graphs on ONNX Runtime
-(:class:`OrtDecoder`); both keep the cache between steps.
+Decoders are PyTorch eager modules (:class:`TorchDecoder`) or KV-cache ONNX graphs on any backend with a
+``causal_lm`` session hook — ONNX Runtime CPU by default, OpenVINO — (:class:`OnnxDecoder`, alias ``OrtDecoder``);
+both keep the cache between steps and decode one sequence (``prefill/step``) or a batch (``prefill_rows/step_rows``).
 
 Example:
     >>> dec = {"torch": TorchDecoder(teacher), "ort": OrtDecoder("teacher.onnx")}
@@ -37,21 +38,32 @@ class TorchDecoder:
 
     def prefill(self, ids: np.ndarray):
         """Run the prompt ``ids [1, s]``; returns (last logits [vocab], state)."""
-        from transformers import DynamicCache
-
-        with self.torch.no_grad():
-            cache = DynamicCache(config=self.model.config)
-            out = self.model(input_ids=self.torch.from_numpy(np.asarray(ids, np.int64)), past_key_values=cache,
-                             use_cache=True)
-        return out.logits[0, -1].numpy(), (out.past_key_values, ids.shape[1])
+        logits, state = self.prefill_rows(ids)
+        return logits[0], state
 
     def step(self, token: int, state):
         """One token after ``state``; returns (logits [vocab], new state)."""
-        cache, n = state
+        logits, state = self.step_rows([token], state)
+        return logits[0], state
+
+    def prefill_rows(self, ids: np.ndarray):
+        """Run the prompts ``ids [b, s]`` (equal lengths); returns (last logits [b, vocab], state)."""
+        from transformers import DynamicCache
+
+        ids = np.asarray(ids, np.int64)
         with self.torch.no_grad():
-            out = self.model(input_ids=self.torch.tensor([[token]]), past_key_values=cache, use_cache=True,
-                             position_ids=self.torch.tensor([[n]]))
-        return out.logits[0, -1].numpy(), (out.past_key_values, n + 1)
+            cache = DynamicCache(config=self.model.config)
+            out = self.model(input_ids=self.torch.from_numpy(ids), past_key_values=cache, use_cache=True)
+        return out.logits[:, -1].numpy(), (out.past_key_values, ids.shape[1])
+
+    def step_rows(self, tokens: Any, state):
+        """One token per sequence (``tokens [b]``) after ``state``; returns (logits [b, vocab], new state)."""
+        cache, n = state
+        t = self.torch.from_numpy(np.asarray(tokens, np.int64).reshape(-1, 1))
+        with self.torch.no_grad():
+            out = self.model(input_ids=t, past_key_values=cache, use_cache=True,
+                             position_ids=self.torch.full_like(t, n))
+        return out.logits[:, -1].numpy(), (out.past_key_values, n + 1)
 
     def fork(self, state):
         """A copy of ``state`` that a step may extend without changing ``state``."""
@@ -66,14 +78,23 @@ class TorchDecoder:
                               ).logits[0].numpy()
 
 
-class OrtDecoder:
-    """A KV-cache ONNX graph on ONNX Runtime (CPU), same interface as :class:`TorchDecoder`."""
+class OnnxDecoder:
+    """A KV-cache ONNX graph on a backend with a ``causal_lm`` session hook (``backend`` None: the default, ONNX
+    Runtime CPU; e.g. OpenVINO: any name of ``edgekit.backends.causal_lm_backends()``), same interface as
+    :class:`TorchDecoder`. ``max_positions`` 0: the context the file records (0 when it records none); ``layout``:
+    the file's :class:`~edgekit.export.causal_lm.KVLayout` when already read (None: read it).
 
-    def __init__(self, path: Any, threads: Optional[int] = 2, max_positions: int = 0):
-        from edgekit.export.causal_lm import OrtCausalLM
+    Example:
+        >>> dec = OnnxDecoder("lm.int4.onnx", threads=1, backend=causal_lm_backends()[-1])
+    """
 
-        self.lm = OrtCausalLM(path, threads=threads)
-        self.max_positions = max_positions
+    def __init__(self, path: Any, threads: Optional[int] = 2, max_positions: int = 0, backend: Optional[str] = None,
+                 layout: Any = None):
+        from edgekit.export.causal_lm import CausalLMSession
+
+        self.lm = CausalLMSession(path, layout, threads=threads, backend=backend)
+        self.backend = self.lm.backend
+        self.max_positions = max_positions or self.lm.layout.max_positions
         self.empty = self.lm.layout.empty_past()
 
     def prefill(self, ids: np.ndarray):
@@ -84,11 +105,24 @@ class OrtDecoder:
         logits, past = self.lm.step(np.array([[token]], np.int64), state)
         return logits[0, -1], past
 
+    def prefill_rows(self, ids: np.ndarray):
+        ids = np.asarray(ids, np.int64)
+        logits, past = self.lm.step(ids, self.empty if len(ids) == 1 else self.lm.layout.empty_past(len(ids)))
+        return logits[:, -1], past
+
+    def step_rows(self, tokens: Any, state):
+        logits, past = self.lm.step(np.asarray(tokens, np.int64).reshape(-1, 1), state)
+        return logits[:, -1], past
+
     def fork(self, state):
-        return state  # ORT returns new present tensors; the past is never changed in place
+        return state  # the backends return new present tensors; the past is never changed in place
 
     def full(self, ids: np.ndarray) -> np.ndarray:
         return self.lm.step(np.asarray(ids, np.int64), self.empty)[0][0]
+
+
+#: the KV-cache ONNX decoder on the default backend (ONNX Runtime CPU); kept for its callers
+OrtDecoder = OnnxDecoder
 
 
 def _check_length(decoder: Any, n: int, what: str) -> None:
@@ -175,25 +209,30 @@ def ratios(ms: Dict[str, np.ndarray], baseline: str) -> Dict[str, dict]:
 
 
 def decode_speed(decoders: Dict[str, Any], prompt: np.ndarray, new_tokens: int = 64, rounds: int = 10,
-                 warmup: int = 1) -> Dict[str, np.ndarray]:
-    """Milliseconds per generated token (batch 1, greedy, cache kept) per round, prefill excluded.
+                 warmup: int = 1, batch: int = 1) -> Dict[str, np.ndarray]:
+    """Milliseconds per decode step (greedy, cache kept, prefill excluded) per round, for ``batch`` sequences at
+    once: one step makes one token of every sequence, so tokens/s is ``batch * 1000 / ms`` (at batch 1 the ms are
+    per token). The prompt's rows are the sequences' prompts (repeated when it has fewer than ``batch``).
 
     Example:
-        >>> ms = decode_speed({"ort": OrtDecoder("lm.onnx")}, np.array([[1, 2, 3]]), 16, rounds=3)
-        >>> 1000 / ms["ort"].mean()        # tokens/s
+        >>> ms = decode_speed({"ort": OnnxDecoder("lm.onnx")}, np.array([[1, 2, 3]]), 16, rounds=3, batch=4)
+        >>> 4 * 1000 / ms["ort"].mean()        # tokens/s over the 4 sequences
     """
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}")
     prompt = np.asarray(prompt, np.int64)
+    prompt = prompt[np.arange(batch) % prompt.shape[0]]
     for name, d in decoders.items():
         _check_length(d, prompt.shape[1] + new_tokens, f"decoder '{name}'")
 
     def timed(d: Any) -> Callable[[], float]:
         def run() -> float:
-            logits, state = d.prefill(prompt)
-            tok = int(np.argmax(logits))
+            logits, state = d.prefill_rows(prompt)
+            tok = logits.argmax(-1)
             t0 = time.perf_counter()
             for _ in range(new_tokens):
-                logits, state = d.step(tok, state)
-                tok = int(np.argmax(logits))
+                logits, state = d.step_rows(tok, state)
+                tok = logits.argmax(-1)
             return (time.perf_counter() - t0) * 1000.0 / new_tokens
         return run
 
@@ -271,5 +310,5 @@ def markdown_table(rows: List[dict], columns: List[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["OrtDecoder", "TorchDecoder", "cache_vs_recompute", "decode_speed", "generate", "greedy", "interleaved",
-           "load_note", "markdown_table", "perplexity", "ratios"]
+__all__ = ["OnnxDecoder", "OrtDecoder", "TorchDecoder", "cache_vs_recompute", "decode_speed", "generate", "greedy",
+           "interleaved", "load_note", "markdown_table", "perplexity", "ratios"]

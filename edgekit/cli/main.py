@@ -1,4 +1,5 @@
-"""The `edgekit` command: run, bench, recipe validate, models, data make-calib, doctor, and per-technique commands.
+"""The `edgekit` command: run, bench, generate, recipe validate, models, data make-calib, doctor, and per-technique
+commands.
 
 Every :class:`edgekit.errors.EdgekitError` (user errors, and :class:`~edgekit.errors.LibraryError` for failures
 inside a library) prints as `edgekit: error: ...` with exit code 2 and no traceback; `--debug` adds the traceback.
@@ -19,7 +20,8 @@ from edgekit.errors import ConfigError, EdgekitError, as_edgekit_error
 
 GATE_FAILED = 3  # `run --gate` found nothing to ship (2 is a user error)
 # modules that add their own sub-commands with add_commands(subparsers)
-_COMMAND_MODULES = ["edgekit.cli.bench", "edgekit.cli.doctor", "edgekit.cli.compress", "edgekit.cli.search"]
+_COMMAND_MODULES = ["edgekit.cli.bench", "edgekit.cli.doctor", "edgekit.cli.compress", "edgekit.cli.search",
+                    "edgekit.cli.generate"]
 
 
 def _cmd_run(args) -> int:

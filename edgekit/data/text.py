@@ -183,19 +183,20 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 4000, min_frequency:
     return tok
 
 
-def load_tokenizer(path: str) -> Any:
-    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json`` file or a local directory holding one."""
+def load_tokenizer(path: str, what: str = "data.tokenizer") -> Any:
+    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json`` file or a local directory holding one; errors name
+    ``what`` (the field or argument the path came from)."""
     from tokenizers import Tokenizer
 
     p = Path(path)
     f = p / "tokenizer.json" if p.is_dir() else p
     if not f.is_file():
-        raise InputFileError(f"data.tokenizer: no tokenizer.json at {p} (give a tokenizer.json file or a local "
+        raise InputFileError(f"{what}: no tokenizer.json at {p} (give a tokenizer.json file or a local "
                              "directory with one, e.g. a model saved with save_pretrained and its tokenizer)")
     try:
         return Tokenizer.from_file(str(f))
     except Exception as e:  # the tokenizers library raises a bare Exception for malformed files
-        raise InputFileError(f"data.tokenizer: {f} is not a tokenizers file ({first_line(e, 200)})") from None
+        raise InputFileError(f"{what}: {f} is not a tokenizers file ({first_line(e, 200)})") from None
 
 
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> NamedInputs:

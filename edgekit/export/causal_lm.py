@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 CAUSAL_LM_ARCHS: Registry[Callable[..., Any]] = Registry("causal LM architecture")
 
 _HEAD_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+#: ONNX metadata key holding the model's context (position count); written by export_causal_lm
+MAX_POSITIONS_KEY = "edgekit.max_positions"
 
 
 @CAUSAL_LM_ARCHS.register("gpt2")
@@ -267,48 +269,69 @@ def export_causal_lm(model: Any, out_path: str | Path, opset: int = 17) -> KVLay
         except Exception as e:  # noqa: BLE001
             raise ExportError(f"KV-cache ONNX export of {type(model).__name__} failed: {first_line(e)[:240]}") \
                 from None
+        _record_context(tmp, layout.max_positions)
     logger.info(f"exported {type(model).__name__} with KV cache ({layout.n_layers} layers) -> {out_path}")
     return layout
 
 
-class OrtCausalLM:
-    """An ONNX Runtime session over a KV-cache graph: ``step(ids, past) -> (logits, present)``.
+def _record_context(path: Path, max_positions: int) -> None:
+    """Write the model's context into the ONNX metadata (``edgekit.max_positions``; quantisers keep it)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    onnx.helper.set_model_props(model, {**{m.key: m.value for m in model.metadata_props},
+                                        MAX_POSITIONS_KEY: str(int(max_positions))})
+    onnx.save(model, str(path))
+
+
+class CausalLMSession:
+    """A KV-cache graph on a backend with a ``causal_lm`` hook (ONNX Runtime CPU by default, OpenVINO, ...):
+    ``step(ids, past) -> (logits, present)``. The graph's layout is read off the file before the backend opens it.
 
     Example:
-        >>> lm = OrtCausalLM("lm.onnx", layout, threads=2)
+        >>> lm = CausalLMSession("lm.onnx", threads=2)                 # backend=: any of causal_lm_backends()
         >>> logits, past = lm.step(np.array([[5, 7, 9]]), lm.layout.empty_past())
+
+    Raises:
+        InputFileError: the file is missing or the backend cannot load it.
+        ShapeError: the file is not a KV-cache LM graph.
+        ConfigError: the backend cannot decode causal LMs (the message lists those that can).
     """
 
-    def __init__(self, path: str | Path, layout: Optional[KVLayout] = None, threads: Optional[int] = 2):
-        import onnxruntime as ort
-
-        from edgekit.backends.ort import session_options
+    def __init__(self, path: str | Path, layout: Optional[KVLayout] = None, threads: Optional[int] = 2,
+                 backend: Optional[str] = None):
+        from edgekit.backends import open_causal_lm_session
 
         p = Path(path)
         if not p.is_file():
             raise InputFileError(f"ONNX file not found: {p}")
-        self.session = ort.InferenceSession(str(p), session_options(threads), providers=["CPUExecutionProvider"])
-        names = [i.name for i in self.session.get_inputs()]
-        if layout is None:
-            layout = layout_from_onnx(self.session)
-        missing = [n for n in layout.input_names if n not in names]
+        layout = layout or read_kv_layout(p)
+        self.session = open_causal_lm_session(p, backend, threads)
+        names = list(self.session.input_names)
+        missing = [n for n in layout.input_names if n not in names and n != "position_ids"]
         if missing:
             raise ShapeError(f"{p}: not a KV-cache LM graph; missing inputs {missing[:3]} (have {names[:5]})")
-        self.layout, self.path = layout, p
+        self.layout, self.path, self.backend = layout, p, self.session.info["backend"]
+        self._positions = "position_ids" in names
 
     def step(self, ids: np.ndarray, past: Dict[str, np.ndarray]):
         """Run ``ids [b, s]`` after ``past`` (names of :attr:`KVLayout.past_names`); returns logits, new past."""
         ids = np.asarray(ids, np.int64)
         b, s = ids.shape
         p = next(iter(past.values())).shape[2] if past else 0
-        feed = {"input_ids": ids, "attention_mask": np.ones((b, p + s), np.int64),
-                "position_ids": np.broadcast_to(np.arange(p, p + s, dtype=np.int64), (b, s)).copy(), **past}
-        out = self.session.run(None, feed)
+        feed = {"input_ids": ids, "attention_mask": np.ones((b, p + s), np.int64), **past}
+        if self._positions:
+            feed["position_ids"] = np.broadcast_to(np.arange(p, p + s, dtype=np.int64), (b, s)).copy()
+        out = self.session.run(feed)
         return out[0], dict(zip(self.layout.past_names, out[1:]))
 
 
+#: the KV-cache session on the default causal-LM backend (ONNX Runtime CPU); kept for its callers
+OrtCausalLM = CausalLMSession
+
+
 def layout_from_onnx(session: Any) -> KVLayout:
-    """Read the cache layout off a KV-cache graph's input shapes."""
+    """Read the cache layout off a KV-cache graph's input shapes (an ONNX Runtime session)."""
     inputs = {i.name: i for i in session.get_inputs()}
     keys = sorted(n for n in inputs if n.startswith("past_key_values.") and n.endswith(".key"))
     if not keys:
@@ -317,6 +340,59 @@ def layout_from_onnx(session: Any) -> KVLayout:
     logits = next(o for o in session.get_outputs() if o.name == "logits")
     vocab = logits.shape[-1] if isinstance(logits.shape[-1], int) else 0
     return KVLayout(len(keys), int(shape[1]), int(shape[3]), int(vocab), 0)
+
+
+def read_kv_layout(path: str | Path) -> KVLayout:
+    """The cache layout of a KV-cache ONNX file, read off its graph (no runtime): layers, key/value heads, head
+    size, vocabulary (the ``logits`` width) and the context (``edgekit.max_positions`` in the model's metadata,
+    which :func:`export_causal_lm` writes, else the export sidecar's ``kv_cache.max_positions``, of this file or of
+    the file its sidecar names as ``source`` (quantised files), else 0 = unknown).
+
+    Raises:
+        InputFileError: not a readable ONNX file.
+        ShapeError: not a KV-cache causal-LM graph (no ``input_ids`` / ``attention_mask`` / ``past_key_values.*``
+            inputs or no ``logits`` output with a fixed vocabulary).
+
+    Example:
+        >>> read_kv_layout("runs/text_gpt/r/stages/04-int4/pruned-int4.onnx").vocab_size
+        2000
+    """
+    import onnx
+
+    p = Path(path)
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # noqa: BLE001  (protobuf raises DecodeError and others)
+        raise InputFileError(f"{p}: not a readable ONNX file ({first_line(e)[:160]})") from None
+    dims = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in [*model.graph.input, *model.graph.output]}
+    keys = [n for n in dims if n.startswith("past_key_values.") and n.endswith(".key")]
+    lacking = [n for n in ("input_ids", "attention_mask", "logits") if n not in dims]
+    lacking += [] if keys else ["past_key_values.*.key"]
+    shape, vocab = (dims[keys[0]] if keys else []), (dims.get("logits") or [None])[-1]
+    if lacking or len(shape) != 4 or None in (shape[1], shape[3], vocab):
+        why = (f"no {', '.join(lacking)}" if lacking
+               else "its past key/value heads, head size or vocabulary are not fixed")
+        raise ShapeError(f"{p}: not a KV-cache causal-LM graph ({why}; inputs: "
+                         f"{[i.name for i in model.graph.input][:5]}); export one with export_causal_lm")
+    meta = {m.key: m.value for m in model.metadata_props}
+    positions = meta.get(MAX_POSITIONS_KEY) or _recorded_context(p)
+    return KVLayout(len(keys), int(shape[1]), int(shape[3]), int(vocab), int(positions))
+
+
+def _recorded_context(path: Path, hops: int = 4) -> int:
+    """The context an export sidecar records (``kv_cache.max_positions``), following a quantised file's sidecar
+    ``source`` back to the graph it was made from; 0 when none is found."""
+    from edgekit._io import read_sidecar
+
+    for _ in range(hops):
+        side = read_sidecar(path)
+        if (side.get("kv_cache") or {}).get("max_positions"):
+            return int(side["kv_cache"]["max_positions"])
+        if not side.get("source") or not Path(side["source"]).is_file():
+            return 0
+        path = Path(side["source"])
+    return 0
 
 
 def check_kv_parity(model: Any, onnx_path: str | Path, *, prompt_len: int = 8, steps: int = 4, seed: int = 0,
@@ -350,6 +426,6 @@ def check_kv_parity(model: Any, onnx_path: str | Path, *, prompt_len: int = 8, s
     return {"max_abs_diff": max(diffs), "greedy_match": matches / steps, "steps": steps}
 
 
-__all__ = ["CAUSAL_LM_ARCHS", "KVLayout", "OrtCausalLM", "build_causal_lm", "check_causal_lm", "check_kv_parity",
-           "conv1d_to_linear", "export_causal_lm", "kv_layout", "layout_from_onnx", "load_causal_lm",
-           "prepare_for_export"]
+__all__ = ["CAUSAL_LM_ARCHS", "CausalLMSession", "KVLayout", "MAX_POSITIONS_KEY", "OrtCausalLM", "build_causal_lm",
+           "check_causal_lm", "check_kv_parity", "conv1d_to_linear", "export_causal_lm", "kv_layout",
+           "layout_from_onnx", "load_causal_lm", "prepare_for_export", "read_kv_layout"]

@@ -90,6 +90,16 @@ class GenerationSettings(BaseModel):
                                          "min(16, context - prompt)")
     eval_windows: Optional[int] = Field(None, gt=0, description="held-out windows for each variant's perplexity "
                                                                 "(default: all)")
+    batches: List[Annotated[int, Field(gt=0, le=256)]] = Field(
+        [1], description="decode batch sizes: batch 1 is always timed (the variants table, the gate); each other "
+                         "size adds a table of decode tokens/s over all its sequences, e.g. [1, 4]")
+
+    @field_validator("batches")
+    @classmethod
+    def _distinct_batches(cls, v: List[int]) -> List[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"batch sizes must be distinct, got {v}")
+        return v
 
 
 class BenchmarkSettings(BaseModel):
