@@ -175,8 +175,11 @@ def _row(case: str, v: Variant, r: dict, eager: bool) -> dict:
     if not eager and "top1_agreement_vs_parent" in v.metrics:
         vs_parent = {"parent": v.parent, "top1_agreement": v.metrics["top1_agreement_vs_parent"],
                      "max_abs_logit_diff": v.metrics.get("max_abs_logit_diff_vs_parent")}
+    budget = None if eager else v.meta.get("perplexity_budget")  # MatMuls a perplexity budget kept float
+    kept = {"kept_float": v.meta.get("kept_float", []), "all_float": budget["all_float"]} if budget else None
     return {"case": case, "variant": v.name, "artifact": EAGER if eager else "ONNX Runtime (KV cache)",
-            "size_bytes": size, "params": v.metrics.get("params"), "kv_parity": parity, "vs_parent": vs_parent, **r}
+            "size_bytes": size, "params": v.metrics.get("params"), "kv_parity": parity, "vs_parent": vs_parent,
+            "perplexity_budget": kept, **r}
 
 
 def _parity_cell(t: dict) -> str:
@@ -236,6 +239,7 @@ def _markdown(recipe: Any, rep: dict) -> str:
                  f"{t['ms_per_token']:.3f}", f"{t['tokens_per_s']:.0f}", _fmt_ratio(t.get("vs_eager")),
                  _fmt_ratio(t.get("vs_ort_fp32")), _parity_cell(t)]
         out.append("| " + " | ".join(cells) + " |")
+    out += _budget_lines(rep["variants"])
     out += ["", "## KV cache vs recomputing the sequence", "",
             "| decoder | past | cache ms | recompute ms | cache / recompute (p10–p90) |", "|---|---|---|---|---|"]
     for c in rep["cache_vs_recompute"]:
@@ -248,6 +252,18 @@ def _markdown(recipe: Any, rep: dict) -> str:
     out += ["Timed on ONNX Runtime CPU (and PyTorch eager for the reference); the recipe's other targets are not run "
             "for causal LMs.", ""]
     return "\n".join(out) + "\n"
+
+
+def _budget_lines(variants: List[dict]) -> List[str]:
+    """One line per variant quantised under a perplexity budget: the weight MatMuls it kept float."""
+    rows = [t for t in variants if t.get("perplexity_budget")]
+    out = ["", "## Weight MatMuls kept float by the perplexity budget", ""] if rows else []
+    for t in rows:
+        b = t["perplexity_budget"]
+        kept = ", ".join(f"`{k['node']}` ({k['val_perplexity_cost']:+.3g} ppl)" for k in b["kept_float"])
+        out.append(f"- {t['case']}: {kept or 'none'}" + (" — every weight MatMul float: nothing is quantised"
+                                                          if b["all_float"] else ""))
+    return out
 
 
 def _inline(text: str) -> str:

@@ -127,9 +127,10 @@ def graph_feeds(path: str | Path, x: np.ndarray, batch: int = 8, threads: Option
 
 
 def graph_perplexity(path: str | Path, x: np.ndarray, y: np.ndarray, threads: Optional[int] = 1,
-                     batch: int = 8) -> float:
-    """Perplexity of a KV-cache ONNX graph on windows ``x`` with next tokens ``y`` (the number
-    :func:`edgekit.bench.decode.perplexity` gives, without a decoder object: batched, empty past)."""
+                     batch: int = 1) -> float:
+    """Perplexity of a KV-cache ONNX graph on windows ``x`` with next tokens ``y`` (empty past): the number
+    :func:`edgekit.bench.decode.perplexity` gives, without a decoder object. One window per call by default, as the
+    report measures: dynamic INT8 quantises activations per call, so batching windows would change the number."""
     from edgekit.export.causal_lm import OrtCausalLM
 
     lm = OrtCausalLM(path, threads=threads)
