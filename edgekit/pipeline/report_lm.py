@@ -257,7 +257,9 @@ def _markdown(recipe: Any, rep: dict) -> str:
 def _budget_lines(variants: List[dict]) -> List[str]:
     """One line per variant quantised under a perplexity budget: the weight MatMuls it kept float."""
     rows = [t for t in variants if t.get("perplexity_budget")]
-    out = ["", "## Weight MatMuls kept float by the perplexity budget", ""] if rows else []
+    out = ["", "## Weight MatMuls kept float by the perplexity budget", "",
+           "Most sensitive first; in brackets the perplexity its quantisation alone cost on the sensitivity windows.",
+           ""] if rows else []
     for t in rows:
         b = t["perplexity_budget"]
         kept = ", ".join(f"`{k['node']}` ({k['val_perplexity_cost']:+.3g} ppl)" for k in b["kept_float"])
