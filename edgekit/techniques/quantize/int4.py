@@ -28,7 +28,12 @@ from edgekit.errors import ConfigError, InputFileError, QuantizationError, first
 from edgekit.techniques.base import Result, Technique, register_technique
 from edgekit.techniques.quantize._ort import quiet
 from edgekit.techniques.quantize.config import SmoothQuantConfig
-from edgekit.techniques.quantize.lm_budget import PerplexityBudgetFields, budget_record, enforce_perplexity_budget
+from edgekit.techniques.quantize.lm_budget import (
+    PerplexityBudgetFields,
+    budget_record,
+    enforce_perplexity_budget,
+    perplexity_budget_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +206,8 @@ def _with_budget(build, src: Path, cfg: Any, val: Any, threads: Optional[int], w
     res = enforce_perplexity_budget(build, src, first, val, cfg.max_perplexity_increase, candidates=candidates,
                                     work_dir=work, windows=cfg.budget_windows,
                                     sensitivity_windows=cfg.sensitivity_windows, threads=threads)
+    if not res.met:
+        raise perplexity_budget_error(res, src.name)
     return res.path, res
 
 

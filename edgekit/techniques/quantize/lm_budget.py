@@ -25,11 +25,13 @@ import numpy as np
 from pydantic import Field
 
 from edgekit._log import progress
-from edgekit.errors import ConfigError
+from edgekit.errors import AccuracyBudgetError, ConfigError
 from edgekit.techniques.base import TechniqueConfig
 from edgekit.techniques.quantize.budget import BuildFn
 
 logger = logging.getLogger(__name__)
+
+_ROUNDING_PCT = 1e-6  # percent: perplexities closer than this are equal (float graphs rebuilt by the quantiser)
 
 
 class PerplexityBudgetFields(TechniqueConfig):
@@ -38,8 +40,8 @@ class PerplexityBudgetFields(TechniqueConfig):
     max_perplexity_increase: Optional[float] = Field(
         None, ge=0, description="budget in percent over the float parent's validation perplexity (through its ONNX "
                                 "graph); above it the most sensitive weight MatMuls stay float (null = no budget)")
-    budget_windows: int = Field(32, gt=0, description="validation windows the perplexity budget is measured on")
-    sensitivity_windows: int = Field(8, gt=0, description="validation windows each MatMul's sensitivity (perplexity "
+    budget_windows: int = Field(64, gt=0, description="validation windows the perplexity budget is measured on")
+    sensitivity_windows: int = Field(16, gt=0, description="validation windows each MatMul's sensitivity (perplexity "
                                                           "recovered when it alone stays float) is measured on")
 
 
@@ -101,6 +103,11 @@ def _increase(ppl: float, ref: float) -> float:
     return 100.0 * (ppl / ref - 1.0)
 
 
+def _within(ppl: float, ref: float, budget: float) -> bool:
+    """``ppl`` is within ``budget`` percent of ``ref`` (a float-identical graph differs by rounding only)."""
+    return _increase(ppl, ref) <= budget + _ROUNDING_PCT
+
+
 def lm_windows(split: Any, n: int, what: str) -> Tuple[np.ndarray, np.ndarray]:
     """The first ``n`` next-token windows ``(x [n, T], y [n, T])`` of a causal-LM split, checked."""
     x, y = getattr(split, "x", None), getattr(split, "y", None)
@@ -146,8 +153,8 @@ def graph_perplexity(path: str | Path, x: np.ndarray, y: np.ndarray, threads: Op
 
 
 def enforce_perplexity_budget(build: BuildFn, fp32_path: Path, quant_path: Path, val: Any, max_increase: float, *,
-                              candidates: Sequence[str], work_dir: Path, windows: int = 32,
-                              sensitivity_windows: int = 8, threads: Optional[int] = 1) -> PerplexityBudgetResult:
+                              candidates: Sequence[str], work_dir: Path, windows: int = 64,
+                              sensitivity_windows: int = 16, threads: Optional[int] = 1) -> PerplexityBudgetResult:
     """Keep the most perplexity-sensitive weight MatMuls float until validation perplexity is within ``max_increase``
     percent of the float graph's.
 
@@ -160,7 +167,8 @@ def enforce_perplexity_budget(build: BuildFn, fp32_path: Path, quant_path: Path,
         windows / sensitivity_windows: validation windows for the budget / for ranking.
 
     Returns:
-        PerplexityBudgetResult (``all_float`` when the budget held only with every candidate float).
+        PerplexityBudgetResult (``all_float`` when every candidate ended float; ``met`` False when even that is
+        over the budget: the caller raises :func:`perplexity_budget_error`).
 
     Example:
         >>> res = enforce_perplexity_budget(build, fp32, q, splits.val, 0.5, candidates=names, work_dir=d)
@@ -169,8 +177,8 @@ def enforce_perplexity_budget(build: BuildFn, fp32_path: Path, quant_path: Path,
     ref = graph_perplexity(fp32_path, x, y, threads)
     quant = graph_perplexity(quant_path, x, y, threads)
     res = PerplexityBudgetResult(ref, quant, quant, max_increase, len(x), path=quant_path)
-    if _increase(quant, ref) <= max_increase or not candidates:
-        res.met = _increase(quant, ref) <= max_increase
+    if _within(quant, ref, max_increase) or not candidates:
+        res.met = _within(quant, ref, max_increase)
         return res
     logger.info(f"quantised val perplexity {quant:.4g} vs float {ref:.4g} (+{_increase(quant, ref):.2f}% > "
                 f"{max_increase}%): ranking {len(candidates)} MatMuls by sensitivity")
@@ -186,14 +194,13 @@ def enforce_perplexity_budget(build: BuildFn, fp32_path: Path, quant_path: Path,
         res.float_layers.append(layer)
         res.final_perplexity, res.path = ppl, path
         logger.info(f"  float {layer}: val perplexity {ppl:.4g} ({_increase(ppl, ref):+.2f}%)")
-        if _increase(ppl, ref) <= max_increase:
+        if _within(ppl, ref, max_increase):
             break
-    res.met = res.increase_pct <= max_increase
+    res.met = _within(res.final_perplexity, ref, max_increase)
     res.all_float = len(res.float_layers) == len(candidates)
-    if res.all_float:
+    if res.all_float and res.met:
         logger.warning(f"perplexity budget {max_increase}% held only with every one of the {len(candidates)} weight "
-                       "MatMuls float: the artifact is a float graph (nothing quantised); relax "
-                       "max_perplexity_increase to quantise")
+                       "MatMuls float: no MatMul is quantised; relax max_perplexity_increase to quantise them")
     return res
 
 
@@ -209,6 +216,18 @@ def _rank(build: BuildFn, candidates: Sequence[str], quant_path: Path, x: np.nda
     return sorted(scores, key=lambda t: -t[1])
 
 
+def perplexity_budget_error(res: PerplexityBudgetResult, where: str) -> AccuracyBudgetError:
+    """The error for a budget that keeping every weight MatMul float could not meet (what else is quantised — e.g.
+    INT4 embeddings — costs more than the budget), with the measured numbers attached (``err.measured``)."""
+    err = AccuracyBudgetError(
+        f"{where}: validation perplexity {res.final_perplexity:.4g} vs float {res.fp32_perplexity:.4g} "
+        f"(+{res.increase_pct:.3g}%, budget max_perplexity_increase={res.max_increase}%) even with all "
+        f"{len(res.float_layers)} weight MatMuls float (all quantised: {res.quant_perplexity:.4g}); what stays "
+        "quantised costs more than the budget (int4: set embeddings: false), or relax max_perplexity_increase")
+    err.measured = res.to_dict()  # type: ignore[attr-defined]
+    return err
+
+
 def budget_record(res: Optional[PerplexityBudgetResult]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(sidecar part, metrics part) of a budget outcome; both empty without a budget."""
     if res is None:
@@ -222,4 +241,4 @@ def budget_record(res: Optional[PerplexityBudgetResult]) -> Tuple[Dict[str, Any]
 
 
 __all__ = ["PerplexityBudgetFields", "PerplexityBudgetResult", "PerplexityStep", "budget_record",
-           "enforce_perplexity_budget", "graph_feeds", "graph_perplexity", "lm_windows"]
+           "enforce_perplexity_budget", "perplexity_budget_error", "graph_feeds", "graph_perplexity", "lm_windows"]
