@@ -31,7 +31,7 @@ from edgekit.techniques.quantize.budget import BuildFn
 
 logger = logging.getLogger(__name__)
 
-_ROUNDING_PCT = 1e-6  # percent: perplexities closer than this are equal (float graphs rebuilt by the quantiser)
+_ROUNDING_PCT = 1e-3  # percent: closer perplexities are equal (float graphs rebuilt or smoothed: rounding only)
 
 
 class PerplexityBudgetFields(TechniqueConfig):
