@@ -40,9 +40,11 @@ class PerplexityBudgetFields(TechniqueConfig):
     max_perplexity_increase: Optional[float] = Field(
         None, ge=0, description="budget in percent over the float parent's validation perplexity (through its ONNX "
                                 "graph); above it the most sensitive weight MatMuls stay float (null = no budget)")
-    budget_windows: int = Field(64, gt=0, description="validation windows the perplexity budget is measured on")
-    sensitivity_windows: int = Field(16, gt=0, description="validation windows each MatMul's sensitivity (perplexity "
-                                                          "recovered when it alone stays float) is measured on")
+    budget_windows: int = Field(64, gt=0, description="validation windows (evenly spaced over the split) the "
+                                                      "perplexity budget is measured on")
+    sensitivity_windows: int = Field(16, gt=0, description="of the budget windows, how many (evenly spaced) each "
+                                                           "MatMul's sensitivity (perplexity recovered when it alone "
+                                                           "stays float) is measured on")
 
 
 @dataclass
@@ -109,12 +111,20 @@ def _within(ppl: float, ref: float, budget: float) -> bool:
 
 
 def lm_windows(split: Any, n: int, what: str) -> Tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` next-token windows ``(x [n, T], y [n, T])`` of a causal-LM split, checked."""
+    """``n`` next-token windows ``(x [n, T], y [n, T])`` of a causal-LM split, evenly spaced over it (documents
+    differ: the first windows alone need not be typical of the split), checked."""
     x, y = getattr(split, "x", None), getattr(split, "y", None)
     if x is None or y is None or np.asarray(x).ndim != 2 or np.shape(x) != np.shape(y):
         raise ConfigError(f"{what} needs causal-LM data: next-token windows x [N, T] with targets y [N, T] "
                           "(data.name: pydoc_lm | text_lm)")
-    return np.asarray(x[:n], np.int64), np.asarray(y[:n], np.int64)
+    idx = spread(len(x), n)
+    return np.asarray(x[idx], np.int64), np.asarray(y[idx], np.int64)
+
+
+def spread(total: int, n: int) -> np.ndarray:
+    """``min(n, total)`` indices evenly spaced over ``range(total)`` (all of them when ``n >= total``)."""
+    return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(np.int64)) if total else \
+        np.zeros(0, np.int64)
 
 
 def graph_feeds(path: str | Path, x: np.ndarray, batch: int = 8, threads: Optional[int] = 1) -> List[Dict[str, Any]]:
@@ -182,9 +192,9 @@ def enforce_perplexity_budget(build: BuildFn, fp32_path: Path, quant_path: Path,
         return res
     logger.info(f"quantised val perplexity {quant:.4g} vs float {ref:.4g} (+{_increase(quant, ref):.2f}% > "
                 f"{max_increase}%): ranking {len(candidates)} MatMuls by sensitivity")
-    res.sensitivity_windows = min(sensitivity_windows, len(x))
-    res.sensitivity = _rank(build, candidates, quant_path, x[:sensitivity_windows], y[:sensitivity_windows],
-                            work_dir, threads)
+    few = spread(len(x), sensitivity_windows)
+    res.sensitivity_windows = len(few)
+    res.sensitivity = _rank(build, candidates, quant_path, x[few], y[few], work_dir, threads)
     excluded: List[str] = []
     for step, (layer, score) in enumerate(progress(res.sensitivity, desc="ppl fallback", total=len(candidates))):
         excluded.append(layer)
