@@ -246,7 +246,7 @@ def budget_record(res: Optional[PerplexityBudgetResult]) -> Tuple[Dict[str, Any]
             "float_layers": list(res.float_layers), "kept_float": res.kept_float(),
             "fallback": [asdict(s) for s in res.steps]}
     if res.all_float:
-        side["precision"] = "fp32 (the perplexity budget kept every weight MatMul float)"
+        side["precision"] = "weight MatMuls fp32 (the perplexity budget kept every one float)"
     return side, res.metrics()
 
 
