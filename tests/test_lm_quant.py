@@ -209,3 +209,14 @@ def test_smoothquant_on_a_graph_without_a_smoothable_matmul_names_what_it_needs(
         quantize_dynamic_int8(tmp_path / "nothing.onnx", {"smoothquant": {"alpha": 0.5}}, out_path=tmp_path / "q.onnx",
                               train=lm[1])
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_budget_windows_are_spread_over_the_split():
+    from edgekit.techniques.quantize.lm_budget import spread
+
+    assert spread(10, 4).tolist() == [0, 3, 6, 9] and spread(3, 10).tolist() == [0, 1, 2]
+    x = np.arange(40).reshape(10, 4)
+    xs, ys = lm_windows(Split(x, x + 1), 2, "budget")
+    assert xs[:, 0].tolist() == [0, 36] and (ys == xs + 1).all()
+    with pytest.raises(ConfigError, match="needs causal-LM data"):
+        lm_windows(Split(np.zeros((4, 3, 8, 8), np.float32), np.zeros(4, np.int64)), 2, "int8_dynamic.smoothquant")
