@@ -32,6 +32,9 @@ def _recipe(corpus: Path, **over) -> dict:
                      "temperature": 2.0, "alpha": 0.5,
                      "train": {"epochs": 1, "batch_size": 16, "lr": 0.003, "optimizer": "adamw"}},
                     {"type": "int8_dynamic", "input": "student"},
+                    {"type": "int8_dynamic", "input": "student", "name": "student-int8sq",
+                     "smoothquant": {"alpha": 0.5}, "samples": 16, "max_perplexity_increase": 0.0,
+                     "budget_windows": 8, "sensitivity_windows": 4},
                     {"type": "int4", "input": "student", "block_size": 16}],
          "benchmark": {"rounds": 2, "generation": GEN}}
     r.update(over)
@@ -65,7 +68,7 @@ def test_lm_recipe_reports_perplexity_and_tokens_per_second_per_variant(lm_run):
     report = json.loads((lm_run.run_dir / "report.json").read_text())
     assert report["task"] == "causal-lm"
     cases = {r["case"]: r for r in report["variants"]}
-    onnx = ["reference", "student", "student-int8dyn", "student-int4b16"]
+    onnx = ["reference", "student", "student-int8dyn", "student-int8sq", "student-int4b16"]
     others = _other_backends()
     assert set(cases) == {"reference (PyTorch eager fp32)", *onnx, *(f"{v} ({label})" for v in onnx
                                                                       for label in others.values())}
@@ -74,7 +77,7 @@ def test_lm_recipe_reports_perplexity_and_tokens_per_second_per_variant(lm_run):
         assert r["test_bits_per_byte"] > 0
     assert cases["student-int4b16"]["size_bytes"] < 0.5 * cases["student"]["size_bytes"]
     assert cases["student-int8dyn"]["size_bytes"] < cases["student"]["size_bytes"]
-    for q in ("student-int8dyn", "student-int4b16"):  # quantised graphs checked against their float parent
+    for q in ("student-int8dyn", "student-int8sq", "student-int4b16"):  # quantised graphs vs their float parent
         assert cases[q]["vs_parent"]["parent"] == "student" and cases[q]["vs_parent"]["top1_agreement"] > 80
     # paired speed-ups against both baselines; the baselines themselves are 1.0
     assert cases["reference"]["vs_ort_fp32"]["median"] == 1.0
@@ -92,6 +95,21 @@ def test_lm_recipe_reports_perplexity_and_tokens_per_second_per_variant(lm_run):
     assert qualified[ort] == max(fast, key=lambda r: r["tokens_per_s"])["case"]
     md = (lm_run.run_dir / "report.md").read_text()
     assert "KV cache vs recomputing" in md and "Greedy samples" in md
+    kept = cases["student-int8sq"]["perplexity_budget"]  # the 0 % budget's float MatMuls, a line in the report
+    assert kept is not None and cases["student-int8dyn"]["perplexity_budget"] is None
+    assert "## Weight MatMuls kept float by the perplexity budget" in md
+    line = next(x for x in md.splitlines() if x.startswith("- student-int8sq: "))
+    assert all(f"`{k['node']}`" in line for k in kept["kept_float"]) and (kept["kept_float"] or "none" in line)
+
+
+def test_lm_int8_stage_records_smoothquant_and_the_perplexity_budget(lm_run):
+    q = lm_run.variants["student-int8sq"]
+    m, meta = q.metrics, q.meta
+    assert m["smoothquant_alpha"] == 0.5 and m["smoothed_matmuls"] == 5  # 1 block × 4 Linear + LM head
+    assert meta["smoothquant"]["windows"] == 16
+    assert m["max_perplexity_increase"] == 0.0 and m["budget_met"] and m["budget_increase_pct"] <= 0.0
+    assert m["float_layers"] == len(meta["kept_float"]) == len(meta["float_layers"])
+    assert m["budget_fp32_val_perplexity"] > 1 and meta["perplexity_budget"]["windows"] == 8
 
 
 @pytest.mark.slow  # the recipe run behind lm_run (~15 s)
@@ -184,7 +202,7 @@ def _bad(corpus: Path, case: str) -> tuple:
         return r, "stages[1].type: 'quantize' is not supported for causal-lm recipes"
     if case == "int4_block":
         r["stages"][-1]["block_size"] = 64
-        return r, "stages[3].block_size: 64 does not divide the input size(s) [32]"
+        return r, "stages[4].block_size: 64 does not divide the input size(s) [32]"
     if case == "prompt_too_long":
         r["benchmark"]["generation"] = {**GEN, "prompt_tokens": 30}
         return r, "prompt_tokens + new_tokens = 38 is longer than the context of 32 tokens"
@@ -203,6 +221,18 @@ def _bad(corpus: Path, case: str) -> tuple:
     if case == "dynamo_export":
         r["stages"].insert(1, {"type": "export", "exporter": "dynamo"})
         return r, "stages[1].exporter: causal LMs export with the KV cache through the torchscript exporter only"
+    if case == "smoothquant_alpha":
+        r["stages"][2]["smoothquant"] = {"alpha": 1.5}
+        return r, ("stages[2].smoothquant.alpha (line", "Input should be less than or equal to 1")
+    if case == "negative_budget":
+        r["stages"][3]["max_perplexity_increase"] = -1
+        return r, ("stages[3].max_perplexity_increase (line", "Input should be greater than or equal to 0")
+    if case == "lm_field_in_classifier":
+        r.update(model={"name": "resnet_cifar", "kwargs": {"depth": 8, "width": 0.25}},
+                 data={"name": "digits", "image_size": 8, "channels": 3},
+                 stages=[{"type": "int8_dynamic", "max_perplexity_increase": 1.0}])
+        r.pop("benchmark")
+        return r, "stages[0].max_perplexity_increase: needs a causal-LM recipe"
     if case == "feature_transfer":
         r["stages"][1]["attention"] = 1.0
         return r, "stages[1].attention: feature transfer is not supported for causal LMs"
@@ -210,16 +240,19 @@ def _bad(corpus: Path, case: str) -> tuple:
 
 
 @pytest.mark.parametrize("case", ["classifier_stage", "int4_block", "prompt_too_long", "tokenizer_vocab",
-                                  "lm_with_image_data", "feature_transfer", "dynamo_export", "not_utf8"])
+                                  "lm_with_image_data", "feature_transfer", "dynamo_export", "not_utf8",
+                                  "smoothquant_alpha", "negative_budget", "lm_field_in_classifier"])
 def test_lm_bad_input_is_refused_before_any_work(corpus, tmp_path, capsys, case):
     recipe, message = _bad(corpus, case)
     path = _write(tmp_path, recipe)
     runs = tmp_path / "runs"
+    parts = message if isinstance(message, tuple) else (message,)
     assert main(["--quiet", "recipe", "validate", str(path)]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert all(p in err for p in parts), err
     assert main(["--quiet", "run", str(path), "--runs-dir", str(runs)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("edgekit: error: ") and message in err and "Traceback" not in err
+    assert err.startswith("edgekit: error: ") and all(p in err for p in parts) and "Traceback" not in err
     assert not runs.exists()  # nothing written
 
 

@@ -7,6 +7,8 @@ work, each with its field path and what is allowed.
 - an LM model with classification data or LM data with a classifier;
 - an INT4 block size that does not divide the hidden / FFN size of a model the recipe builds (or prunes);
 - a prompt (+ new tokens) longer than the context;
+- SmoothQuant on a model without Linear layers, and the LM-only quantisation fields (``smoothquant``,
+  ``max_perplexity_increase``) in a classifier recipe (alpha and the budget's bounds are schema checks);
 - a tokenizer whose vocabulary does not match the model's (checked with the model's output size).
 
 Example:
@@ -24,6 +26,8 @@ from edgekit.pipeline.lm import generation_lengths
 LM_STAGES = ("train", "distill", "prune", "export", "int4", "int8_dynamic")
 #: datasets of next-token windows (edgekit.data.text_lm)
 LM_DATASETS = ("pydoc_lm", "text_lm")
+#: fields of the int8_dynamic / int4 stages that only a causal-LM recipe can use
+_LM_ONLY_FIELDS = ("smoothquant", "max_perplexity_increase")
 
 
 def model_is_lm(recipe: Any) -> bool:
@@ -42,7 +46,10 @@ def is_lm_recipe(recipe: Any) -> bool:
 def static_problems(recipe: Any) -> List[str]:
     """Problems visible from the recipe alone (no data, no model)."""
     if not is_lm_recipe(recipe):
-        return []
+        return [f"stages[{i}].{k}: needs a causal-LM recipe (it measures next-token perplexity / calibrates on token "
+                f"windows through a KV-cache graph; data.name: {' | '.join(LM_DATASETS)}); remove it"
+                for i, st in enumerate(recipe.stages) if st.type in ("int4", "int8_dynamic")
+                for k in _LM_ONLY_FIELDS if getattr(st, k, None) is not None]
     problems = []
     if model_is_lm(recipe) != (recipe.data.name in LM_DATASETS):
         problems.append(f"model/data: a causal LM needs next-token data (data.name: {' | '.join(LM_DATASETS)}) and "
@@ -175,6 +182,10 @@ def data_problems(recipe: Any, splits: Callable[[], Any]) -> List[str]:
     problems = _prunable_problems(recipe, models)
     prunes = [(j, p) for j, p in enumerate(recipe.stages) if p.type == "prune"]
     for i, st in enumerate(recipe.stages):
+        if st.type == "int8_dynamic" and st.smoothquant is not None:
+            problems += [f"stages[{i}].smoothquant: {where} has no Linear layer (nn.Linear / GPT-2 Conv1D) to "
+                         "smooth; SmoothQuant needs MatMuls with constant weights fed by activations — remove "
+                         "smoothquant" for where, m in models.items() if not _input_sizes(m, False)]
         if st.type != "int4":
             continue
         for where, m in models.items():

@@ -225,9 +225,12 @@ def _row(case: str, v: Variant, backend: str, r: dict, eager: bool) -> dict:
     if not eager and "top1_agreement_vs_parent" in v.metrics:
         vs_parent = {"parent": v.parent, "top1_agreement": v.metrics["top1_agreement_vs_parent"],
                      "max_abs_logit_diff": v.metrics.get("max_abs_logit_diff_vs_parent")}
+    budget = None if eager else v.meta.get("perplexity_budget")  # MatMuls a perplexity budget kept float
+    kept = {"kept_float": v.meta.get("kept_float", []), "all_float": budget["all_float"]} if budget else None
     return {"case": case, "variant": v.name, "backend": backend,
             "artifact": EAGER if eager else f"{backend_spec(backend).label} (KV cache)", "size_bytes": size,
-            "params": v.metrics.get("params"), "kv_parity": parity, "vs_parent": vs_parent, **r}
+            "params": v.metrics.get("params"), "kv_parity": parity, "vs_parent": vs_parent,
+            "perplexity_budget": kept, **r}
 
 
 def _parity_cell(t: dict) -> str:
@@ -289,6 +292,7 @@ def _markdown(recipe: Any, rep: dict) -> str:
                  _fmt_ratio(t.get("vs_ort_fp32")), _parity_cell(t)]
         out.append("| " + " | ".join(cells) + " |")
     out += _batch_markdown(rep)
+    out += _budget_lines(rep["variants"])
     out += ["", "## KV cache vs recomputing the sequence", "",
             "| decoder | past | cache ms | recompute ms | cache / recompute (p10–p90) |", "|---|---|---|---|---|"]
     for c in rep["cache_vs_recompute"]:
@@ -319,6 +323,20 @@ def _batch_markdown(rep: dict) -> List[str]:
         out += [f"| {r['case']} | {artifact[r['case']]} | {r['ms_per_step']:.3f} | {r['tokens_per_s']:.0f} | "
                 f"{_fmt_ratio(r.get('vs_eager'))} | {_fmt_ratio(r.get('vs_ort_fp32'))} |"
                 for r in rep["batch_decode"] if r["batch"] == b]
+    return out
+
+
+def _budget_lines(variants: List[dict]) -> List[str]:
+    """One line per variant quantised under a perplexity budget: the weight MatMuls it kept float."""
+    rows = list({t["variant"]: t for t in variants if t.get("perplexity_budget")}.values())  # one per variant
+    out = ["", "## Weight MatMuls kept float by the perplexity budget", "",
+           "Most sensitive first; in brackets the perplexity its quantisation alone cost on the sensitivity windows.",
+           ""] if rows else []
+    for t in rows:
+        b = t["perplexity_budget"]
+        kept = ", ".join(f"`{k['node']}` ({k['val_perplexity_cost']:+.3g} ppl)" for k in b["kept_float"])
+        out.append(f"- {t['variant']}: {kept or 'none'}" + (" — every weight MatMul float: nothing is quantised"
+                                                          if b["all_float"] else ""))
     return out
 
 

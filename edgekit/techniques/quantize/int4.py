@@ -19,21 +19,28 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 from pydantic import Field, field_validator
 
 from edgekit._io import atomic_path, write_sidecar
 from edgekit.errors import ConfigError, InputFileError, QuantizationError, first_line, validated_config
-from edgekit.techniques.base import Result, Technique, TechniqueConfig, register_technique
+from edgekit.techniques.base import Result, Technique, register_technique
 from edgekit.techniques.quantize._ort import quiet
+from edgekit.techniques.quantize.config import SmoothQuantConfig
+from edgekit.techniques.quantize.lm_budget import (
+    PerplexityBudgetFields,
+    budget_record,
+    enforce_perplexity_budget,
+    perplexity_budget_error,
+)
 
 logger = logging.getLogger(__name__)
 
 _BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
-class Int4Config(TechniqueConfig):
+class Int4Config(PerplexityBudgetFields):
     """Weight-only 4-bit quantisation of ``MatMul`` weights (and optionally the embedding ``Gather``)."""
 
     block_size: int = Field(128, description="input channels per quantisation block: 16, 32, 64, 128 or 256; "
@@ -49,6 +56,17 @@ class Int4Config(TechniqueConfig):
         if v not in _BLOCK_SIZES:
             raise ValueError(f"block_size must be one of {list(_BLOCK_SIZES)}, got {v}")
         return v
+
+
+class Int8DynamicConfig(PerplexityBudgetFields):
+    """Dynamic INT8 (W8A8) of an ONNX LM's weight ``MatMul`` ops, optionally smoothed first (SmoothQuant)."""
+
+    per_channel: bool = Field(True, description="one int8 scale per output channel (else per tensor)")
+    smoothquant: Optional[SmoothQuantConfig] = Field(
+        None, description="smooth activation outliers into the weights of the KV-cache graph first (per-channel "
+                          "scales folded into the preceding LayerNorm or an explicit Mul), calibrated on training "
+                          "windows, e.g. {alpha: 0.5}; null = off")
+    samples: int = Field(64, gt=0, description="training windows SmoothQuant calibrates on (empty past)")
 
 
 def _weight_inputs(model) -> Dict[str, List[tuple]]:
@@ -92,8 +110,12 @@ def check_block_size(onnx_path: str | Path, block_size: int, embeddings: bool = 
     return weights
 
 
-def quantize_int4(onnx_path: str | Path, config: Int4Config | dict | None = None, *, out_path: str | Path) -> Result:
+def quantize_int4(onnx_path: str | Path, config: Int4Config | dict | None = None, *, out_path: str | Path,
+                  val: Any = None, threads: Optional[int] = 1) -> Result:
     """Quantise the weights of a float ONNX LM to 4 bits (MatMulNBits, RTN); returns sizes and op counts.
+
+    With ``max_perplexity_increase`` (and ``val``, the validation windows) the most perplexity-sensitive MatMuls
+    stay float until the budget holds (:func:`lm_budget.enforce_perplexity_budget`).
 
     Example:
         >>> res = quantize_int4("lm.onnx", {"block_size": 32, "embeddings": True}, out_path="lm.int4.onnx")
@@ -102,11 +124,43 @@ def quantize_int4(onnx_path: str | Path, config: Int4Config | dict | None = None
     """
     cfg = validated_config(Int4Config, config, "int4")
     src, out_path = Path(onnx_path), Path(out_path)
+    _check_budget_request(src, cfg, val, "int4")
     weights = check_block_size(src, cfg.block_size, cfg.embeddings)
+    import onnx
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgekit-int4-") as d:
+        work = Path(d)
+
+        def build(exclude, path: Path) -> Path:
+            onnx.save(_int4_model(src, cfg, exclude), str(path))
+            return path
+
+        chosen, budget = _with_budget(build, src, cfg, val, threads, work, [n for n, _, _ in weights["MatMul"]])
+        model = onnx.load(str(chosen))
+    counts = _op_counts(model, ("MatMulNBits", "GatherBlockQuantized", "MatMul", "Gather"))
+    if counts["MatMulNBits"] == 0 and not (budget and budget.all_float):
+        # ORT logs an error and returns the model unchanged for some requests
+        raise QuantizationError(f"{src.name}: MatMulNBits quantisation left the model unchanged ({counts})")
+    with atomic_path(out_path, suffix=".onnx") as tmp:
+        onnx.save(model, str(tmp))
+    fp32, int4 = src.stat().st_size, out_path.stat().st_size
+    side, extra = budget_record(budget)
+    sidecar = {"scheme": {"weights": "int4 (RTN, per block)", "block_size": cfg.block_size, "symmetric": cfg.symmetric,
+                          "accuracy_level": cfg.accuracy_level, "embeddings": cfg.embeddings},
+               "ops": counts, "weights_found": {k: len(v) for k, v in weights.items()}, "source": str(src), **side}
+    metrics = {"size_bytes": int4, "fp32_size_bytes": fp32, "size_ratio": int4 / fp32,
+               "seconds": time.perf_counter() - t0, **extra}
+    write_sidecar(out_path, {**sidecar, **metrics})
+    logger.info(f"int4 {src.name} -> {out_path.name}: {int4 / fp32:.3f}× size, {counts}")
+    return Result(artifact=out_path, metrics=metrics, sidecar=sidecar)
+
+
+def _int4_model(src: Path, cfg: Int4Config, exclude: Sequence[str] = ()):
+    """The MatMulNBits model of ``src`` with the MatMuls in ``exclude`` left float."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    t0 = time.perf_counter()
     ops = ("MatMul", "Gather") if cfg.embeddings else ("MatMul",)
     algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric, bits=4,
                                         accuracy_level=cfg.accuracy_level or None, op_types_to_quantize=ops)
@@ -117,7 +171,7 @@ def quantize_int4(onnx_path: str | Path, config: Int4Config | dict | None = None
             with quiet():
                 q = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=cfg.block_size, is_symmetric=cfg.symmetric,
                                          accuracy_level=cfg.accuracy_level or None, op_types_to_quantize=ops,
-                                         algo_config=algo)
+                                         algo_config=algo, nodes_to_exclude=list(exclude))
                 q.process()
             model = q.model.model
             _keep_opset(model, src)
@@ -126,57 +180,144 @@ def quantize_int4(onnx_path: str | Path, config: Int4Config | dict | None = None
             raise QuantizationError(f"{src.name}: ONNX Runtime MatMulNBits quantisation failed: {msg}") from None
         finally:
             os.chdir(cwd)
-    counts = _op_counts(model, ("MatMulNBits", "GatherBlockQuantized", "MatMul", "Gather"))
-    if counts["MatMulNBits"] == 0:  # ORT logs an error and returns the model unchanged for some requests
-        raise QuantizationError(f"{src.name}: MatMulNBits quantisation left the model unchanged ({counts})")
-    with atomic_path(out_path, suffix=".onnx") as tmp:
-        onnx.save(model, str(tmp))
-    fp32, int4 = src.stat().st_size, out_path.stat().st_size
-    sidecar = {"scheme": {"weights": "int4 (RTN, per block)", "block_size": cfg.block_size, "symmetric": cfg.symmetric,
-                          "accuracy_level": cfg.accuracy_level, "embeddings": cfg.embeddings},
-               "ops": counts, "weights_found": {k: len(v) for k, v in weights.items()}, "source": str(src)}
-    metrics = {"size_bytes": int4, "fp32_size_bytes": fp32, "size_ratio": int4 / fp32,
-               "seconds": time.perf_counter() - t0}
-    write_sidecar(out_path, {**sidecar, **metrics})
-    logger.info(f"int4 {src.name} -> {out_path.name}: {int4 / fp32:.3f}× size, {counts}")
-    return Result(artifact=out_path, metrics=metrics, sidecar=sidecar)
+    return model
 
 
-def quantize_dynamic_int8(onnx_path: str | Path, *, out_path: str | Path, per_channel: bool = True) -> Result:
+def _check_budget_request(src: Path, cfg: Any, val: Any, stage: str) -> None:
+    """A perplexity budget needs validation windows and a KV-cache graph (checked before any work)."""
+    if cfg.max_perplexity_increase is None:
+        return
+    from edgekit.export.causal_lm import OrtCausalLM
+    from edgekit.techniques.quantize.lm_budget import lm_windows
+
+    if val is None:
+        raise ConfigError(f"{stage}.max_perplexity_increase needs the validation split (val=splits.val)")
+    lm_windows(val, 1, f"{stage}.max_perplexity_increase")
+    OrtCausalLM(src, threads=1)  # a KV-cache LM graph (ShapeError otherwise)
+
+
+def _with_budget(build, src: Path, cfg: Any, val: Any, threads: Optional[int], work: Path,
+                 candidates: List[str]):
+    """(the chosen graph, the budget outcome or None): every candidate quantised, then, with a budget, the most
+    sensitive MatMuls kept float until it holds."""
+    first = build([], work / "quantised.onnx")
+    if cfg.max_perplexity_increase is None:
+        return first, None
+    res = enforce_perplexity_budget(build, src, first, val, cfg.max_perplexity_increase, candidates=candidates,
+                                    work_dir=work, windows=cfg.budget_windows,
+                                    sensitivity_windows=cfg.sensitivity_windows, threads=threads)
+    if not res.met:
+        raise perplexity_budget_error(res, src.name)
+    return res.path, res
+
+
+def quantize_dynamic_int8(onnx_path: str | Path, config: Int8DynamicConfig | dict | None = None, *,
+                          out_path: str | Path, train: Any = None, val: Any = None,
+                          threads: Optional[int] = 1) -> Result:
     """Dynamic INT8 (int8 weights, uint8 activations quantised per call) of every weight MatMul of an LM graph.
 
+    With ``smoothquant`` the KV-cache graph is first smoothed (:func:`smoothquant.smooth_onnx`, calibrated on
+    ``samples`` training windows run with an empty past); with ``max_perplexity_increase`` the most sensitive
+    MatMuls stay float until the validation perplexity is within the budget.
+
     Example:
-        >>> quantize_dynamic_int8("lm.onnx", out_path="lm.int8.onnx").metrics["size_ratio"]
+        >>> quantize_dynamic_int8("lm.onnx", {"smoothquant": {"alpha": 0.5}}, out_path="lm.int8.onnx",
+        ...                       train=splits.train).metrics["smoothed_matmuls"]
+        9
     """
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    cfg = validated_config(Int8DynamicConfig, config, "int8_dynamic")
     src, out_path = Path(onnx_path), Path(out_path)
-    check_block_size(src, 16, embeddings=False)  # same "is there anything to quantise" check
-    cwd = os.getcwd()
+    _check_smoothquant_request(src, cfg, train)
+    _check_budget_request(src, cfg, val, "int8_dynamic")
+    weights = check_block_size(src, 16, embeddings=False)  # same "is there anything to quantise" check
     with tempfile.TemporaryDirectory(prefix="edgekit-dq-") as d:
-        os.chdir(d)
-        try:
-            with quiet():
-                quantize_dynamic(str(src), str(Path(d) / "int8.onnx"), op_types_to_quantize=["MatMul"],
-                                 per_channel=per_channel, weight_type=QuantType.QInt8)
-        except Exception as e:  # noqa: BLE001
-            msg = first_line(e)[:240]
-            raise QuantizationError(f"{src.name}: ONNX Runtime quantize_dynamic failed: {msg}") from None
-        finally:
-            os.chdir(cwd)
-        model = onnx.load(str(Path(d) / "int8.onnx"))
+        work = Path(d)
+        graph, smooth = _smoothed(src, cfg, train, threads, work)
+
+        def build(exclude, path: Path) -> Path:
+            return _dynamic(graph, path, cfg.per_channel, exclude)
+
+        chosen, budget = _with_budget(build, src, cfg, val, threads, work, [n for n, _, _ in weights["MatMul"]])
+        model = onnx.load(str(chosen))
     counts = _op_counts(model, ("MatMulInteger", "DynamicQuantizeMatMul", "MatMul"))
-    if counts["MatMulInteger"] + counts["DynamicQuantizeMatMul"] == 0:
+    if counts["MatMulInteger"] + counts["DynamicQuantizeMatMul"] == 0 and not (budget and budget.all_float):
         raise QuantizationError(f"{src.name}: dynamic INT8 quantised no MatMul ({counts})")
     with atomic_path(out_path, suffix=".onnx") as tmp:
         onnx.save(model, str(tmp))
     metrics = {"size_bytes": out_path.stat().st_size, "fp32_size_bytes": src.stat().st_size}
     metrics["size_ratio"] = metrics["size_bytes"] / metrics["fp32_size_bytes"]
-    sidecar = {"scheme": {"weights": "int8", "activations": "uint8 dynamic", "per_channel": per_channel},
-               "ops": counts, "source": str(src)}
+    side, extra = budget_record(budget)
+    sidecar = {"scheme": {"weights": "int8", "activations": "uint8 dynamic", "per_channel": cfg.per_channel},
+               "ops": counts, "source": str(src), "smoothquant": smooth, **side}
+    if smooth:
+        metrics.update(smoothquant_alpha=smooth["alpha"], smoothed_matmuls=smooth["matmuls"])
+    metrics.update(extra)
     write_sidecar(out_path, {**sidecar, **metrics})
     return Result(artifact=out_path, metrics=metrics, sidecar=sidecar)
+
+
+def _dynamic(src: Path, out: Path, per_channel: bool, exclude: Sequence[str] = ()) -> Path:
+    """ORT ``quantize_dynamic`` of the weight MatMuls of ``src`` (those in ``exclude`` left float) to ``out``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="edgekit-dq-") as d:
+        os.chdir(d)  # ORT's quantisation tools drop temporary files in the current directory
+        try:
+            with quiet():
+                quantize_dynamic(str(src), str(out), op_types_to_quantize=["MatMul"], per_channel=per_channel,
+                                 weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
+        except Exception as e:  # noqa: BLE001
+            msg = first_line(e)[:240]
+            raise QuantizationError(f"{src.name}: ONNX Runtime quantize_dynamic failed: {msg}") from None
+        finally:
+            os.chdir(cwd)
+    return out
+
+
+def smoothable_matmuls(model) -> List[str]:
+    """Names of the MatMuls SmoothQuant can smooth: a constant 2-D weight, its other input an activation."""
+    from edgekit.techniques.quantize.smoothquant import smoothable
+
+    return [n.name for nodes in smoothable(model).values() for n in nodes if n.op_type == "MatMul"]
+
+
+def _check_smoothquant_request(src: Path, cfg: Int8DynamicConfig, train: Any) -> None:
+    """SmoothQuant needs smoothable MatMuls, a KV-cache graph and training windows (checked before any work)."""
+    if cfg.smoothquant is None:
+        return
+    import onnx
+
+    from edgekit.export.causal_lm import OrtCausalLM
+    from edgekit.techniques.quantize.lm_budget import lm_windows
+
+    if not src.is_file():
+        raise InputFileError(f"ONNX file not found: {src}")
+    if not smoothable_matmuls(onnx.load(str(src), load_external_data=False)):
+        raise ConfigError(f"int8_dynamic.smoothquant: {src.name} has no MatMul to smooth; SmoothQuant needs MatMul "
+                          "nodes with a constant 2-D weight whose other input is an activation (Linear layers, GPT-2 "
+                          "Conv1D exported as Linear by edgekit.export.causal_lm); remove smoothquant for this graph")
+    if train is None:
+        raise ConfigError("int8_dynamic.smoothquant needs training windows to calibrate on (train=splits.train)")
+    lm_windows(train, 1, "int8_dynamic.smoothquant")
+    OrtCausalLM(src, threads=1)  # a KV-cache LM graph (ShapeError otherwise)
+
+
+def _smoothed(src: Path, cfg: Int8DynamicConfig, train: Any, threads: Optional[int], work: Path):
+    """(the graph to quantise, SmoothQuant's record or None): ``src`` smoothed on ``cfg.samples`` training windows
+    (empty past) when ``cfg.smoothquant`` asks for it."""
+    if cfg.smoothquant is None:
+        return src, None
+    from edgekit.techniques.quantize.lm_budget import graph_feeds, lm_windows
+    from edgekit.techniques.quantize.smoothquant import smooth_onnx
+
+    x, _ = lm_windows(train, cfg.samples, "int8_dynamic.smoothquant")
+    rep = smooth_onnx(src, work / "smoothed.onnx", graph_feeds(src, x, threads=threads), alpha=cfg.smoothquant.alpha)
+    record = rep.to_dict()
+    record.update(matmuls=sum(len(t.consumers) for t in rep.tensors), windows=len(x))
+    return rep.path, record
 
 
 def _keep_opset(model, src: Path) -> None:
@@ -204,19 +345,12 @@ def _op_counts(model, ops) -> Dict[str, int]:
     return counts
 
 
-def _apply(model_path, config, *, out_path) -> Result:
-    return quantize_int4(model_path, config, out_path=out_path)
+def _apply(model_path, config, *, out_path, val=None, threads=None) -> Result:
+    return quantize_int4(model_path, config, out_path=out_path, val=val, threads=threads)
 
 
-class Int8DynamicConfig(TechniqueConfig):
-    """Dynamic INT8 (W8A8) of an ONNX LM's weight ``MatMul`` ops."""
-
-    per_channel: bool = Field(True, description="one int8 scale per output channel (else per tensor)")
-
-
-def _apply_int8(model_path, config, *, out_path) -> Result:
-    cfg = validated_config(Int8DynamicConfig, config, "int8_dynamic")
-    return quantize_dynamic_int8(model_path, out_path=out_path, per_channel=cfg.per_channel)
+def _apply_int8(model_path, config, *, out_path, train=None, val=None, threads=None) -> Result:
+    return quantize_dynamic_int8(model_path, config, out_path=out_path, train=train, val=val, threads=threads)
 
 
 #: the technique descriptors; registered below, so ``int4`` and ``int8_dynamic`` are recipe stages
@@ -231,4 +365,4 @@ register_technique(INT4_TECHNIQUE)
 register_technique(INT8_DYNAMIC_TECHNIQUE)
 
 __all__ = ["INT4_TECHNIQUE", "INT8_DYNAMIC_TECHNIQUE", "Int4Config", "Int8DynamicConfig", "check_block_size",
-           "quantize_dynamic_int8", "quantize_int4"]
+           "quantize_dynamic_int8", "quantize_int4", "smoothable_matmuls"]
