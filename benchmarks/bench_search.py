@@ -206,7 +206,8 @@ def _acceptance_md(acc: dict) -> List[str]:
              "| model | configuration | test acc % (95% CI) | drop pt | latency vs float teacher (95% CI) | ms | MB |",
              "|---|---|---|---|---|---|---|"]
     for m in acc["models"]:
-        cfg = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in (m["params"] or {}).items()) or "the demo's artifact"
+        cfg = ", ".join(f"{k.split('.')[-1]} {round(v, 10) if isinstance(v, float) else v}"  # 0.6000000000000001
+                        for k, v in (m["params"] or {}).items()) or "the demo's artifact"
         name = m["name"] + (" **(chosen)**" if m["name"] == acc["chosen"] else "") + \
             (" = the recipe as written" if m["from_recipe"] else "")
         lines.append(f"| {name} | {cfg} | {m['test_accuracy']:.2f} ({_fmt_ci(m['test_accuracy_ci'], 1)}) | "
@@ -221,7 +222,9 @@ def _acceptance_md(acc: dict) -> List[str]:
 
 def _strategies_md(st: dict) -> List[str]:
     lines = ["", "**Strategy vs random at equal trials** (best in-budget latency ratio vs the float teacher at full "
-             "fidelity; lower is better; neither search started from the recipe's configuration):", "",
+             "fidelity, as each search measured it in its trials; lower is better; neither search started from the "
+             "recipe's configuration; all share the acceptance run's stage cache, so wall times mostly count cache "
+             "hits and compare no cost):", "",
              "| strategy | mean best ratio | per seed | found in budget | mean wall s |", "|---|---|---|---|---|"]
     for name, s in st["summary"].items():
         per = ", ".join("–" if v is None else f"{v:.3f}" for v in s["per_seed"])
@@ -230,13 +233,17 @@ def _strategies_md(st: dict) -> List[str]:
     return lines
 
 
-def _workers_md(w: dict) -> List[str]:
+def _workers_md(w: dict, cores: int) -> List[str]:
     lines = ["", "**1 vs 2 local workers** (the same random trials, fresh caches holding only the teacher):", "",
              "| workers | trials | wall s | trials/min |", "|---|---|---|---|"]
     for k in ("1", "2"):
         r = w.get(k) or w.get(int(k))
         lines.append(f"| {k} | {r['trials']} | {r['wall_s']:.0f} | {r['trials_per_min']:.2f} |")
     lines.append(f"\nThroughput 2 / 1 workers: **{w['speedup']:.2f}×**.")
+    if cores and w["speedup"] > cores:
+        lines.append(f"That is more than {cores} cores can give: the two runs differ in more than the worker count "
+                     "(a trial computes with all the recipe's threads at 1 worker, with half at 2) and in when "
+                     "they ran, so read it as \"the pool runs trials concurrently\", not as a scaling figure.")
     return lines
 
 
@@ -252,7 +259,7 @@ def to_markdown(res: dict) -> str:
     if "strategies" in res:
         lines += _strategies_md(res["strategies"])
     if "workers" in res:
-        lines += _workers_md(res["workers"])
+        lines += _workers_md(res["workers"], res.get("cores") or 0)
     return "\n".join(lines) + "\n"
 
 
