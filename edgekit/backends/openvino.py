@@ -55,6 +55,18 @@ def _read_model(core: Any, path: Path):
         raise InputFileError(f"{path}: OpenVINO cannot read this model: {first_line(e, 240)}") from None
 
 
+def _compile(core: Any, model: Any, path: Any, precision_hint: Any, threads: Optional[int]) -> Any:
+    """The model compiled for latency on the CPU with the given inference precision and thread count."""
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision_hint}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        return core.compile_model(model, DEVICE, config)
+    except Exception as e:
+        raise InputFileError(f"{path}: OpenVINO cannot compile this model for {DEVICE}: {first_line(e, 240)}") \
+            from None
+
+
 def _ir_precision(model: Any, path: Path) -> str:
     """An IR's precision: its sidecar's, else 'int8' when it holds FakeQuantize (OpenVINO's int8 form)."""
     from edgekit._io import read_sidecar
@@ -92,14 +104,7 @@ class OpenVinoRunner(Runner):
         model = _read_model(core, path_)
         stored = _artifact_precision(model, path_)
         hint = self._inference_precision(path, stored, precision)
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": getattr(ov.Type, hint)}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            self.compiled = core.compile_model(model, DEVICE, config)
-        except Exception as e:
-            raise InputFileError(f"{path}: OpenVINO cannot compile this model for {DEVICE}: {first_line(e, 240)}") \
-                from None
+        self.compiled = _compile(core, model, path, getattr(ov.Type, hint), threads)
         self.request = self.compiled.create_infer_request()
         port = model.inputs[0]
         self.input_name = port.get_any_name()
@@ -158,14 +163,7 @@ class OpenVinoCausalLMSession:
         path_ = Path(path)
         core = ov.Core()
         model = _read_model(core, path_)
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": ov.Type.f32}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            self.compiled = core.compile_model(model, DEVICE, config)
-        except Exception as e:
-            raise InputFileError(f"{path}: OpenVINO cannot compile this model for {DEVICE}: {first_line(e, 240)}") \
-                from None
+        self.compiled = _compile(core, model, path, ov.Type.f32, threads)
         self.request = self.compiled.create_infer_request()
         self.input_names = [p.get_any_name() for p in model.inputs]
         self._port_index = _port_indices(model, self.input_names)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -160,16 +160,21 @@ def enforce_budget(build: BuildFn, fp32_path: Path, int8_path: Path, val, max_dr
     return result
 
 
+def measured_error(message: str, res: Any) -> AccuracyBudgetError:
+    """An AccuracyBudgetError carrying the budget outcome's measured numbers (``err.measured = res.to_dict()``)."""
+    err = AccuracyBudgetError(message)
+    err.measured = res.to_dict()  # type: ignore[attr-defined]
+    return err
+
+
 def budget_error(res: BudgetResult, where: str) -> AccuracyBudgetError:
     """The AccuracyBudgetError for a budget that fallback could not meet, with the measured numbers attached."""
-    err = AccuracyBudgetError(
+    return measured_error(
         f"{where}: int8 validation accuracy {res.final_accuracy:.2f}% vs fp32 {res.fp32_accuracy:.2f}% "
         f"(drop {res.fp32_accuracy - res.final_accuracy:.2f} points, budget max_accuracy_drop={res.max_drop}) "
         f"after falling back {len(res.float_layers)} layer(s) to float {res.float_layers} "
         f"(all-int8: {res.int8_accuracy:.2f}%); allow QAT (allow_qat: true), raise max_fallback_layers, "
-        "or relax max_accuracy_drop")
-    err.measured = res.to_dict()  # type: ignore[attr-defined]
-    return err
+        "or relax max_accuracy_drop", res)
 
 
 def history(res: BudgetResult) -> List[Dict]:

@@ -18,8 +18,9 @@ import logging
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from pydantic import Field, field_validator
 
@@ -164,23 +165,30 @@ def _int4_model(src: Path, cfg: Int4Config, exclude: Sequence[str] = ()):
     ops = ("MatMul", "Gather") if cfg.embeddings else ("MatMul",)
     algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric, bits=4,
                                         accuracy_level=cfg.accuracy_level or None, op_types_to_quantize=ops)
+    with _ort_tool(src, "MatMulNBits quantisation"):
+        q = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=cfg.block_size, is_symmetric=cfg.symmetric,
+                                 accuracy_level=cfg.accuracy_level or None, op_types_to_quantize=ops,
+                                 algo_config=algo, nodes_to_exclude=list(exclude))
+        q.process()
+    model = q.model.model
+    _keep_opset(model, src)
+    return model
+
+
+@contextmanager
+def _ort_tool(src: Path, what: str) -> Iterator[None]:
+    """Run an ONNX Runtime quantisation tool quietly in a scratch working directory (the tools drop temporary
+    files in the current one); its failure becomes a QuantizationError naming ``src`` and ``what``."""
     cwd = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="edgekit-int4-") as d:
-        os.chdir(d)  # ORT's quantisation tools drop temporary files in the current directory
+    with tempfile.TemporaryDirectory(prefix="edgekit-ortq-") as d:
+        os.chdir(d)
         try:
             with quiet():
-                q = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=cfg.block_size, is_symmetric=cfg.symmetric,
-                                         accuracy_level=cfg.accuracy_level or None, op_types_to_quantize=ops,
-                                         algo_config=algo, nodes_to_exclude=list(exclude))
-                q.process()
-            model = q.model.model
-            _keep_opset(model, src)
+                yield
         except Exception as e:  # noqa: BLE001
-            msg = first_line(e)[:240]
-            raise QuantizationError(f"{src.name}: ONNX Runtime MatMulNBits quantisation failed: {msg}") from None
+            raise QuantizationError(f"{src.name}: ONNX Runtime {what} failed: {first_line(e)[:240]}") from None
         finally:
             os.chdir(cwd)
-    return model
 
 
 def _check_budget_request(src: Path, cfg: Any, val: Any, stage: str) -> None:
@@ -262,18 +270,9 @@ def _dynamic(src: Path, out: Path, per_channel: bool, exclude: Sequence[str] = (
     """ORT ``quantize_dynamic`` of the weight MatMuls of ``src`` (those in ``exclude`` left float) to ``out``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="edgekit-dq-") as d:
-        os.chdir(d)  # ORT's quantisation tools drop temporary files in the current directory
-        try:
-            with quiet():
-                quantize_dynamic(str(src), str(out), op_types_to_quantize=["MatMul"], per_channel=per_channel,
-                                 weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
-        except Exception as e:  # noqa: BLE001
-            msg = first_line(e)[:240]
-            raise QuantizationError(f"{src.name}: ONNX Runtime quantize_dynamic failed: {msg}") from None
-        finally:
-            os.chdir(cwd)
+    with _ort_tool(src, "quantize_dynamic"):
+        quantize_dynamic(str(src), str(out), op_types_to_quantize=["MatMul"], per_channel=per_channel,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
     return out
 
 

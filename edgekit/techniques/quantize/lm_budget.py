@@ -229,13 +229,13 @@ def _rank(build: BuildFn, candidates: Sequence[str], quant_path: Path, x: np.nda
 def perplexity_budget_error(res: PerplexityBudgetResult, where: str) -> AccuracyBudgetError:
     """The error for a budget that keeping every weight MatMul float could not meet (what else is quantised — e.g.
     INT4 embeddings — costs more than the budget), with the measured numbers attached (``err.measured``)."""
-    err = AccuracyBudgetError(
+    from edgekit.techniques.quantize.budget import measured_error
+
+    return measured_error(
         f"{where}: validation perplexity {res.final_perplexity:.4g} vs float {res.fp32_perplexity:.4g} "
         f"(+{res.increase_pct:.3g}%, budget max_perplexity_increase={res.max_increase}%) even with all "
         f"{len(res.float_layers)} weight MatMuls float (all quantised: {res.quant_perplexity:.4g}); what stays "
-        "quantised costs more than the budget (int4: set embeddings: false), or relax max_perplexity_increase")
-    err.measured = res.to_dict()  # type: ignore[attr-defined]
-    return err
+        "quantised costs more than the budget (int4: set embeddings: false), or relax max_perplexity_increase", res)
 
 
 def budget_record(res: Optional[PerplexityBudgetResult]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
