@@ -22,40 +22,37 @@ from edgekit.techniques.recovery import alpha_field, temperature_field
 LayerPair = Tuple[str, str]
 
 
-class FeatureLossConfig(BaseModel):
-    """One feature-matching loss: its weight and the (student layer, teacher layer) pairs it matches."""
+class WeightedLossConfig(BaseModel):
+    """A distillation loss term: on when its ``weight`` is positive (subclasses declare ``weight``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weight: float
+
+    @property
+    def enabled(self) -> bool:
+        """True when the loss contributes (weight > 0)."""
+        return self.weight > 0
+
+
+class FeatureLossConfig(WeightedLossConfig):
+    """One feature-matching loss: its weight and the (student layer, teacher layer) pairs it matches."""
 
     weight: float = Field(0.0, ge=0, description="weight of this loss in the total (0 = off)")
     pairs: Optional[List[LayerPair]] = Field(
         None, description="[[student_layer, teacher_layer], ...] module names; default: the feature stages the "
                           "architectures declare (e.g. ResNet layer1..layer4), matched by relative depth")
 
-    @property
-    def enabled(self) -> bool:
-        """True when the loss contributes (weight > 0)."""
-        return self.weight > 0
 
-
-class HiddenTransferConfig(BaseModel):
+class HiddenTransferConfig(WeightedLossConfig):
     """Hidden-state transfer between transformers: MSE of mapped blocks' outputs (TinyBERT)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     weight: float = Field(0.0, ge=0, description="weight of the hidden-state MSE in the total (0 = off)")
     embeddings: bool = Field(True, description="also match the embedding outputs (the input of block 0)")
 
-    @property
-    def enabled(self) -> bool:
-        """True when the loss contributes (weight > 0)."""
-        return self.weight > 0
 
-
-class AttentionMapsConfig(BaseModel):
+class AttentionMapsConfig(WeightedLossConfig):
     """Attention-distribution transfer between transformers (TinyBERT / MiniLM)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     weight: float = Field(0.0, ge=0, description="weight of the attention KL in the total (0 = off)")
     kind: Literal["probs", "relation"] = Field(
@@ -64,11 +61,6 @@ class AttentionMapsConfig(BaseModel):
                              "softmax(VV^T) per relation head (any head counts and widths)")
     relation_heads: Optional[int] = Field(None, ge=1, description="relation heads for kind 'relation' (must divide "
                                                                   "both widths); default: the student's head count")
-
-    @property
-    def enabled(self) -> bool:
-        """True when the loss contributes (weight > 0)."""
-        return self.weight > 0
 
 
 class DistillConfig(TechniqueConfig):
