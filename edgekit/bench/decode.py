@@ -98,12 +98,12 @@ class OnnxDecoder:
         self.empty = self.lm.layout.empty_past()
 
     def prefill(self, ids: np.ndarray):
-        logits, past = self.lm.step(np.asarray(ids, np.int64), self.empty)
-        return logits[0, -1], past
+        logits, past = self.prefill_rows(ids)
+        return logits[0], past
 
     def step(self, token: int, state):
-        logits, past = self.lm.step(np.array([[token]], np.int64), state)
-        return logits[0, -1], past
+        logits, past = self.step_rows([token], state)
+        return logits[0], past
 
     def prefill_rows(self, ids: np.ndarray):
         ids = np.asarray(ids, np.int64)
@@ -282,12 +282,11 @@ def perplexity(decoder: Any, blocks: np.ndarray, n_bytes: Optional[int] = None, 
     if blocks.ndim != 2 or blocks.shape[1] < 2:
         raise ConfigError(f"blocks must be [N, L + 1] token windows, got shape {list(blocks.shape)}")
     _check_length(decoder, blocks.shape[1] - 1, "window")
+    from edgekit.export.causal_lm import token_nll
+
     nll, n = 0.0, 0
     for w in blocks:
-        logits = decoder.full(w[None, :-1]).astype(np.float64)
-        m = logits.max(-1, keepdims=True)
-        logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
-        nll -= float(logp[np.arange(len(w) - 1), w[1:]].sum())
+        nll += token_nll(decoder.full(w[None, :-1]), w[1:])
         n += len(w) - 1
     out = {"nll": nll / n, "ppl": math.exp(nll / n), "tokens": n}
     if n_bytes and n_tokens:

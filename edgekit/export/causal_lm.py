@@ -314,16 +314,30 @@ class CausalLMSession:
         self.layout, self.path, self.backend = layout, p, self.session.info["backend"]
         self._positions = "position_ids" in names
 
-    def step(self, ids: np.ndarray, past: Dict[str, np.ndarray]):
-        """Run ``ids [b, s]`` after ``past`` (names of :attr:`KVLayout.past_names`); returns logits, new past."""
+    def feed(self, ids: np.ndarray, past: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The graph's inputs for ``ids [b, s]`` after ``past``: ids, attention mask, positions (when the graph
+        takes them) and the past key/values."""
         ids = np.asarray(ids, np.int64)
         b, s = ids.shape
         p = next(iter(past.values())).shape[2] if past else 0
         feed = {"input_ids": ids, "attention_mask": np.ones((b, p + s), np.int64), **past}
         if self._positions:
             feed["position_ids"] = np.broadcast_to(np.arange(p, p + s, dtype=np.int64), (b, s)).copy()
-        out = self.session.run(feed)
+        return feed
+
+    def step(self, ids: np.ndarray, past: Dict[str, np.ndarray]):
+        """Run ``ids [b, s]`` after ``past`` (names of :attr:`KVLayout.past_names`); returns logits, new past."""
+        out = self.session.run(self.feed(ids, past))
         return out[0], dict(zip(self.layout.past_names, out[1:]))
+
+
+def token_nll(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Summed negative log-likelihood (nats) of ``targets [..., s]`` under ``logits [..., s, vocab]`` (a
+    numerically stable log-softmax in float64): perplexity = exp(sum / number of targets)."""
+    logits = np.asarray(logits, np.float64)
+    m = logits.max(-1, keepdims=True)
+    logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+    return -float(np.take_along_axis(logp, np.asarray(targets, np.int64)[..., None], -1).sum())
 
 
 #: the KV-cache session on the default causal-LM backend (ONNX Runtime CPU); kept for its callers
@@ -428,4 +442,4 @@ def check_kv_parity(model: Any, onnx_path: str | Path, *, prompt_len: int = 8, s
 
 __all__ = ["CAUSAL_LM_ARCHS", "CausalLMSession", "KVLayout", "MAX_POSITIONS_KEY", "OrtCausalLM", "build_causal_lm",
            "check_causal_lm", "check_kv_parity", "conv1d_to_linear", "export_causal_lm", "kv_layout",
-           "layout_from_onnx", "load_causal_lm", "prepare_for_export", "read_kv_layout"]
+           "layout_from_onnx", "load_causal_lm", "prepare_for_export", "read_kv_layout", "token_nll"]

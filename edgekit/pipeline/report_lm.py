@@ -99,22 +99,20 @@ def _speed_rows(rows: Dict[str, dict], decoders: Dict[str, Any], prompt: np.ndar
 
     prefill = _prefill_ms(decoders, prompt, rounds)
     decode = decode_speed(decoders, prompt[:1], gen["new_tokens"], rounds=rounds)
+    paired = _paired(decode, baselines)
     for k in decoders:
         rows[k]["prefill_ms"] = float(np.median(prefill[k]))
         rows[k]["ms_per_token"] = float(np.median(decode[k]))
         rows[k]["tokens_per_s"] = 1000.0 / rows[k]["ms_per_token"]
-        rows[k].update(_paired(decode, baselines, k))
+        rows[k].update(paired[k])
 
 
-def _paired(ms: Dict[str, np.ndarray], baselines: Dict[str, str], case: str) -> Dict[str, dict]:
-    """``{column: {median, p10, p90}}`` of ``case``'s per-round speed-ups over each baseline."""
+def _paired(ms: Dict[str, np.ndarray], baselines: Dict[str, str]) -> Dict[str, Dict[str, dict]]:
+    """``{case: {column: {median, p10, p90}}}``: every case's per-round speed-ups over each baseline."""
     from edgekit.bench.decode import ratios
 
-    out = {}
-    for col, base in baselines.items():
-        r = ratios(ms, base)[case]
-        out[col] = {"median": r["median"], "p10": r["p10"], "p90": r["p90"]}
-    return out
+    by_col = {col: ratios(ms, base) for col, base in baselines.items()}
+    return {case: {col: {k: r[case][k] for k in ("median", "p10", "p90")} for col, r in by_col.items()} for case in ms}
 
 
 def _batch_rows(decoders: Dict[str, Any], prompts: np.ndarray, batches: List[int], new_tokens: int, rounds: int,
@@ -126,10 +124,11 @@ def _batch_rows(decoders: Dict[str, Any], prompts: np.ndarray, batches: List[int
     out = []
     for b in (b for b in batches if b != 1):
         ms = decode_speed(decoders, prompts[np.arange(b) % len(prompts)], new_tokens, rounds=rounds, batch=b)
+        paired = _paired(ms, baselines)
         for k in decoders:
             step = float(np.median(ms[k]))
             out.append({"batch": b, "case": k, "ms_per_step": step, "tokens_per_s": b * 1000.0 / step,
-                        **_paired(ms, baselines, k)})
+                        **paired[k]})
     return out
 
 

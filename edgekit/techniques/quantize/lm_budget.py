@@ -132,15 +132,9 @@ def graph_feeds(path: str | Path, x: np.ndarray, batch: int = 8, threads: Option
     what SmoothQuant calibrates on."""
     from edgekit.export.causal_lm import OrtCausalLM
 
-    layout = OrtCausalLM(path, threads=threads).layout
-    out = []
-    for i in range(0, len(x), batch):
-        ids = np.ascontiguousarray(x[i:i + batch], np.int64)
-        b, t = ids.shape
-        out.append({"input_ids": ids, "attention_mask": np.ones((b, t), np.int64),
-                    "position_ids": np.broadcast_to(np.arange(t, dtype=np.int64), (b, t)).copy(),
-                    **layout.empty_past(b)})
-    return out
+    lm = OrtCausalLM(path, threads=threads)
+    return [lm.feed(ids, lm.layout.empty_past(len(ids)))
+            for ids in (np.ascontiguousarray(x[i:i + batch], np.int64) for i in range(0, len(x), batch))]
 
 
 def graph_perplexity(path: str | Path, x: np.ndarray, y: np.ndarray, threads: Optional[int] = 1,
@@ -148,16 +142,13 @@ def graph_perplexity(path: str | Path, x: np.ndarray, y: np.ndarray, threads: Op
     """Perplexity of a KV-cache ONNX graph on windows ``x`` with next tokens ``y`` (empty past): the number
     :func:`edgekit.bench.decode.perplexity` gives, without a decoder object. One window per call by default, as the
     report measures: dynamic INT8 quantises activations per call, so batching windows would change the number."""
-    from edgekit.export.causal_lm import OrtCausalLM
+    from edgekit.export.causal_lm import OrtCausalLM, token_nll
 
     lm = OrtCausalLM(path, threads=threads)
     nll, n = 0.0, 0
     for i in range(0, len(x), batch):
         ids = x[i:i + batch]
-        logits = lm.step(ids, lm.layout.empty_past(len(ids)))[0].astype(np.float64)
-        m = logits.max(-1, keepdims=True)
-        logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
-        nll -= float(np.take_along_axis(logp, y[i:i + batch, :, None], -1).sum())
+        nll += token_nll(lm.step(ids, lm.layout.empty_past(len(ids)))[0], y[i:i + batch])
         n += y[i:i + batch].size
     return math.exp(nll / n)
 
