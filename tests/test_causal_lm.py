@@ -112,6 +112,15 @@ def test_int4_file_is_under_0_3x_and_logits_stay_close(tmp_path):
         assert np.corrcoef(q.ravel(), ref.ravel())[0, 1] > 0.98, name
 
 
+def test_int4_and_int8_take_paths_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """ORT's quantisers run in a scratch working directory; a user's relative paths must still mean theirs."""
+    monkeypatch.chdir(tmp_path)
+    export_causal_lm(_tiny(vocab=1000), "lm.onnx")
+    assert quantize_int4("lm.onnx", {"block_size": 16}, out_path="lm.int4.onnx").sidecar["ops"]["MatMulNBits"] > 0
+    assert quantize_dynamic_int8("lm.onnx", out_path="lm.int8.onnx").sidecar["ops"]["MatMulInteger"] > 0
+    assert (tmp_path / "lm.int4.onnx").is_file() and (tmp_path / "lm.int8.onnx").is_file()
+
+
 def test_int4_is_a_technique_on_onnx_files(tmp_path):
     from edgekit.techniques.base import technique
 

@@ -165,8 +165,9 @@ def _int4_model(src: Path, cfg: Int4Config, exclude: Sequence[str] = ()):
     ops = ("MatMul", "Gather") if cfg.embeddings else ("MatMul",)
     algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric, bits=4,
                                         accuracy_level=cfg.accuracy_level or None, op_types_to_quantize=ops)
+    float_model = onnx.load(str(src))  # before _ort_tool changes the working directory
     with _ort_tool(src, "MatMulNBits quantisation"):
-        q = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=cfg.block_size, is_symmetric=cfg.symmetric,
+        q = MatMulNBitsQuantizer(float_model, block_size=cfg.block_size, is_symmetric=cfg.symmetric,
                                  accuracy_level=cfg.accuracy_level or None, op_types_to_quantize=ops,
                                  algo_config=algo, nodes_to_exclude=list(exclude))
         q.process()
@@ -178,7 +179,8 @@ def _int4_model(src: Path, cfg: Int4Config, exclude: Sequence[str] = ()):
 @contextmanager
 def _ort_tool(src: Path, what: str) -> Iterator[None]:
     """Run an ONNX Runtime quantisation tool quietly in a scratch working directory (the tools drop temporary
-    files in the current one); its failure becomes a QuantizationError naming ``src`` and ``what``."""
+    files in the current one: paths given to the tool must be absolute); its failure becomes a QuantizationError
+    naming ``src`` and ``what``."""
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="edgekit-ortq-") as d:
         os.chdir(d)
@@ -270,8 +272,9 @@ def _dynamic(src: Path, out: Path, per_channel: bool, exclude: Sequence[str] = (
     """ORT ``quantize_dynamic`` of the weight MatMuls of ``src`` (those in ``exclude`` left float) to ``out``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    src_file, out_file = str(src.resolve()), str(out.resolve())  # before _ort_tool changes the working directory
     with _ort_tool(src, "quantize_dynamic"):
-        quantize_dynamic(str(src), str(out), op_types_to_quantize=["MatMul"], per_channel=per_channel,
+        quantize_dynamic(src_file, out_file, op_types_to_quantize=["MatMul"], per_channel=per_channel,
                          weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
     return out
 
