@@ -29,7 +29,8 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from _results_cli import results_main, run_section  # a sibling module in benchmarks/
+from _results_cli import results_main, run_section  # sibling modules in benchmarks/
+from _stats import paired_by_seed
 
 from edgekit.core.train import evaluate, fit
 from edgekit.data import load_data
@@ -62,15 +63,6 @@ def _model(spec: dict, splits, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     kw = {k: v for k, v in spec.items() if k != "name"}
     return create_model(spec["name"], num_classes=splits.num_classes, in_channels=splits.input_shape[0], **kw)
-
-
-def _paired(method: List[float], base: List[float]) -> tuple:
-    """Mean of per-seed differences and its 95 % t-interval half-width."""
-    from scipy import stats
-
-    d = np.asarray(method, float) - np.asarray(base, float)
-    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-    return float(d.mean()), half
 
 
 def student_grid(teacher_spec: dict, student_spec: dict, splits, s: dict) -> dict:
@@ -109,7 +101,7 @@ def student_grid(teacher_spec: dict, student_spec: dict, splits, s: dict) -> dic
     kd(f"KD alpha {a} T {t:g} + attention 2, {opt_name}", a, t, OPTIMISERS[opt_name], attention=2.0)
     for k, v in acc.items():
         base = acc[f"alone, {k.rsplit(', ', 1)[1]}"]
-        rows.append({"method": k, "test": v, "mean": float(np.mean(v)), "vs_alone": _paired(v, base)})
+        rows.append({"method": k, "test": v, "mean": float(np.mean(v)), "vs_alone": paired_by_seed(v, base)})
     return {"teacher_test": evaluate(teacher, splits.test), "best_kd": best, "rows": rows}
 
 

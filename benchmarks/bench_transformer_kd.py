@@ -26,7 +26,8 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from _results_cli import results_main, run_section  # a sibling module in benchmarks/
+from _results_cli import results_main, run_section  # sibling modules in benchmarks/
+from _stats import paired_by_seed
 
 from edgekit.core.train import evaluate, fit
 from edgekit.data import load_data
@@ -58,15 +59,6 @@ def _bert(s: dict, layers: int, splits, seed: int) -> torch.nn.Module:
               "num_attention_heads": s["heads"], "intermediate_size": 4 * s["hidden"],
               "max_position_embeddings": s["seq"]}
     return create_model("hf", config=config, num_classes=splits.num_classes, vocab_size=splits.vocab_size)
-
-
-def _paired(method: List[float], base: List[float]) -> tuple:
-    """Mean of per-seed differences and its 95 % t-interval half-width."""
-    from scipy import stats
-
-    d = np.asarray(method, float) - np.asarray(base, float)
-    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-    return float(d.mean()), half
 
 
 def _student(name: str, s: dict, teacher, splits, seed: int, init: bool) -> tuple:
@@ -105,7 +97,7 @@ def measure(mode: str = "full", seeds: int | None = None, init: bool = True, thr
             secs.append(round(sec, 1))
         out["methods"][name] = {"test": acc[name], "mean": float(np.mean(acc[name])), "seconds": secs, **extras}
     for name, row in out["methods"].items():
-        row["vs_logit_kd"] = _paired(acc[name], acc[BASE])
+        row["vs_logit_kd"] = paired_by_seed(acc[name], acc[BASE])
     return out
 
 

@@ -220,3 +220,21 @@ def test_budget_windows_are_spread_over_the_split():
     assert xs[:, 0].tolist() == [0, 36] and (ys == xs + 1).all()
     with pytest.raises(ConfigError, match="needs causal-LM data"):
         lm_windows(Split(np.zeros((4, 3, 8, 8), np.float32), np.zeros(4, np.int64)), 2, "int8_dynamic.smoothquant")
+
+
+def test_weight_only_int8_sits_between_int4_and_fp32_in_size_and_error(lm, tmp_path):
+    src, _, val = lm
+    x, y = val.x[:16], val.y[:16]
+    q4 = quantize_int4(src, {"block_size": 16, "embeddings": False}, out_path=tmp_path / "q4.onnx")
+    q8 = quantize_int4(src, {"block_size": 16, "bits": 8}, out_path=tmp_path / "q8.onnx")
+    bits = {a.i for n in onnx.load(str(q8.artifact)).graph.node if n.op_type == "MatMulNBits"
+            for a in n.attribute if a.name == "bits"}
+    assert bits == {8} and q8.sidecar["ops"]["MatMulNBits"] == 9 and q8.sidecar["scheme"]["embeddings"] is False
+    assert q4.metrics["size_bytes"] < q8.metrics["size_bytes"] < q8.metrics["fp32_size_bytes"]
+    fp32, p4, p8 = (graph_perplexity(p, x, y) for p in (src, q4.artifact, q8.artifact))
+    assert abs(p8 - fp32) < abs(p4 - fp32)
+
+
+def test_8_bit_embeddings_are_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="embeddings: true needs bits: 4"):
+        quantize_int4("unused.onnx", {"bits": 8, "embeddings": True}, out_path="unused.int8.onnx")

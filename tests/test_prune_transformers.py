@@ -57,8 +57,9 @@ def test_silent_heads_and_neurons_are_the_ones_removed_and_logits_do_not_change(
 
 
 def test_a_head_pruned_bert_exports_fused_with_parity(tmp_path):
-    """The config still says 4 heads after pruning to 2: fusion detects the geometry from the graph instead of
-    trusting it (trusting it fused a wrong Attention that the parity check had to throw away)."""
+    """The config still says 4 heads after pruning to 2: fusion is given the pruned geometry (2 heads, 16 wide)
+    instead of trusting it (trusting it fused a wrong Attention that the parity check had to throw away), and the
+    Attention op is fused (detection from the graph alone missed it)."""
     import json
 
     from edgekit.export import export_onnx
@@ -66,11 +67,11 @@ def test_a_head_pruned_bert_exports_fused_with_parity(tmp_path):
 
     x = token_split(n=4)
     p = prune(_bert(), {"heads": 0.5, "ffn": 0.5, "round_to": 8, "finetune": NO_FT}, example_input=x.x).model
-    assert p.config.num_attention_heads == 4 and fusion_settings(p) == ("bert", 0, 0)
+    assert p.config.num_attention_heads == 4 and fusion_settings(p) == ("bert", 2, 16)
     assert fusion_settings(_bert()) == ("bert", 4, 32)
     export_onnx(p, x.x, tmp_path / "p.onnx", parity_data=x.x)
     fusion = json.loads((tmp_path / "p.onnx.json").read_text())["fusion"]
-    assert fusion["applied"] and fusion["parity"]["max_abs_diff"] < 1e-4 and sum(fusion["counts"].values()) > 0
+    assert fusion["applied"] and fusion["parity"]["max_abs_diff"] < 1e-4 and fusion["counts"].get("Attention") == 2
 
 
 @pytest.mark.parametrize("config,task,extra", [

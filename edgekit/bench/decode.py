@@ -208,6 +208,28 @@ def ratios(ms: Dict[str, np.ndarray], baseline: str) -> Dict[str, dict]:
     return out
 
 
+def prefill_speed(decoders: Dict[str, Any], prompt: np.ndarray, rounds: int = 10, warmup: int = 1
+                  ) -> Dict[str, np.ndarray]:
+    """Milliseconds to run the prompt ``prompt [1, s]`` (prefill, empty cache) per round, interleaved across
+    ``decoders``.
+
+    Example:
+        >>> ms = prefill_speed({"ort": OnnxDecoder("lm.onnx")}, np.arange(32)[None], rounds=5)
+    """
+    prompt = np.asarray(prompt, np.int64)
+    for name, d in decoders.items():
+        _check_length(d, prompt.shape[1], f"decoder '{name}'")
+
+    def timed(d: Any) -> Callable[[], float]:
+        def run() -> float:
+            t0 = time.perf_counter()
+            d.prefill(prompt)
+            return (time.perf_counter() - t0) * 1000.0
+        return run
+
+    return interleaved({n: timed(d) for n, d in decoders.items()}, rounds, warmup)
+
+
 def decode_speed(decoders: Dict[str, Any], prompt: np.ndarray, new_tokens: int = 64, rounds: int = 10,
                  warmup: int = 1, batch: int = 1) -> Dict[str, np.ndarray]:
     """Milliseconds per decode step (greedy, cache kept, prefill excluded) per round, for ``batch`` sequences at
@@ -310,4 +332,4 @@ def markdown_table(rows: List[dict], columns: List[str]) -> str:
 
 
 __all__ = ["OnnxDecoder", "OrtDecoder", "TorchDecoder", "cache_vs_recompute", "decode_speed", "generate", "greedy",
-           "interleaved", "load_note", "markdown_table", "perplexity", "ratios"]
+           "interleaved", "load_note", "markdown_table", "perplexity", "prefill_speed", "ratios"]

@@ -51,16 +51,21 @@ def check_fuse_mode(fuse: Any) -> FuseMode:
 
 def fusion_settings(model: Any) -> Tuple[str, int, int]:
     """(optimizer model type, num_heads, hidden_size) from a model's Hugging Face config (0 = detect from the
-    graph), e.g. ``("bert", 4, 128)``; a model without one (edgekit's zoo ViT) gets ``("bert", 0, 0)``. The
-    optimizer reads each layer's head count from its reshape constants (a head-pruned BERT fuses correctly);
-    a wrong fusion would be refused by the parity check of :func:`fuse_onnx`."""
+    graph), e.g. ``("bert", 4, 128)``; a model without one (edgekit's zoo ViT) gets ``("bert", 0, 0)``.
+
+    After head pruning the config no longer describes the attention: when every layer kept the same heads, their
+    count and total width (``all_head_size``) are given instead (the optimizer only fuses Attention with the
+    pruned geometry; trusting the config fused a wrong Attention that the parity check of :func:`fuse_onnx` had to
+    throw away); layers pruned differently get ``(0, 0)``, detection from the graph."""
     config = getattr(model, "config", None)
     kind = "vit" if str(getattr(config, "model_type", "") or "") in _VISION_TYPES else "bert"
     heads = int(getattr(config, "num_attention_heads", 0) or 0)
     hidden = int(getattr(config, "hidden_size", 0) or 0) if heads else 0
-    modules = model.modules() if hasattr(model, "modules") else ()
-    if any(getattr(m, "num_attention_heads", heads) != heads for m in modules):
-        return kind, 0, 0  # heads were pruned: the config's geometry is no longer every layer's
+    modules = list(model.modules()) if hasattr(model, "modules") else []
+    geometry = {(int(m.num_attention_heads), int(m.all_head_size)) for m in modules
+                if hasattr(m, "num_attention_heads") and hasattr(m, "all_head_size")}
+    if geometry and geometry != {(heads, hidden)}:  # heads were pruned
+        return (kind, *geometry.pop()) if len(geometry) == 1 else (kind, 0, 0)
     return kind, heads, hidden
 
 

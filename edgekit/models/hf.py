@@ -202,6 +202,27 @@ def gpt_lm(vocab_size: int = 8000, n_layer: int = 4, n_embd: int = 128, n_head: 
     return hf(config, task="causal-lm")
 
 
+@register_model("bert_classifier", features=encoder_layers, classifier=_classifier)
+def bert_classifier(num_classes: int = 2, vocab_size: int = 8000, n_layer: int = 4, hidden: int = 256, heads: int = 4,
+                    intermediate: Optional[int] = None, max_positions: int = 512, dropout: float = 0.1) -> nn.Module:
+    """A BERT-style text classifier (``BertForSequenceClassification``, post-LayerNorm, GELU FFN of
+    ``intermediate`` = 4 × ``hidden`` by default) built locally with random weights; needs ``transformers``.
+
+    A recipe fills ``num_classes`` and ``vocab_size`` from the data. Its inputs are the three int64 tensors of a
+    Hugging Face BERT (input_ids, attention_mask, token_type_ids); ``max_positions`` is the position table (the
+    longest sequence it takes), 512 as in BERT, so one model can be timed at sequence 32 to 512.
+
+    Example:
+        >>> bert = create_model("bert_classifier", num_classes=5, vocab_size=3000, n_layer=4, hidden=256, heads=4)
+    """
+    if hidden % heads:
+        raise ConfigError(f"bert_classifier: hidden {hidden} must be a multiple of heads {heads}")
+    config = {"model_type": "bert", "num_hidden_layers": n_layer, "hidden_size": hidden, "num_attention_heads": heads,
+              "intermediate_size": intermediate or 4 * hidden, "max_position_embeddings": max_positions,
+              "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+    return hf(config, num_classes=num_classes, vocab_size=vocab_size)
+
+
 def _require_dir(path: str | Path) -> Path:
     p = Path(path)
     if not p.is_dir():

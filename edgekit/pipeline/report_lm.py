@@ -13,7 +13,6 @@ Writes ``report.md`` and ``report.json``.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -79,25 +78,12 @@ def _perplexity_rows(decoders: Dict[str, Any], splits: Any, windows: Optional[in
     return rows
 
 
-def _prefill_ms(decoders: Dict[str, Any], prompt: np.ndarray, rounds: int) -> Dict[str, np.ndarray]:
-    from edgekit.bench.decode import interleaved
-
-    def timed(d: Any) -> Callable[[], float]:
-        def run() -> float:
-            t0 = time.perf_counter()
-            d.prefill(prompt)
-            return (time.perf_counter() - t0) * 1000.0
-        return run
-
-    return interleaved({k: timed(d) for k, d in decoders.items()}, rounds, warmup=1)
-
-
 def _speed_rows(rows: Dict[str, dict], decoders: Dict[str, Any], prompt: np.ndarray, gen: Dict[str, int], rounds: int,
                 baselines: Dict[str, str]) -> None:
     """Prefill ms, decode ms/token, tokens/s and paired speed-ups vs each baseline at batch 1, into ``rows``."""
-    from edgekit.bench.decode import decode_speed
+    from edgekit.bench.decode import decode_speed, prefill_speed
 
-    prefill = _prefill_ms(decoders, prompt, rounds)
+    prefill = prefill_speed(decoders, prompt, rounds)
     decode = decode_speed(decoders, prompt[:1], gen["new_tokens"], rounds=rounds)
     paired = _paired(decode, baselines)
     for k in decoders:

@@ -4,7 +4,8 @@ INT8 (W8A8 ``MatMul``) alternative to compare against.
 Weight-only INT4 stores each weight MatMul as 4-bit blocks of ``block_size`` input channels with a float scale
 and zero point; ``accuracy_level=4`` lets the kernel quantise activations to int8 inside the op, which is what
 makes it fast on CPUs with VNNI (without it INT4 decode gained 1.5× and INT8 weight-only ran 8× slower than fp32
-on this machine). ``embeddings: true`` also quantises the token-embedding ``Gather`` (``GatherBlockQuantized``):
+on this machine; ``bits: 8`` with it, weight-only INT8, decoded about as fast as INT4).
+``embeddings: true`` also quantises the token-embedding ``Gather`` (``GatherBlockQuantized``):
 needed for the file to shrink below ~0.35× of fp32, because the embedding table is a large share of a small LM.
 
 Example:
@@ -20,9 +21,9 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from edgekit._io import atomic_path, write_sidecar
 from edgekit.errors import ConfigError, InputFileError, QuantizationError, first_line, validated_config
@@ -42,14 +43,32 @@ _BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
 class Int4Config(PerplexityBudgetFields):
-    """Weight-only 4-bit quantisation of ``MatMul`` weights (and optionally the embedding ``Gather``)."""
+    """Weight-only 4-bit (or 8-bit) quantisation of ``MatMul`` weights (and optionally the embedding ``Gather``)."""
+
+    bits: Literal[4, 8] = Field(4, description="weight bits per MatMulNBits block: 4 (default) or 8 (weight-only "
+                                               "INT8: about twice the INT4 file, closer to fp32 perplexity)")
 
     block_size: int = Field(128, description="input channels per quantisation block: 16, 32, 64, 128 or 256; "
                                              "must divide every quantised weight's input size")
     accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute: 0 = unset, 1 fp32, 2 fp16, 3 bf16, "
                                                            "4 int8 activations (fastest on CPU)")
     symmetric: bool = Field(False, description="symmetric blocks (no zero point)")
-    embeddings: bool = Field(True, description="also quantise the token embeddings (Gather) to 4 bits")
+    embeddings: Optional[bool] = Field(
+        None, description="also quantise the token embeddings (Gather, 4-bit blocks); null = yes at 4 bits, no at 8 "
+                          "(ONNX Runtime's GatherBlockQuantized quantiser takes 4-bit blocks only)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embeddings_for_bits(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        bits = data.get("bits", 4)
+        if data.get("embeddings") is None:
+            return {**data, "embeddings": bits == 4}
+        if data["embeddings"] and bits != 4:
+            raise ValueError(f"embeddings: true needs bits: 4 (ONNX Runtime quantises the embedding Gather to 4-bit "
+                             f"blocks only), got bits: {bits}; set embeddings: false or bits: 4")
+        return data
 
     @field_validator("block_size")
     @classmethod
@@ -113,7 +132,7 @@ def check_block_size(onnx_path: str | Path, block_size: int, embeddings: bool = 
 
 def quantize_int4(onnx_path: str | Path, config: Int4Config | dict | None = None, *, out_path: str | Path,
                   val: Any = None, threads: Optional[int] = 1) -> Result:
-    """Quantise the weights of a float ONNX LM to 4 bits (MatMulNBits, RTN); returns sizes and op counts.
+    """Quantise the weights of a float ONNX LM to 4 (or 8) bits (MatMulNBits, RTN); returns sizes and op counts.
 
     With ``max_perplexity_increase`` (and ``val``, the validation windows) the most perplexity-sensitive MatMuls
     stay float until the budget holds (:func:`lm_budget.enforce_perplexity_budget`).
@@ -147,13 +166,14 @@ def quantize_int4(onnx_path: str | Path, config: Int4Config | dict | None = None
         onnx.save(model, str(tmp))
     fp32, int4 = src.stat().st_size, out_path.stat().st_size
     side, extra = budget_record(budget)
-    sidecar = {"scheme": {"weights": "int4 (RTN, per block)", "block_size": cfg.block_size, "symmetric": cfg.symmetric,
+    sidecar = {"scheme": {"weights": f"int{cfg.bits} (RTN, per block)", "bits": cfg.bits,
+                          "block_size": cfg.block_size, "symmetric": cfg.symmetric,
                           "accuracy_level": cfg.accuracy_level, "embeddings": cfg.embeddings},
                "ops": counts, "weights_found": {k: len(v) for k, v in weights.items()}, "source": str(src), **side}
     metrics = {"size_bytes": int4, "fp32_size_bytes": fp32, "size_ratio": int4 / fp32,
                "seconds": time.perf_counter() - t0, **extra}
     write_sidecar(out_path, {**sidecar, **metrics})
-    logger.info(f"int4 {src.name} -> {out_path.name}: {int4 / fp32:.3f}× size, {counts}")
+    logger.info(f"int{cfg.bits} {src.name} -> {out_path.name}: {int4 / fp32:.3f}× size, {counts}")
     return Result(artifact=out_path, metrics=metrics, sidecar=sidecar)
 
 
@@ -163,7 +183,7 @@ def _int4_model(src: Path, cfg: Int4Config, exclude: Sequence[str] = ()):
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     ops = ("MatMul", "Gather") if cfg.embeddings else ("MatMul",)
-    algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric, bits=4,
+    algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric, bits=cfg.bits,
                                         accuracy_level=cfg.accuracy_level or None, op_types_to_quantize=ops)
     float_model = onnx.load(str(src))  # before _ort_tool changes the working directory
     with _ort_tool(src, "MatMulNBits quantisation"):
