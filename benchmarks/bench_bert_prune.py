@@ -121,7 +121,7 @@ def _export(models: Dict[str, torch.nn.Module], splits, work: Path) -> tuple:
         path = export_onnx(m, sample, work / f"m{i}.onnx").path
         paths[name] = path
         side = read_sidecar(path).get("fusion") or {}
-        fusion[name] = {"applied": side.get("applied"), "counts": side.get("counts")}
+        fusion[name] = {k: side.get(k) for k in ("applied", "counts", "backends")}
     return paths, fusion
 
 
@@ -182,7 +182,8 @@ def measure(mode: str = "full", seeds: int | None = None, threads: int = 1) -> d
         out["latency_seq"] = _timing(specs, s, threads, backends=["ort-cpu"], data=splits.test)
         q = quantize_dynamic_model(paths[SWEEP_PRUNED], {"mode": "dynamic"}, out_path=work / "h50_int8.onnx",
                                    val=splits.val, threads=threads)
-        out["int8"] = {k: q.sidecar.get(k) for k in ("int8_mac_fraction", "accuracy")}
+        out["int8"] = {**{k: q.sidecar.get(k) for k in ("int8_mac_fraction", "accuracy")},
+                       "backends": (q.sidecar.get("fusion") or {}).get("backends")}
         sweep = {TEACHER: paths[TEACHER], SWEEP_PRUNED: paths[SWEEP_PRUNED], SWEEP_INT8: work / "h50_int8.onnx"}
         out["agreement"] = _agreement(sweep, s, threads)
         out["sweep"] = _timing([ModelSpec(n, {"onnx": str(p)}) for n, p in sweep.items()], s, threads,
@@ -226,6 +227,11 @@ def _fusion_table(res: dict) -> List[str]:
     for name, f in res["fusion"].items():
         counts = f.get("counts") or {}
         out.append(f"| {name} | " + " | ".join(str(counts.get(op, 0)) for op in ops) + " |")
+    files = {**{n: f.get("backends") for n, f in res["fusion"].items()}, SWEEP_INT8: res["int8"].get("backends")}
+    if any(files.values()):  # which graph each backend opens: the fused file or its unfused sibling
+        out += ["", "Graph each backend runs: " + "; ".join(
+            f"{n}: " + ", ".join(f"{b} {(f or {}).get(b, 'fused')}" for b in BACKENDS) for n, f in files.items()
+            if n in (TEACHER, SWEEP_PRUNED, SWEEP_INT8)) + "."]
     return out
 
 
