@@ -17,7 +17,8 @@ recipes/text_gpt.yaml's models and settings, driven through the library function
 3. **Cache vs recompute**: per-token ms at the longest past the context allows (63), one step with the KV cache
    vs the whole sequence recomputed, on the fp32 and INT4 students.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_text_gpt.py [--quick] [--seeds 3] [--threads 1]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_text_gpt.py [--quick] [--seeds 3] [--threads 1] [--work DIR]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_text_gpt.py --retime --work DIR   # timings only, again
     PYTHONPATH=. .venv/bin/python benchmarks/bench_text_gpt.py --from-json benchmarks/results/text_gpt.json
 
 Raw figures go to ``benchmarks/results/text_gpt.json``.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +40,7 @@ from _stats import mean_ci, paired_by_seed
 
 from edgekit.core.train import fit
 from edgekit.data import load_data
-from edgekit.models import create_model
+from edgekit.models import create_model, load_checkpoint, save_checkpoint
 from edgekit.pipeline.lm import export_lm, perplexities
 from edgekit.techniques.distill.distill import distill
 from edgekit.techniques.prune.prune import prune
@@ -142,7 +144,9 @@ def _timings(s: dict, teacher, teacher_onnx: Path, quant: Dict[str, dict], threa
     return out
 
 
-def measure(mode: str = "full", seeds: int | None = None, threads: int = 1) -> dict:
+def measure(mode: str = "full", seeds: int | None = None, threads: int = 1, work: Path | None = None) -> dict:
+    """Train, quantise and time everything; ``work`` keeps the teacher checkpoint and the ONNX files (for
+    :func:`retime`), else they go to a temporary directory."""
     from edgekit.core.platform import environment, load_average
 
     s = dict(SETTINGS[mode])
@@ -175,13 +179,28 @@ def measure(mode: str = "full", seeds: int | None = None, threads: int = 1) -> d
     out["students"] = {m: {"test_perplexity": ppl[m], "mean_ci": mean_ci(ppl[m]), "seconds": secs[m],
                            "vs_kd": paired_by_seed(ppl[m], ppl[BASE])} for m in METHODS}
     with tempfile.TemporaryDirectory(prefix="bench-text-gpt-") as d:
-        work = Path(d)
+        work = Path(work or d)
+        work.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(teacher, work / "teacher.pt")
         teacher_onnx = export_lm(copy.deepcopy(teacher), work / "teacher.onnx", threads=threads)
         student_onnx = export_lm(copy.deepcopy(pruned0), work / "student.onnx", threads=threads)
         out["teacher"]["bytes"] = teacher_onnx.stat().st_size
         quant = _quantised(student_onnx, splits, work, threads)
         out["timing"] = _timings(s, teacher, teacher_onnx, quant, threads)
-        out["quantised"] = {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in quant.items()}
+        out["quantised"] = {k: {**v, "path": Path(v["path"]).name} for k, v in quant.items()}
+    out["load_after"] = load_average()
+    return out
+
+
+def retime(results: dict, work: Path, threads: int) -> dict:
+    """Re-measure only the timings of a saved run from its ``work`` directory (e.g. on a quieter machine)."""
+    from edgekit.core.platform import load_average
+
+    teacher, _ = load_checkpoint(work / "teacher.pt")
+    quant = {k: {**v, "path": str(work / v["path"])} for k, v in results["quantised"].items()}
+    torch.set_num_threads(threads)
+    out = {**results, "load_before": load_average(), "retimed": True}
+    out["timing"] = _timings(results["settings"], teacher.eval(), work / "teacher.onnx", quant, threads)
     out["load_after"] = load_average()
     return out
 
@@ -254,11 +273,18 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny teacher, 1 epoch, 2 seeds: does it run")
     p.add_argument("--seeds", type=int)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work", type=Path, help="keep the teacher checkpoint and ONNX files here (default: temporary)")
+    p.add_argument("--retime", action="store_true",
+                   help="re-measure only the timings of the results file --out from its --work directory")
 
 
 def main(argv: List[str] | None = None) -> int:
-    return results_main(argv, __doc__, RESULTS, to_markdown, _args,
-                        lambda a: measure("quick" if a.quick else "full", a.seeds, a.threads))
+    def measured(a: argparse.Namespace) -> dict:
+        if a.retime:
+            return retime(json.loads(a.out.read_text()), a.work, a.threads)
+        return measure("quick" if a.quick else "full", a.seeds, a.threads, a.work)
+
+    return results_main(argv, __doc__, RESULTS, to_markdown, _args, measured)
 
 
 if __name__ == "__main__":
