@@ -192,15 +192,17 @@ def measure(mode: str = "full", seeds: int | None = None, threads: int = 1, work
     return out
 
 
-def retime(results: dict, work: Path, threads: int) -> dict:
-    """Re-measure only the timings of a saved run from its ``work`` directory (e.g. on a quieter machine)."""
+def retime(results: dict, work: Path, threads: int, rounds: int | None = None) -> dict:
+    """Re-measure only the timings of a saved run from its ``work`` directory (e.g. on a quieter machine, or with
+    more ``rounds``)."""
     from edgekit.core.platform import load_average
 
     teacher, _ = load_checkpoint(work / "teacher.pt")
     quant = {k: {**v, "path": str(work / v["path"])} for k, v in results["quantised"].items()}
     torch.set_num_threads(threads)
-    out = {**results, "load_before": load_average(), "retimed": True}
-    out["timing"] = _timings(results["settings"], teacher.eval(), work / "teacher.onnx", quant, threads)
+    settings = {**results["settings"], **({"rounds": rounds} if rounds else {})}
+    out = {**results, "settings": settings, "load_before": load_average(), "retimed": True}
+    out["timing"] = _timings(settings, teacher.eval(), work / "teacher.onnx", quant, threads)
     out["load_after"] = load_average()
     return out
 
@@ -258,7 +260,8 @@ def _quant_md(res: dict) -> List[str]:
 def to_markdown(res: dict) -> str:
     out = ["## Small GPT-style LM: students over seeds, quantisation forms, two runtimes (issue 16)", "",
            f"`benchmarks/bench_text_gpt.py` ({res['mode']}; {res['cpu']}, load {res['load_before']} → "
-           f"{res['load_after']}): recipes/text_gpt.yaml's chain through the library functions its stages call.", "",
+           f"{res['load_after']}{'; timings re-measured from the saved files (--retime)' if res.get('retimed') else ''}"
+           "): recipes/text_gpt.yaml's chain through the library functions its stages call.", "",
            "### Teacher vs students", ""]
     out += _students_md(res) + ["", "### W8A8 vs SmoothQuant vs weight-only INT8 / INT4, ORT and OpenVINO", ""]
     return "\n".join(out + _quant_md(res) + [""])
@@ -274,6 +277,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", type=Path, help="keep the teacher checkpoint and ONNX files here (default: temporary)")
+    p.add_argument("--rounds", type=int, help="with --retime: interleaved timing rounds (default: the saved run's)")
     p.add_argument("--retime", action="store_true",
                    help="re-measure only the timings of the results file --out from its --work directory")
 
@@ -281,7 +285,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 def main(argv: List[str] | None = None) -> int:
     def measured(a: argparse.Namespace) -> dict:
         if a.retime:
-            return retime(json.loads(a.out.read_text()), a.work, a.threads)
+            return retime(json.loads(a.out.read_text()), a.work, a.threads, a.rounds)
         return measure("quick" if a.quick else "full", a.seeds, a.threads, a.work)
 
     return results_main(argv, __doc__, RESULTS, to_markdown, _args, measured)
