@@ -220,6 +220,11 @@ def test_successive_halving_prunes_at_short_fidelity_and_records_constraints(tmp
     assert short > full  # some trials stopped after their short fine-tune
     rejected = [t for t in study.trials if t.params["student.student.width"] == 16]
     assert rejected and all(t.state.name == "PRUNED" and "unreachable" in t.user_attrs["error"] for t in rejected)
+    # what TPE splits on (Optuna's FrozenTrial.constraints, > 0: infeasible): a refused point is infeasible, and a
+    # trial stopped at a short rung still tells whether it met the budget there
+    assert all(t.constraints == {"stage_rejects": 1.0} for t in rejected)
+    stopped = [t for t in study.trials if t.state.name == "PRUNED" and "rung0" in t.user_attrs]
+    assert stopped and all(set(t.constraints) == {"max_accuracy_drop"} for t in stopped)
     # a short rung is judged by the accuracy it is expected to reach: the gain measured on completed trials
     # (here 7.5 points from 1/4 of the epochs to all of them) is taken off its accuracy excess
     slacks = [t.user_attrs["rung0"]["accuracy_slack"] for t in study.trials if "rung0" in t.user_attrs]
