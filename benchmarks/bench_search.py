@@ -7,9 +7,14 @@ Three parts, all sharing one stage cache (the teacher is trained once; identical
    the same stages and re-measured together with the Pareto set (paired rounds on the test split, CI).
    ``--demo-artifact PATH`` uses a real `edgekit run recipes/digits_resnet.yaml` result instead.
 2. **strategy vs random at equal trials**: `tpe-hyperband` and `random`, ``--seeds`` sampler seeds each, the same
-   number of trials, neither started from the recipe's own configuration (``start_from_recipe: false``); the
-   figure is the best in-budget (constraint-meeting, full-fidelity) latency ratio vs the float baseline, mean
-   over seeds (lower is better), with the wall time of each search.
+   number of trials, neither started from the recipe's own configuration (``start_from_recipe: false``). A
+   trial's own latency figure (5 paired rounds, each trial in its own session) moves by up to 20 % between
+   sessions, and the minimum of such figures favours the search that measured more trials at full fidelity, so
+   after all searches each one's chosen artifact and every in-budget full-fidelity artifact are re-timed
+   **together** (one interleaved session with the float teacher, ``--remeasure-rounds`` rounds, test split). The
+   headline is the chosen artifact's re-measured ratio vs the float baseline (lower is better), mean over seeds,
+   and tpe − random paired by seed (mean ± 95 % t half-width); the trial-time figures and wall times are kept.
+   A second run with the same ``--work`` reuses the searches it finds finished.
 3. **1 vs 2 local workers**: the same random search (same seed, so the same configurations) with 1 and 2 worker
    processes, each on a fresh cache that already holds the teacher; throughput = finished trials per minute.
 
@@ -18,8 +23,8 @@ Three parts, all sharing one stage cache (the teacher is trained once; identical
 
 ``--acceptance-from DIR --acceptance-wall-s S`` reads part 1 from an `edgekit search ... --compare demo=...` run
 already made (its ``search.json``; S = the command's wall time as ``time`` measured it), and ``--cache`` lets the
-other parts reuse that run's stage cache. Raw figures go to ``benchmarks/results/search.json``; the section of
-docs/BENCHMARKS.md is rendered from it.
+other parts reuse that run's stage cache. Raw figures go to ``benchmarks/results/search.json`` (a ``--parts``
+run replaces only its parts there); the section of docs/BENCHMARKS.md is rendered from it.
 
 Example:
     PYTHONPATH=$PWD python benchmarks/bench_search.py --scale full --work /tmp/bench_search --trials 16 --seeds 0,1,2
@@ -170,8 +175,8 @@ def strategies(recipe: Path, out: Path, cache: Path, seeds: list, trials: int, r
     names = ("tpe-hyperband", "random")
     load_before, date = load_average(), datetime.now(timezone.utc).isoformat(timespec="minutes")
     table = {}
-    for strategy in names:
-        for seed in seeds:
+    for seed in seeds:  # seed by seed: an interrupted run leaves pairs (a rerun reuses the finished searches)
+        for strategy in names:
             table[f"{strategy}/{seed}"] = _run_one(recipe, out / f"{strategy}-s{seed}", cache, strategy, seed, trials)
             print(strategy, seed, {k: table[f"{strategy}/{seed}"][k] for k in ("trial_best", "chosen_trial",
                                                                                   "wall_s")}, flush=True)
