@@ -338,7 +338,8 @@ def _strategies_md(st: dict) -> List[str]:
     joint, budget = st["joint"], st["joint"]["max_accuracy_drop"]
     lines = ["", f"**Strategy vs random at equal trials** ({st['trials']} trials per search, seeds "
              f"{', '.join(map(str, st['seeds']))}; neither search started from the recipe's configuration; all share "
-             f"one stage cache; measured {st['date']}, load average {st['load'][0]} before / {st['load'][1]} after). "
+             f"one stage cache, so wall times mostly count cache hits and compare no cost; measured {st['date']}, "
+             f"load average {st['load'][0]} before / {st['load'][1]} after). "
              f"Each search's chosen model (the fastest in budget of its own final re-measurement) and every in-budget "
              f"full-fidelity artifact of every search were then re-timed **together**: one interleaved session with "
              f"the float teacher, {joint['rounds']} paired rounds, on the test split. Latency ratio vs the float "
