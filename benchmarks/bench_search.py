@@ -344,6 +344,7 @@ def _strategies_md(st: dict) -> List[str]:
              f"full-fidelity artifact of every search were then re-timed **together**: one interleaved session with "
              f"the float teacher, {joint['rounds']} paired rounds, on the test split. Latency ratio vs the float "
              f"teacher (lower is better), bootstrap 95 % CI; test accuracy drop in points (budget {budget}):", "",
+             *([st["note"], ""] if st.get("note") else []),
              "| seed | " + " | ".join(f"{n}: chosen, re-measured (CI) | drop pt" for n in names) + " | difference |",
              "|---|" + "---|---|" * len(names) + "---|"]
     for seed in st["seeds"]:
