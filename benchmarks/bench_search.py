@@ -155,7 +155,8 @@ def _run_one(recipe: Path, d: Path, cache: Path, strategy: str, seed: int, trial
         t0 = time.time()
         try:
             run_search(recipe, out_dir=d, cache_dir=cache, trials=trials, strategy=strategy, seed=seed,
-                       start_from_recipe=False)  # the strategies alone, not the recipe's point
+                       start_from_recipe=False,  # the strategies alone, not the recipe's point
+                       wall_time_s=7 * 86400)  # equal trials: not cut short by the recipe's wall-time budget
         except Exception as e:  # an unmeetable run still wrote its table
             if isinstance(e, RunDirectoryError):  # an interrupted search: not a result
                 raise
@@ -164,6 +165,7 @@ def _run_one(recipe: Path, d: Path, cache: Path, strategy: str, seed: int, trial
     sj = json.loads((d / "search.json").read_text())
     rows = sj["trials"]
     return {"wall_s": json.loads(wall.read_text())["wall_s"], "pruned": sum(r["state"] == "pruned" for r in rows),
+            "finished": sum(r["state"] in ("complete", "pruned") for r in rows),
             "full_fidelity": sum(r["state"] == "complete" and r["fidelity"] == 1.0 for r in rows),
             **search_picks(sj)}
 
