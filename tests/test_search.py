@@ -220,13 +220,48 @@ def test_successive_halving_prunes_at_short_fidelity_and_records_constraints(tmp
     assert short > full  # some trials stopped after their short fine-tune
     rejected = [t for t in study.trials if t.params["student.student.width"] == 16]
     assert rejected and all(t.state.name == "PRUNED" and "unreachable" in t.user_attrs["error"] for t in rejected)
-    # a short rung is judged by the accuracy it is expected to reach: the gain measured on completed trials
-    # (here 7.5 points from 1/4 of the epochs to all of them) is taken off its accuracy excess
+    # what TPE splits on (Optuna's FrozenTrial.constraints, > 0: infeasible): a refused point is infeasible, and a
+    # trial stopped at a short rung tells whether it met the budget there when its student's gain is known
+    assert all(t.constraints == {"stage_rejects": 1.0} for t in rejected)
+    stopped = [t for t in study.trials if t.state.name == "PRUNED" and "rung0" in t.user_attrs]
+    assert stopped and all(set(t.constraints) == ({"max_accuracy_drop"} if t.user_attrs["metrics"]["accuracy_slack"]
+                                                  is not None else set()) for t in stopped)
+    # a short rung is judged by the accuracy it is expected to reach: the gain measured on completed trials with the
+    # same student (here 7.5 points from 1/4 of the epochs to all of them) is taken off its accuracy excess; before
+    # one has completed, the gain is unknown and the rung does not judge accuracy
     slacks = [t.user_attrs["rung0"]["accuracy_slack"] for t in study.trials if "rung0" in t.user_attrs]
-    assert slacks[0] == 0.0 and max(slacks) == pytest.approx(7.5)
+    assert slacks[0] is None and max(s for s in slacks if s is not None) == pytest.approx(7.5)
     width2 = [t for t in study.trials if t.params["student.student.width"] == 2 and t.state.name == "COMPLETE"]
     for t in width2:  # 40 points over a 60-point budget is still met; the constraint value is recorded
         assert t.system_attrs and any(v == pytest.approx(-20.0) for v in t.system_attrs.values())
+
+
+def test_a_short_rung_expects_the_gain_of_its_own_student():
+    """The accuracy slack of a short rung comes from completed trials sharing the first searched stage's values; a
+    student none has completed is not judged on accuracy there (its gain is unknown, and small ones gain most)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from edgekit.search.driver import expected_accuracy_gain, judged_excess
+
+    study = optuna.create_study()
+    dist = {"depth": CategoricalDistribution([8, 14])}
+
+    def done(depth, short, full):
+        study.add_trial(optuna.trial.create_trial(params={"depth": depth}, distributions=dist, value=0.1, user_attrs={
+            "rung0": {"val_accuracy": short}, "rung1": {"val_accuracy": full}}))
+
+    done(14, 98.9, 99.4)
+    done(14, 98.6, 99.4)
+    excess = {"max_accuracy_drop": 1.5, "max_size_mb": -0.2}
+    assert expected_accuracy_gain(study, 0, 1) == pytest.approx(0.65)              # every student alike
+    assert expected_accuracy_gain(study, 0, 1, {"depth": 8}) is None
+    assert judged_excess(excess, study, 0, 1, {"depth": 8}) == ({"max_size_mb": -0.2}, None)
+    assert judged_excess(excess, study, 0, 1, {"depth": 14}) == ({"max_accuracy_drop": 0.85, "max_size_mb": -0.2},
+                                                                  pytest.approx(0.65))
+    done(8, 96.4, 98.9)
+    assert judged_excess(excess, study, 0, 1, {"depth": 8})[0]["max_accuracy_drop"] == pytest.approx(-1.0)
+    assert judged_excess(excess, study, 1, 1, {"depth": 8}) == (excess, 0.0)       # full fidelity: as measured
 
 
 # --- real searches on a tiny model ------------------------------------------------------------------------------
