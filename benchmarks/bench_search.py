@@ -47,6 +47,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stats import t_half_width  # noqa: E402  (a sibling module in benchmarks/)
+
 RESULTS = ROOT / "benchmarks" / "results" / "search.json"
 PLOT = ROOT / "docs" / "img" / "search_pareto.png"
 PARTS = ("acceptance", "strategies", "workers")
@@ -104,16 +106,14 @@ def search_picks(search_json: dict) -> dict:
             "baselines": sorted({r["baseline_artifact"] for r in rows if r.get("baseline_artifact")})}
 
 
-def paired_by_seed(a: List[Optional[float]], b: List[Optional[float]]) -> dict:
+def paired_difference(a: List[Optional[float]], b: List[Optional[float]]) -> dict:
     """``a - b`` paired by seed (seeds where either is missing are left out): mean and 95 % t half-width, and
     whether ``a`` is lower (or higher) than ``b`` beyond it."""
     d = np.asarray([x - y for x, y in zip(a, b) if x is not None and y is not None], float)
     if len(d) < 2:
         return {"n": len(d), "mean": round(float(d.mean()), 4) if len(d) else None, "half_width": None,
                 "verdict": "too few seeds"}
-    from scipy import stats
-
-    mean, half = float(d.mean()), float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    mean, half = float(d.mean()), t_half_width(d)
     verdict = "a lower" if mean + half < 0 else "a higher" if mean - half > 0 else "no difference beyond the CI"
     return {"n": len(d), "mean": round(mean, 4), "half_width": round(half, 4),
             "per_seed": [round(float(v), 4) for v in d], "verdict": verdict}
@@ -200,7 +200,7 @@ def strategies(recipe: Path, out: Path, cache: Path, seeds: list, trials: int, r
                                   "mean_wall_s": _mean([r["wall_s"] for r in runs], 1)})
     by = {k: {s: [table[f"{s}/{seed}"][k] for seed in seeds] for s in names}
           for k in ("chosen_ratio", "best_found", "trial_best")}
-    diffs = {k: paired_by_seed(v[names[0]], v[names[1]]) for k, v in by.items()}
+    diffs = {k: paired_difference(v[names[0]], v[names[1]]) for k, v in by.items()}
     return {"date": date, "load": [load_before, load_average()], "trials": trials, "seeds": seeds, "runs": table,
             "joint": joint, "summary": summary, "difference": diffs}
 

@@ -38,15 +38,15 @@ def test_search_picks_offers_chosen_and_each_in_budget_full_fidelity_artifact_on
     assert none["chosen"] is None and none["in_budget"] == [] and none["trial_best"] is None
 
 
-def test_paired_by_seed_mean_and_t_half_width(bench):
-    d = bench.paired_by_seed([0.10, 0.12, 0.11], [0.13, 0.15, 0.12])  # differences -0.03, -0.03, -0.01
+def test_paired_difference_mean_and_t_half_width(bench):
+    d = bench.paired_difference([0.10, 0.12, 0.11], [0.13, 0.15, 0.12])  # differences -0.03, -0.03, -0.01
     assert d["n"] == 3 and d["mean"] == pytest.approx(-0.0233, abs=1e-4)
     assert d["half_width"] == pytest.approx(4.3027 * 0.011547 / 3 ** 0.5, abs=1e-4)  # t(0.975, 2 df)
     assert d["verdict"] == "no difference beyond the CI"
-    clear = bench.paired_by_seed([0.10, 0.11, 0.12, 0.10], [0.13, 0.141, 0.149, 0.13])
+    clear = bench.paired_difference([0.10, 0.11, 0.12, 0.10], [0.13, 0.141, 0.149, 0.13])
     assert clear["verdict"] == "a lower" and clear["mean"] + clear["half_width"] < 0
-    assert bench.paired_by_seed([0.2, 0.2], [0.1, 0.11])["verdict"] == "a higher"
-    dropped = bench.paired_by_seed([0.1, None, 0.12], [0.13, 0.14, None])  # a seed either side lacks is left out
+    assert bench.paired_difference([0.2, 0.2], [0.1, 0.11])["verdict"] == "a higher"
+    dropped = bench.paired_difference([0.1, None, 0.12], [0.13, 0.14, None])  # a seed either side lacks is left out
     assert dropped["n"] == 1 and dropped["mean"] == pytest.approx(-0.03) and dropped["verdict"] == "too few seeds"
 
 
@@ -76,7 +76,7 @@ def test_strategies_table_flags_a_choice_over_the_test_budget(bench):
           "joint": {"rounds": 20, "max_accuracy_drop": 0.5, "artifacts": arts},
           "summary": {n: {"chosen_ratio": 0.1, "best_found": 0.1, "trial_best": 0.1, "found_in_budget": "2/2",
                           "mean_wall_s": 10.0} for n in ("tpe-hyperband", "random")},
-          "difference": {k: bench.paired_by_seed([0.08, 0.09], [0.10, 0.12])
+          "difference": {k: bench.paired_difference([0.08, 0.09], [0.10, 0.12])
                          for k in ("chosen_ratio", "best_found", "trial_best")}}
     md = "\n".join(bench._strategies_md(st))
     assert "| 0 | 0.080 (0.070–0.090) | +0.20 | 0.100 (0.090–0.110) | +0.20 | -0.020 |" in md

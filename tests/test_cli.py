@@ -186,13 +186,13 @@ def test_prune_command_needs_one_target(tmp_path, trained_resnet8):
 
 def test_run_gate_exits_3_when_no_variant_reaches_the_recipes_speed_gate(tmp_path):
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(TINY.replace("report:\n  plots: false", "report:\n  plots: false\n  gate_speedup: {1: 1000.0}")
+    recipe.write_text(TINY.replace("report:\n  plots: false", "report:\n  plots: false\n  gate_speedup: {1: 1.0e9}")
                       .replace("  - backend: tensorrt\n", ""))
     p = run_cli("run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--name", "g", "--gate")
     assert p.returncode == 3, p.stderr
     assert "gate: no variant qualifies on any target" in p.stderr
     report = json.loads((tmp_path / "runs" / "tiny" / "g" / "report.json").read_text())
     assert report["gate"]["qualified"] == {"ort-cpu": None}  # torch runs the baseline itself
-    assert any("below the gate's 1000×" in why[0] for why in report["gate"]["below_speed_gate"].values())
+    assert any("below the gate's" in why[0] for why in report["gate"]["below_speed_gate"].values())
     p = run_cli("run", str(recipe), "--no-report", "--gate")
     assert_clean_error(p, "--gate decides from the benchmark report")
