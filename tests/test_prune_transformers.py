@@ -279,7 +279,10 @@ def test_tiny_text_recipe_trains_distils_prunes_heads_and_quantises_the_pruned_v
     variants = run_recipe(recipe, runs_dir=tmp_path / "runs", name="a", report=False).variants
     pruned = variants["student-pruned"]
     assert pruned.meta["prune_target"] == "transformer" and pruned.meta["teacher"] == "student"
-    dims = {i.name.split("layer.0.")[-1]: list(i.dims) for i in onnx.load(pruned.onnx).graph.initializer}
+    from edgekit.export.fuse import contrib_ops, unfused_path
+
+    assert contrib_ops(pruned.onnx).get("Attention") == 1  # the pruned student is fused like an unpruned one
+    dims = {i.name.split("layer.0.")[-1]: list(i.dims) for i in onnx.load(unfused_path(pruned.onnx)).graph.initializer}
     assert dims["attention.self.query.bias"] == dims["attention.self.value.bias"] == [16]  # 2 heads x 8 of 4 x 8
     assert dims["intermediate.dense.bias"] == [32]  # FFN 64 -> 32 neurons
     assert sorted(d for d in dims.values() if d in ([32, 16], [16, 32])) == [[16, 32], [32, 16], [32, 16], [32, 16]]
