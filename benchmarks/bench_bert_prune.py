@@ -44,7 +44,7 @@ from edgekit.core.platform import load_average
 from edgekit.core.tensors import take
 from edgekit.core.train import evaluate, fit, predict
 from edgekit.data import load_data
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 from edgekit.export import export_onnx
 from edgekit.models import create_model
 from edgekit.techniques.prune.prune import prune
@@ -150,7 +150,7 @@ def _agreement(paths: Dict[str, Path], s: dict, threads: int) -> Dict[str, Any]:
                     with open_runner(str(p), backend, threads=threads) as r:
                         pred = predict(r, split.x, batch_size=64).argmax(1)
                 except (EdgekitError, RuntimeError) as e:
-                    rows[name] = {"error": str(e).splitlines()[0][:200]}
+                    rows[name] = {"error": first_line(e, 200)}
                     continue
                 ref = pred if name == TEACHER else ref
                 rows[name] = {"accuracy": float(100.0 * (pred == split.y).mean()),

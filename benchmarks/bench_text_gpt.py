@@ -26,7 +26,6 @@ Raw figures go to ``benchmarks/results/text_gpt.json``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
@@ -182,8 +181,8 @@ def measure(mode: str = "full", seeds: int | None = None, threads: int = 1, work
         work = Path(work or d)
         work.mkdir(parents=True, exist_ok=True)
         save_checkpoint(teacher, work / "teacher.pt")
-        teacher_onnx = export_lm(copy.deepcopy(teacher), work / "teacher.onnx", threads=threads)
-        student_onnx = export_lm(copy.deepcopy(pruned0), work / "student.onnx", threads=threads)
+        teacher_onnx = export_lm(teacher, work / "teacher.onnx", threads=threads)
+        student_onnx = export_lm(pruned0, work / "student.onnx", threads=threads)
         out["teacher"]["bytes"] = teacher_onnx.stat().st_size
         quant = _quantised(student_onnx, splits, work, threads)
         out["timing"] = _timings(s, teacher, teacher_onnx, quant, threads)

@@ -61,7 +61,7 @@ def fusion_settings(model: Any) -> Tuple[str, int, int]:
     kind = "vit" if str(getattr(config, "model_type", "") or "") in _VISION_TYPES else "bert"
     heads = int(getattr(config, "num_attention_heads", 0) or 0)
     hidden = int(getattr(config, "hidden_size", 0) or 0) if heads else 0
-    modules = list(model.modules()) if hasattr(model, "modules") else []
+    modules = model.modules() if hasattr(model, "modules") else ()
     geometry = {(int(m.num_attention_heads), int(m.all_head_size)) for m in modules
                 if hasattr(m, "num_attention_heads") and hasattr(m, "all_head_size")}
     if geometry and geometry != {(heads, hidden)}:  # heads were pruned
