@@ -24,17 +24,8 @@ import numpy as np
 from edgekit.errors import ConfigError
 
 
-class TorchDecoder:
-    """A PyTorch causal LM decoding with a ``DynamicCache`` (the eager baseline)."""
-
-    def __init__(self, model: Any, threads: Optional[int] = 2):
-        import torch
-
-        from edgekit.export.causal_lm import check_causal_lm, kv_layout
-
-        check_causal_lm(model)
-        self.model, self.threads, self.torch = model.eval(), threads, torch
-        self.max_positions = kv_layout(model.config).max_positions
+class _OneSequence:
+    """``prefill`` / ``step`` of one sequence through a decoder's batched ``prefill_rows`` / ``step_rows``."""
 
     def prefill(self, ids: np.ndarray):
         """Run the prompt ``ids [1, s]``; returns (last logits [vocab], state)."""
@@ -45,6 +36,19 @@ class TorchDecoder:
         """One token after ``state``; returns (logits [vocab], new state)."""
         logits, state = self.step_rows([token], state)
         return logits[0], state
+
+
+class TorchDecoder(_OneSequence):
+    """A PyTorch causal LM decoding with a ``DynamicCache`` (the eager baseline)."""
+
+    def __init__(self, model: Any, threads: Optional[int] = 2):
+        import torch
+
+        from edgekit.export.causal_lm import check_causal_lm, kv_layout
+
+        check_causal_lm(model)
+        self.model, self.threads, self.torch = model.eval(), threads, torch
+        self.max_positions = kv_layout(model.config).max_positions
 
     def prefill_rows(self, ids: np.ndarray):
         """Run the prompts ``ids [b, s]`` (equal lengths); returns (last logits [b, vocab], state)."""
@@ -78,7 +82,7 @@ class TorchDecoder:
                               ).logits[0].numpy()
 
 
-class OnnxDecoder:
+class OnnxDecoder(_OneSequence):
     """A KV-cache ONNX graph on a backend with a ``causal_lm`` session hook (``backend`` None: the default, ONNX
     Runtime CPU; e.g. OpenVINO: any name of ``edgekit.backends.causal_lm_backends()``), same interface as
     :class:`TorchDecoder`. ``max_positions`` 0: the context the file records (0 when it records none); ``layout``:
@@ -96,14 +100,6 @@ class OnnxDecoder:
         self.backend = self.lm.backend
         self.max_positions = max_positions or self.lm.layout.max_positions
         self.empty = self.lm.layout.empty_past()
-
-    def prefill(self, ids: np.ndarray):
-        logits, past = self.prefill_rows(ids)
-        return logits[0], past
-
-    def step(self, token: int, state):
-        logits, past = self.step_rows([token], state)
-        return logits[0], past
 
     def prefill_rows(self, ids: np.ndarray):
         ids = np.asarray(ids, np.int64)
