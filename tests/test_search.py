@@ -352,7 +352,7 @@ def test_search_on_a_local_ray_cluster(tmp_path):
                          ray_address=cluster.address, workers=2)
     finally:
         cluster.shutdown()
-    assert len([r for r in res.rows if r["state"] == "complete"]) == 2
+    assert len([r for r in res.rows if r["state"] == "complete"]) == 2, res.rows
     assert res.chosen_artifact.is_file() and (tmp_path / "s" / "pareto.png").is_file()
     assert time.time() - t0 < 180
 
