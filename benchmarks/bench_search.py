@@ -6,7 +6,7 @@ Three parts, all sharing one stage cache (the teacher is trained once; identical
    (ResNet-14 student, 50% MACs, l2, minmax INT8 — recipes/digits_resnet.yaml's stages, CPU target) built through
    the same stages and re-measured together with the Pareto set (paired rounds on the test split, CI).
    ``--demo-artifact PATH`` uses a real `edgekit run recipes/digits_resnet.yaml` result instead.
-2. **strategy vs random at equal trials**: `tpe-hyperband` and `random`, ``--seeds`` sampler seeds each, the same
+2. **strategy vs random at equal trials**: ``--strategies`` (the default `tpe-bound`, then `random`), ``--seeds`` sampler seeds each, the same
    number of trials, neither started from the recipe's own configuration (``start_from_recipe: false``). A
    trial's own latency figure (5 paired rounds, each trial in its own session) moves by up to 20 % between
    sessions, and the minimum of such figures favours the search that measured more trials at full fidelity, so
@@ -170,11 +170,11 @@ def _run_one(recipe: Path, d: Path, cache: Path, strategy: str, seed: int, trial
             **search_picks(sj)}
 
 
-def strategies(recipe: Path, out: Path, cache: Path, seeds: list, trials: int, rounds: int = 20) -> dict:
+def strategies(recipe: Path, out: Path, cache: Path, seeds: list, trials: int, rounds: int = 20,
+               names: tuple = ("tpe-bound", "random")) -> dict:
     """Part 2: each strategy × seed searched, then every search's in-budget artifacts re-measured together."""
     from edgekit.core.platform import load_average
 
-    names = ("tpe-hyperband", "random")
     load_before, date = load_average(), datetime.now(timezone.utc).isoformat(timespec="minutes")
     table = {}
     for seed in seeds:  # seed by seed: an interrupted run leaves pairs (a rerun reuses the finished searches)
@@ -290,7 +290,8 @@ def measure(a: argparse.Namespace) -> dict:
         result["acceptance"] = _acceptance(a, recipe, cache)
     if "strategies" in parts:
         result["strategies"] = strategies(recipe, out, cache, [int(s) for s in a.seeds.split(",")], a.trials or 16,
-                                          a.remeasure_rounds)
+                                          a.remeasure_rounds, tuple(getattr(a, "strategies", "tpe-bound,random")
+                                                                    .split(",")))
     if "workers" in parts:
         result["workers"] = workers_throughput(recipe, out, cache, a.workers_trials)
     result["load_after"] = load_average()
@@ -449,6 +450,7 @@ def _args(p: argparse.ArgumentParser) -> None:
                                                             "acceptance part, 16 for the strategies)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--parts", default="acceptance,strategies,workers")
+    p.add_argument("--strategies", default="tpe-bound,random", help="the strategy to judge, then its baseline")
     p.add_argument("--workers-trials", type=int, default=4)
     p.add_argument("--remeasure-rounds", type=int, default=20, help="paired rounds of the joint re-measurement of "
                                                                     "the strategies' in-budget artifacts")

@@ -11,6 +11,7 @@ import argparse
 
 from edgekit.cli._args import bounded_float, bounded_int
 from edgekit.errors import ConfigError
+from edgekit.search.strategies import STRATEGIES
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +25,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "search", help="search a recipe's stage fields for the fastest model within its constraints",
         description="Joint search over the fields the recipe's search.space names (student size, pruning target, "
-                    "INT8 settings, KD weights ...): TPE with successive halving over short fine-tunes by default; "
+                    "INT8 settings, KD weights ...): TPE over short fine-tunes first by default (a trial that already "
+                    "cannot win stops there); "
                     "every trial is measured on the target backend (validation accuracy, latency as a paired "
                     "ratio vs the float model). Writes search.json/.csv, pareto.md/.png (re-measured on the test "
                     "split with CIs) and chosen/ (the fastest model within the constraints + a recipe that "
@@ -38,7 +40,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="override search.budget.wall_time_s")
     p.add_argument("--workers", type=bounded_int("--workers", 1, 10_000_000), default=None,
                    help="trials at once (override search.workers); local processes, or Ray tasks with --ray")
-    p.add_argument("--strategy", default=None, help="override search.strategy (tpe-hyperband, random)")
+    p.add_argument("--strategy", default=None, choices=STRATEGIES.names(), help="override search.strategy")
     p.add_argument("--seed", type=int, default=None,
                    help="sampler seed (override search.seed; the recipe's seed still drives data and training)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",

@@ -89,8 +89,12 @@ class Fidelity(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_fraction: float = Field(0.25, gt=0, le=1, description="epochs fraction of the first rung")
-    reduction_factor: int = Field(2, ge=2, description="each rung has this many times the epochs of the previous; "
-                                                       "the best 1/reduction_factor of a rung is promoted")
+    reduction_factor: int = Field(2, ge=2, description="each rung has this many times the epochs of the previous "
+                                                       "(tpe-hyperband: the best 1/reduction_factor of a rung is "
+                                                       "promoted)")
+    stop_margin: float = Field(0.1, ge=0, description="tpe-bound: a short rung stops a trial whose latency ratio is "
+                               "over the fastest in-budget full-length trial's by more than this fraction (a trial's "
+                               "latency figure moves by ~±14 % between trials on a shared 2-core machine)")
 
     def fractions(self) -> List[float]:
         """Epoch fractions of the rungs, smallest first, ending at 1.0 (e.g. [0.25, 0.5, 1.0])."""
@@ -128,7 +132,7 @@ class SearchConfig(BaseModel):
     space: Dict[str, SpaceEntry] = Field(default_factory=dict, description="'<stage>.<field>[.<sub>]': a list of "
                                          "values, or {low, high[, step][, log]} for a number range")
     budget: Budget = Field(default_factory=Budget, description="trials and wall time")
-    strategy: str = Field("tpe-hyperband", description="search strategy (see edgekit.search.STRATEGIES)")
+    strategy: str = Field("tpe-bound", description="search strategy (see edgekit.search.STRATEGIES)")
     fidelity: Fidelity = Field(default_factory=Fidelity, description="multi-fidelity rungs")
     seed: Optional[int] = Field(None, description="sampler seed (default: the recipe's seed, which also drives "
                                 "data, training and calibration)")

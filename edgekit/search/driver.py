@@ -152,6 +152,9 @@ def _run_trial(trial: Any, setup: SearchSetup, rungs: List[float], run_job, work
     import optuna
 
     params = {d.path: d.suggest(trial) for d in setup.dims}
+    same = earlier_trial_with(trial.study, params, setup.dims, trial.number)
+    if same is not None:
+        return _repeat(trial, same)
     base = rungs[0]
     for r, fraction in enumerate(rungs):
         t0 = time.time()
@@ -182,6 +185,34 @@ def _run_trial(trial: Any, setup: SearchSetup, rungs: List[float], run_job, work
             raise optuna.TrialPruned(f"rung {r} (epochs ×{fraction:g}): score {value:.4f}")
     _set_constraints(trial, excess)
     return value
+
+
+def earlier_trial_with(study: Any, params: Dict[str, Any], dims: List[Dimension], number: int) -> Optional[Any]:
+    """A finished trial (complete or pruned, a stage's refusal included) that measured these parameters already."""
+    from optuna.trial import TrialState
+
+    tidy = {d.path: d.tidy(params[d.path]) for d in dims}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.number != number and "duplicate_of" not in t.user_attrs and len(t.params) == len(tidy) \
+                and all(_same(d.tidy(t.params.get(d.path)), tidy[d.path]) for d in dims):
+            return t
+    return None
+
+
+def _repeat(trial: Any, same: Any) -> float:
+    """A configuration the study has measured is not built or timed again, and does not count against the budget:
+    the sampler is told the earlier outcome (TPE draws a point of a small discrete space again and again once it
+    rates it well; each repeat used to cost a whole trial)."""
+    import optuna
+
+    trial.set_user_attr("duplicate_of", same.number)
+    for step, value in same.intermediate_values.items():
+        trial.report(value, step=step)
+    for key, value in same.constraints.items():
+        trial.set_constraint(key, value)
+    if same.state == optuna.trial.TrialState.PRUNED:
+        raise optuna.TrialPruned(f"the configuration of trial {same.number}, which stopped early")
+    return same.value
 
 
 def first_stage_params(dims: List[Dimension], params: Dict[str, Any]) -> Dict[str, Any]:
@@ -263,16 +294,44 @@ def _enqueue_recipe_values(study: Any, setup: SearchSetup) -> None:
 
 
 def finished_trials(study: Any) -> List[Any]:
-    """Trials that count against the budget: complete or pruned."""
+    """Trials that count against the budget: complete or pruned, each configuration once (a repeat is answered from
+    the earlier trial)."""
     from optuna.trial import TrialState
 
-    return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "duplicate_of" not in t.user_attrs]
 
 
-def run_study(setup: SearchSetup, ray_address: Optional[str] = None, on_trial: Any = None) -> Any:
+MAX_REPEATS_IN_A_ROW = 50
+
+
+def _optimize(study: Any, objective: Any, budget: int, wall_time_s: Optional[float], workers: int,
+              callbacks: list) -> None:
+    """Run trials until ``budget`` distinct configurations are finished or the wall time is spent; a repeated
+    configuration is drawn again. Stops early when the sampler proposes only repeats (a small space exhausted)."""
+    deadline = time.time() + (wall_time_s if wall_time_s is not None else float("inf"))
+    attempts, repeats_in_a_row = budget - len(finished_trials(study)), 0
+    while attempts > 0 and time.time() < deadline:
+        before = len(study.get_trials(deepcopy=False))
+        left = deadline - time.time()
+        study.optimize(objective, n_trials=attempts, timeout=None if left == float("inf") else max(1.0, left),
+                       n_jobs=workers, catch=(Exception,), callbacks=callbacks)
+        new = study.get_trials(deepcopy=False)[before:]
+        repeats = sum("duplicate_of" in t.user_attrs for t in new)
+        repeats_in_a_row = repeats_in_a_row + repeats if repeats == len(new) else repeats
+        if repeats_in_a_row >= MAX_REPEATS_IN_A_ROW:
+            logger.info(f"search: the last {repeats_in_a_row} draws repeated configurations already measured; "
+                        "stopping (the space is nearly exhausted)")
+            return
+        attempts = min(repeats, budget - len(finished_trials(study)))
+
+
+def run_study(setup: SearchSetup, ray_address: Optional[str] = None, on_trial: Any = None, pool: Any = None) -> Any:
     """Create (or load) the study in the search directory and run trials until the budget is spent.
 
     Returns ``(study, rungs)``. ``on_trial(study)`` is called after every trial (e.g. to rewrite the tables).
+    ``pool`` replaces the local / Ray workers: a context manager that yields ``run_job(job) -> metrics`` (the
+    strategy benchmark answers jobs from a table of measured trials with it).
     """
     import optuna
 
@@ -288,10 +347,14 @@ def run_study(setup: SearchSetup, ray_address: Optional[str] = None, on_trial: A
                        "search": cfg.model_dump(mode="json"), "cache_dir": str(setup.cache_dir)})
     seed = setup.recipe.seed if cfg.seed is None else cfg.seed
     sampler, pruner, rungs = STRATEGIES.get(cfg.strategy)(seed=seed, trials=cfg.budget.trials,
-                                                          fidelity=cfg.fidelity)
+                                                          fidelity=cfg.fidelity, objective=cfg.objective.metric)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged once, by _run_trial
-    study = optuna.create_study(storage=f"sqlite:///{setup.search_dir / 'study.db'}", study_name="search",
-                                sampler=sampler, pruner=pruner, direction="minimize", load_if_exists=True)
+    # trials of several workers write the study from as many driver threads: SQLite's default 5 s wait for its
+    # write lock can run out on a loaded machine ("database is locked" fails the trial), so wait longer
+    storage = optuna.storages.RDBStorage(f"sqlite:///{setup.search_dir / 'study.db'}",
+                                         engine_kwargs={"connect_args": {"timeout": 120}})
+    study = optuna.create_study(storage=storage, study_name="search", sampler=sampler, pruner=pruner,
+                                direction="minimize", load_if_exists=True)
     requeued = _requeue_interrupted(study)
     if cfg.start_from_recipe and not study.get_trials(deepcopy=False):
         _enqueue_recipe_values(study, setup)
@@ -300,11 +363,12 @@ def run_study(setup: SearchSetup, ray_address: Optional[str] = None, on_trial: A
                 f"{max(0, remaining)} to run ({cfg.strategy}, rungs {rungs}, {cfg.workers} worker(s))")
     if remaining <= 0:
         return study, rungs
-    pool = ray_pool(ray_address, cfg.resources) if ray_address else local_pool(cfg.workers)
+    if pool is None:
+        pool = ray_pool(ray_address, cfg.resources) if ray_address else local_pool(cfg.workers)
     callbacks = [lambda st, _t: on_trial(st)] if on_trial else []
     with pool as run_job:
-        study.optimize(lambda t: _run_trial(t, setup, rungs, run_job, cfg.workers), n_trials=remaining,
-                       timeout=cfg.budget.wall_time_s, n_jobs=cfg.workers, catch=(Exception,), callbacks=callbacks)
+        _optimize(study, lambda t: _run_trial(t, setup, rungs, run_job, cfg.workers), cfg.budget.trials,
+                  cfg.budget.wall_time_s, cfg.workers, callbacks)
     return study, rungs
 
 

@@ -20,9 +20,12 @@ CSV_COLUMNS = ["trial", "state", "fidelity", "val_accuracy", "accuracy_drop", "l
 
 
 def trial_rows(study: Any, setup: Any) -> List[dict]:
-    """One row per trial: its config, the fidelity it reached, its metrics, feasibility and time."""
+    """One row per trial: its config, the fidelity it reached, its metrics, feasibility and time (a configuration
+    drawn again is answered from its earlier trial and has no row of its own)."""
     rows, dims = [], {d.path: d for d in setup.dims}
     for t in study.get_trials(deepcopy=False):
+        if "duplicate_of" in t.user_attrs:
+            continue
         m = t.user_attrs.get("metrics") or {}
         excess = t.user_attrs.get("excess") or {}
         failed = sorted(k for k, v in excess.items() if v > 0)
