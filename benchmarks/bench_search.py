@@ -7,8 +7,8 @@ Three parts, all sharing one stage cache (the teacher is trained once; identical
    the same stages and re-measured together with the Pareto set (paired rounds on the test split, CI).
    ``--demo-artifact PATH`` uses a real `edgekit run recipes/digits_resnet.yaml` result instead.
 2. **strategy vs random at equal trials**: ``--strategies`` (the default `tpe-bound`, then `random`), ``--seeds``
-   sampler seeds each, the same number of trials, neither started from the recipe's own configuration (``start_from_recipe: false``). A
-   trial's own latency figure (5 paired rounds, each trial in its own session) moves by up to 20 % between
+   sampler seeds each, the same number of trials, neither started from the recipe's own configuration
+   (``start_from_recipe: false``). A trial's own latency figure (5 paired rounds, each trial in its own session) moves by up to 20 % between
    sessions, and the minimum of such figures favours the search that measured more trials at full fidelity, so
    after all searches each one's chosen artifact and every in-budget full-fidelity artifact are re-timed
    **together** (one interleaved session with the float teacher, ``--remeasure-rounds`` rounds, test split). The
