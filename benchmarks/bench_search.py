@@ -8,13 +8,13 @@ Three parts, all sharing one stage cache (the teacher is trained once; identical
    ``--demo-artifact PATH`` uses a real `edgekit run recipes/digits_resnet.yaml` result instead.
 2. **strategy vs random at equal trials**: ``--strategies`` (the default `tpe-bound`, then `random`), ``--seeds``
    sampler seeds each, the same number of trials, neither started from the recipe's own configuration
-   (``start_from_recipe: false``). A trial's own latency figure (5 paired rounds, each trial in its own session) moves by up to 20 % between
-   sessions, and the minimum of such figures favours the search that measured more trials at full fidelity, so
-   after all searches each one's chosen artifact and every in-budget full-fidelity artifact are re-timed
-   **together** (one interleaved session with the float teacher, ``--remeasure-rounds`` rounds, test split). The
-   headline is the chosen artifact's re-measured ratio vs the float baseline (lower is better), mean over seeds,
-   and tpe − random paired by seed (mean ± 95 % t half-width); the trial-time figures and wall times are kept.
-   A second run with the same ``--work`` reuses the searches it finds finished.
+   (``start_from_recipe: false``). A trial's own latency figure (5 paired rounds, each trial in its own session)
+   moves by up to 20 % between sessions, and the minimum of such figures favours the search that measured more
+   trials at full fidelity, so after all searches each one's chosen artifact and every in-budget full-fidelity
+   artifact are re-timed **together** (one interleaved session with the float teacher, ``--remeasure-rounds``
+   rounds, test split). The headline is the chosen artifact's re-measured ratio vs the float baseline (lower is
+   better), mean over seeds, and tpe − random paired by seed (mean ± 95 % t half-width); the trial-time figures and
+   wall times are kept. A second run with the same ``--work`` reuses the searches it finds finished.
 3. **1 vs 2 local workers**: the same random search (same seed, so the same configurations) with 1 and 2 worker
    processes, each on a fresh cache that already holds the teacher; throughput = finished trials per minute.
 
