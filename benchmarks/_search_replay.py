@@ -158,9 +158,13 @@ def replay_main(a) -> None:
     table = json.loads(Path(a.table).read_text())
     work = Path(a.work)
     residuals = residuals_from_searches(table, sorted(Path(p).parent for p in _search_jsons(a.searches)))
-    if residuals.size == 0:
-        residuals = np.ones(1)
-    print(f"residuals from real searches: n={residuals.size}, median {np.median(residuals):.3f}, "
+    if residuals.size:  # kept with the table, so a clone without those searches replays the same noise
+        table["residuals"] = [round(float(v), 5) for v in residuals]
+        from edgekit._io import write_json_atomic
+
+        write_json_atomic(Path(a.table), table)
+    residuals = np.asarray(table.get("residuals") or [1.0], float)
+    print(f"residuals: n={residuals.size}, median {np.median(residuals):.3f}, "
           f"p10-p90 {np.percentile(residuals, 10):.3f}-{np.percentile(residuals, 90):.3f}", flush=True)
     register_variants()
     register_incumbent_variants()
@@ -169,6 +173,7 @@ def replay_main(a) -> None:
         use_ordinal_lists()
     names = a.strategies.split(",")
     results = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}
+    results["table"] = table_meta(table, residuals)
     for trials in [int(t) for t in a.trials.split(",")]:
         runs: Dict[str, List[dict]] = {n: [] for n in names}
         t0 = time.time()
@@ -182,6 +187,18 @@ def replay_main(a) -> None:
                         "seconds": round(time.time() - t0, 1)}
         print(trials, json.dumps(s), flush=True)
         Path(a.out).write_text(json.dumps(results, indent=1))
+
+
+def table_meta(table: dict, residuals: np.ndarray) -> dict:
+    """What the rendered section says about the table the replays ran on."""
+    pts = table["points"].values()
+    full = [p["1.0"] for p in pts if "latency_ratio" in p.get("1.0", {})]
+    budget_ok = [r for r in full if r["teacher_val_accuracy"] - r["val_accuracy"] <= 0.5]
+    return {"points": len(table["points"]), "refused": sum("refused" in p["1.0"] for p in pts),
+            "measured": len(full), "in_budget_val": len(budget_ok),
+            "fastest_in_budget": round(min(r["latency_ratio"] for r in budget_ok), 4),
+            "timing": table.get("timing"), "residuals_n": int(residuals.size),
+            "residuals_p10_p90": [round(float(np.percentile(residuals, q)), 3) for q in (10, 90)]}
 
 
 def _search_jsons(pattern: str) -> List[Path]:

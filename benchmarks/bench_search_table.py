@@ -161,6 +161,63 @@ def time_points(a: argparse.Namespace) -> None:
     print(table["timing"], flush=True)
 
 
+REPLAY = ROOT / "benchmarks" / "results" / "search_replay.json"
+RESULTS = REPLAY  # what `run_all.py --render` re-renders
+
+
+def to_markdown(res: dict) -> str:
+    """The BENCHMARKS.md section of a replay results file."""
+    t = res["table"]
+    tm = t.get("timing") or {}
+    lines = ["## Search strategies replayed on a measured table of the digits space (issue 17)", "",
+             f"`benchmarks/bench_search_table.py` (recipes/digits_search.yaml). Every one of the space's "
+             f"{t['points']} points was built through the search's own stages at ½ and all of the student epochs "
+             f"({t['refused']} refused by the prune stage: MACs targets a student cannot reach); the {t['measured']} "
+             f"full-length INT8 files and the float teacher were timed together ({tm.get('rounds')} interleaved "
+             f"rounds, {tm.get('threads')} threads, load {tm.get('load')}); {t['in_budget_val']} meet the 0.5-point "
+             f"budget on validation, the fastest at {t['fastest_in_budget']:.3f}× the teacher's latency. The real "
+             "search driver (sampler, pruner, rung judgement, repeats) then ran with a pool that answers each job "
+             "from the table; a trial's latency figure is the point's joint figure times a residual drawn from "
+             f"{t['residuals_n']} real trials (their figure over the joint one, within each search: p10–p90 "
+             f"{t['residuals_p10_p90'][0]}–{t['residuals_p10_p90'][1]}). A search's choice is judged by its joint "
+             "figure; a search with nothing in budget counts as 1.0 (the teacher). Compute is the table's stage "
+             "seconds for the stages a search would have built, plus 3 s of timing per rung.", "",
+             "| trials | seeds | strategy | mean chosen ratio | random | strategy − random (95 % t) | strategy / "
+             "random better / tie | chosen over budget on test (strategy / random) | compute s (strategy / random) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key, r in res.items():
+        if key == "table":
+            continue
+        s = r["summary"]
+        d = s.get("difference")
+        if not d:
+            continue
+        a, b = s[d["a"]], s[d["b"]]
+        verdict = " **(faster)**" if d["mean"] + d["half_width"] < 0 else ""
+        lines.append(f"| {r['trials']} | {r['seeds']} | {d['a']} | {a['mean_ratio']:.4f} | {b['mean_ratio']:.4f} | "
+                     f"{d['mean']:+.4f} ± {d['half_width']:.4f}{verdict} | {d['a_better']} / {d['b_better']} / "
+                     f"{d['ties']} | {a['test_over_budget']} / {b['test_over_budget']} | "
+                     f"{a['mean_compute_s']:.0f} / {b['mean_compute_s']:.0f} |")
+    lines += ["", "Seeds are sampler seeds (the noise draws follow them); the strategy settings were tried on seeds "
+              "0–99 and the rows above use seeds they were not tried on. \"Over budget on test\": the chosen "
+              "model met the 0.5-point budget on the validation split (360 images, one image = 0.28 point) but not "
+              "on the test split; both strategies choose at the budget's edge."]
+    return "\n".join(lines) + "\n"
+
+
+def run(ctx) -> str:
+    """The ``benchmarks/run_all.py`` interface: replays on the saved table (quick: 3 seeds at 12 trials)."""
+    out = Path(ctx.results_dir) / REPLAY.name
+    a = argparse.Namespace(table=str(TABLE), work=str(Path(ctx.work_dir) / "replay"), searches="/nonexistent/*",
+                           strategies="tpe-bound,random", trial_rounds=5,
+                           seeds="200-202" if ctx.quick else "200-299", trials="12" if ctx.quick else "12,24",
+                           out=str(out))
+    from _search_replay import replay_main
+
+    replay_main(a)
+    return to_markdown(json.loads(out.read_text()))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -176,8 +233,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--strategies", default="tpe-hyperband,random")
     r.add_argument("--searches", default="/tmp/bs17*/*/search.json",
                    help="real searches' search.json files (glob) whose trial figures give the latency residuals")
-    r.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search_replay.json"))
-    for s in (b, t, r):
+    r.add_argument("--out", default=str(REPLAY))
+    m = sub.add_parser("render", help="print the BENCHMARKS.md section of a replay results file")
+    m.add_argument("--out", default=str(REPLAY))
+    for s in (b, t, r, m):
         s.add_argument("--table", default=str(TABLE))
         s.add_argument("--work", default="/tmp/bench_search_table")
     a = p.parse_args(argv)
@@ -185,10 +244,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         build(a)
     elif a.cmd == "time":
         time_points(a)
-    else:
+    elif a.cmd == "replay":
         from _search_replay import replay_main
 
         replay_main(a)
+    else:
+        print(to_markdown(json.loads(Path(a.out).read_text())))
     return 0
 
 

@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # 12 backends on the same files, 19 recurrent nets, 14 concat pruning / speed-aware INT8 / KD defaults,
 # 15 transformer INT8 against the fused fp32 graph, transformer distillation, BERT pruning and sequence sweep,
 # 16 the small GPT-style LM (students over seeds, quantisation forms, ORT and OpenVINO),
-# 17 the joint search).
+# 17 the joint search, and its strategies replayed on a measured table of the whole space).
 SECTIONS = ["bench_reference", "bench_distill", "bench_prune", "bench_quantize", "bench_backends", "bench_rnn",
             "bench_prune_concat", "bench_speed_int8", "bench_kd_grid", "bench_transformer_int8",
-            "bench_transformer_kd", "bench_bert_prune", "bench_text_gpt", "bench_search"]
+            "bench_transformer_kd", "bench_bert_prune", "bench_text_gpt", "bench_search", "bench_search_table"]
 
 HEADER = """# edgekit benchmarks
 

@@ -75,11 +75,13 @@ class Constraints(BaseModel):
 
 
 class Budget(BaseModel):
-    """How much the search may spend: trials (finished or pruned) and wall time per invocation."""
+    """How much the search may spend: trials (distinct configurations finished or stopped) and wall time per
+    invocation."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    trials: int = Field(16, gt=0, description="trials to finish (pruned ones count)")
+    trials: int = Field(16, gt=0, description="distinct configurations to finish (those stopped early or refused by "
+                        "a stage count; a configuration drawn again does not)")
     wall_time_s: Optional[float] = Field(None, gt=0, description="stop starting trials after this many seconds")
 
 
