@@ -168,6 +168,7 @@ def replay_main(a) -> None:
           f"p10-p90 {np.percentile(residuals, 10):.3f}-{np.percentile(residuals, 90):.3f}", flush=True)
     register_variants()
     register_incumbent_variants()
+    register_latency_only_variant()
     import os
     if os.environ.get("REPLAY_ORDINAL"):
         use_ordinal_lists()
@@ -295,3 +296,23 @@ def use_ordinal_lists() -> None:
         return plain(self, trial)
 
     Dimension.suggest = suggest
+
+
+def register_latency_only_variant() -> None:
+    """Variant: tpe-bound without the accuracy rule (a short rung stops only trials slower than the incumbent)."""
+    import optuna
+
+    from edgekit.search.strategies import STRATEGIES, best_in_budget
+
+    if "v-bound-latency-only" in STRATEGIES:
+        return
+
+    class LatencyOnly(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            best, m = best_in_budget(study, "latency"), trial.user_attrs.get("metrics") or {}
+            return best is not None and bool(m) and m["latency_ratio"] > best * 1.1
+
+    @STRATEGIES.register("v-bound-latency-only")
+    def _strategy(seed, trials, fidelity, objective="latency"):
+        return (optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, trials // 4), multivariate=True),
+                LatencyOnly(), fidelity.fractions())

@@ -1,7 +1,7 @@
 """A measured table of the whole digits search space, and search strategies replayed on it over many seeds.
 
-`bench_search.py` compares `tpe-hyperband` with `random` by running real searches; each pair costs minutes, so only
-a handful of seeds fit, and a trial's own latency figure moves by 10-20 % between sessions. This benchmark follows
+`bench_search.py` compares the default strategy with `random` by running real searches; each pair costs a minute or
+more, so few seeds fit, and a trial's own latency figure moves by 10-20 % between sessions. This benchmark follows
 the tabular-benchmark method of the HPO literature (NAS-Bench, HPOBench) with edgekit's own measurements:
 
 1. ``build``: every point of ``recipes/digits_search.yaml``'s space (9 students × 7 MACs targets × 2 importances ×
