@@ -7,24 +7,18 @@ import json
 
 import pytest
 import yaml
+from test_search import TINY  # the tiny search recipe of tests/test_search.py
 
 from edgekit.errors import ConfigError
 
-RECIPE = {
-    "seed": 0, "threads": 1,
-    "model": {"name": "small_cnn", "kwargs": {"width": 8, "depth": 2}},
-    "data": {"name": "digits", "image_size": 8, "channels": 1},
-    "stages": [
-        {"type": "train", "name": "reference", "epochs": 2, "lr": 0.1},
-        {"type": "distill", "name": "student", "student": {"name": "small_cnn", "width": 8, "depth": 2},
-         "train": {"epochs": 4, "lr": 0.1}},
-    ],
-    "targets": [{"backend": "ort-cpu"}],
-    "search": {"objective": {"minimize": "latency", "batch": 1, "backend": "ort-cpu"},
-               "constraints": {"max_accuracy_drop": 1.0},
-               "space": {"student.student.width": [2, 4, 8]},
-               "fidelity": {"min_fraction": 0.5, "reduction_factor": 2}},
-}
+# TINY without its INT8 stage; 4 student epochs so the short rung (1/2) differs from full length
+RECIPE = {**json.loads(json.dumps(TINY)), "threads": 1}
+RECIPE["stages"] = RECIPE["stages"][:2]
+RECIPE["stages"][1]["train"]["epochs"] = 4
+RECIPE["search"] = {"objective": {"minimize": "latency", "batch": 1, "backend": "ort-cpu"},
+                    "constraints": {"max_accuracy_drop": 1.0},
+                    "space": {"student.student.width": [2, 4, 8]},
+                    "fidelity": {"min_fraction": 0.5, "reduction_factor": 2}}
 
 
 def _setup(tmp_path, student_width=8, **search):
