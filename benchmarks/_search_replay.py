@@ -167,7 +167,6 @@ def replay_main(a) -> None:
     print(f"residuals: n={residuals.size}, median {np.median(residuals):.3f}, "
           f"p10-p90 {np.percentile(residuals, 10):.3f}-{np.percentile(residuals, 90):.3f}", flush=True)
     register_variants()
-    register_incumbent_variants()
     register_latency_only_variant()
     import os
     if os.environ.get("REPLAY_ORDINAL"):
@@ -238,43 +237,6 @@ def register_variants() -> None:
     add("v-tpe-hb-group", lambda s, n: tpe(seed=s, n_startup_trials=max(3, n // 4), multivariate=True, group=True))
     add("v-gp-hb", lambda s, n: optuna.samplers.GPSampler(seed=s, n_startup_trials=max(3, n // 4)))
     add("v-gp-full", lambda s, n: optuna.samplers.GPSampler(seed=s, n_startup_trials=max(3, n // 4)), False)
-
-
-def _incumbent_pruner(margin: float):
-    import optuna
-    from optuna.trial import TrialState
-
-    class IncumbentPruner(optuna.pruners.BasePruner):
-        def prune(self, study, trial) -> bool:
-            excess = trial.user_attrs.get("excess") or {}
-            if any(v > 0 for v in excess.values()):
-                return True
-            m = trial.user_attrs.get("metrics") or {}
-            best = [t.user_attrs["metrics"]["latency_ratio"] for t in study.get_trials(deepcopy=False,
-                                                                                       states=(TrialState.COMPLETE,))
-                    if t.user_attrs.get("metrics", {}).get("fidelity") == 1.0
-                    and all(v <= 0 for v in (t.user_attrs.get("excess") or {}).values())]
-            return bool(best) and m.get("latency_ratio", 0) > min(best) * (1 + margin)
-
-    return IncumbentPruner()
-
-
-def register_incumbent_variants() -> None:
-    import optuna
-
-    from edgekit.search.strategies import STRATEGIES
-
-    for margin in (0.0, 0.1, 0.25):
-        name = f"v-tpe-inc{int(margin * 100)}"
-        if name in STRATEGIES:
-            continue
-
-        def make(margin=margin):
-            def _strategy(seed, trials, fidelity):
-                return (optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, trials // 4), multivariate=True),
-                        _incumbent_pruner(margin), fidelity.fractions())
-            return _strategy
-        STRATEGIES.register(name)(make())
 
 
 def use_ordinal_lists() -> None:

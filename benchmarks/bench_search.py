@@ -235,10 +235,10 @@ def work_done(rows: List[dict], wall: float) -> dict:
             "trials_per_min": round(60 * distinct / wall, 2)}
 
 
-def workers_throughput(recipe: Path, out: Path, cache: Path, trials: int, order: tuple = (1, 2, 2, 1)) -> dict:
+def workers_throughput(recipe: Path, out: Path, cache: Path, order: tuple = (1, 2, 2, 1)) -> dict:
     """The same 4 configurations (FIXED_POINTS) searched with 1 and 2 worker processes, each run on a fresh cache that
     holds only the teacher, in the order ``order`` (1 2 2 1: drift of the machine hits both alike). Throughput counts
-    the trials that built and measured something. ``trials`` is unused (kept for the command line)."""
+    the distinct configurations built and measured."""
     from edgekit.core.platform import load_average
     from edgekit.search import run_search
 
@@ -332,7 +332,7 @@ def measure(a: argparse.Namespace) -> dict:
                                           a.remeasure_rounds, tuple(getattr(a, "strategies", "tpe-bound,random")
                                                                     .split(",")))
     if "workers" in parts:
-        result["workers"] = workers_throughput(recipe, out, cache, a.workers_trials)
+        result["workers"] = workers_throughput(recipe, out, cache)
     result["load_after"] = load_average()
     return merge_parts(result, getattr(a, "out", None), parts)
 
@@ -483,7 +483,7 @@ def run(ctx) -> str:
         quick = mode == "quick"
         a = argparse.Namespace(scale="small" if quick else "full", work=tempfile.mkdtemp(prefix="edgekit-search-"),
                                cache=None, trials=4 if quick else 16, seeds="0" if quick else "0,1,2",
-                               parts="acceptance,strategies,workers", workers_trials=2 if quick else 4,
+                               parts="acceptance,strategies,workers",
                                remeasure_rounds=6 if quick else 20,
                                demo_artifact=None, acceptance_from=None, acceptance_wall_s=None)
         return measure(a)
@@ -500,7 +500,6 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--parts", default="acceptance,strategies,workers")
     p.add_argument("--strategies", default="tpe-bound,random", help="the strategy to judge, then its baseline")
-    p.add_argument("--workers-trials", type=int, default=4)
     p.add_argument("--remeasure-rounds", type=int, default=20, help="paired rounds of the joint re-measurement of "
                                                                     "the strategies' in-budget artifacts")
     p.add_argument("--demo-artifact", default=None, help="student-pruned-int8-cpu.onnx of an `edgekit run` of the "

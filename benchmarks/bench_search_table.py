@@ -230,7 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--seeds", default="0-49")
     r.add_argument("--trials", default="12")
     r.add_argument("--trial-rounds", type=int, default=5)
-    r.add_argument("--strategies", default="tpe-hyperband,random")
+    r.add_argument("--strategies", default="tpe-bound,random")
     r.add_argument("--searches", default="/tmp/bs17*/*/search.json",
                    help="real searches' search.json files (glob) whose trial figures give the latency residuals")
     r.add_argument("--out", default=str(REPLAY))
